@@ -1,0 +1,2 @@
+//! The enterprise-gateway binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The kernel manager and the Enterprise Gateway REST and WebSocket API.

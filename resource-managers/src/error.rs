@@ -1,0 +1,31 @@
+//! The crate's error type. Each variant knows whose fault it is.
+
+/// Errors of launching and controlling kernels.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The kernel process could not be started (e.g. argv[0] not found): the kernelspec's fault.
+    #[error("{0}")]
+    Spawn(String),
+    /// The kernel exited during launch; `log_tail` has its last log lines.
+    #[error("kernel process exited during launch ({status}): {log_tail}")]
+    ExitedDuringLaunch { status: String, log_tail: String },
+    /// The launch did not finish within its deadline.
+    #[error("{0}")]
+    LaunchTimeout(String),
+    /// Configuration error (port range, missing settings).
+    #[error("{0}")]
+    Config(String),
+    /// The backend cannot do this (e.g. re-attach).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Errors from kernelspec/env/port helpers.
+    #[error(transparent)]
+    Launcher(#[from] kernel_launcher::Error),
+    /// Protocol errors (connection file).
+    #[error(transparent)]
+    Protocol(#[from] jupyter_protocol::Error),
+    /// I/O failure.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

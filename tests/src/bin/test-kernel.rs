@@ -1,0 +1,2 @@
+//! A tiny kernel for tests and benchmarks.
+fn main() {}
