@@ -1,0 +1,82 @@
+//! One error type for the gateway; each error knows whose fault it is, and one place
+//! (`impl IntoResponse`, in the HTTP layer) maps it to a status and EG's `{"reason","message"}` body.
+
+/// Whose fault an error is; decides the HTTP status class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something wrong (4xx).
+    Client,
+    /// The kernel or its launch failed (5xx, with the real reason).
+    Kernel,
+    /// Capacity or a resource manager refused (503, or EG's 403 for limits).
+    Capacity,
+    /// A bug or an unexpected failure inside the gateway (500).
+    Internal,
+}
+
+/// Gateway errors. Messages are lowercase, with no trailing period, and never echo secrets.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// 400: malformed JSON, bad env values, malformed KERNEL_ID.
+    #[error("{message}")]
+    BadRequest {
+        /// Text for the `message` field.
+        message: String,
+    },
+    /// 401.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// 403 with EG's reason text (limits, user authorization, listing disabled).
+    #[error("{reason}")]
+    Forbidden {
+        /// Text for the `reason` field.
+        reason: String,
+        /// Text for the `message` field (EG often leaves it empty).
+        message: String,
+    },
+    /// 404 `Kernel does not exist: <id>`.
+    #[error("Kernel does not exist: {0}")]
+    NoSuchKernel(String),
+    /// 404 for an unknown kernelspec.
+    #[error("No such kernel named {0}")]
+    NoSuchKernelSpec(String),
+    /// 404 for anything else that does not exist (resource files, sessions, routes).
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: a kernel with this id already exists.
+    #[error("Kernel already exists: {0}")]
+    KernelExists(String),
+    /// The kernel failed to start, with the real reason (500, or 503 when capacity is the cause).
+    #[error("{reason}")]
+    LaunchFailed {
+        /// Text for `reason` (EG puts process-proxy errors there).
+        reason: String,
+        /// Whose fault.
+        fault: Fault,
+    },
+    /// The kernelspec names a backend this gateway cannot run.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Anything unexpected (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Whose fault this is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Error::BadRequest { .. }
+            | Error::Unauthorized
+            | Error::Forbidden { .. }
+            | Error::NoSuchKernel(_)
+            | Error::NoSuchKernelSpec(_)
+            | Error::NotFound(_)
+            | Error::KernelExists(_) => Fault::Client,
+            Error::LaunchFailed { fault, .. } => *fault,
+            Error::Unsupported(_) => Fault::Kernel,
+            Error::Internal(_) => Fault::Internal,
+        }
+    }
+}
