@@ -6,7 +6,12 @@
 pub enum Error {
     /// A kernelspec could not be read or parsed.
     #[error("kernelspec {name}: {reason}")]
-    Spec { name: String, reason: String },
+    Spec {
+        /// The kernelspec name (directory name, lowercased).
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A request env value was refused (client's fault → 400). The message never echoes the value.
     #[error("{0}")]
     InvalidEnv(String),

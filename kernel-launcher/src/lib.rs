@@ -1,6 +1,66 @@
 //! Kernelspecs, launch templating and environment for Jupyter kernels.
 //!
-//! CONTRACT SKELETON: the public surface below is what the other crates build against.
+//! This crate holds the backend-independent half of starting a kernel, the parts Enterprise
+//! Gateway does before a process proxy runs anything:
+//!
+//! * [`KernelSpecs::discover`] scans a search path (built by [`kernelspec::search_path`]) for
+//!   kernelspec directories and loads each [`KernelSpec`]: its `argv` template, `env` stanza,
+//!   [`InterruptMode`], the [`Backend`] named by EG's `metadata.process_proxy.class_name` (or
+//!   gateway_provisioners' `kernel_provisioner`), and its per-kernelspec [`SpecConfig`].
+//! * [`env::filter_request_env`] validates the `env` object of a start request against an
+//!   [`env::EnvPolicy`]; [`env::compose`] then builds the exact environment the kernel gets.
+//! * [`PortRange`] parses EG's `lo..hi` ranges and allocates free ports inside them.
+//! * [`template::substitute`] fills `{connection_file}`, `{kernel_id}`, ... into the `argv`
+//!   template, item by item: the result is an argument vector, never a shell string.
+//!
+//! A resource manager (crate `resource-managers`) takes the spec, the composed env and the ports
+//! and runs the kernel somewhere.
+//!
+//! # Example
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use kernel_launcher::{env, template, Backend, KernelSpecs, PortRange};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let kernels = tempfile::tempdir()?;
+//! std::fs::create_dir(kernels.path().join("Python3"))?;
+//! std::fs::write(
+//!     kernels.path().join("Python3/kernel.json"),
+//!     r#"{"argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+//!         "display_name": "Python 3", "language": "python"}"#,
+//! )?;
+//!
+//! let specs = KernelSpecs::discover(&[kernels.path().to_path_buf()]);
+//! let spec = specs.get("python3").ok_or("python3 not found")?;
+//! assert_eq!(spec.backend, Backend::Named("local".into()));
+//!
+//! // The client's env: KERNEL_* variables pass, others need the policy's allow-list.
+//! let policy = env::EnvPolicy::default();
+//! let request = serde_json::json!({"KERNEL_USERNAME": "alice", "SECRET": "dropped"});
+//! let request = env::filter_request_env(request.as_object().ok_or("object")?, &policy)?;
+//! let gateway_env = BTreeMap::new();
+//! let kernel_env = env::compose(&env::EnvInputs {
+//!     request: Some(&request),
+//!     gateway: &gateway_env,
+//!     policy: &policy,
+//!     spec,
+//!     kernel_id: "0f3c7a52-6f1e-4c3e-9a49-1d5b1c0f7d11",
+//!     username: "alice",
+//!     impersonation_enabled: false,
+//! });
+//! assert_eq!(kernel_env["KERNEL_LANGUAGE"], "python");
+//! assert!(!kernel_env.contains_key("SECRET"));
+//!
+//! let ports = PortRange::parse("0..0")?.allocate("127.0.0.1", 5)?;
+//! assert_eq!(ports.len(), 5);
+//!
+//! let vars = BTreeMap::from([("connection_file", "/tmp/kernel-1.json".to_owned())]);
+//! let argv = template::substitute(&spec.argv, &vars);
+//! assert_eq!(argv.last().map(String::as_str), Some("/tmp/kernel-1.json"));
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod env;
 pub mod error;

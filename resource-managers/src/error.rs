@@ -4,18 +4,26 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The kernel process could not be started (e.g. argv[0] not found): the kernelspec's fault.
+    /// The kernel process could not be started (e.g. `argv[0]` not found): the kernelspec's fault.
     #[error("{0}")]
     Spawn(String),
     /// The kernel exited during launch; `log_tail` has its last log lines.
     #[error("kernel process exited during launch ({status}): {log_tail}")]
-    ExitedDuringLaunch { status: String, log_tail: String },
+    ExitedDuringLaunch {
+        /// How it ended.
+        status: String,
+        /// The last lines of its log.
+        log_tail: String,
+    },
     /// The launch did not finish within its deadline.
     #[error("{0}")]
     LaunchTimeout(String),
     /// Configuration error (port range, missing settings).
     #[error("{0}")]
     Config(String),
+    /// The kernel process is gone (signalling an exited kernel, re-attaching to a dead one).
+    #[error("{0}")]
+    NotRunning(String),
     /// The backend cannot do this (e.g. re-attach).
     #[error("{0}")]
     Unsupported(String),

@@ -1,7 +1,107 @@
 //! Where and how Jupyter kernels run: the [`ResourceManager`] trait, a [`Registry`] of backends by
 //! name, and the backends (local processes now; SSH and YARN later).
 //!
-//! CONTRACT SKELETON: the public surface below is what the other crates build against.
+//! # Overview
+//!
+//! * A [`ResourceManager`] is a place kernels run. [`ResourceManager::launch`] takes a
+//!   [`LaunchRequest`] (the kernelspec from `kernel-launcher`, the composed environment, the port
+//!   range, ...) and returns a [`LaunchedKernel`]: the kernel's `ConnectionInfo` plus a
+//!   [`KernelProcess`] handle.
+//! * A [`KernelProcess`] is one running kernel as its backend sees it: [`KernelProcess::poll`] and
+//!   [`KernelProcess::wait`] report its [`ProcessState`]; it can be signalled, interrupted,
+//!   terminated (SIGTERM, grace period, SIGKILL) and cleaned up; [`KernelProcess::record`] gives a
+//!   serialisable [`KernelRecord`] from which [`ResourceManager::reattach`] rebuilds a handle.
+//! * A [`Registry`] maps backend names (`local`, `ssh`, `yarn`, ...) to resource managers; the
+//!   kernelspec's [`kernel_launcher::Backend`] names the one to use.
+//! * [`local::LocalResourceManager`] runs kernels as child processes of the gateway, each in its
+//!   own process group (EG's `LocalProcessProxy`).
+//!
+//! Message-mode interrupts and `shutdown_request` are the gateway's business (over the kernel's
+//! control channel); backends deal with processes only.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::collections::BTreeMap;
+//! use std::path::{Path, PathBuf};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use kernel_launcher::{KernelSpec, PortRange};
+//! use resource_managers::local::{LocalConfig, LocalResourceManager};
+//! use resource_managers::{LaunchRequest, Registry};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut registry = Registry::new();
+//! registry.register(Arc::new(LocalResourceManager::new(LocalConfig {
+//!     runtime_dir: PathBuf::from("/tmp/runtime"),
+//!     log_dir: PathBuf::from("/tmp/logs"),
+//!     ip: "127.0.0.1".into(),
+//!     search_path: vec![PathBuf::from("/usr/bin")],
+//! })));
+//!
+//! let spec = KernelSpec::load(Path::new("/usr/local/share/jupyter/kernels/python3"))?;
+//! let backend = registry.get("local").ok_or("no local backend")?;
+//! let kernel = backend
+//!     .launch(LaunchRequest {
+//!         kernel_id: uuid::Uuid::new_v4().to_string(),
+//!         spec,
+//!         env: BTreeMap::from([("KERNEL_USERNAME".into(), "alice".into())]),
+//!         cwd: None,
+//!         port_range: PortRange::ANY,
+//!         timeout: Duration::from_secs(30),
+//!         previous: None,
+//!         username: "alice".into(),
+//!     })
+//!     .await?;
+//! println!("shell port {}", kernel.connection.shell_port);
+//! kernel.process.terminate(Duration::from_secs(5)).await?;
+//! kernel.process.cleanup(false).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Writing your own backend
+//!
+//! A program embedding these crates adds a backend by implementing [`ResourceManager`] (and a
+//! [`KernelProcess`] for its handles) and registering it with [`Registry::register`] under the
+//! name its kernelspecs use in `metadata.process_proxy.class_name` (a plain name without dots,
+//! e.g. `"class_name": "batch"`). The contract:
+//!
+//! * `launch` returns once the kernel's connection info is known and must leave nothing behind
+//!   when it fails (files, processes, remote jobs); it must finish within `request.timeout`.
+//! * The kernel gets exactly `request.env`.
+//! * `wait` resolves promptly when the kernel ends; `terminate` escalates to a forced stop after
+//!   the grace period; `cleanup` is idempotent.
+//! * `record` holds what `reattach` needs, as plain JSON in [`KernelRecord::process`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use async_trait::async_trait;
+//! use resource_managers::{Error, KernelRecord, LaunchRequest, LaunchedKernel, Registry, ResourceManager};
+//!
+//! /// Runs nothing yet: every launch is refused.
+//! #[derive(Debug)]
+//! struct Batch;
+//!
+//! #[async_trait]
+//! impl ResourceManager for Batch {
+//!     fn name(&self) -> &str {
+//!         "batch"
+//!     }
+//!     async fn launch(&self, request: LaunchRequest) -> Result<LaunchedKernel, Error> {
+//!         Err(Error::Unsupported(format!("no batch queue for kernel {}", request.kernel_id)))
+//!     }
+//!     async fn reattach(&self, _record: &KernelRecord) -> Result<LaunchedKernel, Error> {
+//!         Err(Error::Unsupported("batch kernels cannot be re-attached".into()))
+//!     }
+//! }
+//!
+//! let mut registry = Registry::new();
+//! registry.register(Arc::new(Batch));
+//! assert!(registry.names().any(|n| n == "batch"));
+//! ```
 
 pub mod error;
 pub mod local;
@@ -97,6 +197,10 @@ pub trait KernelProcess: Send + Sync + Debug {
     async fn cleanup(&self, keep_connection_file: bool);
     /// The last `max_lines` lines of the kernel's log, for error messages.
     fn log_tail(&self, max_lines: usize) -> String;
+    /// Lets the kernel outlive this handle (for a later [`ResourceManager::reattach`]). Backends
+    /// whose handles stop their kernel on drop (the local one does) skip that after this call.
+    /// The default does nothing.
+    fn detach(&self) {}
 }
 
 /// A place kernels run.

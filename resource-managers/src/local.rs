@@ -1,5 +1,63 @@
 //! The local backend: each kernel a child process in its own process group.
-use std::path::PathBuf;
+//!
+//! [`LocalResourceManager::launch`] does what EG's `LocalProcessProxy` does (reference §7.2):
+//! it chooses five ports (or reuses the previous ones on restart), writes the connection file
+//! `<runtime_dir>/kernel-<id>.json` with mode 0600, fills the kernelspec's `argv` template and
+//! starts the program directly (no shell) with exactly the composed environment plus
+//! `JPY_PARENT_PID`. The kernel gets its own process group, so signals reach the kernel and
+//! whatever it started; its stdout and stderr go to `<log_dir>/kernel-<id>.log`.
+//!
+//! Finding the program: when `argv[0]` is `python`, `python3` or `python3.X` and the kernelspec
+//! lives in `<prefix>/share/jupyter/kernels/<name>` next to `<prefix>/bin/<argv[0]>`, that
+//! interpreter is used, so a virtual environment's kernelspec runs the environment's Python even
+//! when the kernel's environment has no `PATH`. Other bare names are looked up in the kernel
+//! env's `PATH`, then in [`LocalConfig::search_path`].
+//!
+//! Each kernel has a reaper task that waits for the process and publishes its exit at once
+//! ([`KernelProcess::wait`] and [`KernelProcess::poll`] read it). When the kernel process ends,
+//! for whatever reason, the reaper also SIGKILLs what is left of its process group, so no
+//! orphan outlives the kernel.
+//!
+//! **Dropping a handle**: a [`LocalKernelProcess`] dropped while its kernel still runs, without
+//! [`KernelProcess::terminate`] or [`KernelProcess::detach`] having been called, SIGKILLs the
+//! kernel's process group. A gateway that exits without shutting its kernels down therefore
+//! leaves none behind; one that wants them to survive for a later [`ResourceManager::reattach`]
+//! detaches them first.
+use std::collections::BTreeMap;
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jupyter_protocol::{ConnectionInfo, Transport};
+use kernel_launcher::{KernelSpec, template};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::{Pid, getpgid};
+use tokio::sync::watch;
+
+use crate::{
+    Error, KernelProcess, KernelRecord, LaunchRequest, LaunchedKernel, ProcessState,
+    ResourceManager,
+};
+
+/// The name of this backend in a [`crate::Registry`].
+pub const NAME: &str = "local";
+
+/// How long `terminate` waits for the process to go after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a re-attached kernel (not our child) is polled for liveness.
+const REATTACHED_POLL: Duration = Duration::from_millis(200);
+
+/// How much of the log end `log_tail` reads.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
 
 /// Settings of the local backend.
 #[derive(Debug, Clone)]
@@ -10,7 +68,7 @@ pub struct LocalConfig {
     pub log_dir: PathBuf,
     /// IP the kernel binds (127.0.0.1).
     pub ip: String,
-    /// The gateway's PATH, to resolve a relative argv[0] (kernels may get no PATH of their own).
+    /// The gateway's PATH, to resolve a relative `argv[0]` (kernels may get no PATH of their own).
     pub search_path: Vec<PathBuf>,
 }
 
@@ -24,5 +82,694 @@ impl LocalResourceManager {
     /// A local backend.
     pub fn new(config: LocalConfig) -> LocalResourceManager {
         LocalResourceManager { config }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LocalConfig {
+        &self.config
+    }
+
+    /// The connection info of a new launch: the previous one on restart (same ports and key),
+    /// else fresh ports in the request's range and a fresh key.
+    fn connection_for(&self, request: &LaunchRequest) -> Result<ConnectionInfo, Error> {
+        if let Some(previous) = &request.previous {
+            return Ok(ConnectionInfo {
+                kernel_name: request.spec.name.clone(),
+                ..previous.clone()
+            });
+        }
+        let ports = request.port_range.allocate(&self.config.ip, 5)?;
+        let [shell_port, iopub_port, stdin_port, control_port, hb_port] = ports[..] else {
+            return Err(Error::Config(format!(
+                "expected 5 ports, got {}",
+                ports.len()
+            )));
+        };
+        Ok(ConnectionInfo {
+            transport: Transport::Tcp,
+            ip: self.config.ip.clone(),
+            shell_port,
+            iopub_port,
+            stdin_port,
+            control_port,
+            hb_port,
+            key: uuid::Uuid::new_v4().simple().to_string(),
+            signature_scheme: "hmac-sha256".to_owned(),
+            kernel_name: request.spec.name.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl ResourceManager for LocalResourceManager {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn launch(&self, request: LaunchRequest) -> Result<LaunchedKernel, Error> {
+        let spec = &request.spec;
+        if !is_safe_id(&request.kernel_id) {
+            return Err(Error::Config(format!(
+                "invalid kernel id '{}'",
+                request.kernel_id
+            )));
+        }
+        let Some(argv0) = spec.argv.first() else {
+            return Err(Error::Spawn(format!(
+                "kernelspec '{}' has an empty argv",
+                spec.name
+            )));
+        };
+        let program = resolve_program(spec, argv0, &request.env, &self.config.search_path)?;
+        create_private_dir(&self.config.runtime_dir)?;
+        create_private_dir(&self.config.log_dir)?;
+
+        let connection = self.connection_for(&request)?;
+        let connection_file = self
+            .config
+            .runtime_dir
+            .join(format!("kernel-{}.json", request.kernel_id));
+        let log_path = self
+            .config
+            .log_dir
+            .join(format!("kernel-{}.log", request.kernel_id));
+        connection.write(&connection_file)?;
+
+        let spawned = spawn(&request, &program, &connection_file, &log_path);
+        let child = match spawned {
+            Ok(child) => child,
+            Err(err) => {
+                remove_quietly(&connection_file);
+                return Err(err);
+            }
+        };
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw);
+        let Some(pid) = pid else {
+            remove_quietly(&connection_file);
+            return Err(Error::Spawn(format!(
+                "kernel '{}' started without a process id",
+                spec.name
+            )));
+        };
+        let interrupt_signal = interrupt_signal_of(spec);
+        tracing::info!(
+            kernel_id = %request.kernel_id,
+            pid = pid.as_raw(),
+            program = %program.display(),
+            log = %log_path.display(),
+            "local kernel started"
+        );
+        let exit = spawn_reaper(child, pid);
+        let process = LocalKernelProcess {
+            kernel_id: request.kernel_id.clone(),
+            connection: connection.clone(),
+            connection_file,
+            log_path,
+            pid,
+            pgid: pid,
+            interrupt_signal,
+            exit: Some(exit),
+            finished: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+        };
+        Ok(LaunchedKernel {
+            connection,
+            process: Box::new(process),
+        })
+    }
+
+    async fn reattach(&self, record: &KernelRecord) -> Result<LaunchedKernel, Error> {
+        if record.resource_manager != NAME {
+            return Err(Error::Config(format!(
+                "kernel {} was launched by '{}', not by the local backend",
+                record.kernel_id, record.resource_manager
+            )));
+        }
+        let info = LocalRecord::from_json(&record.process).ok_or_else(|| {
+            Error::Config(format!(
+                "kernel {}: unreadable local process record",
+                record.kernel_id
+            ))
+        })?;
+        let (pid, pgid) = (Pid::from_raw(info.pid), Pid::from_raw(info.pgid));
+        if !is_alive(pid, pgid) {
+            return Err(Error::NotRunning(format!(
+                "kernel {} (pid {}) is no longer running",
+                record.kernel_id, info.pid
+            )));
+        }
+        let process = LocalKernelProcess {
+            kernel_id: record.kernel_id.clone(),
+            connection: record.connection.clone(),
+            connection_file: info.connection_file,
+            log_path: info.log_path,
+            pid,
+            pgid,
+            interrupt_signal: info.interrupt_signal,
+            exit: None,
+            finished: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+        };
+        Ok(LaunchedKernel {
+            connection: record.connection.clone(),
+            process: Box::new(process),
+        })
+    }
+}
+
+/// One kernel process started (or re-attached) by the local backend.
+///
+/// See the [module docs](self) for what dropping it does.
+#[derive(Debug)]
+pub struct LocalKernelProcess {
+    kernel_id: String,
+    connection: ConnectionInfo,
+    connection_file: PathBuf,
+    log_path: PathBuf,
+    pid: Pid,
+    pgid: Pid,
+    interrupt_signal: Signal,
+    /// The reaper's exit report; `None` for a re-attached kernel, which is not our child.
+    exit: Option<watch::Receiver<ProcessState>>,
+    /// `terminate` completed: nothing left to kill on drop.
+    finished: AtomicBool,
+    /// The kernel must survive this handle.
+    detached: AtomicBool,
+}
+
+impl LocalKernelProcess {
+    /// The kernel's process id (also its process group id).
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+    /// The kernel's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+    /// The kernel's connection file.
+    pub fn connection_file(&self) -> &Path {
+        &self.connection_file
+    }
+
+    /// The state without waiting.
+    fn current(&self) -> ProcessState {
+        match &self.exit {
+            Some(exit) => *exit.borrow(),
+            None if is_alive(self.pid, self.pgid) => ProcessState::Running,
+            None => ProcessState::Exited {
+                code: None,
+                signal: None,
+            },
+        }
+    }
+
+    /// Waits for the end of the process.
+    async fn wait_exit(&self) -> ProcessState {
+        match &self.exit {
+            Some(exit) => {
+                let mut exit = exit.clone();
+                loop {
+                    let state = *exit.borrow_and_update();
+                    if state != ProcessState::Running {
+                        return state;
+                    }
+                    if exit.changed().await.is_err() {
+                        // The reaper is gone without a report (its runtime shut down).
+                        let state = *exit.borrow();
+                        return if state == ProcessState::Running {
+                            ProcessState::Unknown
+                        } else {
+                            state
+                        };
+                    }
+                }
+            }
+            None => loop {
+                let state = self.current();
+                if state != ProcessState::Running {
+                    // Not our child: make sure nothing of its group outlives it.
+                    let _ = killpg(self.pgid, Signal::SIGKILL);
+                    return state;
+                }
+                tokio::time::sleep(REATTACHED_POLL).await;
+            },
+        }
+    }
+
+    /// Whether the kernel may still be signalled through its process group.
+    fn may_signal(&self) -> bool {
+        match self.current() {
+            ProcessState::Running => true,
+            ProcessState::Exited { .. } => false,
+            ProcessState::Unknown => is_alive(self.pid, self.pgid),
+        }
+    }
+
+    fn not_running(&self) -> Error {
+        Error::NotRunning(format!(
+            "kernel {} (pid {}) is not running",
+            self.kernel_id, self.pid
+        ))
+    }
+}
+
+#[async_trait]
+impl KernelProcess for LocalKernelProcess {
+    fn record(&self) -> KernelRecord {
+        KernelRecord {
+            resource_manager: NAME.to_owned(),
+            kernel_id: self.kernel_id.clone(),
+            connection: self.connection.clone(),
+            process: serde_json::json!({
+                "pid": self.pid.as_raw(),
+                "pgid": self.pgid.as_raw(),
+                "log_path": self.log_path,
+                "connection_file": self.connection_file,
+                "interrupt_signal": self.interrupt_signal.as_str(),
+            }),
+        }
+    }
+
+    async fn poll(&self) -> ProcessState {
+        self.current()
+    }
+
+    async fn wait(&self) -> ProcessState {
+        self.wait_exit().await
+    }
+
+    async fn signal(&self, signum: i32) -> Result<(), Error> {
+        if !self.may_signal() {
+            return Err(self.not_running());
+        }
+        if signum == 0 {
+            // A liveness probe targets the process itself.
+            return kill(self.pid, None).map_err(|e| Error::Io(e.into()));
+        }
+        let signal = Signal::try_from(signum).map_err(|_| {
+            Error::Unsupported(format!("{signum} is not a signal number on this system"))
+        })?;
+        match killpg(self.pgid, signal) {
+            Ok(()) => Ok(()),
+            Err(Errno::ESRCH) => Err(self.not_running()),
+            Err(e) => Err(Error::Io(e.into())),
+        }
+    }
+
+    async fn interrupt(&self) -> Result<(), Error> {
+        self.signal(self.interrupt_signal as i32).await
+    }
+
+    async fn terminate(&self, grace: Duration) -> Result<ProcessState, Error> {
+        let state = self.current();
+        if let ProcessState::Exited { .. } = state {
+            self.finished.store(true, Ordering::SeqCst);
+            return Ok(state);
+        }
+        let _ = killpg(self.pgid, Signal::SIGTERM);
+        let state = match tokio::time::timeout(grace, self.wait_exit()).await {
+            Ok(state) => state,
+            Err(_) => {
+                tracing::info!(kernel_id = %self.kernel_id, "kernel did not stop on SIGTERM, killing it");
+                let _ = killpg(self.pgid, Signal::SIGKILL);
+                tokio::time::timeout(KILL_WAIT, self.wait_exit())
+                    .await
+                    .unwrap_or(ProcessState::Unknown)
+            }
+        };
+        self.finished.store(true, Ordering::SeqCst);
+        Ok(state)
+    }
+
+    async fn cleanup(&self, keep_connection_file: bool) {
+        if !keep_connection_file {
+            remove_quietly(&self.connection_file);
+        }
+    }
+
+    fn log_tail(&self, max_lines: usize) -> String {
+        read_tail(&self.log_path, max_lines).unwrap_or_default()
+    }
+
+    fn detach(&self) {
+        self.detached.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for LocalKernelProcess {
+    fn drop(&mut self) {
+        if self.finished.load(Ordering::SeqCst) || self.detached.load(Ordering::SeqCst) {
+            return;
+        }
+        if self.current() == ProcessState::Running {
+            tracing::warn!(kernel_id = %self.kernel_id, pid = self.pid.as_raw(), "kernel handle dropped while running: killing its process group");
+            let _ = killpg(self.pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// The `process` part of a local [`KernelRecord`].
+#[derive(Debug)]
+struct LocalRecord {
+    pid: i32,
+    pgid: i32,
+    log_path: PathBuf,
+    connection_file: PathBuf,
+    interrupt_signal: Signal,
+}
+
+impl LocalRecord {
+    fn from_json(value: &serde_json::Value) -> Option<LocalRecord> {
+        let int = |key: &str| {
+            value
+                .get(key)
+                .and_then(serde_json::Value::as_i64)
+                .and_then(|v| i32::try_from(v).ok())
+                .filter(|v| *v > 0)
+        };
+        let path = |key: &str| {
+            value
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .map(PathBuf::from)
+        };
+        let interrupt_signal = value
+            .get("interrupt_signal")
+            .and_then(serde_json::Value::as_str)
+            .and_then(parse_signal_name)
+            .unwrap_or(Signal::SIGINT);
+        Some(LocalRecord {
+            pid: int("pid")?,
+            pgid: int("pgid")?,
+            log_path: path("log_path")?,
+            connection_file: path("connection_file")?,
+            interrupt_signal,
+        })
+    }
+}
+
+/// Starts the kernel process.
+fn spawn(
+    request: &LaunchRequest,
+    program: &Path,
+    connection_file: &Path,
+    log_path: &Path,
+) -> Result<tokio::process::Child, Error> {
+    let spec = &request.spec;
+    let mut vars: BTreeMap<&str, String> = BTreeMap::new();
+    let connection_path = connection_file
+        .canonicalize()
+        .unwrap_or_else(|_| connection_file.to_path_buf());
+    vars.insert(
+        "connection_file",
+        connection_path.to_string_lossy().into_owned(),
+    );
+    vars.insert("kernel_id", request.kernel_id.clone());
+    vars.insert(
+        "resource_dir",
+        spec.resource_dir.to_string_lossy().into_owned(),
+    );
+    vars.insert("port_range", request.port_range.to_template());
+    if let Some(prefix) = spec.prefix() {
+        vars.insert("prefix", prefix.to_string_lossy().into_owned());
+    }
+    let argv = template::substitute(&spec.argv, &vars);
+
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log_path)
+        .map_err(|e| {
+            Error::Spawn(format!(
+                "kernel '{}': cannot open log {}: {e}",
+                spec.name,
+                log_path.display()
+            ))
+        })?;
+    let log_err = log.try_clone()?;
+
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(argv.iter().skip(1))
+        .env_clear()
+        .envs(&request.env)
+        .env("JPY_PARENT_PID", std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(cwd) = &request.cwd {
+        command.current_dir(cwd);
+    }
+    command.spawn().map_err(|e| {
+        let cwd = request
+            .cwd
+            .as_ref()
+            .map(|c| format!(" in {}", c.display()))
+            .unwrap_or_default();
+        Error::Spawn(format!(
+            "cannot start kernel '{}': {}{cwd}: {e}",
+            spec.name,
+            program.display()
+        ))
+    })
+}
+
+/// Waits for the child, kills what is left of its group, and publishes the exit.
+fn spawn_reaper(mut child: tokio::process::Child, pgid: Pid) -> watch::Receiver<ProcessState> {
+    let (tx, rx) = watch::channel(ProcessState::Running);
+    tokio::spawn(async move {
+        let state = match child.wait().await {
+            Ok(status) => ProcessState::Exited {
+                code: status.code(),
+                signal: status.signal(),
+            },
+            Err(err) => {
+                tracing::warn!(pid = pgid.as_raw(), "cannot wait for kernel process: {err}");
+                ProcessState::Unknown
+            }
+        };
+        // The group id stays reserved while any member lives, so this reaches only leftovers.
+        let _ = killpg(pgid, Signal::SIGKILL);
+        tracing::debug!(pid = pgid.as_raw(), ?state, "local kernel process ended");
+        let _ = tx.send(state);
+    });
+    rx
+}
+
+/// The interrupt signal: the kernelspec env's `EG_ALTERNATE_SIGINT`, else SIGINT.
+fn interrupt_signal_of(spec: &KernelSpec) -> Signal {
+    match spec.env.get("EG_ALTERNATE_SIGINT") {
+        None => Signal::SIGINT,
+        Some(name) => parse_signal_name(name).unwrap_or_else(|| {
+            tracing::warn!(kernelspec = %spec.name, "EG_ALTERNATE_SIGINT '{name}' is not a signal name; using SIGINT");
+            Signal::SIGINT
+        }),
+    }
+}
+
+/// `SIGUSR2`, `USR2` or `sigusr2`.
+pub fn parse_signal_name(name: &str) -> Option<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&full).ok()
+}
+
+/// Finds the program for `argv0` (see the module docs).
+fn resolve_program(
+    spec: &KernelSpec,
+    argv0: &str,
+    env: &BTreeMap<String, String>,
+    search_path: &[PathBuf],
+) -> Result<PathBuf, Error> {
+    if argv0.is_empty() {
+        return Err(Error::Spawn(format!(
+            "kernelspec '{}' has an empty argv[0]",
+            spec.name
+        )));
+    }
+    if is_python_name(argv0)
+        && let Some(prefix) = spec.prefix()
+    {
+        let candidate = prefix.join("bin").join(argv0);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    if argv0.contains('/') {
+        return Ok(PathBuf::from(argv0));
+    }
+    let env_path = env.get("PATH").map(|p| {
+        p.split(':')
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .collect::<Vec<_>>()
+    });
+    let dirs = env_path.iter().flatten().chain(search_path);
+    for dir in dirs {
+        let candidate = dir.join(argv0);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::Spawn(format!(
+        "cannot start kernel '{}': program '{argv0}' was not found in the kernel's PATH or the gateway's search path",
+        spec.name
+    )))
+}
+
+/// `python`, `python3` or `python3.X`.
+fn is_python_name(name: &str) -> bool {
+    match name.strip_prefix("python") {
+        Some("") | Some("3") => true,
+        Some(rest) => rest
+            .strip_prefix("3.")
+            .is_some_and(|minor| !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Kernel ids become file names: keep them to one safe path component.
+fn is_safe_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        && id != "-"
+}
+
+/// Creates a directory (and parents) with mode 0700 if it does not exist.
+fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(Error::Io)
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(err) = std::fs::remove_file(path)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), "cannot remove file: {err}");
+    }
+}
+
+/// Whether `pid` still runs as a member of `pgid` (and is not a zombie).
+fn is_alive(pid: Pid, pgid: Pid) -> bool {
+    if kill(pid, None).is_err() {
+        return false;
+    }
+    if getpgid(Some(pid)).is_ok_and(|g| g != pgid) {
+        return false;
+    }
+    !is_zombie(pid)
+}
+
+/// Reads the state letter of `/proc/<pid>/stat` (Linux); other systems report "not a zombie".
+fn is_zombie(pid: Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw())) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may contain anything.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .is_some_and(|s| s == 'Z' || s == 'X')
+}
+
+/// The last `max_lines` lines of a file, reading at most its last [`LOG_TAIL_BYTES`].
+fn read_tail(path: &Path, max_lines: usize) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(LOG_TAIL_BYTES);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if start > 0 && !lines.is_empty() {
+        // The first line was cut by the window.
+        lines.remove(0);
+    }
+    let skip = lines.len().saturating_sub(max_lines);
+    Ok(lines[skip..].join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_names() {
+        for (name, expected) in [
+            ("python", true),
+            ("python3", true),
+            ("python3.11", true),
+            ("python2", false),
+            ("python3.", false),
+            ("python3.x", false),
+            ("pythonista", false),
+            ("ipython", false),
+        ] {
+            assert_eq!(is_python_name(name), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(parse_signal_name("SIGUSR2"), Some(Signal::SIGUSR2));
+        assert_eq!(parse_signal_name("usr1"), Some(Signal::SIGUSR1));
+        assert_eq!(parse_signal_name(" SIGINT "), Some(Signal::SIGINT));
+        assert_eq!(parse_signal_name("SIGNOPE"), None);
+        assert_eq!(parse_signal_name(""), None);
+    }
+
+    #[test]
+    fn safe_ids() {
+        assert!(is_safe_id("0f3c7a52-6f1e-4c3e-9a49-1d5b1c0f7d11"));
+        for bad in ["", "..", "a/b", "a b", "-"] {
+            assert!(!is_safe_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tail_of_a_file() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("log");
+        std::fs::write(&path, "one\ntwo\nthree\n")?;
+        assert_eq!(read_tail(&path, 2)?, "two\nthree");
+        assert_eq!(read_tail(&path, 10)?, "one\ntwo\nthree");
+        assert_eq!(read_tail(&path, 0)?, "");
+        let long: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, long)?;
+        assert_eq!(read_tail(&path, 2)?, "line 19998\nline 19999");
+        assert!(read_tail(&dir.path().join("missing"), 2).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn record_round_trip() {
+        let json = serde_json::json!({"pid": 42, "pgid": 42, "log_path": "/l", "connection_file": "/c", "interrupt_signal": "SIGUSR2"});
+        let record = LocalRecord::from_json(&json);
+        assert_eq!(
+            record.as_ref().map(|r| (r.pid, r.interrupt_signal)),
+            Some((42, Signal::SIGUSR2))
+        );
+        assert!(LocalRecord::from_json(&serde_json::json!({"pid": -1, "pgid": 1, "log_path": "/l", "connection_file": "/c"})).is_none());
+        assert!(LocalRecord::from_json(&serde_json::json!({"pid": 1})).is_none());
     }
 }

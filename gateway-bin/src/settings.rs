@@ -1,0 +1,344 @@
+//! Stage two of the configuration: raw option text validated, once, into the immutable
+//! [`GatewayConfig`] and the few settings only the binary needs (where to listen, logging,
+//! the local backend's directories). Nothing downstream re-validates.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use gateway_http::GatewayConfig;
+use gateway_http::config::{Cors, Culling};
+use kernel_launcher::PortRange;
+use kernel_launcher::env::EnvPolicy;
+use resource_managers::local::LocalConfig;
+
+use crate::options::RawOptions;
+
+/// Everything the binary needs to run.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    /// The gateway's configuration.
+    pub(crate) gateway: GatewayConfig,
+    /// The local backend's settings.
+    pub(crate) local: LocalConfig,
+    /// Address to listen on.
+    pub(crate) ip: String,
+    /// First port to try.
+    pub(crate) port: u16,
+    /// Further ports to try.
+    pub(crate) port_retries: u16,
+    /// A tracing filter.
+    pub(crate) log_filter: String,
+}
+
+/// A typed reader over raw options; every error names the option.
+struct Reader<'a> {
+    raw: &'a RawOptions,
+}
+
+impl Reader<'_> {
+    fn text(&self, name: &str) -> Option<String> {
+        let v = self.raw.get(name).trim();
+        (!v.is_empty()).then(|| v.to_owned())
+    }
+
+    fn bool(&self, name: &str) -> anyhow::Result<bool> {
+        match self.raw.get(name).trim().to_ascii_lowercase().as_str() {
+            "" | "false" | "0" | "no" | "off" | "n" | "f" => Ok(false),
+            "true" | "1" | "yes" | "on" | "y" | "t" => Ok(true),
+            other => Err(anyhow!("--{name}: {other:?} is not a boolean")),
+        }
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str) -> anyhow::Result<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.text(name) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<T>()
+                .map(Some)
+                .map_err(|e| anyhow!("--{name}: {v:?} is not a valid number: {e}")),
+        }
+    }
+
+    fn secs(&self, name: &str) -> anyhow::Result<Duration> {
+        let secs = self.number::<f64>(name)?.unwrap_or(0.0);
+        if !secs.is_finite() || secs < 0.0 {
+            bail!("--{name}: must be a non-negative number of seconds");
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    fn list(&self, name: &str) -> Vec<String> {
+        split_list(self.raw.get(name))
+    }
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    let trimmed = text.trim().trim_start_matches('[').trim_end_matches(']');
+    trimmed
+        .split(',')
+        .map(|s| s.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Validates raw options into settings. `env` is the gateway's process environment.
+pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow::Result<Settings> {
+    let r = Reader { raw };
+    let ip = r.text("ip").unwrap_or_else(|| "127.0.0.1".to_owned());
+    ip.parse::<std::net::IpAddr>()
+        .map_err(|_| anyhow!("--ip: {ip:?} is not an IP address"))?;
+    let port = r.number::<u16>("port")?.unwrap_or(8888);
+    let port_retries = r.number::<u16>("port_retries")?.unwrap_or(0);
+
+    let home = env.get("HOME").map(PathBuf::from);
+    let data_dir = env
+        .get("JUPYTER_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".local/share/jupyter")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/jupyter"));
+    let runtime_dir = r
+        .text("runtime_dir")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data_dir.join("runtime"));
+    let log_dir = r
+        .text("kernel_log_dir")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| runtime_dir.clone());
+
+    let path_dirs: Vec<PathBuf> = env
+        .get("PATH")
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
+    let kernelspec_dirs = kernel_launcher::kernelspec::search_path(
+        env.get("JUPYTER_PATH").map(String::as_str),
+        home.as_deref(),
+        &python_prefixes(env, &path_dirs),
+        &r.list("kernelspec_dirs")
+            .into_iter()
+            .map(PathBuf::from)
+            .collect::<Vec<_>>(),
+    );
+
+    let port_range = PortRange::parse(raw.get("port_range"))
+        .map_err(|e| anyhow!("--port_range: {e}"))?;
+
+    let max_kernels_per_user = r.number::<i64>("max_kernels_per_user")?.unwrap_or(-1);
+    let max_kernels_per_user =
+        (max_kernels_per_user >= 0).then(|| usize::try_from(max_kernels_per_user).unwrap_or(0));
+
+    let mut cull_interval = r.secs("cull_interval")?;
+    if cull_interval.is_zero() {
+        tracing::warn!("cull_interval must be positive; using 300 seconds");
+        cull_interval = Duration::from_secs(300);
+    }
+
+    let base_url = normalise_base_url(raw.get("base_url"));
+    let tls = tls(&r)?;
+
+    let gateway = GatewayConfig {
+        base_url,
+        auth_token: r.text("auth_token"),
+        cors: Cors {
+            allow_origin: r.text("allow_origin"),
+            allow_credentials: r.text("allow_credentials"),
+            allow_headers: r.text("allow_headers"),
+            allow_methods: r.text("allow_methods"),
+            expose_headers: r.text("expose_headers"),
+            max_age: r.text("max_age"),
+        },
+        list_kernels: r.bool("list_kernels")?,
+        max_kernels: r.number::<usize>("max_kernels")?,
+        max_kernels_per_user,
+        default_kernel_name: r
+            .text("default_kernel_name")
+            .unwrap_or_else(|| "python3".to_owned()),
+        allowed_kernelspecs: r.list("allowed_kernelspecs"),
+        authorized_users: r.list("authorized_users"),
+        unauthorized_users: r.list("unauthorized_users"),
+        env_policy: EnvPolicy {
+            client_envs: r.list("client_envs"),
+            inherited_envs: r.list("inherited_envs"),
+        },
+        gateway_env: env.clone(),
+        gateway_user: gateway_user(env),
+        impersonation_enabled: r.bool("impersonation_enabled")?,
+        port_range,
+        kernelspec_dirs,
+        root_dir: env
+            .get("PWD")
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_else(|| PathBuf::from("/")),
+        launch_timeout: r.secs("launch_timeout")?,
+        max_launch_timeout: r.secs("max_launch_timeout")?,
+        kernel_info_timeout: r.secs("kernel_info_timeout")?,
+        shutdown_wait_time: r.secs("shutdown_wait_time")?,
+        restart_limit: r.number::<u32>("restart_limit")?.unwrap_or(5),
+        culling: Culling {
+            idle_timeout: r.secs("cull_idle_timeout")?,
+            interval: cull_interval,
+            cull_connected: r.bool("cull_connected")?,
+            cull_busy: r.bool("cull_busy")?,
+            busy_timeout: r.secs("cull_busy_timeout")?,
+        },
+        ws_ping_interval: r.secs("ws_ping_interval")?,
+        ws_max_message_size: r.number::<usize>("ws_max_message_size")?.unwrap_or(100 << 20),
+        buffer_max_messages: r.number::<usize>("buffer_max_messages")?.unwrap_or(10_000),
+        buffer_max_bytes: r.number::<usize>("buffer_max_bytes")?.unwrap_or(64 << 20),
+        buffer_ttl: r.secs("buffer_ttl")?,
+        shutdown_kernels_on_exit: r.bool("shutdown_kernels_on_exit")?,
+        tls,
+    };
+    if gateway.max_launch_timeout < gateway.launch_timeout {
+        bail!("--max_launch_timeout must not be below --launch_timeout");
+    }
+
+    Ok(Settings {
+        local: LocalConfig {
+            runtime_dir,
+            log_dir,
+            ip: "127.0.0.1".to_owned(),
+            search_path: path_dirs,
+        },
+        gateway,
+        ip,
+        port,
+        port_retries,
+        log_filter: log_filter(raw.get("log_level")),
+    })
+}
+
+fn tls(r: &Reader<'_>) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+    let cert = r.text("certfile");
+    let key = r.text("keyfile");
+    let ca = r.text("client_ca");
+    match (cert, key) {
+        (None, None) if ca.is_none() => Ok(None),
+        (Some(cert), Some(key)) => {
+            let config = gateway_http::tls::server_config(
+                Path::new(&cert),
+                Path::new(&key),
+                ca.as_deref().map(Path::new),
+            )
+            .with_context(|| "TLS configuration failed")?;
+            Ok(Some(config))
+        }
+        _ => bail!("TLS needs both --certfile and --keyfile"),
+    }
+}
+
+/// `/`, `/a/b/` forms: a leading and a trailing slash, no duplicates.
+fn normalise_base_url(raw: &str) -> String {
+    let inner = raw.trim().trim_matches('/');
+    if inner.is_empty() {
+        "/".to_owned()
+    } else {
+        format!("/{inner}/")
+    }
+}
+
+/// EG's log levels (numbers or names) as a tracing filter; anything else is taken as a filter.
+fn log_filter(level: &str) -> String {
+    match level.trim().to_ascii_lowercase().as_str() {
+        "" | "info" | "20" => "info".to_owned(),
+        "debug" | "10" => "debug".to_owned(),
+        "warn" | "warning" | "30" => "warn".to_owned(),
+        "error" | "critical" | "40" | "50" => "error".to_owned(),
+        "trace" | "0" => "trace".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn gateway_user(env: &BTreeMap<String, String>) -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .or_else(|| env.get("USER").cloned())
+        .unwrap_or_else(|| "root".to_owned())
+}
+
+/// Python environments whose `share/jupyter/kernels` are searched, like Jupyter's `sys.prefix`:
+/// an active virtualenv or conda env, then the prefix of the first `python3` on PATH.
+fn python_prefixes(env: &BTreeMap<String, String>, path_dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut prefixes: Vec<PathBuf> = ["VIRTUAL_ENV", "CONDA_PREFIX"]
+        .iter()
+        .filter_map(|k| env.get(*k).map(PathBuf::from))
+        .collect();
+    if let Some(dir) = path_dirs.iter().find(|d| d.join("python3").is_file())
+        && let Some(prefix) = dir.parent()
+    {
+        prefixes.push(prefix.to_path_buf());
+    }
+    prefixes.dedup();
+    prefixes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options;
+    use std::ffi::OsString;
+
+    fn settings(cli: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let args = std::iter::once("enterprise-gateway")
+            .chain(cli.iter().copied())
+            .map(OsString::from);
+        let raw = options::parse(args, &env)?;
+        build(&raw, &env)
+    }
+
+    #[test]
+    fn defaults_match_enterprise_gateway() {
+        let s = settings(&[], &[("HOME", "/home/x")]).expect("valid");
+        assert_eq!(s.port, 8888);
+        assert_eq!(s.ip, "127.0.0.1");
+        assert_eq!(s.gateway.base_url, "/");
+        assert!(!s.gateway.list_kernels);
+        assert_eq!(s.gateway.unauthorized_users, vec!["root"]);
+        assert_eq!(s.gateway.max_kernels, None);
+        assert_eq!(s.gateway.max_kernels_per_user, None);
+        assert_eq!(s.gateway.default_kernel_name, "python3");
+        assert_eq!(s.gateway.launch_timeout, Duration::from_secs(30));
+        assert_eq!(s.gateway.restart_limit, 5);
+        assert!(s.gateway.culling.idle_timeout.is_zero());
+        assert_eq!(s.gateway.culling.interval, Duration::from_secs(300));
+        assert_eq!(s.local.runtime_dir, PathBuf::from("/home/x/.local/share/jupyter/runtime"));
+        assert!(s.gateway.tls.is_none());
+    }
+
+    #[test]
+    fn values_are_validated() {
+        let s = settings(
+            &["--base_url=fake/path", "--EnterpriseGatewayApp.list_kernels=True"],
+            &[("EG_MAX_KERNELS", "3"), ("EG_CLIENT_ENVS", "A, B"), ("EG_MAX_KERNELS_PER_USER", "2")],
+        )
+        .expect("valid");
+        assert_eq!(s.gateway.base_url, "/fake/path/");
+        assert!(s.gateway.list_kernels);
+        assert_eq!(s.gateway.max_kernels, Some(3));
+        assert_eq!(s.gateway.max_kernels_per_user, Some(2));
+        assert_eq!(s.gateway.env_policy.client_envs, vec!["A", "B"]);
+
+        for (cli, needle) in [
+            (&["--port=99999"][..], "--port"),
+            (&["--ip=nowhere"][..], "--ip"),
+            (&["--list_kernels=maybe"][..], "--list_kernels"),
+            (&["--port_range=10000..10999"][..], "--port_range"),
+            (&["--cull_idle_timeout=-1"][..], "--cull_idle_timeout"),
+            (&["--certfile=/nonexistent.pem"][..], "--keyfile"),
+        ] {
+            let err = settings(cli, &[]).expect_err("invalid");
+            assert!(format!("{err:#}").contains(needle), "{cli:?}: {err:#}");
+        }
+    }
+}

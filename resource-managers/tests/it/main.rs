@@ -1,0 +1,5 @@
+//! Integration tests of the resource managers, with real processes (a real ipykernel included).
+
+mod ipykernel;
+mod local;
+mod support;

@@ -1,0 +1,165 @@
+//! Shared fixtures: a local backend in a temp dir, kernelspecs, process checks.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kernel_launcher::{KernelSpec, PortRange};
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+use resource_managers::local::{LocalConfig, LocalResourceManager};
+use resource_managers::{KernelProcess, LaunchRequest};
+
+/// The workspace root.
+pub(crate) fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The venv's ipykernel kernelspec (argv[0] is `python`).
+pub(crate) fn venv_python3_spec() -> anyhow::Result<KernelSpec> {
+    Ok(KernelSpec::load(
+        &workspace().join(".venv/share/jupyter/kernels/python3"),
+    )?)
+}
+
+/// A local backend writing into its own temp dir (removed on drop).
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) backend: LocalResourceManager,
+}
+
+impl Fixture {
+    pub(crate) fn new() -> anyhow::Result<Fixture> {
+        let dir = tempfile::tempdir()?;
+        let backend = LocalResourceManager::new(LocalConfig {
+            runtime_dir: dir.path().join("runtime"),
+            log_dir: dir.path().join("logs"),
+            ip: "127.0.0.1".to_owned(),
+            search_path: vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")],
+        });
+        Ok(Fixture { dir, backend })
+    }
+
+    pub(crate) fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("runtime")
+    }
+
+    pub(crate) fn connection_file(&self, kernel_id: &str) -> PathBuf {
+        self.runtime_dir().join(format!("kernel-{kernel_id}.json"))
+    }
+
+    pub(crate) fn log_file(&self, kernel_id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("logs")
+            .join(format!("kernel-{kernel_id}.log"))
+    }
+}
+
+/// A kernelspec in a fresh directory under `root` with the given argv and env.
+pub(crate) fn spec(
+    root: &Path,
+    name: &str,
+    argv: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<KernelSpec> {
+    let dir = root.join("kernels").join(name);
+    std::fs::create_dir_all(&dir)?;
+    let json = serde_json::json!({
+        "argv": argv,
+        "display_name": name,
+        "language": "shell",
+        "env": env.iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
+    });
+    std::fs::write(dir.join("kernel.json"), json.to_string())?;
+    Ok(KernelSpec::load(&dir)?)
+}
+
+/// A launch request with a minimal environment (no PATH).
+pub(crate) fn request(spec: KernelSpec) -> LaunchRequest {
+    let kernel_id = uuid::Uuid::new_v4().to_string();
+    LaunchRequest {
+        env: BTreeMap::from([
+            ("KERNEL_ID".to_owned(), kernel_id.clone()),
+            ("KERNEL_USERNAME".to_owned(), "tester".to_owned()),
+            ("KERNEL_GATEWAY".to_owned(), "1".to_owned()),
+        ]),
+        kernel_id,
+        spec,
+        cwd: None,
+        port_range: PortRange::ANY,
+        timeout: Duration::from_secs(30),
+        previous: None,
+        username: "tester".to_owned(),
+    }
+}
+
+/// `(pid, pgid)` from a local record.
+pub(crate) fn pid_pgid(process: &dyn KernelProcess) -> (i32, i32) {
+    let record = process.record();
+    let get = |k: &str| {
+        record
+            .process
+            .get(k)
+            .and_then(|v| v.as_i64())
+            .and_then(|v| i32::try_from(v).ok())
+            .unwrap_or(0)
+    };
+    (get("pid"), get("pgid"))
+}
+
+/// Whether any process (zombies included) is in group `pgid`.
+pub(crate) fn group_exists(pgid: i32) -> bool {
+    kill(Pid::from_raw(-pgid), None) != Err(Errno::ESRCH)
+}
+
+/// Whether `pid` exists at all (a zombie counts).
+pub(crate) fn pid_exists(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None) != Err(Errno::ESRCH)
+}
+
+/// Whether `pid` is running (exists and is not a zombie).
+pub(crate) fn pid_running(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
+}
+
+/// Waits until the kernel's log contains `needle`.
+pub(crate) async fn wait_for_log(
+    process: &dyn KernelProcess,
+    needle: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if process.log_tail(200).contains(needle) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "log never showed {needle:?}; tail:\n{}",
+                process.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub(crate) async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
