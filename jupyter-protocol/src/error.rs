@@ -9,7 +9,12 @@ pub enum Error {
     Malformed(String),
     /// A message exceeds the configured size limit.
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// Size of the message.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// The HMAC signature does not match.
     #[error("invalid signature")]
     InvalidSignature,
@@ -21,7 +26,12 @@ pub enum Error {
     UnsupportedScheme(String),
     /// Connection file problems.
     #[error("connection file {path}: {reason}")]
-    ConnectionFile { path: std::path::PathBuf, reason: String },
+    ConnectionFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A socket could not connect within its timeout.
     #[error("timed out connecting to {0}")]
     ConnectTimeout(String),

@@ -2,11 +2,25 @@
 //!
 //! A zeromq DEALER does not recover when its peer restarts on the same port, so after a kernel restart
 //! callers drop the whole unit and connect a new one.
+//!
+//! Every incoming message is checked before it is handed on: total size against
+//! [`SocketOptions::max_message_size`], the `<IDS|MSG>` framing, and the HMAC signature with a
+//! replay history shared by the sockets of one unit ([`SessionChannels`] has one history for its
+//! three DEALERs, [`IopubSubscription`] its own). Messages that fail are dropped with a log line.
+//!
+//! Background tasks read the sockets. They end, and release their sockets, once the receiving end
+//! of their channel (`replies` or `messages`) is dropped.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
-use crate::{Channel, ConnectionInfo, Error, Message};
+use crate::transport::{FrameSink, FrameStream, KernelTransport, RequestSocket, ZmqTransport};
+use crate::wire::{DIGEST_HISTORY_SIZE, DigestHistory, check_and_split};
+use crate::{Channel, ConnectionInfo, Error, Message, Signer};
 
 /// Socket settings.
 #[derive(Debug, Clone)]
@@ -22,19 +36,117 @@ pub struct SocketOptions {
 }
 
 impl Default for SocketOptions {
+    /// Connect timeout 10 s, messages up to 1 GiB, 100 000 buffered iopub messages, 1 024 buffered
+    /// replies.
     fn default() -> SocketOptions {
-        todo!()
+        SocketOptions {
+            connect_timeout: Duration::from_secs(10),
+            max_message_size: 1 << 30,
+            iopub_capacity: 100_000,
+            reply_capacity: 1024,
+        }
+    }
+}
+
+/// The default transport as a shareable handle.
+pub fn default_transport() -> Arc<dyn KernelTransport> {
+    Arc::new(ZmqTransport)
+}
+
+/// Checks size, framing and signature of incoming messages for one socket unit.
+#[derive(Debug)]
+struct UnitVerifier {
+    signer: Signer,
+    history: Mutex<DigestHistory>,
+    max_size: usize,
+}
+
+impl UnitVerifier {
+    fn new(signer: Signer, max_size: usize) -> UnitVerifier {
+        UnitVerifier {
+            signer,
+            history: Mutex::new(DigestHistory::new(DIGEST_HISTORY_SIZE)),
+            max_size,
+        }
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, DigestHistory> {
+        // The history stays consistent even if a holder panicked: recover it.
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn decode(&self, frames: Vec<Bytes>) -> Result<Message, Error> {
+        let (_identities, signature, msg) = check_and_split(frames, self.max_size)?;
+        if !self.signer.is_signed() {
+            return Ok(msg);
+        }
+        if self.history().contains(&signature) {
+            return Err(Error::DuplicateSignature);
+        }
+        // The MAC runs outside the lock, so sockets of one unit verify in parallel.
+        self.signer.verify(&signature, &msg)?;
+        self.history().insert(&signature)?;
+        Ok(msg)
+    }
+}
+
+async fn connect_bounded<T>(
+    endpoint: &str,
+    timeout: Duration,
+    connect: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::ConnectTimeout(endpoint.to_owned())),
+    }
+}
+
+/// Pause after a transport receive error, so a socket that keeps failing cannot spin a core.
+const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+struct SenderInner {
+    session_id: String,
+    signer: Signer,
+    shell: tokio::sync::Mutex<Box<dyn FrameSink>>,
+    control: tokio::sync::Mutex<Box<dyn FrameSink>>,
+    stdin: tokio::sync::Mutex<Box<dyn FrameSink>>,
+}
+
+impl std::fmt::Debug for SenderInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderInner")
+            .field("session_id", &self.session_id)
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
     }
 }
 
 /// Sends signed messages on shell, control or stdin. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct ChannelSender {}
+pub struct ChannelSender {
+    inner: Arc<SenderInner>,
+}
 
 impl ChannelSender {
     /// Signs `msg` with the kernel's key and sends it on `channel` (shell, control or stdin).
     pub async fn send(&self, channel: Channel, msg: Message) -> Result<(), Error> {
-        todo!()
+        let sink = match channel {
+            Channel::Shell => &self.inner.shell,
+            Channel::Control => &self.inner.control,
+            Channel::Stdin => &self.inner.stdin,
+            Channel::Iopub | Channel::Heartbeat => {
+                return Err(Error::Transport(format!(
+                    "clients cannot send on the {channel} channel"
+                )));
+            }
+        };
+        let frames = self.inner.signer.encode(&[], &msg);
+        sink.lock().await.send(frames).await
+    }
+
+    /// The session id these sockets use as their ZMQ identity.
+    pub fn session_id(&self) -> &str {
+        &self.inner.session_id
     }
 }
 
@@ -50,38 +162,259 @@ pub struct SessionChannels {
 
 impl SessionChannels {
     /// Connects the three DEALERs for `session_id`.
-    pub async fn connect(info: &ConnectionInfo, session_id: &str, opts: &SocketOptions) -> Result<SessionChannels, Error> {
-        todo!()
+    pub async fn connect(
+        info: &ConnectionInfo,
+        session_id: &str,
+        opts: &SocketOptions,
+    ) -> Result<SessionChannels, Error> {
+        SessionChannels::connect_with(&ZmqTransport, info, session_id, opts).await
+    }
+
+    /// Like [`SessionChannels::connect`], over the given transport.
+    ///
+    /// The reply buffer applies backpressure: while it is full the reader tasks stop reading.
+    pub async fn connect_with(
+        transport: &dyn KernelTransport,
+        info: &ConnectionInfo,
+        session_id: &str,
+        opts: &SocketOptions,
+    ) -> Result<SessionChannels, Error> {
+        let signer = info.signer()?;
+        let identity = session_id.as_bytes();
+        let dealer = |channel: Channel| {
+            let endpoint = info.endpoint(channel);
+            async move {
+                connect_bounded(
+                    &endpoint,
+                    opts.connect_timeout,
+                    transport.connect_dealer(&endpoint, identity),
+                )
+                .await
+            }
+        };
+        let (shell, control, stdin) = tokio::try_join!(
+            dealer(Channel::Shell),
+            dealer(Channel::Control),
+            dealer(Channel::Stdin)
+        )?;
+        let verifier = Arc::new(UnitVerifier::new(signer.clone(), opts.max_message_size));
+        let (tx, replies) = mpsc::channel(opts.reply_capacity.max(1));
+        for (channel, stream) in [
+            (Channel::Shell, shell.1),
+            (Channel::Control, control.1),
+            (Channel::Stdin, stdin.1),
+        ] {
+            tokio::spawn(read_replies(channel, stream, verifier.clone(), tx.clone()));
+        }
+        let sender = ChannelSender {
+            inner: Arc::new(SenderInner {
+                session_id: session_id.to_owned(),
+                signer,
+                shell: tokio::sync::Mutex::new(shell.0),
+                control: tokio::sync::Mutex::new(control.0),
+                stdin: tokio::sync::Mutex::new(stdin.0),
+            }),
+        };
+        Ok(SessionChannels { sender, replies })
+    }
+}
+
+async fn read_replies(
+    channel: Channel,
+    mut stream: Box<dyn FrameStream>,
+    verifier: Arc<UnitVerifier>,
+    tx: mpsc::Sender<(Channel, Message)>,
+) {
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = tx.closed() => return,
+            received = stream.recv() => received,
+        };
+        match received {
+            Ok(frames) => match verifier.decode(frames) {
+                Ok(msg) => {
+                    if tx.send((channel, msg)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(err) => tracing::warn!(%channel, %err, "dropping kernel message"),
+            },
+            Err(err) => {
+                tracing::debug!(%channel, %err, "receive failed");
+                tokio::time::sleep(RECV_ERROR_BACKOFF).await;
+            }
+        }
     }
 }
 
 /// An iopub SUB (subscribed to all topics) drained by its own task into a bounded buffer, so a slow
 /// consumer never makes the kernel's publisher drop messages.
+///
+/// The drain task reads the socket as fast as the kernel publishes. If `messages` is full (the
+/// consumer is more than [`SocketOptions::iopub_capacity`] messages behind), the newest message is
+/// dropped and counted, with a warning in the log, and reading goes on: losing messages here is
+/// visible and bounded, while stopping would make the kernel's publisher drop silently.
 #[derive(Debug)]
 pub struct IopubSubscription {
     /// Verified iopub messages in arrival order.
     pub messages: mpsc::Receiver<Message>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl IopubSubscription {
     /// Connects and starts the drain task; the task ends when `messages` is dropped.
-    pub async fn connect(info: &ConnectionInfo, opts: &SocketOptions) -> Result<IopubSubscription, Error> {
-        todo!()
+    pub async fn connect(
+        info: &ConnectionInfo,
+        opts: &SocketOptions,
+    ) -> Result<IopubSubscription, Error> {
+        IopubSubscription::connect_with(&ZmqTransport, info, opts).await
+    }
+
+    /// Like [`IopubSubscription::connect`], over the given transport.
+    pub async fn connect_with(
+        transport: &dyn KernelTransport,
+        info: &ConnectionInfo,
+        opts: &SocketOptions,
+    ) -> Result<IopubSubscription, Error> {
+        let signer = info.signer()?;
+        let endpoint = info.endpoint(Channel::Iopub);
+        let stream = connect_bounded(
+            &endpoint,
+            opts.connect_timeout,
+            transport.connect_sub(&endpoint),
+        )
+        .await?;
+        let verifier = UnitVerifier::new(signer, opts.max_message_size);
+        let (tx, messages) = mpsc::channel(opts.iopub_capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(drain_iopub(stream, verifier, tx, dropped.clone()));
+        Ok(IopubSubscription { messages, dropped })
+    }
+
+    /// How many messages the drain task dropped because `messages` was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A shared handle on the drop count, still readable after `messages` was moved elsewhere.
+    pub fn drop_counter(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
+    }
+}
+
+async fn drain_iopub(
+    mut stream: Box<dyn FrameStream>,
+    verifier: UnitVerifier,
+    tx: mpsc::Sender<Message>,
+    dropped: Arc<AtomicU64>,
+) {
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = tx.closed() => return,
+            received = stream.recv() => received,
+        };
+        let frames = match received {
+            Ok(frames) => frames,
+            Err(err) => {
+                tracing::debug!(%err, "iopub receive failed");
+                tokio::time::sleep(RECV_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let msg = match verifier.decode(frames) {
+            Ok(msg) => msg,
+            Err(err) => {
+                tracing::warn!(%err, "dropping iopub message");
+                continue;
+            }
+        };
+        match tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // One line for the first drop and then one per thousand.
+                if total == 1 || total.is_multiple_of(1000) {
+                    tracing::warn!(
+                        dropped = total,
+                        "iopub buffer full; dropping newest messages"
+                    );
+                }
+            }
+            Err(TrySendError::Closed(_)) => return,
+        }
     }
 }
 
 /// Heartbeat REQ; rebuilt after every timeout as jupyter_client does.
 #[derive(Debug)]
-pub struct Heartbeat {}
+pub struct Heartbeat {
+    transport: Arc<dyn KernelTransport>,
+    endpoint: String,
+    connect_timeout: Duration,
+    socket: Option<Box<dyn RequestSocket>>,
+}
 
 impl Heartbeat {
     /// Prepares a heartbeat for the kernel (connects lazily).
     pub fn new(info: &ConnectionInfo, opts: &SocketOptions) -> Heartbeat {
-        todo!()
+        Heartbeat::with_transport(default_transport(), info, opts)
     }
+
+    /// Like [`Heartbeat::new`], over the given transport.
+    pub fn with_transport(
+        transport: Arc<dyn KernelTransport>,
+        info: &ConnectionInfo,
+        opts: &SocketOptions,
+    ) -> Heartbeat {
+        Heartbeat {
+            transport,
+            endpoint: info.endpoint(Channel::Heartbeat),
+            connect_timeout: opts.connect_timeout,
+            socket: None,
+        }
+    }
+
     /// Sends a ping and waits up to `timeout` for the echo.
+    ///
+    /// The connect (when needed) counts against `timeout` too. After any failure the socket is
+    /// dropped, and the next ping connects a fresh one.
     pub async fn ping(&mut self, timeout: Duration) -> Result<(), Error> {
-        todo!()
+        let result = match tokio::time::timeout(timeout, self.ping_inner()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(format!(
+                "heartbeat echo from {}",
+                self.endpoint
+            ))),
+        };
+        if result.is_err() {
+            self.socket = None;
+        }
+        result
+    }
+
+    async fn ping_inner(&mut self) -> Result<(), Error> {
+        let socket = match &mut self.socket {
+            Some(socket) => socket,
+            empty => {
+                let socket = connect_bounded(
+                    &self.endpoint,
+                    self.connect_timeout,
+                    self.transport.connect_req(&self.endpoint),
+                )
+                .await?;
+                empty.insert(socket)
+            }
+        };
+        let ping = Bytes::from_static(b"ping");
+        let echo = socket.request(vec![ping.clone()]).await?;
+        if echo != [ping] {
+            return Err(Error::Malformed(
+                "heartbeat echo differs from the ping".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -98,7 +431,30 @@ pub struct KernelSockets {
 
 impl KernelSockets {
     /// Connects every socket of the kernel for `session_id`.
-    pub async fn connect(info: &ConnectionInfo, session_id: &str, opts: &SocketOptions) -> Result<KernelSockets, Error> {
-        todo!()
+    pub async fn connect(
+        info: &ConnectionInfo,
+        session_id: &str,
+        opts: &SocketOptions,
+    ) -> Result<KernelSockets, Error> {
+        KernelSockets::connect_with(default_transport(), info, session_id, opts).await
+    }
+
+    /// Like [`KernelSockets::connect`], over the given transport.
+    pub async fn connect_with(
+        transport: Arc<dyn KernelTransport>,
+        info: &ConnectionInfo,
+        session_id: &str,
+        opts: &SocketOptions,
+    ) -> Result<KernelSockets, Error> {
+        let (session, iopub) = tokio::try_join!(
+            SessionChannels::connect_with(transport.as_ref(), info, session_id, opts),
+            IopubSubscription::connect_with(transport.as_ref(), info, opts)
+        )?;
+        let heartbeat = Heartbeat::with_transport(transport, info, opts);
+        Ok(KernelSockets {
+            session,
+            iopub,
+            heartbeat,
+        })
     }
 }

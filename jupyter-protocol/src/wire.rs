@@ -1,7 +1,28 @@
 //! ZeroMQ wire framing and HMAC signing: `[identities…, "<IDS|MSG>", signature, header, parent, metadata, content, buffers…]`.
+//!
+//! The signature is the lower-case hex HMAC of the four JSON parts (buffers are not signed). An
+//! empty key means messages are unsigned: the signature frame is empty and nothing is checked.
+//! Incoming signatures are compared in constant time and remembered in a bounded history so a
+//! replayed message is rejected, as `jupyter_client` does.
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+
 use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 
 use crate::{Error, Message};
+
+/// The frame separating routing identities from the message.
+pub const DELIMITER: &[u8] = b"<IDS|MSG>";
+
+/// How many signatures a [`Verifier`] remembers (jupyter_client's `digest_history_size`).
+pub const DIGEST_HISTORY_SIZE: usize = 65536;
+
+/// Length in bytes of an HMAC-SHA256 tag.
+const TAG_LEN: usize = 32;
+
+type HmacSha256 = Hmac<Sha256>;
 
 /// Supported signature schemes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,46 +34,407 @@ pub enum SignatureScheme {
 impl SignatureScheme {
     /// Parses `hmac-sha256`; anything else is [`Error::UnsupportedScheme`].
     pub fn parse(s: &str) -> Result<SignatureScheme, Error> {
-        todo!()
+        match s {
+            "hmac-sha256" => Ok(SignatureScheme::HmacSha256),
+            other => Err(Error::UnsupportedScheme(other.to_owned())),
+        }
+    }
+
+    /// The connection-file spelling, `hmac-sha256`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureScheme::HmacSha256 => "hmac-sha256",
+        }
     }
 }
 
 /// Signs outgoing messages with a kernel's key. An empty key means unsigned (empty signature).
-#[derive(Clone, Debug)]
-pub struct Signer {}
+#[derive(Clone)]
+pub struct Signer {
+    /// The keyed MAC state, cloned for every message; `None` when unsigned.
+    mac: Option<HmacSha256>,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.debug_struct("Signer")
+            .field("signed", &self.mac.is_some())
+            .finish()
+    }
+}
 
 impl Signer {
     /// A signer for `key` using `scheme`.
     pub fn new(scheme: SignatureScheme, key: &[u8]) -> Signer {
-        todo!()
+        let mac = match scheme {
+            // HMAC accepts keys of any length, so this never fails for a non-empty key.
+            SignatureScheme::HmacSha256 if !key.is_empty() => HmacSha256::new_from_slice(key).ok(),
+            SignatureScheme::HmacSha256 => None,
+        };
+        Signer { mac }
     }
+
+    /// A signer that signs nothing (empty key).
+    pub fn unsigned() -> Signer {
+        Signer { mac: None }
+    }
+
+    /// Whether messages are signed (the key is not empty).
+    pub fn is_signed(&self) -> bool {
+        self.mac.is_some()
+    }
+
+    fn tag(&self, mac: &HmacSha256, msg: &Message) -> HmacSha256 {
+        let mut mac = mac.clone();
+        mac.update(&msg.header);
+        mac.update(&msg.parent_header);
+        mac.update(&msg.metadata);
+        mac.update(&msg.content);
+        mac
+    }
+
     /// Lower-case hex HMAC over header ‖ parent ‖ metadata ‖ content (buffers excluded); empty when unsigned.
     pub fn sign(&self, msg: &Message) -> String {
-        todo!()
+        match &self.mac {
+            Some(mac) => hex::encode(self.tag(mac, msg).finalize().into_bytes()),
+            None => String::new(),
+        }
     }
+
+    /// Checks a hex signature in constant time. Always `Ok` when unsigned.
+    ///
+    /// A signature that is not 64 characters long is [`Error::InvalidSignature`]; one with
+    /// characters that are not hex digits is [`Error::Malformed`].
+    pub fn verify(&self, signature: &[u8], msg: &Message) -> Result<(), Error> {
+        let Some(mac) = &self.mac else {
+            return Ok(());
+        };
+        let tag = decode_signature(signature)?;
+        self.tag(mac, msg)
+            .verify_slice(&tag)
+            .map_err(|_| Error::InvalidSignature)
+    }
+
     /// Encodes a message into wire frames with the given routing identities.
     pub fn encode(&self, identities: &[Bytes], msg: &Message) -> Vec<Bytes> {
-        todo!()
+        let mut frames = Vec::with_capacity(identities.len() + 6 + msg.buffers.len());
+        frames.extend(identities.iter().cloned());
+        frames.push(Bytes::from_static(DELIMITER));
+        frames.push(Bytes::from(self.sign(msg)));
+        frames.push(msg.header.clone());
+        frames.push(msg.parent_header.clone());
+        frames.push(msg.metadata.clone());
+        frames.push(msg.content.clone());
+        frames.extend(msg.buffers.iter().cloned());
+        frames
+    }
+}
+
+fn decode_signature(signature: &[u8]) -> Result<[u8; TAG_LEN], Error> {
+    if signature.len() != TAG_LEN * 2 {
+        return Err(Error::InvalidSignature);
+    }
+    let mut tag = [0u8; TAG_LEN];
+    hex::decode_to_slice(signature, &mut tag)
+        .map_err(|err| Error::Malformed(format!("signature is not hex: {err}")))?;
+    Ok(tag)
+}
+
+/// The bounded set of signatures already seen. When full, the oldest tenth is forgotten
+/// (jupyter_client forgets a random tenth; forgetting the oldest keeps recent replays detectable).
+#[derive(Debug)]
+pub struct DigestHistory {
+    seen: HashSet<[u8; TAG_LEN]>,
+    order: VecDeque<[u8; TAG_LEN]>,
+    capacity: usize,
+}
+
+impl DigestHistory {
+    /// A history remembering up to `capacity` signatures (at least one).
+    pub fn new(capacity: usize) -> DigestHistory {
+        let capacity = capacity.max(1);
+        DigestHistory {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// Records a signature; [`Error::DuplicateSignature`] if it was seen before.
+    pub fn insert(&mut self, signature: &[u8]) -> Result<(), Error> {
+        let tag = decode_signature(signature)?;
+        if self.seen.contains(&tag) {
+            return Err(Error::DuplicateSignature);
+        }
+        if self.order.len() >= self.capacity {
+            let cull = (self.capacity / 10).max(1);
+            for old in self.order.drain(..cull.min(self.order.len())) {
+                self.seen.remove(&old);
+            }
+        }
+        self.seen.insert(tag);
+        self.order.push_back(tag);
+        Ok(())
+    }
+
+    /// Whether a signature was seen (and not yet forgotten).
+    pub fn contains(&self, signature: &[u8]) -> bool {
+        decode_signature(signature).is_ok_and(|tag| self.seen.contains(&tag))
+    }
+
+    /// Number of remembered signatures.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
     }
 }
 
 /// Verifies incoming frames: constant-time signature check plus a bounded replay history.
 #[derive(Debug)]
-pub struct Verifier {}
+pub struct Verifier {
+    signer: Signer,
+    history: DigestHistory,
+}
 
 impl Verifier {
     /// A verifier with jupyter_client's history size (65536).
     pub fn new(signer: Signer) -> Verifier {
-        todo!()
+        Verifier::with_history(signer, DIGEST_HISTORY_SIZE)
     }
+
+    /// A verifier remembering up to `history` signatures.
+    pub fn with_history(signer: Signer, history: usize) -> Verifier {
+        Verifier {
+            signer,
+            history: DigestHistory::new(history),
+        }
+    }
+
     /// Splits frames at the delimiter, verifies the signature (unless unsigned) and returns identities and message.
     /// Frames larger in total than `max_size` are rejected.
-    pub fn decode(&mut self, frames: Vec<Bytes>, max_size: usize) -> Result<(Vec<Bytes>, Message), Error> {
-        todo!()
+    pub fn decode(
+        &mut self,
+        frames: Vec<Bytes>,
+        max_size: usize,
+    ) -> Result<(Vec<Bytes>, Message), Error> {
+        let (identities, signature, msg) = check_and_split(frames, max_size)?;
+        self.check(&signature, &msg)?;
+        Ok((identities, msg))
     }
+
+    /// Checks a signature against a message and records it: replays are
+    /// [`Error::DuplicateSignature`], mismatches [`Error::InvalidSignature`].
+    pub fn check(&mut self, signature: &[u8], msg: &Message) -> Result<(), Error> {
+        if !self.signer.is_signed() {
+            return Ok(());
+        }
+        if self.history.contains(signature) {
+            return Err(Error::DuplicateSignature);
+        }
+        self.signer.verify(signature, msg)?;
+        self.history.insert(signature)
+    }
+}
+
+/// Rejects oversized frame lists, splits them, and checks the header is UTF-8.
+pub(crate) fn check_and_split(
+    frames: Vec<Bytes>,
+    max_size: usize,
+) -> Result<(Vec<Bytes>, Bytes, Message), Error> {
+    let size = frames
+        .iter()
+        .map(Bytes::len)
+        .fold(0usize, usize::saturating_add);
+    if size > max_size {
+        return Err(Error::TooLarge {
+            size,
+            limit: max_size,
+        });
+    }
+    let (identities, signature, msg) = split_frames(frames)?;
+    if let Err(err) = std::str::from_utf8(&msg.header) {
+        return Err(Error::Malformed(format!("header is not UTF-8: {err}")));
+    }
+    Ok((identities, signature, msg))
 }
 
 /// Splits frames without verifying (used where signatures are checked elsewhere or not at all).
 pub fn split_frames(frames: Vec<Bytes>) -> Result<(Vec<Bytes>, Bytes, Message), Error> {
-    todo!()
+    let Some(delim) = frames.iter().position(|f| f.as_ref() == DELIMITER) else {
+        return Err(Error::Malformed("no <IDS|MSG> delimiter".to_owned()));
+    };
+    let after = frames.len() - delim - 1;
+    if after < 5 {
+        return Err(Error::Malformed(format!(
+            "{after} frames after the delimiter, at least 5 are needed"
+        )));
+    }
+    let mut rest = frames.into_iter();
+    let identities: Vec<Bytes> = rest.by_ref().take(delim).collect();
+    let mut next = || rest.next().unwrap_or_default();
+    let _delimiter = next();
+    let signature = next();
+    let header = next();
+    let parent_header = next();
+    let metadata = next();
+    let content = next();
+    let buffers: Vec<Bytes> = rest.collect();
+    Ok((
+        identities,
+        signature,
+        Message {
+            header,
+            parent_header,
+            metadata,
+            content,
+            buffers,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Header;
+
+    fn sample() -> Message {
+        Message::new(
+            &Header::new("execute_request", "sess", "me"),
+            &serde_json::json!({"code": "1+1"}),
+        )
+        .with_buffers(vec![Bytes::from_static(b"\x00\x01")])
+    }
+
+    fn key() -> Signer {
+        Signer::new(SignatureScheme::HmacSha256, b"secret")
+    }
+
+    #[test]
+    fn known_digest() {
+        // HMAC-SHA256("key", "The quick brown fox jumps over the lazy dog") split over four parts.
+        let msg = Message {
+            header: Bytes::from_static(b"The quick "),
+            parent_header: Bytes::from_static(b"brown fox "),
+            metadata: Bytes::from_static(b"jumps over "),
+            content: Bytes::from_static(b"the lazy dog"),
+            buffers: vec![Bytes::from_static(b"not signed")],
+        };
+        let signer = Signer::new(SignatureScheme::HmacSha256, b"key");
+        assert_eq!(
+            signer.sign(&msg),
+            "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
+        );
+    }
+
+    #[test]
+    fn round_trip_with_identities() {
+        let msg = sample();
+        let ids = vec![Bytes::from_static(b"id1"), Bytes::from_static(b"id2")];
+        let frames = key().encode(&ids, &msg);
+        let mut verifier = Verifier::new(key());
+        let (got_ids, got) = verifier.decode(frames.clone(), usize::MAX).expect("decode");
+        assert_eq!(got_ids, ids);
+        assert_eq!(got, msg);
+        // The same frames again are a replay.
+        assert!(matches!(
+            verifier.decode(frames, usize::MAX),
+            Err(Error::DuplicateSignature)
+        ));
+    }
+
+    #[test]
+    fn rejections() {
+        let msg = sample();
+        let frames = key().encode(&[], &msg);
+        let check = |frames: Vec<Bytes>, max: usize| Verifier::new(key()).decode(frames, max);
+
+        let mut wrong_key = Signer::new(SignatureScheme::HmacSha256, b"other").encode(&[], &msg);
+        assert!(matches!(
+            check(wrong_key.clone(), usize::MAX),
+            Err(Error::InvalidSignature)
+        ));
+        wrong_key[1] = Bytes::from("zz".repeat(32));
+        assert!(matches!(
+            check(wrong_key.clone(), usize::MAX),
+            Err(Error::Malformed(_))
+        ));
+        wrong_key[1] = Bytes::new();
+        assert!(matches!(
+            check(wrong_key, usize::MAX),
+            Err(Error::InvalidSignature)
+        ));
+
+        assert!(matches!(
+            check(frames[1..].to_vec(), usize::MAX),
+            Err(Error::Malformed(_))
+        ));
+        assert!(matches!(
+            check(frames[..5].to_vec(), usize::MAX),
+            Err(Error::Malformed(_))
+        ));
+        assert!(matches!(
+            check(frames.clone(), 10),
+            Err(Error::TooLarge { limit: 10, .. })
+        ));
+
+        let mut bad_utf8 = msg.clone();
+        bad_utf8.header = Bytes::from_static(b"\xff\xfe");
+        let frames = key().encode(&[], &bad_utf8);
+        assert!(matches!(
+            check(frames, usize::MAX),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn unsigned_accepts_anything() {
+        let msg = sample();
+        let frames = Signer::unsigned().encode(&[], &msg);
+        assert!(frames[1].is_empty());
+        let mut verifier = Verifier::new(Signer::new(SignatureScheme::HmacSha256, b""));
+        assert_eq!(
+            verifier.decode(frames.clone(), usize::MAX).expect("ok").1,
+            msg
+        );
+        assert!(
+            verifier.decode(frames, usize::MAX).is_ok(),
+            "no replay check when unsigned"
+        );
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut history = DigestHistory::new(20);
+        let sig = |i: u8| hex::encode([i; 32]);
+        for i in 0..20 {
+            history.insert(sig(i).as_bytes()).expect("fresh");
+        }
+        assert!(matches!(
+            history.insert(sig(3).as_bytes()),
+            Err(Error::DuplicateSignature)
+        ));
+        history.insert(sig(200).as_bytes()).expect("fresh");
+        // The oldest tenth (two entries) was forgotten.
+        assert_eq!(history.len(), 19);
+        assert!(!history.contains(sig(0).as_bytes()));
+        assert!(!history.contains(sig(1).as_bytes()));
+        assert!(history.contains(sig(2).as_bytes()));
+    }
+
+    #[test]
+    fn unknown_scheme() {
+        assert!(matches!(
+            SignatureScheme::parse("hmac-md5"),
+            Err(Error::UnsupportedScheme(s)) if s == "hmac-md5"
+        ));
+        assert_eq!(
+            SignatureScheme::parse("hmac-sha256").expect("ok").as_str(),
+            "hmac-sha256"
+        );
+    }
 }

@@ -1,0 +1,211 @@
+//! The socket unit against in-process ZeroMQ peers: verification, replay, iopub buffering,
+//! heartbeat rebuild and connect timeouts.
+use std::time::Duration;
+
+use bytes::Bytes;
+use jupyter_protocol::sockets::{Heartbeat, IopubSubscription, SessionChannels};
+use jupyter_protocol::{
+    Channel, ConnectionInfo, Error, Header, Message, SignatureScheme, Signer, SocketOptions,
+};
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::support::connection_info;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn signer(info: &ConnectionInfo) -> Signer {
+    Signer::new(SignatureScheme::HmacSha256, info.key.as_bytes())
+}
+
+fn msg(msg_type: &str, n: u64) -> Message {
+    Message::new(
+        &Header::new(msg_type, "kernel", "k"),
+        &serde_json::json!({ "n": n }),
+    )
+}
+
+fn zmq(frames: Vec<Bytes>) -> ZmqMessage {
+    ZmqMessage::try_from(frames).expect("frames")
+}
+
+fn n_of(msg: &Message) -> u64 {
+    msg.parse_content::<serde_json::Value>().expect("content")["n"]
+        .as_u64()
+        .expect("n")
+}
+
+async fn bind<S: Socket>(
+    socket: &mut S,
+    info: &ConnectionInfo,
+    channel: Channel,
+) -> anyhow::Result<()> {
+    socket.bind(&info.endpoint(channel)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn replies_are_verified_and_replays_dropped() -> anyhow::Result<()> {
+    let info = connection_info()?;
+    let mut shell = zeromq::RouterSocket::new();
+    let mut control = zeromq::RouterSocket::new();
+    let mut stdin = zeromq::RouterSocket::new();
+    bind(&mut shell, &info, Channel::Shell).await?;
+    bind(&mut control, &info, Channel::Control).await?;
+    bind(&mut stdin, &info, Channel::Stdin).await?;
+    let mut session =
+        SessionChannels::connect(&info, "session-a", &SocketOptions::default()).await?;
+    assert_eq!(session.sender.session_id(), "session-a");
+
+    session
+        .sender
+        .send(Channel::Shell, msg("kernel_info_request", 0))
+        .await?;
+    let request = tokio::time::timeout(TIMEOUT, shell.recv())
+        .await??
+        .into_vec();
+    // The ROUTER sees the session id as the DEALER's identity, and a valid signature.
+    assert_eq!(&request[0][..], b"session-a");
+    let (ids, _) = jupyter_protocol::Verifier::new(signer(&info)).decode(request, usize::MAX)?;
+
+    let good = signer(&info).encode(&ids, &msg("kernel_info_reply", 1));
+    shell.send(zmq(good.clone())).await?;
+    shell.send(zmq(good)).await?; // replay
+    let forged = Signer::new(SignatureScheme::HmacSha256, b"wrong").encode(&ids, &msg("x", 2));
+    shell.send(zmq(forged)).await?;
+    let mut malformed = ids.clone();
+    malformed.push(Bytes::from_static(b"no delimiter"));
+    shell.send(zmq(malformed)).await?;
+    control
+        .send(zmq(signer(&info).encode(&ids, &msg("interrupt_reply", 3))))
+        .await?;
+
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (channel, reply) = tokio::time::timeout(TIMEOUT, session.replies.recv())
+            .await?
+            .expect("open");
+        got.push((channel, n_of(&reply)));
+    }
+    got.sort_by_key(|(_, n)| *n);
+    assert_eq!(got, vec![(Channel::Shell, 1), (Channel::Control, 3)]);
+    // Nothing else arrives: the replay, the forgery and the malformed frames were dropped.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), session.replies.recv())
+            .await
+            .is_err()
+    );
+
+    assert!(
+        session
+            .sender
+            .send(Channel::Iopub, msg("x", 0))
+            .await
+            .is_err()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn iopub_drain_counts_drops_when_consumer_is_slow() -> anyhow::Result<()> {
+    let info = connection_info()?;
+    let mut publisher = zeromq::PubSocket::new();
+    bind(&mut publisher, &info, Channel::Iopub).await?;
+    let opts = SocketOptions {
+        iopub_capacity: 10,
+        ..SocketOptions::default()
+    };
+    let mut sub = IopubSubscription::connect(&info, &opts).await?;
+    let sign = signer(&info);
+    // Publish probes until the subscription is live.
+    loop {
+        publisher
+            .send(zmq(sign.encode(&[], &msg("probe", 0))))
+            .await?;
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(50), sub.messages.recv()).await
+        {
+            break;
+        }
+    }
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(100), sub.messages.recv()).await
+    {}
+    let before = sub.dropped();
+    for n in 1..=50 {
+        publisher
+            .send(zmq(
+                sign.encode(&[Bytes::from_static(b"topic")], &msg("stream", n))
+            ))
+            .await?;
+    }
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while sub.dropped() - before < 40 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sub.dropped() - before, 40, "the 40 newest were dropped");
+    let mut kept = Vec::new();
+    while let Ok(msg) = sub.messages.try_recv() {
+        kept.push(n_of(&msg));
+    }
+    assert_eq!(
+        kept,
+        (1..=10).collect::<Vec<_>>(),
+        "the oldest ten were kept in order"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeat_is_rebuilt_after_failure() -> anyhow::Result<()> {
+    let info = connection_info()?;
+    let echo = |info: ConnectionInfo| async move {
+        let mut rep = zeromq::RepSocket::new();
+        rep.bind(&info.endpoint(Channel::Heartbeat)).await?;
+        let task = tokio::spawn(async move {
+            while let Ok(ping) = rep.recv().await {
+                if rep.send(ping).await.is_err() {
+                    break;
+                }
+            }
+        });
+        anyhow::Ok(task)
+    };
+    let server = echo(info.clone()).await?;
+    let mut hb = Heartbeat::new(&info, &SocketOptions::default());
+    hb.ping(TIMEOUT).await?;
+    hb.ping(TIMEOUT).await?;
+    server.abort();
+    let _ = server.await;
+    assert!(hb.ping(Duration::from_millis(300)).await.is_err());
+    // A new echo server on the same port: the next ping connects a fresh REQ.
+    let _server = echo(info.clone()).await?;
+    hb.ping(TIMEOUT).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn connects_are_bounded_by_the_timeout() -> anyhow::Result<()> {
+    let info = connection_info()?; // nobody listens on these ports
+    let opts = SocketOptions {
+        connect_timeout: Duration::from_millis(300),
+        ..SocketOptions::default()
+    };
+    let started = tokio::time::Instant::now();
+    let err = SessionChannels::connect(&info, "s", &opts)
+        .await
+        .expect_err("no kernel");
+    assert!(matches!(err, Error::ConnectTimeout(_)), "{err}");
+    let err = IopubSubscription::connect(&info, &opts)
+        .await
+        .expect_err("no kernel");
+    assert!(matches!(err, Error::ConnectTimeout(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let mut bad = info.clone();
+    bad.signature_scheme = "hmac-sha512".into();
+    let err = SessionChannels::connect(&bad, "s", &opts)
+        .await
+        .expect_err("scheme");
+    assert!(matches!(err, Error::UnsupportedScheme(_)), "{err}");
+    Ok(())
+}
