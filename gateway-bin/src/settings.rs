@@ -243,15 +243,18 @@ fn normalise_base_url(raw: &str) -> String {
 }
 
 /// EG's log levels (numbers or names) as a tracing filter; anything else is taken as a filter.
+/// With a plain level, the zeromq crate's own reconnect chatter (every kernel that goes away) is
+/// kept to errors; the gateway logs what matters about kernels itself.
 fn log_filter(level: &str) -> String {
-    match level.trim().to_ascii_lowercase().as_str() {
-        "" | "info" | "20" => "info".to_owned(),
-        "debug" | "10" => "debug".to_owned(),
-        "warn" | "warning" | "30" => "warn".to_owned(),
-        "error" | "critical" | "40" | "50" => "error".to_owned(),
-        "trace" | "0" => "trace".to_owned(),
-        other => other.to_owned(),
-    }
+    let level = match level.trim().to_ascii_lowercase().as_str() {
+        "" | "info" | "20" => "info",
+        "debug" | "10" => "debug",
+        "warn" | "warning" | "30" => "warn",
+        "error" | "critical" | "40" | "50" => "error",
+        "trace" | "0" => "trace",
+        _ => return level.trim().to_owned(),
+    };
+    format!("{level},zeromq=error")
 }
 
 fn gateway_user(env: &BTreeMap<String, String>) -> String {

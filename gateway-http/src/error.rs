@@ -61,6 +61,12 @@ pub enum Error {
     /// Anything unexpected (500).
     #[error("{0}")]
     Internal(String),
+    /// 405: the route exists but not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 413: the request body is larger than the API accepts.
+    #[error("request body too large")]
+    PayloadTooLarge,
 }
 
 impl Error {
@@ -73,10 +79,84 @@ impl Error {
             | Error::NoSuchKernel(_)
             | Error::NoSuchKernelSpec(_)
             | Error::NotFound(_)
-            | Error::KernelExists(_) => Fault::Client,
+            | Error::KernelExists(_)
+            | Error::MethodNotAllowed
+            | Error::PayloadTooLarge => Fault::Client,
             Error::LaunchFailed { fault, .. } => *fault,
             Error::Unsupported(_) => Fault::Kernel,
             Error::Internal(_) => Fault::Internal,
         }
+    }
+}
+
+// === HTTP mapping: the one place an error becomes a status and a body ===
+
+impl Error {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Error::NoSuchKernel(_) | Error::NoSuchKernelSpec(_) | Error::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Error::KernelExists(_) => StatusCode::CONFLICT,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::LaunchFailed {
+                fault: Fault::Capacity,
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::LaunchFailed { .. } | Error::Unsupported(_) | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// EG's `reason` and `message` fields. Launch and backend failures carry their text in
+    /// `reason` with an empty `message`, as EG's process proxies do; everything else uses the
+    /// standard phrase of the status as `reason`.
+    pub fn reason_and_message(&self) -> (String, String) {
+        let phrase = || {
+            self.status()
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_owned()
+        };
+        match self {
+            Error::Forbidden { reason, message } => (reason.clone(), message.clone()),
+            Error::LaunchFailed { reason, .. } => (reason.clone(), String::new()),
+            Error::Unsupported(reason) => (reason.clone(), String::new()),
+            Error::Unauthorized | Error::MethodNotAllowed => (phrase(), String::new()),
+            Error::BadRequest { message } | Error::NotFound(message) | Error::Internal(message) => {
+                (phrase(), message.clone())
+            }
+            Error::NoSuchKernel(_)
+            | Error::NoSuchKernelSpec(_)
+            | Error::KernelExists(_)
+            | Error::PayloadTooLarge => (phrase(), self.to_string()),
+        }
+    }
+}
+
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        let status = self.status();
+        match self.fault() {
+            Fault::Client => {
+                tracing::debug!(status = status.as_u16(), error = %self, "request refused")
+            }
+            Fault::Kernel | Fault::Capacity => {
+                tracing::warn!(status = status.as_u16(), error = %self, "request failed")
+            }
+            Fault::Internal => {
+                tracing::error!(status = status.as_u16(), error = %self, "request failed")
+            }
+        }
+        let (reason, message) = self.reason_and_message();
+        let body = serde_json::json!({ "reason": reason, "message": message });
+        (status, axum::Json(body)).into_response()
     }
 }

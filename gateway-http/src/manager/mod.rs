@@ -1,12 +1,36 @@
 //! The kernel manager: lifecycle, limits and supervision of every kernel, whatever backend runs it.
 //!
-//! FACADE CONTRACT used by the HTTP layer. The manager side fills in the bodies.
-use std::sync::Arc;
+//! [`KernelManager`] is the facade the HTTP layer uses. Inside, every kernel has a *supervisor*
+//! task (`supervisor`) that owns its process, its one iopub subscription and the fan-out to
+//! WebSocket clients (`hub`); the manager keeps a table of kernels plus the starts in flight,
+//! so limits count both atomically. `policy` holds the pure decisions of the start path
+//! (authorization, limits, ids, timeouts, working directories) and `kernel` the launch and
+//! readiness of one kernel incarnation.
+mod hub;
+mod kernel;
+mod policy;
+mod supervisor;
 
-use kernel_launcher::{KernelSpec, KernelSpecs};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use kernel_launcher::env::{EnvInputs, compose, filter_request_env};
+use kernel_launcher::{Backend, KernelSpec, KernelSpecs};
 use resource_managers::Registry;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::{Error, GatewayConfig};
+pub(crate) use hub::{Attached, ClientNotice, Kick, KickSignal};
+use hub::{BufferLimits, Hub};
+pub(crate) use kernel::socket_options;
+use kernel::{KernelShared, LaunchPlan, Status};
+use supervisor::{KernelEvent, ShutdownReason, Supervisor};
+
+use crate::{Error, Fault, GatewayConfig};
 
 /// A start request as the HTTP layer parsed it (EG reads only these fields).
 #[derive(Debug, Clone, Default)]
@@ -38,54 +62,521 @@ pub struct KernelSnapshot {
     pub username: String,
 }
 
-/// Owns every kernel. Cheap to share behind an `Arc`.
+/// Extra time `shutdown_all` allows past `shutdown_wait_time`.
+const SHUTDOWN_ALL_SLACK: Duration = Duration::from_secs(2);
+/// EG's culling interval when the configured one is zero.
+const DEFAULT_CULL_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Running kernels plus starts in flight.
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    /// Kernels that finished starting.
+    pub(crate) kernels: BTreeMap<String, Arc<KernelShared>>,
+    /// Starts in flight: kernel id → user.
+    pending: BTreeMap<String, String>,
+}
+
+impl Table {
+    /// Total kernels (running + pending) and those of `user`.
+    fn counts(&self, user: &str) -> (usize, usize) {
+        let total = self.kernels.len() + self.pending.len();
+        let of_user = self.kernels.values().filter(|k| k.username == user).count()
+            + self.pending.values().filter(|u| u.as_str() == user).count();
+        (total, of_user)
+    }
+}
+
+fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    table
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A slot reserved for a start in flight; released on drop unless committed.
 #[derive(Debug)]
-pub struct KernelManager {}
+struct Reservation {
+    table: Arc<Mutex<Table>>,
+    kernel_id: String,
+    armed: bool,
+}
+
+impl Reservation {
+    /// Turns the pending slot into a running kernel in one step (the counts never dip).
+    fn commit(mut self, shared: Arc<KernelShared>) {
+        let mut table = lock(&self.table);
+        table.pending.remove(&self.kernel_id);
+        table.kernels.insert(self.kernel_id.clone(), shared);
+        self.armed = false;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.table).pending.remove(&self.kernel_id);
+        }
+    }
+}
+
+/// Owns every kernel. Cheap to share behind an `Arc`.
+///
+/// Dropping the manager signals every supervisor as a gateway exit would.
+#[derive(Debug)]
+pub struct KernelManager {
+    config: Arc<GatewayConfig>,
+    registry: Registry,
+    table: Arc<Mutex<Table>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    culler_started: std::sync::Once,
+}
 
 impl KernelManager {
     /// A manager over the given backends. Spawns nothing until kernels start.
     pub fn new(config: Arc<GatewayConfig>, registry: Registry) -> Arc<KernelManager> {
-        todo!()
+        Arc::new(KernelManager {
+            config,
+            registry,
+            table: Arc::new(Mutex::new(Table::default())),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            culler_started: std::sync::Once::new(),
+        })
     }
     /// The configuration.
     pub fn config(&self) -> &Arc<GatewayConfig> {
-        todo!()
+        &self.config
     }
     /// Current kernelspecs (rescanned from disk), with the allow-list applied.
     pub fn kernelspecs(&self) -> KernelSpecs {
-        todo!()
+        let mut specs = KernelSpecs::discover(&self.config.kernelspec_dirs);
+        let allowed = &self.config.allowed_kernelspecs;
+        if !allowed.is_empty() {
+            specs
+                .specs
+                .retain(|name, _| allowed.iter().any(|a| a.eq_ignore_ascii_case(name)));
+            specs
+                .failed
+                .retain(|name, _| allowed.iter().any(|a| a.eq_ignore_ascii_case(name)));
+        }
+        specs
     }
     /// Whether `user` may use `spec` (EG §5.4: per-spec authorized list replaces the global one,
     /// unauthorized lists add up; lists are split on commas). `Err(Forbidden)` with EG's texts.
     pub fn authorize(&self, spec: &KernelSpec, user: &str) -> Result<(), Error> {
-        todo!()
+        policy::authorize(&self.config, spec, user)
     }
     /// Starts a kernel: limits (counting starts in flight), env validation, authorization, launch.
+    ///
+    /// Returns once the kernel answered kernel_info (bounded by the launch timeout). The launch
+    /// runs in its own task, so a caller that goes away does not leave a half-started kernel.
     pub async fn start(&self, request: StartRequest) -> Result<KernelSnapshot, Error> {
-        todo!()
+        if self.cancel.is_cancelled() {
+            return Err(Error::LaunchFailed {
+                reason: "the gateway is shutting down".to_owned(),
+                fault: Fault::Capacity,
+            });
+        }
+        let config = &self.config;
+        // EG checks the total limit before reading the body.
+        if let Some(limit) = config.max_kernels {
+            let (total, _) = lock(&self.table).counts("");
+            if total >= limit {
+                return Err(policy::total_limit_error(limit, total));
+            }
+        }
+        let filtered = match &request.env {
+            Some(env) => Some(filter_request_env(env, &config.env_policy).map_err(|err| {
+                Error::BadRequest {
+                    message: err.to_string(),
+                }
+            })?),
+            None => None,
+        };
+        let username = filtered
+            .as_ref()
+            .and_then(|env| env.get("KERNEL_USERNAME"))
+            .filter(|u| !u.is_empty())
+            .cloned()
+            .unwrap_or_else(|| config.gateway_user.clone());
+        {
+            let (total, of_user) = lock(&self.table).counts(&username);
+            policy::check_limits(config, total, &username, of_user)?;
+        }
+        let kernel_id = match filtered.as_ref().and_then(|env| env.get("KERNEL_ID")) {
+            Some(id) => {
+                policy::validate_kernel_id(id)?;
+                id.clone()
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let mut name = request
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| config.default_kernel_name.clone());
+        if name == "python" {
+            name = "python3".to_owned();
+        }
+        let specs = self.kernelspecs();
+        let spec = specs
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| Error::NoSuchKernelSpec(name.clone()))?;
+        let backend_name = match &spec.backend {
+            Backend::Named(backend) => backend.clone(),
+            Backend::Unsupported(msg) => return Err(Error::Unsupported(msg.clone())),
+        };
+        // Authorize before anything is allocated (EG leaves files behind when it does not).
+        self.authorize(&spec, &username)?;
+        let empty = BTreeMap::new();
+        let timeout = policy::launch_timeout(config, filtered.as_ref().unwrap_or(&empty))?;
+        let backend = self.registry.get(&backend_name).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "kernelspec {} needs the resource manager {backend_name:?}, which this gateway does not run",
+                spec.name
+            ))
+        })?;
+        let reservation = self.reserve(&kernel_id, &username)?;
+        let env = compose(&EnvInputs {
+            request: filtered.as_ref(),
+            gateway: &config.gateway_env,
+            policy: &config.env_policy,
+            spec: &spec,
+            kernel_id: &kernel_id,
+            username: &username,
+            impersonation_enabled: config.impersonation_enabled,
+        });
+        let plan = LaunchPlan {
+            backend,
+            kernel_id: kernel_id.clone(),
+            cwd: Some(policy::working_dir(
+                &config.root_dir,
+                request.path.as_deref(),
+            )),
+            port_range: spec.config.port_range.unwrap_or(config.port_range),
+            spec,
+            env,
+            timeout,
+            username,
+        };
+        let started = self.tasks.spawn(launch_and_register(
+            plan,
+            reservation,
+            Arc::clone(&self.config),
+            Arc::clone(&self.table),
+            self.cancel.clone(),
+            self.tasks.clone(),
+        ));
+        let snapshot = started.await.map_err(|err| {
+            Error::Internal(format!("the start of kernel {kernel_id} failed: {err}"))
+        })??;
+        self.start_culler();
+        Ok(snapshot)
+    }
+    /// Reserves a slot for a start: the id must be free and both limits must allow one more.
+    fn reserve(&self, kernel_id: &str, username: &str) -> Result<Reservation, Error> {
+        let mut table = lock(&self.table);
+        if table.kernels.contains_key(kernel_id) || table.pending.contains_key(kernel_id) {
+            return Err(Error::KernelExists(kernel_id.to_owned()));
+        }
+        let (total, of_user) = table.counts(username);
+        policy::check_limits(&self.config, total, username, of_user)?;
+        table
+            .pending
+            .insert(kernel_id.to_owned(), username.to_owned());
+        Ok(Reservation {
+            table: Arc::clone(&self.table),
+            kernel_id: kernel_id.to_owned(),
+            armed: true,
+        })
+    }
+    /// Starts the culler once, when culling is configured.
+    fn start_culler(&self) {
+        if self.config.culling.idle_timeout.is_zero() {
+            return;
+        }
+        self.culler_started.call_once(|| {
+            let table = Arc::clone(&self.table);
+            let config = Arc::clone(&self.config);
+            let cancel = self.cancel.clone();
+            self.tasks.spawn(cull_loop(table, config, cancel));
+        });
+    }
+    fn lookup(&self, kernel_id: &str) -> Result<Arc<KernelShared>, Error> {
+        lock(&self.table)
+            .kernels
+            .get(kernel_id)
+            .cloned()
+            .ok_or_else(|| Error::NoSuchKernel(kernel_id.to_owned()))
     }
     /// One kernel.
     pub fn get(&self, kernel_id: &str) -> Result<KernelSnapshot, Error> {
-        todo!()
+        self.lookup(kernel_id).map(|k| k.snapshot())
     }
     /// Kernels that finished starting.
     pub fn list(&self) -> Vec<KernelSnapshot> {
-        todo!()
+        lock(&self.table)
+            .kernels
+            .values()
+            .map(|k| k.snapshot())
+            .collect()
+    }
+    /// Sends an event that expects a reply; a vanished supervisor means the kernel is gone.
+    async fn ask<T>(
+        &self,
+        kernel_id: &str,
+        event: impl FnOnce(oneshot::Sender<T>) -> KernelEvent,
+    ) -> Result<T, Error> {
+        let kernel = self.lookup(kernel_id)?;
+        if kernel.shutdown_claimed.load(Ordering::SeqCst) {
+            return Err(Error::NoSuchKernel(kernel_id.to_owned()));
+        }
+        let (tx, rx) = oneshot::channel();
+        kernel
+            .events
+            .send(event(tx))
+            .map_err(|_| Error::NoSuchKernel(kernel_id.to_owned()))?;
+        rx.await
+            .map_err(|_| Error::NoSuchKernel(kernel_id.to_owned()))
     }
     /// Interrupts by signal or message as the kernelspec says.
     pub async fn interrupt(&self, kernel_id: &str) -> Result<(), Error> {
-        todo!()
+        self.ask(kernel_id, |reply| KernelEvent::Interrupt { reply })
+            .await?
     }
     /// Restarts (same ports for local kernels); concurrent restarts wait for the one in progress.
+    ///
+    /// Returns once the new kernel answered kernel_info; attached WebSockets stay open and are
+    /// re-pointed at the new process.
     pub async fn restart(&self, kernel_id: &str) -> Result<KernelSnapshot, Error> {
-        todo!()
+        let requested_at = Instant::now();
+        self.ask(kernel_id, |reply| KernelEvent::Restart {
+            requested_at,
+            reply,
+        })
+        .await??;
+        self.get(kernel_id)
     }
     /// Graceful shutdown: shutdown_request, wait, terminate, kill, cleanup.
+    ///
+    /// Of two concurrent shutdowns of one kernel, the second gets `NoSuchKernel`.
     pub async fn shutdown(&self, kernel_id: &str) -> Result<(), Error> {
-        todo!()
+        let kernel = self.lookup(kernel_id)?;
+        if kernel.shutdown_claimed.swap(true, Ordering::SeqCst) {
+            return Err(Error::NoSuchKernel(kernel_id.to_owned()));
+        }
+        let (reply, done) = oneshot::channel();
+        let event = KernelEvent::Shutdown {
+            reason: ShutdownReason::Requested,
+            reply,
+        };
+        if kernel.events.send(event).is_ok() {
+            // An error means the supervisor ended on its own (the kernel died): it is gone either way.
+            let _ = done.await;
+        }
+        let mut table = lock(&self.table);
+        if table
+            .kernels
+            .get(kernel_id)
+            .is_some_and(|k| Arc::ptr_eq(k, &kernel))
+        {
+            table.kernels.remove(kernel_id);
+        }
+        Ok(())
     }
     /// Shuts every kernel down (or leaves them, per config); bounded in time.
     pub async fn shutdown_all(&self) {
-        todo!()
+        let kernels = lock(&self.table).kernels.len();
+        tracing::info!(
+            kernels,
+            shutdown = self.config.shutdown_kernels_on_exit,
+            "stopping the kernel manager"
+        );
+        self.tasks.close();
+        self.cancel.cancel();
+        let bound = self.config.shutdown_wait_time + SHUTDOWN_ALL_SLACK;
+        if tokio::time::timeout(bound, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                bound_secs = bound.as_secs_f64(),
+                "some kernels did not stop in time"
+            );
+        }
+    }
+    /// Registers a WebSocket client with a kernel's supervisor.
+    pub(crate) async fn attach(
+        &self,
+        kernel_id: &str,
+        session_id: &str,
+    ) -> Result<ClientLease, Error> {
+        let kernel = self.lookup(kernel_id)?;
+        let session_id = session_id.to_owned();
+        let attached = self
+            .ask(kernel_id, |reply| KernelEvent::Attach { session_id, reply })
+            .await?;
+        Ok(ClientLease {
+            events: kernel.events.clone(),
+            client_id: attached.client_id,
+            attached,
+        })
+    }
+    /// The token cancelled when the gateway shuts down.
+    pub(crate) fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+impl Drop for KernelManager {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A WebSocket client's registration; detaches on drop.
+#[derive(Debug)]
+pub(crate) struct ClientLease {
+    events: mpsc::UnboundedSender<KernelEvent>,
+    client_id: u64,
+    /// What the supervisor handed over.
+    pub(crate) attached: Attached,
+}
+
+impl Drop for ClientLease {
+    fn drop(&mut self) {
+        self.attached.gone.cancel();
+        // The supervisor may be gone already; then there is nothing to detach from.
+        let _ = self.events.send(KernelEvent::Detach {
+            client_id: self.client_id,
+        });
+    }
+}
+
+/// The body of a start: launch, wait for readiness, then register the kernel and its supervisor.
+async fn launch_and_register(
+    plan: LaunchPlan,
+    reservation: Reservation,
+    config: Arc<GatewayConfig>,
+    table: Arc<Mutex<Table>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) -> Result<KernelSnapshot, Error> {
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let now = Instant::now();
+    let shared = Arc::new(KernelShared {
+        id: plan.kernel_id.clone(),
+        name: plan.spec.name.clone(),
+        username: plan.username.clone(),
+        status: Mutex::new(Status {
+            execution_state: "starting".to_owned(),
+            last_activity: time::OffsetDateTime::now_utc(),
+            last_activity_at: now,
+            connections: 0,
+            reason: None,
+        }),
+        events: events_tx,
+        shutdown_claimed: std::sync::atomic::AtomicBool::new(false),
+    });
+    tracing::info!(kernel_id = %plan.kernel_id, kernelspec = %plan.spec.name, user = %plan.username, "starting kernel");
+    let observer = Arc::clone(&shared);
+    let mut observe = move |msg: jupyter_protocol::Message| observer.observe_iopub(&msg);
+    let inc = match kernel::launch(&plan, None, &mut observe).await {
+        Ok(inc) => inc,
+        Err(err) => {
+            tracing::warn!(kernel_id = %plan.kernel_id, error = %err, "kernel start failed");
+            return Err(err);
+        }
+    };
+    if cancel.is_cancelled() {
+        kernel::teardown(inc.process.as_ref(), Duration::ZERO, false).await;
+        return Err(Error::LaunchFailed {
+            reason: "the gateway is shutting down".to_owned(),
+            fault: Fault::Capacity,
+        });
+    }
+    let hub = Hub::new(
+        plan.kernel_id.clone(),
+        BufferLimits {
+            max_messages: config.buffer_max_messages,
+            max_bytes: config.buffer_max_bytes,
+            ttl: config.buffer_ttl,
+        },
+    );
+    reservation.commit(Arc::clone(&shared));
+    tracing::info!(kernel_id = %plan.kernel_id, "kernel started");
+    let supervisor = Supervisor {
+        shared: Arc::clone(&shared),
+        plan,
+        config,
+        table,
+        cancel,
+        events: events_rx,
+        hub,
+        inc: Some(inc),
+        generation: 0,
+        watchers: Vec::new(),
+        last_restart: None,
+        failures: 0,
+    };
+    tasks.spawn(supervisor.run());
+    Ok(shared.snapshot())
+}
+
+/// Every `interval`, shuts down kernels that are dead, or idle past the timeout (EG §9.5, plus a
+/// separate timeout for busy kernels when `cull_busy` is set).
+async fn cull_loop(
+    table: Arc<Mutex<Table>>,
+    config: Arc<GatewayConfig>,
+    cancel: CancellationToken,
+) {
+    let period = if config.culling.interval.is_zero() {
+        DEFAULT_CULL_INTERVAL
+    } else {
+        config.culling.interval
+    };
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => cull_once(&table, &config),
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
+fn cull_once(table: &Mutex<Table>, config: &GatewayConfig) {
+    let kernels: Vec<Arc<KernelShared>> = lock(table).kernels.values().cloned().collect();
+    let culling = &config.culling;
+    let now = Instant::now();
+    for kernel in kernels {
+        let (state, idle, connections) = {
+            let status = kernel.status();
+            (
+                status.execution_state.clone(),
+                now.saturating_duration_since(status.last_activity_at),
+                status.connections,
+            )
+        };
+        let busy = state == "busy";
+        let limit = if busy && !culling.busy_timeout.is_zero() {
+            culling.busy_timeout
+        } else {
+            culling.idle_timeout
+        };
+        let due = state == "dead"
+            || (idle > limit
+                && (culling.cull_busy || !busy)
+                && (culling.cull_connected || connections == 0));
+        if due && !kernel.shutdown_claimed.swap(true, Ordering::SeqCst) {
+            let (reply, _done) = oneshot::channel();
+            let event = KernelEvent::Shutdown {
+                reason: ShutdownReason::Culled { idle },
+                reply,
+            };
+            if kernel.events.send(event).is_err() {
+                tracing::debug!(kernel_id = %kernel.id, "culled kernel was already gone");
+            }
+        }
     }
 }

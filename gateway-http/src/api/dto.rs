@@ -1,0 +1,170 @@
+//! The JSON shapes clients see. These are the only `Serialize` types of the HTTP layer; each is
+//! built explicitly from the manager's or the launcher's own types.
+use std::collections::BTreeMap;
+
+use kernel_launcher::{InterruptMode, KernelSpec};
+use serde::Serialize;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+
+use crate::manager::KernelSnapshot;
+
+/// `GET /api`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionModel {
+    /// The jupyter_server-like version string.
+    pub version: &'static str,
+    /// The Enterprise Gateway version this gateway behaves as.
+    pub gateway_version: &'static str,
+    /// This implementation's own version.
+    pub enterprise_gateway_rs: &'static str,
+}
+
+/// EG's kernel model.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelModel {
+    /// Kernel id.
+    pub id: String,
+    /// Kernelspec name.
+    pub name: String,
+    /// Last activity, always `YYYY-MM-DDTHH:MM:SS.ffffffZ` (Jupyter Server parses it strictly).
+    pub last_activity: String,
+    /// Last execution state seen.
+    pub execution_state: String,
+    /// Open WebSocket connections.
+    pub connections: usize,
+    /// Why the kernel is not usable; omitted when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `last_activity`'s format: UTC, six fractional digits, `Z`.
+const LAST_ACTIVITY: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+/// Formats a time as EG's `last_activity`.
+pub fn format_last_activity(at: time::OffsetDateTime) -> String {
+    let utc = at.to_offset(time::UtcOffset::UTC);
+    utc.format(LAST_ACTIVITY).unwrap_or_else(|_| {
+        // Only years outside 0..=9999 fail to format; clamp rather than fail the request.
+        "1970-01-01T00:00:00.000000Z".to_owned()
+    })
+}
+
+impl From<KernelSnapshot> for KernelModel {
+    fn from(snapshot: KernelSnapshot) -> KernelModel {
+        KernelModel {
+            last_activity: format_last_activity(snapshot.last_activity),
+            id: snapshot.id,
+            name: snapshot.name,
+            execution_state: snapshot.execution_state,
+            connections: snapshot.connections,
+            reason: snapshot.reason.filter(|reason| !reason.is_empty()),
+        }
+    }
+}
+
+/// `GET /api/kernelspecs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelSpecsModel {
+    /// The default kernelspec name.
+    pub default: String,
+    /// Specs by name.
+    pub kernelspecs: BTreeMap<String, KernelSpecModel>,
+}
+
+/// One kernelspec as `GET /api/kernelspecs[/<name>]` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelSpecModel {
+    /// Kernelspec name.
+    pub name: String,
+    /// The six `kernel.json` keys jupyter_client 6 reports.
+    pub spec: SpecModel,
+    /// Resource file URLs by key (`logo-64x64`, `kernel.js`, ...).
+    pub resources: BTreeMap<String, String>,
+}
+
+/// The `spec` part of a kernelspec model.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpecModel {
+    /// Command template.
+    pub argv: Vec<String>,
+    /// Kernelspec environment.
+    pub env: BTreeMap<String, String>,
+    /// Display name.
+    pub display_name: String,
+    /// Language.
+    pub language: String,
+    /// `signal` or `message`.
+    pub interrupt_mode: &'static str,
+    /// Raw metadata.
+    pub metadata: serde_json::Value,
+}
+
+impl KernelSpecModel {
+    /// The model of `spec`, with resource URLs rooted at `base_url` (normalised, ends with `/`).
+    pub fn new(spec: &KernelSpec, base_url: &str) -> KernelSpecModel {
+        let resources = spec
+            .resources()
+            .into_iter()
+            .map(|(key, file)| (key, format!("{base_url}kernelspecs/{}/{file}", spec.name)))
+            .collect();
+        KernelSpecModel {
+            name: spec.name.clone(),
+            spec: SpecModel {
+                argv: spec.argv.clone(),
+                env: spec.env.clone(),
+                display_name: spec.display_name.clone(),
+                language: spec.language.clone(),
+                interrupt_mode: match spec.interrupt_mode {
+                    InterruptMode::Signal => "signal",
+                    InterruptMode::Message => "message",
+                },
+                metadata: if spec.metadata.is_null() {
+                    serde_json::Value::Object(Default::default())
+                } else {
+                    spec.metadata.clone()
+                },
+            },
+            resources,
+        }
+    }
+}
+
+/// jupyter_server's session model (with EG's `notebook.path`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionModel {
+    /// Session id.
+    pub id: String,
+    /// The document path.
+    pub path: String,
+    /// Session name.
+    pub name: Option<String>,
+    /// Session type (`notebook`, `console`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The session's kernel.
+    pub kernel: KernelModel,
+    /// Old-style path holder.
+    pub notebook: NotebookModel,
+}
+
+/// `{"path": ...}` in a session model.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotebookModel {
+    /// The document path.
+    pub path: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_activity_always_has_microseconds_and_z() {
+        let whole = time::macros::datetime!(2024-05-01 12:00:00 UTC);
+        assert_eq!(format_last_activity(whole), "2024-05-01T12:00:00.000000Z");
+        let offset = time::macros::datetime!(2024-05-01 14:00:00.1234567 +02:00);
+        assert_eq!(format_last_activity(offset), "2024-05-01T12:00:00.123456Z");
+    }
+}

@@ -1,0 +1,180 @@
+//! The Enterprise Gateway REST API: routes, the request guard (token, origin, CORS), handlers and
+//! the JSON shapes clients see.
+//!
+//! Every route is rooted at the configured `base_url`. API routes pass through the guard (token,
+//! origin check, CORS headers); the swagger documents and the catch-all 404 do not, as in EG.
+//! Handlers return `Result<_, Error>` and never choose an error status themselves: the one mapping
+//! lives in `impl IntoResponse for Error`.
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+
+use crate::{Error, GatewayConfig, KernelManager};
+
+pub mod dto;
+mod extract;
+mod guard;
+mod kernels;
+mod kernelspecs;
+mod sessions;
+mod swagger;
+
+/// Largest request body the API reads (EG/Tornado allow 100 MB; start requests are tiny).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// The jupyter_server version reported by `GET /api` (clients only check the key exists).
+pub const JUPYTER_SERVER_VERSION: &str = "2.21.1";
+
+/// The Enterprise Gateway version this gateway is compatible with, reported by `GET /api`.
+pub const GATEWAY_VERSION: &str = "3.3.0";
+
+/// State shared by every handler.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) manager: Arc<KernelManager>,
+    pub(crate) config: Arc<GatewayConfig>,
+    /// Normalised base URL (leading and trailing `/`).
+    pub(crate) base: Arc<str>,
+    pub(crate) sessions: Arc<sessions::Sessions>,
+    pub(crate) cors: Arc<guard::CorsHeaders>,
+}
+
+/// The whole HTTP application for `manager`: every EG route under the configured `base_url`.
+pub fn router(manager: Arc<KernelManager>) -> Router {
+    let config = Arc::clone(manager.config());
+    let base: Arc<str> = normalize_base_url(&config.base_url).into();
+    let state = AppState {
+        cors: Arc::new(guard::CorsHeaders::new(&config.cors)),
+        sessions: Arc::new(sessions::Sessions::default()),
+        manager,
+        config,
+        base: Arc::clone(&base),
+    };
+    let at = |path: &str| format!("{}{path}", escape_route(&base));
+
+    // Routes behind the token / origin / CORS guard.
+    let api = Router::new()
+        .route(&at("api"), api_route(get(version)))
+        .route(
+            &at("api/kernels"),
+            api_route(get(kernels::list).post(kernels::start)),
+        )
+        .route(
+            &at("api/kernels/{kernel_id}"),
+            api_route(get(kernels::get).delete(kernels::shutdown)),
+        )
+        .route(
+            &at("api/kernels/{kernel_id}/interrupt"),
+            api_route(post(kernels::interrupt)),
+        )
+        .route(
+            &at("api/kernels/{kernel_id}/restart"),
+            api_route(post(kernels::restart)),
+        )
+        .route(&at("api/kernelspecs"), api_route(get(kernelspecs::list)))
+        .route(
+            &at("api/kernelspecs/{kernel_name}"),
+            api_route(get(kernelspecs::get)),
+        )
+        .route(
+            &at("kernelspecs/{kernel_name}/{*path}"),
+            api_route(get(kernelspecs::resource)),
+        )
+        .route(
+            &at("api/sessions"),
+            api_route(get(sessions::list).post(sessions::create)),
+        )
+        .route(
+            &at("api/sessions/{session_id}"),
+            api_route(
+                get(sessions::get)
+                    .patch(sessions::update)
+                    .delete(sessions::delete),
+            ),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::api_guard,
+        ));
+    // The WebSocket route checks the origin itself (a failure is 403 there, not 404).
+    let channels = Router::new()
+        .route(
+            &at("api/kernels/{kernel_id}/channels"),
+            api_route(get(kernels::channels)),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::channels_guard,
+        ));
+    // Open routes: no token, no CORS.
+    let open = Router::new()
+        .route(
+            &at("api/swagger.json"),
+            get(swagger::json).fallback(method_not_allowed),
+        )
+        .route(
+            &at("api/swagger.yaml"),
+            get(swagger::yaml).fallback(method_not_allowed),
+        );
+
+    api.merge(channels)
+        .merge(open)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// `base_url` with exactly one leading and one trailing `/` (a relative `fake/path` becomes `/fake/path/`).
+pub fn normalize_base_url(base_url: &str) -> String {
+    let trimmed = base_url.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        format!("/{trimmed}/")
+    }
+}
+
+/// Braces are route syntax for the router; a literal brace in the base URL must be doubled.
+fn escape_route(base: &str) -> String {
+    base.replace('{', "{{").replace('}', "}}")
+}
+
+/// Every API route answers unsupported methods with EG's JSON 405.
+fn api_route(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.fallback(method_not_allowed)
+}
+
+async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
+}
+
+/// The catch-all: JSON 404 for any unknown path, without token or CORS (EG's NotFoundHandler).
+pub(crate) async fn not_found() -> Error {
+    Error::NotFound(String::new())
+}
+
+/// `GET /api`.
+async fn version() -> axum::Json<dto::VersionModel> {
+    axum::Json(dto::VersionModel {
+        version: JUPYTER_SERVER_VERSION,
+        gateway_version: GATEWAY_VERSION,
+        enterprise_gateway_rs: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// One debug line per request; the query string is left out because it may carry the token.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = tokio::time::Instant::now();
+    let response = next.run(request).await;
+    let elapsed: Duration = started.elapsed();
+    tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request");
+    response.into_response()
+}

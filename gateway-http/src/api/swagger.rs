@@ -1,0 +1,153 @@
+//! `/api/swagger.json` and `/api/swagger.yaml`: a short OpenAPI description of this gateway's
+//! routes (served without a token, as EG does).
+use std::fmt::Write as _;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use http::header::CONTENT_TYPE;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// The OpenAPI document, with `base_url` as the server URL.
+pub(crate) fn document(base_url: &str) -> Value {
+    let error = json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let kernel = json!({"description": "Kernel model", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Kernel"}}}});
+    let session = json!({"description": "Session model", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}});
+    let kernel_id =
+        json!({"name": "kernel_id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let session_id =
+        json!({"name": "session_id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let kernel_name = json!({"name": "kernel_name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let user = json!({"name": "user", "in": "query", "required": false, "schema": {"type": "string"},
+        "description": "Only kernelspecs this user may use"});
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Jupyter Enterprise Gateway API (enterprise-gateway-rs)",
+            "description": "Kernel lifecycle, kernelspecs and kernel channels. Send the token as `Authorization: token <t>` or `?token=<t>`.",
+            "version": super::GATEWAY_VERSION,
+        },
+        "servers": [{"url": base_url}],
+        "paths": {
+            "/api": {"get": {"summary": "Versions", "responses": {"200": {"description": "Versions"}}}},
+            "/api/kernelspecs": {"get": {"summary": "List kernelspecs", "parameters": [user],
+                "responses": {"200": {"description": "Default name and specs by name"}}}},
+            "/api/kernelspecs/{kernel_name}": {"get": {"summary": "One kernelspec", "parameters": [kernel_name, user],
+                "responses": {"200": {"description": "Kernelspec"}, "403": error, "404": error}}},
+            "/kernelspecs/{kernel_name}/{path}": {"get": {"summary": "A kernelspec resource file (logo, kernel.js)",
+                "parameters": [kernel_name, {"name": "path", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "File contents"}, "403": error, "404": error}}},
+            "/api/kernels": {
+                "get": {"summary": "List kernels (when listing is enabled)", "responses": {"200": {"description": "Kernel models"}, "403": error}},
+                "post": {"summary": "Start a kernel", "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StartRequest"}}}},
+                    "responses": {"201": kernel, "400": error, "403": error, "404": error, "409": error, "500": error, "503": error}},
+            },
+            "/api/kernels/{kernel_id}": {
+                "get": {"summary": "Kernel model", "parameters": [kernel_id], "responses": {"200": kernel, "404": error}},
+                "delete": {"summary": "Shut a kernel down", "parameters": [kernel_id], "responses": {"204": {"description": "Shut down"}, "404": error}},
+            },
+            "/api/kernels/{kernel_id}/interrupt": {"post": {"summary": "Interrupt a kernel", "parameters": [kernel_id],
+                "responses": {"204": {"description": "Interrupted"}, "404": error}}},
+            "/api/kernels/{kernel_id}/restart": {"post": {"summary": "Restart a kernel", "parameters": [kernel_id],
+                "responses": {"200": kernel, "404": error, "500": error}}},
+            "/api/kernels/{kernel_id}/channels": {"get": {"summary": "Kernel channels WebSocket (legacy JSON or v1.kernel.websocket.jupyter.org)",
+                "parameters": [kernel_id, {"name": "session_id", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "responses": {"101": {"description": "Switching protocols"}, "400": error, "403": error, "404": error}}},
+            "/api/sessions": {
+                "get": {"summary": "List sessions (when listing is enabled)", "responses": {"200": {"description": "Session models"}, "403": error}},
+                "post": {"summary": "Create a session, or return the one for the same path", "responses": {"201": session, "400": error}},
+            },
+            "/api/sessions/{session_id}": {
+                "get": {"summary": "Session model", "parameters": [session_id], "responses": {"200": session, "404": error}},
+                "patch": {"summary": "Change a session", "parameters": [session_id], "responses": {"200": session, "400": error, "404": error}},
+                "delete": {"summary": "Delete a session and its kernel", "parameters": [session_id], "responses": {"204": {"description": "Deleted"}, "404": error}},
+            },
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "properties": {"reason": {"type": "string"}, "message": {"type": "string"}}},
+            "Kernel": {"type": "object", "required": ["id", "name", "last_activity", "execution_state", "connections"], "properties": {
+                "id": {"type": "string"}, "name": {"type": "string"},
+                "last_activity": {"type": "string", "description": "UTC, YYYY-MM-DDTHH:MM:SS.ffffffZ"},
+                "execution_state": {"type": "string"}, "connections": {"type": "integer"}, "reason": {"type": "string"}}},
+            "StartRequest": {"type": "object", "properties": {
+                "name": {"type": "string", "nullable": true}, "path": {"type": "string"},
+                "env": {"type": "object", "additionalProperties": {"type": "string"}}}},
+            "Session": {"type": "object", "properties": {
+                "id": {"type": "string"}, "path": {"type": "string"}, "name": {"type": "string", "nullable": true}, "type": {"type": "string"},
+                "kernel": {"$ref": "#/components/schemas/Kernel"},
+                "notebook": {"type": "object", "properties": {"path": {"type": "string"}}}}},
+        }},
+    })
+}
+
+/// `GET /api/swagger.json`.
+pub(crate) async fn json(State(state): State<AppState>) -> Json<Value> {
+    Json(document(&state.base))
+}
+
+/// `GET /api/swagger.yaml`.
+pub(crate) async fn yaml(State(state): State<AppState>) -> impl IntoResponse {
+    let mut out = String::new();
+    write_yaml(&mut out, &document(&state.base), 0);
+    ([(CONTENT_TYPE, "application/yaml")], out)
+}
+
+/// Block-style YAML for a JSON value. Strings are written JSON-quoted, which YAML reads as
+/// double-quoted scalars, so no value needs YAML-specific escaping.
+fn write_yaml(out: &mut String, value: &Value, indent: usize) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, item) in map {
+                let _ = write!(out, "{pad}{}:", Value::String(key.clone()));
+                write_nested(out, item, indent);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                let _ = write!(out, "{pad}-");
+                write_nested(out, item, indent);
+            }
+        }
+        scalar => {
+            let _ = writeln!(out, "{pad}{scalar}");
+        }
+    }
+}
+
+fn write_nested(out: &mut String, item: &Value, indent: usize) {
+    match item {
+        Value::Object(map) if !map.is_empty() => {
+            out.push('\n');
+            write_yaml(out, item, indent + 2);
+        }
+        Value::Array(items) if !items.is_empty() => {
+            out.push('\n');
+            write_yaml(out, item, indent + 2);
+        }
+        scalar => {
+            let _ = writeln!(out, " {scalar}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_is_block_style_with_quoted_strings() {
+        let mut out = String::new();
+        write_yaml(
+            &mut out,
+            &json!({"a": {"b": [1, "x: y"], "c": {}}, "d": []}),
+            0,
+        );
+        assert_eq!(
+            out,
+            "\"a\":\n  \"b\":\n    - 1\n    - \"x: y\"\n  \"c\": {}\n\"d\": []\n"
+        );
+    }
+}

@@ -1,0 +1,395 @@
+//! One kernel's shared state, and one *incarnation* of it: a launched process plus the sockets
+//! the gateway itself holds, made ready by a kernel_info round trip.
+//!
+//! A zeromq DEALER does not survive its peer restarting, so an incarnation's sockets live and die
+//! with its process: a restart builds a whole new [`Incarnation`].
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use jupyter_protocol::sockets::{IopubSubscription, SessionChannels};
+use jupyter_protocol::{Channel, ConnectionInfo, Header, Message, SocketOptions};
+use kernel_launcher::{KernelSpec, PortRange};
+use resource_managers::{KernelProcess, LaunchRequest, ProcessState, ResourceManager};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout_at};
+
+use super::KernelSnapshot;
+use super::supervisor::KernelEvent;
+use crate::{Error, Fault};
+
+/// Log lines quoted in launch errors.
+const LOG_TAIL_LINES: usize = 20;
+/// How often kernel_info is re-sent while waiting for readiness (EG's nudge uses 0.5 s).
+const NUDGE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long readiness waits for the kernel's `idle` after the kernel_info reply.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Extra time given to a backend past the launch deadline before its future is dropped.
+const BACKEND_GRACE: Duration = Duration::from_secs(2);
+
+/// The user name the gateway puts in the headers of messages it originates.
+pub(crate) const GATEWAY_USERNAME: &str = "enterprise-gateway";
+
+/// Mutable, frequently read state of a kernel (snapshots read it without asking the supervisor).
+#[derive(Debug)]
+pub(crate) struct Status {
+    /// Last `execution_state` seen on iopub (or set by the supervisor).
+    pub(crate) execution_state: String,
+    /// Wall-clock time of the last iopub message.
+    pub(crate) last_activity: time::OffsetDateTime,
+    /// Monotonic time of the last iopub message (culling uses it, so paused time works).
+    pub(crate) last_activity_at: Instant,
+    /// Attached WebSocket clients.
+    pub(crate) connections: usize,
+    /// Why the kernel is unusable, if it is.
+    pub(crate) reason: Option<String>,
+}
+
+/// What the manager's table, the supervisor and WebSocket handlers share about one kernel.
+#[derive(Debug)]
+pub(crate) struct KernelShared {
+    /// Kernel id.
+    pub(crate) id: String,
+    /// Kernelspec name.
+    pub(crate) name: String,
+    /// Effective user.
+    pub(crate) username: String,
+    /// Status for snapshots.
+    pub(crate) status: Mutex<Status>,
+    /// The supervisor's event queue.
+    pub(crate) events: mpsc::UnboundedSender<KernelEvent>,
+    /// Set once by whoever shuts the kernel down (a concurrent second shutdown gets 404).
+    pub(crate) shutdown_claimed: AtomicBool,
+}
+
+impl KernelShared {
+    /// Locks the status; a poisoned lock still holds consistent plain data, so it is recovered.
+    pub(crate) fn status(&self) -> MutexGuard<'_, Status> {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The snapshot the HTTP layer shows.
+    pub(crate) fn snapshot(&self) -> KernelSnapshot {
+        let status = self.status();
+        KernelSnapshot {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            last_activity: status.last_activity,
+            execution_state: status.execution_state.clone(),
+            connections: status.connections,
+            reason: status.reason.clone(),
+            username: self.username.clone(),
+        }
+    }
+
+    /// Sets the execution state without counting it as activity.
+    pub(crate) fn set_state(&self, state: &str) {
+        state.clone_into(&mut self.status().execution_state);
+    }
+
+    /// Records an iopub message: activity always, execution state from `status` messages.
+    pub(crate) fn observe_iopub(&self, msg: &Message) {
+        let state = execution_state_of(msg);
+        let mut status = self.status();
+        status.last_activity = time::OffsetDateTime::now_utc();
+        status.last_activity_at = Instant::now();
+        if let Some(state) = state {
+            status.execution_state = state;
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusContent {
+    execution_state: String,
+}
+
+/// The `execution_state` of an iopub `status` message.
+fn execution_state_of(msg: &Message) -> Option<String> {
+    let header = msg.parse_header().ok()?;
+    if header.msg_type != "status" {
+        return None;
+    }
+    msg.parse_content::<StatusContent>()
+        .ok()
+        .map(|c| c.execution_state)
+}
+
+/// A message type, or an empty string when the header does not parse.
+pub(crate) fn msg_type(msg: &Message) -> String {
+    msg.parse_header().map(|h| h.msg_type).unwrap_or_default()
+}
+
+/// A status message the gateway originates (EG §4.6: `restarting`, `dead`).
+pub(crate) fn synthetic_status(session: &str, state: &str) -> Message {
+    let header = Header::new("status", session, GATEWAY_USERNAME);
+    Message::new(&header, &serde_json::json!({ "execution_state": state }))
+}
+
+/// Everything needed to launch (and relaunch) one kernel; fixed at start.
+#[derive(Debug, Clone)]
+pub(crate) struct LaunchPlan {
+    /// The backend.
+    pub(crate) backend: Arc<dyn ResourceManager>,
+    /// Kernel id.
+    pub(crate) kernel_id: String,
+    /// Kernelspec.
+    pub(crate) spec: KernelSpec,
+    /// Composed environment.
+    pub(crate) env: BTreeMap<String, String>,
+    /// Working directory.
+    pub(crate) cwd: Option<PathBuf>,
+    /// Port range.
+    pub(crate) port_range: PortRange,
+    /// Launch timeout (launch plus readiness), for starts and restarts.
+    pub(crate) timeout: Duration,
+    /// Effective user.
+    pub(crate) username: String,
+}
+
+/// One running process of a kernel with the gateway's own sockets to it.
+#[derive(Debug)]
+pub(crate) struct Incarnation {
+    /// Connection info.
+    pub(crate) connection: ConnectionInfo,
+    /// The process.
+    pub(crate) process: Arc<dyn KernelProcess>,
+    /// The gateway's own shell/control/stdin session (kernel_info, interrupt and shutdown requests).
+    pub(crate) session: SessionChannels,
+    /// The gateway session id used for `session`.
+    pub(crate) session_id: String,
+    /// The kernel's one iopub subscription.
+    pub(crate) iopub: IopubSubscription,
+    /// When the process became ready.
+    pub(crate) ready_at: Instant,
+}
+
+/// Socket options for a kernel, with connects bounded by `connect_timeout`. Messages from kernels
+/// are not limited beyond the protocol crate's default (EG forwards outputs of any size).
+pub(crate) fn socket_options(connect_timeout: Duration) -> SocketOptions {
+    SocketOptions {
+        connect_timeout,
+        ..SocketOptions::default()
+    }
+}
+
+/// Describes how a process ended.
+pub(crate) fn describe_exit(state: &ProcessState) -> String {
+    match state {
+        ProcessState::Exited {
+            code: Some(code), ..
+        } => format!("exit code {code}"),
+        ProcessState::Exited {
+            signal: Some(signal),
+            ..
+        } => format!("killed by signal {signal}"),
+        ProcessState::Exited { .. } => "exited".to_owned(),
+        ProcessState::Running => "still running".to_owned(),
+        ProcessState::Unknown => "state unknown".to_owned(),
+    }
+}
+
+fn with_log(text: String, process: &dyn KernelProcess) -> String {
+    let tail = process.log_tail(LOG_TAIL_LINES);
+    let tail = tail.trim();
+    if tail.is_empty() {
+        text
+    } else {
+        format!("{text}; kernel log: {tail}")
+    }
+}
+
+/// Maps a backend error to a gateway error with the backend's text as the reason.
+pub(crate) fn launch_error(err: resource_managers::Error) -> Error {
+    use resource_managers::Error as Rm;
+    let fault = match &err {
+        Rm::Unsupported(msg) => return Error::Unsupported(msg.clone()),
+        Rm::Launcher(kernel_launcher::Error::NoFreePort(_)) => Fault::Capacity,
+        Rm::Spawn(_) | Rm::ExitedDuringLaunch { .. } | Rm::LaunchTimeout(_) | Rm::Launcher(_) => {
+            Fault::Kernel
+        }
+        _ => Fault::Internal,
+    };
+    Error::LaunchFailed {
+        reason: err.to_string(),
+        fault,
+    }
+}
+
+fn failed(reason: String) -> Error {
+    Error::LaunchFailed {
+        reason,
+        fault: Fault::Kernel,
+    }
+}
+
+/// Launches the kernel and waits until it answers kernel_info and its iopub subscription is live,
+/// all within the plan's timeout. iopub messages seen meanwhile go to `on_iopub`. On failure
+/// everything the launch allocated is torn down.
+pub(crate) async fn launch(
+    plan: &LaunchPlan,
+    previous: Option<ConnectionInfo>,
+    on_iopub: &mut (dyn FnMut(Message) + Send),
+) -> Result<Incarnation, Error> {
+    let deadline = Instant::now() + plan.timeout;
+    let request = LaunchRequest {
+        kernel_id: plan.kernel_id.clone(),
+        spec: plan.spec.clone(),
+        env: plan.env.clone(),
+        cwd: plan.cwd.clone(),
+        port_range: plan.port_range,
+        timeout: plan.timeout,
+        previous,
+        username: plan.username.clone(),
+    };
+    let launched = match timeout_at(deadline + BACKEND_GRACE, plan.backend.launch(request)).await {
+        Ok(Ok(launched)) => launched,
+        Ok(Err(err)) => return Err(launch_error(err)),
+        Err(_) => {
+            return Err(failed(format!(
+                "kernel {} was not launched within {:.1} s",
+                plan.kernel_id,
+                plan.timeout.as_secs_f64()
+            )));
+        }
+    };
+    let process: Arc<dyn KernelProcess> = Arc::from(launched.process);
+    match ready(
+        plan,
+        &launched.connection,
+        process.as_ref(),
+        deadline,
+        on_iopub,
+    )
+    .await
+    {
+        Ok((session, session_id, iopub)) => Ok(Incarnation {
+            connection: launched.connection,
+            process,
+            session,
+            session_id,
+            iopub,
+            ready_at: Instant::now(),
+        }),
+        Err(err) => {
+            teardown(process.as_ref(), Duration::from_secs(1), false).await;
+            Err(err)
+        }
+    }
+}
+
+/// Terminates a process (SIGTERM, `grace`, SIGKILL) and releases what its launch allocated.
+pub(crate) async fn teardown(
+    process: &dyn KernelProcess,
+    grace: Duration,
+    keep_connection_file: bool,
+) {
+    if let Err(err) = process.terminate(grace).await {
+        tracing::warn!(error = %err, "terminating a kernel process failed");
+    }
+    process.cleanup(keep_connection_file).await;
+}
+
+/// Connects iopub and the gateway's session, then nudges with kernel_info until both a reply and
+/// an iopub message have arrived (so the subscription is known to be live).
+async fn ready(
+    plan: &LaunchPlan,
+    info: &ConnectionInfo,
+    process: &dyn KernelProcess,
+    deadline: Instant,
+    on_iopub: &mut (dyn FnMut(Message) + Send),
+) -> Result<(SessionChannels, String, IopubSubscription), Error> {
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let timed_out = || {
+        failed(with_log(
+            format!(
+                "kernel {} did not become ready within {:.1} s",
+                plan.kernel_id,
+                plan.timeout.as_secs_f64()
+            ),
+            process,
+        ))
+    };
+    let exited = |state: ProcessState| {
+        failed(with_log(
+            format!(
+                "kernel {} exited during launch ({})",
+                plan.kernel_id,
+                describe_exit(&state)
+            ),
+            process,
+        ))
+    };
+    let opts = socket_options(deadline.saturating_duration_since(Instant::now()));
+    let connect = async {
+        let iopub = IopubSubscription::connect(info, &opts).await?;
+        let session = SessionChannels::connect(info, &session_id, &opts).await?;
+        Ok::<_, jupyter_protocol::Error>((iopub, session))
+    };
+    let (mut iopub, mut session) = tokio::select! {
+        connected = connect => match connected {
+            Ok(sockets) => sockets,
+            // The connect timeout is the time left until the deadline.
+            Err(jupyter_protocol::Error::ConnectTimeout(_)) => return Err(timed_out()),
+            Err(err) => return Err(failed(format!("cannot connect to kernel {}: {err}", plan.kernel_id))),
+        },
+        state = process.wait() => return Err(exited(state)),
+        () = sleep_until(deadline) => return Err(timed_out()),
+    };
+    let mut sent: HashSet<String> = HashSet::new();
+    let mut replied = false;
+    let mut heard_iopub = false;
+    let mut settled = false;
+    let mut settle_by: Option<Instant> = None;
+    let mut nudge = tokio::time::interval(NUDGE_INTERVAL);
+    loop {
+        if replied && heard_iopub {
+            // Give the kernel a moment to publish `idle` for the nudge, so the state the caller
+            // sees has settled; kernels that publish no status for kernel_info are not waited for.
+            let by = *settle_by.get_or_insert_with(|| (Instant::now() + SETTLE).min(deadline));
+            if settled || Instant::now() >= by {
+                break;
+            }
+        }
+        let settle_at = settle_by.unwrap_or(deadline);
+        tokio::select! {
+            _ = nudge.tick(), if !(replied && heard_iopub) => {
+                let header = Header::new("kernel_info_request", &session_id, GATEWAY_USERNAME);
+                sent.insert(header.msg_id.clone());
+                let msg = Message::new(&header, &serde_json::json!({}));
+                if let Err(err) = session.sender.send(Channel::Shell, msg).await {
+                    return Err(failed(format!("cannot send kernel_info_request to kernel {}: {err}", plan.kernel_id)));
+                }
+            }
+            reply = session.replies.recv() => match reply {
+                Some((_, msg)) => {
+                    if msg_type(&msg) == "kernel_info_reply" && msg.parent_msg_id().is_some_and(|id| sent.contains(&id)) {
+                        replied = true;
+                    }
+                }
+                None => return Err(failed(format!("the sockets of kernel {} closed during launch", plan.kernel_id))),
+            },
+            msg = iopub.messages.recv() => match msg {
+                Some(msg) => {
+                    heard_iopub = true;
+                    if execution_state_of(&msg).as_deref() == Some("idle")
+                        && msg.parent_msg_id().is_some_and(|id| sent.contains(&id))
+                    {
+                        settled = true;
+                    }
+                    on_iopub(msg);
+                }
+                None => return Err(failed(format!("the iopub socket of kernel {} closed during launch", plan.kernel_id))),
+            },
+            state = process.wait() => return Err(exited(state)),
+            () = sleep_until(settle_at), if settle_by.is_some() => {}
+            () = sleep_until(deadline) => return Err(timed_out()),
+        }
+    }
+    Ok((session, session_id, iopub))
+}

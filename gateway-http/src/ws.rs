@@ -1,0 +1,343 @@
+//! The WebSocket bridge of `GET /api/kernels/{id}/channels`.
+//!
+//! Each connection gets its own shell/control/stdin DEALERs (identity = the client's session id)
+//! and receives the kernel's iopub through the kernel's supervisor, which owns the one iopub
+//! subscription. Frames are legacy JSON text (plus the legacy binary form when buffers are
+//! present) unless the client offers the `v1.kernel.websocket.jupyter.org` subprotocol.
+//!
+//! After a kernel restart the supervisor tells every connection to rebuild its DEALERs (a zeromq
+//! DEALER does not survive its peer restarting); the WebSocket itself stays open.
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{
+    CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade, close_code,
+};
+use axum::response::Response;
+use jupyter_protocol::sockets::SessionChannels;
+use jupyter_protocol::websocket::{V1_SUBPROTOCOL, WsFrame, legacy, v1};
+use jupyter_protocol::{Channel, ConnectionInfo, Message};
+use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+
+use crate::Error;
+use crate::manager::{ClientLease, ClientNotice, KernelManager, Kick, KickSignal, socket_options};
+
+/// How long a new connection waits for the connection it replaces to release its sockets.
+const REPLACE_WAIT: Duration = Duration::from_secs(2);
+/// Minimum time without any frame from the client before a pinged connection is closed.
+const MIN_PONG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The framing a connection negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No subprotocol: JSON text frames, legacy binary frames when buffers are present.
+    Legacy,
+    /// `v1.kernel.websocket.jupyter.org`.
+    V1,
+}
+
+/// Upgrades a request to the kernel's channels WebSocket. The HTTP layer calls this after its
+/// token and origin checks. Unknown kernels are refused before the upgrade (404).
+pub async fn upgrade(
+    manager: Arc<KernelManager>,
+    kernel_id: String,
+    session_id: Option<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, Error> {
+    manager.get(&kernel_id)?;
+    let max = manager.config().ws_max_message_size;
+    let ws = ws
+        .protocols([V1_SUBPROTOCOL])
+        .max_message_size(max)
+        .max_frame_size(max);
+    let mode = if ws.selected_protocol().is_some() {
+        Mode::V1
+    } else {
+        Mode::Legacy
+    };
+    let session_id = match session_id.filter(|s| !s.is_empty()) {
+        Some(session_id) => session_id,
+        None => {
+            tracing::info!(%kernel_id, "no session id specified; using a random one");
+            uuid::Uuid::new_v4().to_string()
+        }
+    };
+    let failed_kernel = kernel_id.clone();
+    Ok(ws
+        .on_failed_upgrade(move |err| {
+            tracing::warn!(kernel_id = %failed_kernel, error = %err, "WebSocket upgrade failed");
+        })
+        .on_upgrade(move |socket| serve(manager, kernel_id, session_id, mode, socket)))
+}
+
+/// Runs one connection until either side goes away.
+async fn serve(
+    manager: Arc<KernelManager>,
+    kernel_id: String,
+    session_id: String,
+    mode: Mode,
+    mut socket: WebSocket,
+) {
+    let mut lease = match manager.attach(&kernel_id, &session_id).await {
+        Ok(lease) => lease,
+        Err(err) => {
+            tracing::info!(%kernel_id, error = %err, "WebSocket for a kernel that is gone");
+            close(&mut socket, close_code::AWAY, "kernel is gone").await;
+            return;
+        }
+    };
+    tracing::debug!(%kernel_id, %session_id, ?mode, "WebSocket connected");
+    let mut bridge = Bridge {
+        manager,
+        kernel_id,
+        session_id,
+        mode,
+        channels: None,
+        kick: lease.attached.kick.clone(),
+    };
+    bridge.run(&mut socket, &mut lease).await;
+    drop(bridge);
+    // Dropping the lease releases this session's identity and detaches from the supervisor.
+    drop(lease);
+}
+
+/// A connection's state.
+struct Bridge {
+    manager: Arc<KernelManager>,
+    kernel_id: String,
+    session_id: String,
+    mode: Mode,
+    channels: Option<SessionChannels>,
+    /// This connection's disconnect signal (also ends a send the client does not take).
+    kick: KickSignal,
+}
+
+/// Why the loop stopped, and what to tell the client.
+enum Stop {
+    /// The client closed or the socket failed: nothing more to send.
+    Silent,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// The next reply of the connection's session, pending forever when there is none.
+async fn next_reply(channels: &mut Option<SessionChannels>) -> Option<(Channel, Message)> {
+    match channels.as_mut() {
+        Some(channels) => channels.replies.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Bridge {
+    async fn run(&mut self, socket: &mut WebSocket, lease: &mut ClientLease) {
+        let stop = self.serve(socket, lease).await;
+        if let Stop::Close(code, reason) = stop {
+            close(socket, code, reason).await;
+        }
+        tracing::debug!(kernel_id = %self.kernel_id, session_id = %self.session_id, "WebSocket closed");
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket, lease: &mut ClientLease) -> Stop {
+        if let Some(previous) = lease.attached.replaced.take()
+            && timeout(REPLACE_WAIT, previous.cancelled()).await.is_err()
+        {
+            tracing::warn!(kernel_id = %self.kernel_id, session_id = %self.session_id,
+                "replaced connection did not release its sockets in time");
+        }
+        let connection = lease.attached.connection.clone();
+        if let Err(stop) = self.connect(&connection).await {
+            return stop;
+        }
+        for msg in std::mem::take(&mut lease.attached.replay) {
+            if !self.send(socket, Channel::Iopub, &msg).await {
+                return Stop::Silent;
+            }
+        }
+        let config = Arc::clone(self.manager.config());
+        let ping_every = config.ws_ping_interval;
+        let pong_timeout = (ping_every * 3).max(MIN_PONG_TIMEOUT);
+        let mut ping = interval(if ping_every.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            ping_every
+        });
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ping.reset();
+        let mut last_seen = Instant::now();
+        let cancel = self.manager.cancelled().clone();
+        let kick = lease.attached.kick.clone();
+        loop {
+            tokio::select! {
+                incoming = socket.recv() => {
+                    let Some(Ok(frame)) = incoming else {
+                        return Stop::Silent;
+                    };
+                    last_seen = Instant::now();
+                    if let Some(stop) = self.on_client_frame(frame).await {
+                        return stop;
+                    }
+                }
+                reply = next_reply(&mut self.channels) => match reply {
+                    Some((channel, msg)) => {
+                        if !self.send(socket, channel, &msg).await {
+                            return Stop::Silent;
+                        }
+                    }
+                    None => {
+                        tracing::debug!(kernel_id = %self.kernel_id, "session sockets closed; waiting for a rebuild");
+                        self.channels = None;
+                    }
+                },
+                notice = lease.attached.notices.recv() => match notice {
+                    Some(notice) => {
+                        if let Some(stop) = self.on_notice(socket, notice).await {
+                            return stop;
+                        }
+                    }
+                    None => return Stop::Close(close_code::NORMAL, "kernel shut down"),
+                },
+                why = kick.kicked() => {
+                    if why != Kick::TooSlow {
+                        // Deliver what was queued before the kick (e.g. the final `dead` status).
+                        while let Ok(notice) = lease.attached.notices.try_recv() {
+                            if let Some(stop) = self.on_notice(socket, notice).await {
+                                return stop;
+                            }
+                        }
+                    }
+                    return match why {
+                        Kick::Replaced => Stop::Close(close_code::NORMAL, "replaced by a newer connection"),
+                        Kick::TooSlow => Stop::Close(close_code::POLICY, "client too slow"),
+                        Kick::KernelGone => Stop::Close(close_code::NORMAL, "kernel shut down"),
+                        Kick::GatewayExit => Stop::Close(close_code::AWAY, "gateway shutting down"),
+                    };
+                }
+                _ = ping.tick(), if !ping_every.is_zero() => {
+                    if last_seen.elapsed() > pong_timeout {
+                        tracing::info!(kernel_id = %self.kernel_id, session_id = %self.session_id, "WebSocket client stopped answering pings");
+                        return Stop::Close(close_code::AWAY, "ping timeout");
+                    }
+                    if socket.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
+                        return Stop::Silent;
+                    }
+                }
+                () = cancel.cancelled() => return Stop::Close(close_code::AWAY, "gateway shutting down"),
+            }
+        }
+    }
+
+    /// Connects this session's shell/control/stdin sockets.
+    async fn connect(&mut self, connection: &ConnectionInfo) -> Result<(), Stop> {
+        self.channels = None;
+        let config = self.manager.config();
+        let opts = socket_options(config.kernel_info_timeout);
+        match SessionChannels::connect(connection, &self.session_id, &opts).await {
+            Ok(channels) => {
+                self.channels = Some(channels);
+                Ok(())
+            }
+            Err(err) => {
+                tracing::warn!(kernel_id = %self.kernel_id, error = %err, "cannot connect to the kernel");
+                Err(Stop::Close(
+                    close_code::ERROR,
+                    "cannot connect to the kernel",
+                ))
+            }
+        }
+    }
+
+    async fn on_notice(&mut self, socket: &mut WebSocket, notice: ClientNotice) -> Option<Stop> {
+        match notice {
+            ClientNotice::Iopub(msg) => {
+                if !self.send(socket, Channel::Iopub, &msg).await {
+                    return Some(Stop::Silent);
+                }
+            }
+            ClientNotice::Rebuild(connection) => {
+                tracing::debug!(kernel_id = %self.kernel_id, session_id = %self.session_id, "rebuilding sockets after a restart");
+                if let Err(stop) = self.connect(&connection).await {
+                    return Some(stop);
+                }
+            }
+        }
+        None
+    }
+
+    /// Handles a client frame; `Some` ends the connection.
+    async fn on_client_frame(&mut self, frame: WsMessage) -> Option<Stop> {
+        let decoded = match (&frame, self.mode) {
+            (WsMessage::Text(text), _) => match legacy::decode_text(text.as_str()) {
+                Ok(decoded) => decoded,
+                Err(err) => {
+                    tracing::warn!(kernel_id = %self.kernel_id, error = %err, "ignoring a malformed text frame");
+                    return None;
+                }
+            },
+            (WsMessage::Binary(data), mode) => {
+                let decoded = match mode {
+                    Mode::Legacy => legacy::decode_binary(data),
+                    Mode::V1 => v1::decode(data),
+                };
+                match decoded {
+                    Ok(decoded) => decoded,
+                    Err(err) => {
+                        tracing::warn!(kernel_id = %self.kernel_id, error = %err, "closing on a malformed binary frame");
+                        return Some(Stop::Close(
+                            close_code::UNSUPPORTED,
+                            "malformed binary frame",
+                        ));
+                    }
+                }
+            }
+            (WsMessage::Close(_), _) => return Some(Stop::Silent),
+            (WsMessage::Ping(_) | WsMessage::Pong(_), _) => return None,
+        };
+        let (channel, msg) = decoded;
+        if !matches!(channel, Channel::Shell | Channel::Control | Channel::Stdin) {
+            tracing::info!(kernel_id = %self.kernel_id, channel = channel.as_str(), "dropping a client message for a channel clients cannot write");
+            return None;
+        }
+        let Some(channels) = &self.channels else {
+            tracing::info!(kernel_id = %self.kernel_id, "dropping a client message while the kernel restarts");
+            return None;
+        };
+        if let Err(err) = channels.sender.send(channel, msg).await {
+            tracing::warn!(kernel_id = %self.kernel_id, error = %err, "cannot forward a client message to the kernel");
+        }
+        None
+    }
+
+    /// Sends a kernel message to the client in the negotiated framing; false when the socket is gone.
+    async fn send(&self, socket: &mut WebSocket, channel: Channel, msg: &Message) -> bool {
+        let frame = match self.mode {
+            Mode::V1 => WsMessage::Binary(v1::encode(channel, msg).into()),
+            Mode::Legacy => match legacy::encode(channel, msg) {
+                Ok(WsFrame::Text(text)) => WsMessage::Text(text.into()),
+                Ok(WsFrame::Binary(data)) => WsMessage::Binary(data.into()),
+                Err(err) => {
+                    tracing::warn!(kernel_id = %self.kernel_id, error = %err, "dropping a kernel message that cannot be encoded");
+                    return true;
+                }
+            },
+        };
+        // A client that stops reading must not hold this task forever: its queue overflows, the
+        // supervisor kicks it, and the pending send is abandoned.
+        // The send is polled first, so a healthy client still gets what is sent after a kick
+        // (e.g. the final `dead` status).
+        tokio::select! {
+            biased;
+            sent = socket.send(frame) => sent.is_ok(),
+            _ = self.kick.kicked() => false,
+            () = self.manager.cancelled().cancelled() => false,
+        }
+    }
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    // The peer may already be gone; nothing to do about it then.
+    let _ = socket.send(WsMessage::Close(Some(frame))).await;
+}

@@ -1,0 +1,6 @@
+//! Integration tests of gateway-http (one test binary; topic files below).
+
+mod api;
+mod manager;
+mod support;
+mod ws;
