@@ -1,5 +1,5 @@
 //! Where and how Jupyter kernels run: the [`ResourceManager`] trait, a [`Registry`] of backends by
-//! name, and the backends (local processes now; SSH and YARN later).
+//! name, and the backends (local processes, and remote launchers through the `ssh` backend).
 //!
 //! # Overview
 //!
@@ -15,6 +15,11 @@
 //!   kernelspec's [`kernel_launcher::Backend`] names the one to use.
 //! * [`local::LocalResourceManager`] runs kernels as child processes of the gateway, each in its
 //!   own process group (EG's `LocalProcessProxy`).
+//! * [`ssh::SshResourceManager`] starts kernels through a *launcher* that calls the gateway's
+//!   [`kernel_launcher::ResponseListener`] back with the kernel's connection info (EG's
+//!   `DistributedProcessProxy`, gateway_provisioners' `distributed-provisioner`); the kernel is
+//!   then signalled through the launcher's communication port. Hosts that are this machine are
+//!   launched on without SSH.
 //!
 //! Message-mode interrupts and `shutdown_request` are the gateway's business (over the kernel's
 //! control channel); backends deal with processes only.
@@ -105,6 +110,8 @@
 
 pub mod error;
 pub mod local;
+pub mod ssh;
+pub mod yarn;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

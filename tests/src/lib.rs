@@ -1,1 +1,3 @@
 //! Cross-crate integration test fixtures.
+
+pub mod yarn;
