@@ -13,7 +13,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use gateway_http::KernelManager;
 use resource_managers::Registry;
+use kernel_launcher::response::ResponseListener;
 use resource_managers::local::LocalResourceManager;
+use resource_managers::ssh::{SshConfig, SshResourceManager};
 
 /// Exit code for configuration errors (sysexits' EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -72,6 +74,19 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
 
     let mut registry = Registry::new();
     registry.register(Arc::new(LocalResourceManager::new(settings.local.clone())));
+    match ResponseListener::bind(settings.response_bind, settings.response_options.clone()).await {
+        Ok(response) => registry.register(Arc::new(SshResourceManager::new(SshConfig {
+            remote_hosts: settings.remote_hosts.clone(),
+            log_dir: settings.local.log_dir.clone(),
+            response,
+            search_path: settings.local.search_path.clone(),
+            comm_timeout: settings.comm_timeout,
+        }))),
+        Err(e) => tracing::warn!(
+            "launcher callback listener could not bind {}: {e}; distributed kernelspecs are unavailable",
+            settings.response_bind
+        ),
+    }
     let scheme = if settings.gateway.tls.is_some() { "https" } else { "http" };
     let config = Arc::new(settings.gateway);
     let manager = KernelManager::new(config, registry);

@@ -104,6 +104,14 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     opt!("buffer_ttl", "SECS", "600", ["EG_BUFFER_TTL"], &[], "How long a disconnected client's messages are kept"),
     opt!("ws_max_message_size", "BYTES", "104857600", ["EG_WS_MAX_MESSAGE_SIZE"], &[], "Largest WebSocket message accepted"),
     opt!("shutdown_kernels_on_exit", "BOOL", "true", ["EG_SHUTDOWN_KERNELS_ON_EXIT"], &[], "Shut kernels down when the gateway stops"),
+    // Remote kernels (launchers call back; EG's DistributedProcessProxy).
+    opt!("remote_hosts", "LIST", "localhost", ["EG_REMOTE_HOSTS"], APP, "Hosts for distributed (ssh) kernelspecs; a kernelspec's config.remote_hosts replaces them"),
+    opt!("load_balancing_algorithm", "NAME", "round-robin", ["EG_LOAD_BALANCING_ALGORITHM"], APP, "How a remote host is chosen: round-robin"),
+    opt!("response_ip", "ADDR", "", ["EG_RESPONSE_IP"], &[], "Address launchers call back to (default: this machine's primary address)"),
+    opt!("response_port", "PORT", "8877", ["EG_RESPONSE_PORT"], &[], "Port of the launcher callback listener"),
+    opt!("response_port_retries", "N", "10", ["EG_RESPONSE_PORT_RETRIES"], &[], "Further callback ports to try when the port is busy"),
+    opt!("response_addr_any", "BOOL", "false", ["EG_RESPONSE_ADDR_ANY"], &[], "Bind the callback listener on all interfaces"),
+    opt!("socket_timeout", "SECS", "1", ["EG_SOCKET_TIMEOUT"], &[], "Connect timeout of a remote kernel's communication port (at least 0.1)"),
     opt!("runtime_dir", "DIR", "", ["JUPYTER_RUNTIME_DIR"], &[], "Where connection files go (default ~/.local/share/jupyter/runtime)"),
     opt!("kernel_log_dir", "DIR", "", ["EG_KERNEL_LOG_DIR"], &[], "Where per-kernel logs go (default: the runtime dir)"),
 ];

@@ -11,6 +11,7 @@ use gateway_http::GatewayConfig;
 use gateway_http::config::{Cors, Culling};
 use kernel_launcher::PortRange;
 use kernel_launcher::env::EnvPolicy;
+use kernel_launcher::response::ListenerOptions;
 use resource_managers::local::LocalConfig;
 
 use crate::options::RawOptions;
@@ -30,6 +31,14 @@ pub(crate) struct Settings {
     pub(crate) port_retries: u16,
     /// A tracing filter.
     pub(crate) log_filter: String,
+    /// Where the launcher callback listener binds, and how it behaves.
+    pub(crate) response_bind: std::net::SocketAddr,
+    /// Callback listener options.
+    pub(crate) response_options: ListenerOptions,
+    /// Hosts for distributed kernelspecs.
+    pub(crate) remote_hosts: Vec<String>,
+    /// Communication-port connect timeout.
+    pub(crate) comm_timeout: Duration,
 }
 
 /// A typed reader over raw options; every error names the option.
@@ -198,7 +207,41 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         bail!("--max_launch_timeout must not be below --launch_timeout");
     }
 
+    let response_ip = match r.text("response_ip") {
+        Some(ip) => Some(
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| anyhow!("--response_ip: {ip:?} is not an IP address"))?,
+        ),
+        None => None,
+    };
+    let bind_ip = if r.bool("response_addr_any")? {
+        std::net::IpAddr::from([0, 0, 0, 0])
+    } else {
+        response_ip.unwrap_or_else(kernel_launcher::net::primary_local_ip)
+    };
+    let response_bind = std::net::SocketAddr::new(
+        bind_ip,
+        r.number::<u16>("response_port")?.unwrap_or(8877),
+    );
+    let response_options = ListenerOptions {
+        advertise_ip: response_ip,
+        port_retries: r.number::<u16>("response_port_retries")?.unwrap_or(10),
+        ..ListenerOptions::default()
+    };
+    match raw.get("load_balancing_algorithm").trim() {
+        "" | "round-robin" => {}
+        "least-connection" => tracing::warn!(
+            "load_balancing_algorithm least-connection is not implemented yet; using round-robin"
+        ),
+        other => bail!("--load_balancing_algorithm: {other:?} is not round-robin or least-connection"),
+    }
+    let comm_timeout = r.secs("socket_timeout")?.max(Duration::from_millis(100));
+
     Ok(Settings {
+        response_bind,
+        response_options,
+        remote_hosts: r.list("remote_hosts"),
+        comm_timeout,
         local: LocalConfig {
             runtime_dir,
             log_dir,

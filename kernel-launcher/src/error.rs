@@ -21,6 +21,18 @@ pub enum Error {
     /// No free port could be found.
     #[error("{0}")]
     NoFreePort(String),
+    /// A launcher payload was refused (garbage, wrong key, missing fields, nobody waiting).
+    #[error("{0}")]
+    Payload(String),
+    /// Key generation or encryption failed.
+    #[error("{0}")]
+    Crypto(String),
+    /// The response listener cannot bind or has stopped.
+    #[error("{0}")]
+    Listener(String),
+    /// A launch for this kernel id is already waiting for its launcher.
+    #[error("kernel {0} is already waiting for a launcher response")]
+    AlreadyRegistered(String),
     /// I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),

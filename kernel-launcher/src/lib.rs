@@ -16,6 +16,46 @@
 //! A resource manager (crate `resource-managers`) takes the spec, the composed env and the ports
 //! and runs the kernel somewhere.
 //!
+//! For kernels started by a *launcher* on another host (EG's remote process proxies, reference
+//! §8), the crate also holds the gateway side of the launcher protocol:
+//!
+//! * [`ResponseListener`] — the one callback listener of the gateway. It owns the gateway's RSA
+//!   [`payload::KeyPair`]; a backend [`registers`](ResponseListener::register) a kernel id, puts
+//!   the listener's `response_address` and `public_key_b64` into the launcher's `argv`, and
+//!   awaits the [`PendingLaunch`], which yields the decrypted [`LauncherResponse`].
+//! * [`payload`] — EG's payload format (version 1, and the legacy version 0), both directions.
+//! * [`CommPort`] — the launcher's communication port: liveness probes, signals, shutdown.
+//! * [`net`] — "is this host the gateway's own machine?".
+//!
+//! The `kernel-launcher` binary of this package is a launcher agent for any kernel: started on
+//! the kernel's host with EG's (or gateway_provisioners') launcher arguments, then `--` and the
+//! kernel's own `argv`, it does the launcher's half of the protocol with these same modules.
+//!
+//! ```
+//! use kernel_launcher::{payload, ListenerOptions, ResponseListener};
+//! use tokio::io::AsyncWriteExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = ResponseListener::bind("127.0.0.1:0".parse()?, ListenerOptions::default()).await?;
+//! let kernel_id = "0f3c7a52-6f1e-4c3e-9a49-1d5b1c0f7d11";
+//! let pending = listener.register(kernel_id)?;
+//!
+//! // What a launcher does with `{response_address}` and `{public_key}`:
+//! let info = serde_json::json!({"ip": "0.0.0.0", "shell_port": 1, "iopub_port": 2,
+//!     "stdin_port": 3, "control_port": 4, "hb_port": 5, "key": "k", "pid": 42,
+//!     "pgid": 42, "comm_port": 6, "kernel_id": kernel_id});
+//! let wire = payload::encrypt_v1(listener.public_key_b64(), info.to_string().as_bytes())?;
+//! let mut socket = tokio::net::TcpStream::connect(listener.response_address()).await?;
+//! socket.write_all(&wire).await?;
+//! socket.shutdown().await?;
+//!
+//! let response = pending.await?;
+//! assert_eq!((response.pid, response.comm_port), (Some(42), Some(6)));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Example
 //!
 //! ```
@@ -62,12 +102,19 @@
 //! # }
 //! ```
 
+pub mod comm;
 pub mod env;
 pub mod error;
 pub mod kernelspec;
+pub mod net;
+pub mod payload;
 pub mod ports;
+pub mod response;
 pub mod template;
 
+pub use comm::{CommOutcome, CommPort, CommRequest};
 pub use error::Error;
 pub use kernelspec::{Backend, InterruptMode, KernelSpec, KernelSpecs, SpecConfig};
+pub use payload::LauncherResponse;
 pub use ports::PortRange;
+pub use response::{ListenerOptions, PendingLaunch, ResponseListener};

@@ -128,6 +128,15 @@ impl PortRange {
         Ok(held.into_iter().map(|(port, _listener)| port).collect())
     }
 
+    /// Binds one listening socket on `ip` at a port inside the range (the OS picks for `0..0`)
+    /// and keeps it, so nothing can take the port in between (a launcher's communication port).
+    pub fn bind_listener(&self, ip: IpAddr) -> Result<TcpListener, Error> {
+        if self.is_unrestricted() {
+            return Ok(TcpListener::bind(SocketAddr::new(ip, 0))?);
+        }
+        self.bind_random(ip, &BTreeSet::new())
+    }
+
     /// Binds a random not-yet-chosen port inside the range, retrying a few times.
     fn bind_random(&self, ip: IpAddr, taken: &BTreeSet<u16>) -> Result<TcpListener, Error> {
         let (lo, hi) = (self.lo.min(self.hi), self.lo.max(self.hi));

@@ -541,7 +541,10 @@ fn spawn(
 }
 
 /// Waits for the child, kills what is left of its group, and publishes the exit.
-fn spawn_reaper(mut child: tokio::process::Child, pgid: Pid) -> watch::Receiver<ProcessState> {
+pub(crate) fn spawn_reaper(
+    mut child: tokio::process::Child,
+    pgid: Pid,
+) -> watch::Receiver<ProcessState> {
     let (tx, rx) = watch::channel(ProcessState::Running);
     tokio::spawn(async move {
         let state = match child.wait().await {
@@ -563,7 +566,7 @@ fn spawn_reaper(mut child: tokio::process::Child, pgid: Pid) -> watch::Receiver<
 }
 
 /// The interrupt signal: the kernelspec env's `EG_ALTERNATE_SIGINT`, else SIGINT.
-fn interrupt_signal_of(spec: &KernelSpec) -> Signal {
+pub(crate) fn interrupt_signal_of(spec: &KernelSpec) -> Signal {
     match spec.env.get("EG_ALTERNATE_SIGINT") {
         None => Signal::SIGINT,
         Some(name) => parse_signal_name(name).unwrap_or_else(|| {
@@ -585,7 +588,7 @@ pub fn parse_signal_name(name: &str) -> Option<Signal> {
 }
 
 /// Finds the program for `argv0` (see the module docs).
-fn resolve_program(
+pub(crate) fn resolve_program(
     spec: &KernelSpec,
     argv0: &str,
     env: &BTreeMap<String, String>,
@@ -643,7 +646,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Kernel ids become file names: keep them to one safe path component.
-fn is_safe_id(id: &str) -> bool {
+pub(crate) fn is_safe_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
@@ -653,7 +656,7 @@ fn is_safe_id(id: &str) -> bool {
 }
 
 /// Creates a directory (and parents) with mode 0700 if it does not exist.
-fn create_private_dir(dir: &Path) -> Result<(), Error> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), Error> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -661,7 +664,7 @@ fn create_private_dir(dir: &Path) -> Result<(), Error> {
         .map_err(Error::Io)
 }
 
-fn remove_quietly(path: &Path) {
+pub(crate) fn remove_quietly(path: &Path) {
     if let Err(err) = std::fs::remove_file(path)
         && err.kind() != std::io::ErrorKind::NotFound
     {
@@ -670,7 +673,7 @@ fn remove_quietly(path: &Path) {
 }
 
 /// Whether `pid` still runs as a member of `pgid` (and is not a zombie).
-fn is_alive(pid: Pid, pgid: Pid) -> bool {
+pub(crate) fn is_alive(pid: Pid, pgid: Pid) -> bool {
     if kill(pid, None).is_err() {
         return false;
     }
@@ -692,7 +695,7 @@ fn is_zombie(pid: Pid) -> bool {
 }
 
 /// The last `max_lines` lines of a file, reading at most its last [`LOG_TAIL_BYTES`].
-fn read_tail(path: &Path, max_lines: usize) -> std::io::Result<String> {
+pub(crate) fn read_tail(path: &Path, max_lines: usize) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     let start = len.saturating_sub(LOG_TAIL_BYTES);

@@ -2,4 +2,5 @@
 
 mod ipykernel;
 mod local;
+mod ssh;
 mod support;
