@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gateway_http::KernelManager;
-use resource_managers::Registry;
 use kernel_launcher::response::ResponseListener;
+use resource_managers::Registry;
 use resource_managers::local::LocalResourceManager;
 use resource_managers::ssh::{SshConfig, SshResourceManager};
 
@@ -28,7 +28,11 @@ fn main() -> ExitCode {
         Ok(raw) => raw,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(EX_USAGE) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     // One crypto provider for every TLS user in the process, installed before anything builds a config.
@@ -47,7 +51,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("enterprise-gateway: cannot start the async runtime: {e}");
@@ -87,7 +94,11 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
             settings.response_bind
         ),
     }
-    let scheme = if settings.gateway.tls.is_some() { "https" } else { "http" };
+    let scheme = if settings.gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let config = Arc::new(settings.gateway);
     let manager = KernelManager::new(config, registry);
 
@@ -104,10 +115,17 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
 async fn bind(ip: &str, port: u16, retries: u16) -> anyhow::Result<tokio::net::TcpListener> {
     let mut last_err = None;
     for offset in 0..=retries {
-        let Some(candidate) = port.checked_add(offset) else { break };
+        let Some(candidate) = port.checked_add(offset) else {
+            break;
+        };
         match tokio::net::TcpListener::bind((ip, candidate)).await {
             Ok(listener) => return Ok(listener),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
                 tracing::info!("port {candidate} is not available: {e}");
                 last_err = Some(e);
             }

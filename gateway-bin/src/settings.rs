@@ -133,8 +133,8 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
             .collect::<Vec<_>>(),
     );
 
-    let port_range = PortRange::parse(raw.get("port_range"))
-        .map_err(|e| anyhow!("--port_range: {e}"))?;
+    let port_range =
+        PortRange::parse(raw.get("port_range")).map_err(|e| anyhow!("--port_range: {e}"))?;
 
     let max_kernels_per_user = r.number::<i64>("max_kernels_per_user")?.unwrap_or(-1);
     let max_kernels_per_user =
@@ -196,7 +196,9 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
             busy_timeout: r.secs("cull_busy_timeout")?,
         },
         ws_ping_interval: r.secs("ws_ping_interval")?,
-        ws_max_message_size: r.number::<usize>("ws_max_message_size")?.unwrap_or(100 << 20),
+        ws_max_message_size: r
+            .number::<usize>("ws_max_message_size")?
+            .unwrap_or(100 << 20),
         buffer_max_messages: r.number::<usize>("buffer_max_messages")?.unwrap_or(10_000),
         buffer_max_bytes: r.number::<usize>("buffer_max_bytes")?.unwrap_or(64 << 20),
         buffer_ttl: r.secs("buffer_ttl")?,
@@ -219,10 +221,8 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
     } else {
         response_ip.unwrap_or_else(kernel_launcher::net::primary_local_ip)
     };
-    let response_bind = std::net::SocketAddr::new(
-        bind_ip,
-        r.number::<u16>("response_port")?.unwrap_or(8877),
-    );
+    let response_bind =
+        std::net::SocketAddr::new(bind_ip, r.number::<u16>("response_port")?.unwrap_or(8877));
     let response_options = ListenerOptions {
         advertise_ip: response_ip,
         port_retries: r.number::<u16>("response_port_retries")?.unwrap_or(10),
@@ -233,7 +233,9 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         "least-connection" => tracing::warn!(
             "load_balancing_algorithm least-connection is not implemented yet; using round-robin"
         ),
-        other => bail!("--load_balancing_algorithm: {other:?} is not round-robin or least-connection"),
+        other => {
+            bail!("--load_balancing_algorithm: {other:?} is not round-robin or least-connection")
+        }
     }
     let comm_timeout = r.secs("socket_timeout")?.max(Duration::from_millis(100));
 
@@ -358,15 +360,25 @@ mod tests {
         assert_eq!(s.gateway.restart_limit, 5);
         assert!(s.gateway.culling.idle_timeout.is_zero());
         assert_eq!(s.gateway.culling.interval, Duration::from_secs(300));
-        assert_eq!(s.local.runtime_dir, PathBuf::from("/home/x/.local/share/jupyter/runtime"));
+        assert_eq!(
+            s.local.runtime_dir,
+            PathBuf::from("/home/x/.local/share/jupyter/runtime")
+        );
         assert!(s.gateway.tls.is_none());
     }
 
     #[test]
     fn values_are_validated() {
         let s = settings(
-            &["--base_url=fake/path", "--EnterpriseGatewayApp.list_kernels=True"],
-            &[("EG_MAX_KERNELS", "3"), ("EG_CLIENT_ENVS", "A, B"), ("EG_MAX_KERNELS_PER_USER", "2")],
+            &[
+                "--base_url=fake/path",
+                "--EnterpriseGatewayApp.list_kernels=True",
+            ],
+            &[
+                ("EG_MAX_KERNELS", "3"),
+                ("EG_CLIENT_ENVS", "A, B"),
+                ("EG_MAX_KERNELS_PER_USER", "2"),
+            ],
         )
         .expect("valid");
         assert_eq!(s.gateway.base_url, "/fake/path/");

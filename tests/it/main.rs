@@ -1,1 +1,17 @@
-//! Cross-crate integration tests.
+//! Cross-crate integration tests: the built `enterprise-gateway` binary driven by real clients.
+//!
+//! * [`smoke`] — the binary alone: `GET /api` over a hand-written HTTP request, SIGTERM exit.
+//! * [`jupyter_server`] — Jupyter Server's own gateway client (`--gateway-url`) in front of the
+//!   gateway, driven through Jupyter Server's REST API and kernel WebSocket.
+//! * [`eg_itests`] — Enterprise Gateway's own integration tests (from the 3.3.0 wheel),
+//!   unchanged, pointed at the gateway.
+//!
+//! Tests named `e2e_*` start real processes and are limited to two at a time by the nextest
+//! `kernels` test group (`.config/nextest.toml`). They need `cargo xtask setup` (the venvs) and
+//! `cargo build --workspace --bins` (the binaries); `cargo xtask ci` does both. Set
+//! `GATEWAY_UNDER_TEST=eg` to run them against Enterprise Gateway 3.3.0 instead of ours.
+
+mod eg_itests;
+mod jupyter_server;
+mod smoke;
+mod support;

@@ -1,2 +1,517 @@
-//! Development tasks.
-fn main() {}
+//! Development tasks for the workspace, run as `cargo xtask <task>`.
+//!
+//! * `setup` — create the project-local Python environments (`.venv` for kernels and Jupyter
+//!   Server, `.venv-eg` for Enterprise Gateway 3.3.0 and its own integration tests). Idempotent:
+//!   a stamp file holding a hash of the requirements file makes re-runs skip pip.
+//! * `ci` — the one test command: `setup`, format check, clippy, build the binaries, nextest, doc
+//!   tests. Stops at the first failing step and names it.
+//! * `fuzz [--seconds N]` — every cargo-fuzz target under `fuzz/`, each for a bounded time.
+//! * `serve [gateway args...]` — `setup`, build the release binary, and run it with the test
+//!   venv's kernelspecs visible, so a fresh clone gets a working gateway with one command.
+//!
+//! Dependencies are kept to `std` and `anyhow`; every tool is run with [`std::process::Command`].
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  setup                   create/refresh .venv and .venv-eg from requirements/ (idempotent)
+  ci                      setup, fmt check, clippy, build, nextest (profile ci), doc tests
+  fuzz [--seconds N]      run every cargo-fuzz target under fuzz/ for N seconds each (default 60)
+  serve [--] [gateway args]
+                          setup, build release, run target/release/enterprise-gateway with
+                          JUPYTER_PATH including .venv/share/jupyter (and .venv/bin on PATH)
+";
+
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args_os().skip(1);
+    let task = args.next().map(|a| a.to_string_lossy().into_owned());
+    let rest: Vec<OsString> = args.collect();
+    let root = workspace_root()?;
+    match task.as_deref() {
+        Some("setup") => {
+            no_extra_args("setup", &rest)?;
+            setup(&root)
+        }
+        Some("ci") => {
+            no_extra_args("ci", &rest)?;
+            ci(&root)
+        }
+        Some("fuzz") => fuzz(&root, &rest),
+        Some("serve") => serve(&root, rest),
+        Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task `{other}`\n{USAGE}"),
+        None => bail!("no task given\n{USAGE}"),
+    }
+}
+
+fn no_extra_args(task: &str, rest: &[OsString]) -> Result<()> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        bail!("`{task}` takes no arguments, got {rest:?}")
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .context("xtask manifest directory has no parent")?;
+    Ok(root.to_path_buf())
+}
+
+// ---------------------------------------------------------------------------------------------
+// setup
+// ---------------------------------------------------------------------------------------------
+
+/// A project-local virtual environment and the requirements file it is built from.
+struct Venv {
+    /// Directory name under the workspace root.
+    dir: &'static str,
+    /// Requirements file, relative to the workspace root.
+    requirements: &'static str,
+    /// What the environment is for (printed).
+    purpose: &'static str,
+}
+
+const VENVS: [Venv; 2] = [
+    Venv {
+        dir: ".venv",
+        requirements: "requirements/test.txt",
+        purpose: "kernels (ipykernel) and Jupyter Server's gateway client",
+    },
+    Venv {
+        dir: ".venv-eg",
+        requirements: "requirements/eg-itests.txt",
+        purpose: "Enterprise Gateway 3.3.0 and its integration tests",
+    },
+];
+
+/// Name of the stamp file inside each venv.
+const STAMP: &str = ".xtask-requirements.stamp";
+
+fn setup(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    ensure_debian_packages()?;
+    let python = host_python()?;
+    // The two venvs are independent: build them side by side (pip is mostly waiting on I/O).
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = VENVS
+            .iter()
+            .map(|venv| scope.spawn(|| ensure_venv(root, &python, venv)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("venv setup thread panicked")))
+            })
+            .collect()
+    });
+    for result in results {
+        result?;
+    }
+    println!("setup: done in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Debian packages the tests need. Installs only what is missing, and only with apt-get as root.
+///
+/// Today that is Python's `venv` support (`python3-venv`, which also brings `ensurepip`), needed
+/// only when the host Python cannot create a virtual environment.
+fn ensure_debian_packages() -> Result<()> {
+    let mut missing: Vec<&str> = Vec::new();
+    if !command_succeeds(Command::new("python3").args(["-c", "import venv, ensurepip"])) {
+        missing.extend(["python3", "python3-venv"]);
+    }
+    if missing.is_empty() {
+        println!("setup: Debian packages: nothing to install");
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
+/// `apt-get install -y <packages>` (after `apt-get update`), with a clear error when that is not
+/// possible on this machine.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    if !command_succeeds(Command::new("apt-get").arg("--version")) {
+        bail!(
+            "need Debian packages {packages:?} but apt-get is not available; install them by hand"
+        );
+    }
+    println!("setup: installing Debian packages {packages:?}");
+    run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// The interpreter venvs are created from: `python3` on PATH, reported with its version.
+fn host_python() -> Result<String> {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.version.split()[0])"])
+        .output()
+        .context("running python3 (is Python 3 installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "python3 -c failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Ok(version)
+}
+
+fn ensure_venv(root: &Path, python_version: &str, venv: &Venv) -> Result<()> {
+    let dir = root.join(venv.dir);
+    let requirements = root.join(venv.requirements);
+    let contents = std::fs::read(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let wanted = stamp_text(&contents, python_version);
+    let stamp = dir.join(STAMP);
+    let venv_python = dir.join("bin/python");
+
+    let python_works =
+        venv_python.exists() && command_succeeds(Command::new(&venv_python).args(["-c", ""]));
+    if python_works && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        println!("setup: {} is up to date ({})", venv.dir, venv.requirements);
+        return Ok(());
+    }
+
+    let started = Instant::now();
+    if !python_works {
+        if dir.exists() {
+            println!("setup: {} is broken; recreating it", venv.dir);
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        println!(
+            "setup: creating {} for {} (python3 -m venv)",
+            venv.dir, venv.purpose
+        );
+        run_cmd(Command::new("python3").arg("-m").arg("venv").arg(&dir))?;
+    }
+    println!("setup: installing {} into {}", venv.requirements, venv.dir);
+    run_cmd(
+        Command::new(&venv_python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "-q",
+                "-r",
+            ])
+            .arg(&requirements)
+            .env("PIP_NO_INPUT", "1"),
+    )?;
+    std::fs::write(&stamp, &wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    println!(
+        "setup: {} ready in {:.1}s",
+        venv.dir,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Stamp content: a hash of the requirements file plus the host Python version, so a change to
+/// either reinstalls.
+fn stamp_text(requirements: &[u8], python_version: &str) -> String {
+    format!(
+        "requirements-fnv1a64={:016x}\npython={python_version}\n",
+        fnv1a64(requirements)
+    )
+}
+
+/// 64-bit FNV-1a: enough to notice an edited requirements file, with no dependency.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+// ---------------------------------------------------------------------------------------------
+// ci
+// ---------------------------------------------------------------------------------------------
+
+fn ci(root: &Path) -> Result<()> {
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let result = ci_steps(root, &mut timings);
+    print_timings("ci step", &timings);
+    result
+}
+
+fn ci_steps(root: &Path, timings: &mut Vec<(&'static str, Duration)>) -> Result<()> {
+    step(timings, "setup", || setup(root))?;
+    step(timings, "tools", ensure_nextest)?;
+    step(timings, "fmt", || {
+        run_cmd(cargo(root).args(["fmt", "--all", "--", "--check"]))
+    })?;
+    step(timings, "clippy", || {
+        run_cmd(cargo(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    step(timings, "build", || {
+        run_cmd(cargo(root).args(["build", "--workspace", "--bins"]))
+    })?;
+    step(timings, "nextest", || {
+        run_cmd(cargo(root).args(["nextest", "run", "--workspace", "--profile", "ci"]))
+    })?;
+    step(timings, "doctest", || {
+        run_cmd(cargo(root).args(["test", "--workspace", "--doc"]))
+    })?;
+    Ok(())
+}
+
+/// Runs one named step, records its time, and names it in the error when it fails.
+fn step(
+    timings: &mut Vec<(&'static str, Duration)>,
+    name: &'static str,
+    f: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    println!("\n==> ci step: {name}");
+    let started = Instant::now();
+    let result = f();
+    timings.push((name, started.elapsed()));
+    result.with_context(|| format!("ci step `{name}` failed"))
+}
+
+fn print_timings(title: &str, timings: &[(&str, Duration)]) {
+    let mut out = format!("\n{title} timings:\n");
+    let mut total = Duration::ZERO;
+    for (name, took) in timings {
+        total += *took;
+        let _ = writeln!(out, "  {name:<16} {:>8.1}s", took.as_secs_f64());
+    }
+    let _ = writeln!(out, "  {:<16} {:>8.1}s", "total", total.as_secs_f64());
+    print!("{out}");
+}
+
+/// cargo-nextest is on the project's machines; install it from crates.io if it is not.
+fn ensure_nextest() -> Result<()> {
+    if command_succeeds(Command::new("cargo").args(["nextest", "--version"])) {
+        println!("tools: cargo-nextest present");
+        return Ok(());
+    }
+    println!("tools: installing cargo-nextest (cargo install --locked)");
+    run_cmd(Command::new("cargo").args(["install", "--locked", "cargo-nextest"]))
+}
+
+// ---------------------------------------------------------------------------------------------
+// fuzz
+// ---------------------------------------------------------------------------------------------
+
+fn fuzz(root: &Path, args: &[OsString]) -> Result<()> {
+    let mut seconds: u64 = 60;
+    let mut iter = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(arg) = iter.next() {
+        let value = match arg.as_str() {
+            "--seconds" => iter.next().context("--seconds needs a value")?,
+            other => match other.strip_prefix("--seconds=") {
+                Some(v) => v.to_owned(),
+                None => bail!("unknown fuzz argument `{other}`\n{USAGE}"),
+            },
+        };
+        seconds = value
+            .parse()
+            .with_context(|| format!("--seconds expects a whole number, got `{value}`"))?;
+    }
+    let fuzz_dir = root.join("fuzz");
+    if !fuzz_dir.join("Cargo.toml").exists() {
+        bail!(
+            "no fuzz crate at {} (expected fuzz/Cargo.toml)",
+            fuzz_dir.display()
+        );
+    }
+    if !command_succeeds(Command::new("cargo").args(["+nightly", "fuzz", "--version"])) {
+        println!("fuzz: installing cargo-fuzz (cargo install --locked)");
+        run_cmd(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    let listed = Command::new("cargo")
+        .args(["+nightly", "fuzz", "list"])
+        .current_dir(&fuzz_dir)
+        .output()
+        .context("running cargo fuzz list")?;
+    if !listed.status.success() {
+        bail!(
+            "cargo fuzz list failed: {}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+    }
+    let targets: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if targets.is_empty() {
+        bail!("cargo fuzz list found no targets in {}", fuzz_dir.display());
+    }
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    for target in &targets {
+        println!("\n==> fuzz {target} for {seconds}s");
+        let started = Instant::now();
+        let status = Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .current_dir(&fuzz_dir)
+            .status()
+            .with_context(|| format!("running cargo fuzz run {target}"))?;
+        timings.push((target.as_str(), started.elapsed()));
+        if !status.success() {
+            print_timings("fuzz target", &timings);
+            bail!("fuzz target `{target}` failed ({status}); see fuzz/artifacts/{target}/");
+        }
+    }
+    print_timings("fuzz target", &timings);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// serve
+// ---------------------------------------------------------------------------------------------
+
+fn serve(root: &Path, mut args: Vec<OsString>) -> Result<()> {
+    // `cargo xtask serve -- --port 9999`: the separator is for us, not the gateway.
+    if args.first().is_some_and(|a| a == "--") {
+        args.remove(0);
+    }
+    setup(root)?;
+    println!("serve: building the release binary");
+    run_cmd(cargo(root).args(["build", "--release", "--bin", "enterprise-gateway"]))?;
+    let target_dir = target_dir(root);
+    let binary = target_dir.join("release/enterprise-gateway");
+    let kernels = root.join(".venv/share/jupyter");
+    let mut jupyter_path = OsString::from(&kernels);
+    if let Some(existing) = std::env::var_os("JUPYTER_PATH").filter(|v| !v.is_empty()) {
+        jupyter_path.push(":");
+        jupyter_path.push(existing);
+    }
+    // Kernelspec argv say `python`; put the venv first so that resolves to the one with ipykernel.
+    let mut path = OsString::from(root.join(".venv/bin"));
+    if let Some(existing) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(existing);
+    }
+    println!(
+        "serve: exec {} (JUPYTER_PATH={})",
+        binary.display(),
+        jupyter_path.to_string_lossy()
+    );
+    let err = Command::new(&binary)
+        .args(&args)
+        .env("JUPYTER_PATH", jupyter_path)
+        .env("PATH", path)
+        .exec();
+    Err(err).with_context(|| format!("exec {}", binary.display()))
+}
+
+/// The cargo target directory: `CARGO_TARGET_DIR` if set, else `<root>/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                root.join(dir)
+            }
+        }
+        _ => root.join("target"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------------------------
+
+fn cargo(root: &Path) -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root);
+    cmd
+}
+
+/// Runs a command with inherited stdio; a non-zero exit is an error naming the command.
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = describe(cmd);
+    println!("+ {shown}");
+    let status: ExitStatus = cmd
+        .status()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        bail!("`{shown}` exited with {status}")
+    }
+}
+
+/// True when the command starts and exits 0; its output is discarded.
+fn command_succeeds(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut shown = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        shown.push(' ');
+        shown.push_str(&arg.to_string_lossy());
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_changes_with_requirements_and_python() {
+        let a = stamp_text(b"ipykernel==7.4.0\n", "3.11.7");
+        assert_eq!(a, stamp_text(b"ipykernel==7.4.0\n", "3.11.7"));
+        assert_ne!(a, stamp_text(b"ipykernel==7.4.1\n", "3.11.7"));
+        assert_ne!(a, stamp_text(b"ipykernel==7.4.0\n", "3.12.1"));
+    }
+
+    #[test]
+    fn fnv1a64_known_values() {
+        // Reference values of the 64-bit FNV-1a function.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

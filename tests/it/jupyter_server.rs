@@ -1,0 +1,88 @@
+//! Jupyter Server's real gateway client in front of the gateway under test.
+//!
+//! Jupyter Server (`.venv`) runs with `--gateway-url` pointing at the gateway; the driver fixture
+//! `tests/fixtures/jupyter_server_driver.py` then uses Jupyter Server's own REST API and kernel
+//! WebSocket for a whole kernel life cycle, so every request crosses the gateway client.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::support::{
+    Gateway, GatewayConfig, Impl, Proc, clear_inherited_config, fixture, free_port, run_bounded,
+    venv,
+};
+
+#[test]
+fn e2e_jupyter_server_gateway_client() -> Result<()> {
+    let started = Instant::now();
+    let mut gateway = Gateway::start(Impl::from_env()?, &GatewayConfig::default())?;
+    let venv = venv()?;
+    let dir = tempfile::Builder::new()
+        .prefix("jupyter-server-")
+        .tempdir()?;
+    let root_dir = dir.path().join("notebooks");
+    for sub in ["notebooks", "config", "data", "runtime"] {
+        std::fs::create_dir_all(dir.path().join(sub))?;
+    }
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let port = free_port()?;
+
+    let mut cmd = Command::new(venv.join("bin/jupyter-server"));
+    cmd.arg(format!("--gateway-url={}", gateway.url()))
+        .arg(format!("--ServerApp.token={token}"))
+        .arg("--ip=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg("--port-retries=0")
+        .arg(format!("--ServerApp.root_dir={}", root_dir.display()))
+        .arg("--no-browser")
+        .arg("--allow-root")
+        .current_dir(dir.path());
+    clear_inherited_config(&mut cmd);
+    cmd.env("KERNEL_USERNAME", "bob")
+        .env("JUPYTER_CONFIG_DIR", dir.path().join("config"))
+        .env("JUPYTER_DATA_DIR", dir.path().join("data"))
+        .env("JUPYTER_RUNTIME_DIR", dir.path().join("runtime"))
+        .env("JUPYTER_GATEWAY_REQUEST_TIMEOUT", "60")
+        .env("PYTHONUNBUFFERED", "1");
+    let mut server = Proc::spawn(
+        "jupyter-server",
+        cmd,
+        &dir.path().join("jupyter-server.log"),
+        Some("is running at"),
+        Duration::from_secs(60),
+    )?;
+
+    let mut driver = Command::new(venv.join("bin/python"));
+    driver
+        .arg(fixture("jupyter_server_driver.py"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(&token)
+        .env("PYTHONUNBUFFERED", "1");
+    let (status, output) = run_bounded(
+        "jupyter_server_driver.py",
+        driver,
+        &dir.path().join("driver.log"),
+        Duration::from_secs(150),
+    )?;
+    println!("{output}");
+    println!(
+        "driver finished with {status} after {:?} (gateway: {:?})",
+        started.elapsed(),
+        gateway.implementation
+    );
+    assert!(
+        status.success(),
+        "driver failed ({status}):\n{output}\n--- jupyter-server log tail ---\n{}\n--- gateway log tail ---\n{}",
+        server.log_tail(40),
+        gateway.proc.log_tail(40)
+    );
+    assert!(
+        output.contains("OK: all steps passed"),
+        "driver output:\n{output}"
+    );
+    server.mark_passed();
+    gateway.proc.mark_passed();
+    Ok(())
+}

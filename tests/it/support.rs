@@ -1,0 +1,646 @@
+//! Shared machinery for the end-to-end tests: where things are (workspace, venvs, built
+//! binaries), free ports, and process guards that start a gateway or any helper process in its
+//! own process group, capture its output to a log file, wait for its "ready" line, and stop the
+//! whole group when dropped.
+//!
+//! The gateway under test is ours by default; set `GATEWAY_UNDER_TEST=eg` to run the same tests
+//! against Enterprise Gateway 3.3.0 from `.venv-eg` (used to validate the harness itself).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+/// The line both gateways print once they are listening.
+pub(crate) const GATEWAY_READY: &str = "is available at http";
+
+/// How long a gateway may take to print its ready line.
+const GATEWAY_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a stopped process gets between SIGTERM and SIGKILL when a guard is dropped.
+const DROP_GRACE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Locations
+// ---------------------------------------------------------------------------------------------
+
+/// The workspace root (the parent of this crate's manifest directory).
+pub(crate) fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// The cargo profile directory holding the built binaries, derived from this test executable's
+/// own path (`<target>/<profile>/deps/integration-<hash>` → `<target>/<profile>`), so a custom
+/// `CARGO_TARGET_DIR` works.
+pub(crate) fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    let deps = exe
+        .parent()
+        .context("test executable has no parent directory")?;
+    let profile = deps
+        .parent()
+        .context("test executable's directory has no parent")?;
+    Ok(profile.to_path_buf())
+}
+
+/// A binary built by `cargo build --workspace --bins`, with a hint when it is missing.
+pub(crate) fn built_binary(name: &str) -> Result<PathBuf> {
+    let path = profile_dir()?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing; build the binaries first with `cargo build --workspace --bins` \
+             (`cargo xtask ci` does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The test venv (`.venv`: ipykernel, Jupyter Server, websocket-client, requests).
+pub(crate) fn venv() -> Result<PathBuf> {
+    venv_named(".venv")
+}
+
+/// The Enterprise Gateway venv (`.venv-eg`: EG 3.3.0 and pytest).
+pub(crate) fn venv_eg() -> Result<PathBuf> {
+    venv_named(".venv-eg")
+}
+
+fn venv_named(name: &str) -> Result<PathBuf> {
+    let dir = workspace_root().join(name);
+    if !dir.join("bin/python").exists() {
+        bail!(
+            "{} has no bin/python; create it with `cargo xtask setup`",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// `site-packages` of a venv (`lib/python3.X/site-packages`).
+pub(crate) fn site_packages(venv: &Path) -> Result<PathBuf> {
+    let lib = venv.join("lib");
+    let entries = std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("python") {
+            let candidate = entry.path().join("site-packages");
+            if candidate.is_dir() {
+                return Ok(candidate);
+            }
+        }
+    }
+    bail!("no lib/python*/site-packages under {}", venv.display())
+}
+
+/// A test fixture file under `tests/fixtures/`.
+pub(crate) fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// `dirs` joined with `:` in front of the test process's own `PATH`.
+pub(crate) fn path_with(dirs: &[&Path]) -> OsString {
+    let mut joined = OsString::new();
+    for dir in dirs {
+        joined.push(dir.as_os_str());
+        joined.push(":");
+    }
+    joined.push(std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin")));
+    joined
+}
+
+/// A port that was free a moment ago: bind `127.0.0.1:0`, read the port, release it.
+pub(crate) fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The machine's host name (what a local kernel's `hostname` prints).
+pub(crate) fn hostname() -> Result<String> {
+    let out = Command::new("hostname")
+        .output()
+        .context("running hostname")?;
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if name.is_empty() {
+        bail!("hostname printed nothing");
+    }
+    Ok(name)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// A running child process in its own process group, its stdout and stderr teed into one log
+/// file. Dropping it sends SIGTERM, waits up to [`DROP_GRACE`], then SIGKILLs the whole group,
+/// and prints the tail of the log unless [`Proc::mark_passed`] was called (so a test that fails,
+/// by panic or by returning an error, shows what the process said).
+#[derive(Debug)]
+pub(crate) struct Proc {
+    name: String,
+    pid: i32,
+    exited: Receiver<ExitStatus>,
+    status: Option<ExitStatus>,
+    log: PathBuf,
+    ready: Receiver<()>,
+    show_log_on_drop: bool,
+}
+
+impl Proc {
+    /// Starts `cmd` (stdin closed) in a new process group, logging to `log`.
+    ///
+    /// If `ready_marker` is given, returns once a line of output contains it; fails if the
+    /// process exits first or `timeout` passes.
+    pub(crate) fn spawn(
+        name: &str,
+        mut cmd: Command,
+        log: &Path,
+        ready_marker: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Proc> {
+        let (reader, writer) = std::io::pipe().context("creating an output pipe")?;
+        let writer_err = writer.try_clone().context("cloning the output pipe")?;
+        cmd.stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(writer_err)
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        // Drop the parent's copies of the pipe's write end (held by `cmd`), so EOF is seen.
+        drop(cmd);
+        let pid = i32::try_from(child.id()).context("child pid out of range")?;
+
+        let (exit_tx, exited) = mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = exit_tx.send(status);
+            }
+        });
+
+        let mut log_file =
+            File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let marker = ready_marker.map(str::to_owned);
+        let (ready_tx, ready) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(reader);
+            let mut line = Vec::new();
+            let mut signalled = false;
+            loop {
+                line.clear();
+                match lines.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let _ = log_file.write_all(&line);
+                        let _ = log_file.flush();
+                        if !signalled
+                            && let Some(m) = &marker
+                            && String::from_utf8_lossy(&line).contains(m.as_str())
+                        {
+                            signalled = true;
+                            let _ = ready_tx.send(());
+                        }
+                    }
+                }
+            }
+        });
+
+        let mut proc = Proc {
+            name: name.to_owned(),
+            pid,
+            exited,
+            status: None,
+            log: log.to_path_buf(),
+            ready,
+            show_log_on_drop: true,
+        };
+        if ready_marker.is_some()
+            && let Err(err) = proc.wait_ready(timeout)
+        {
+            // The error already carries the log tail.
+            proc.show_log_on_drop = false;
+            return Err(err);
+        }
+        Ok(proc)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.ready.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.wait_exit(Duration::from_secs(5));
+                    bail!(
+                        "{} exited ({status:?}) before it was ready; log tail:\n{}",
+                        self.name,
+                        self.log_tail(40)
+                    );
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Ok(status) = self.exited.try_recv() {
+                self.status = Some(status);
+                // The exit may race the last lines of output: give the reader a moment.
+                if self.ready.recv_timeout(Duration::from_millis(500)).is_ok() {
+                    return Ok(());
+                }
+                bail!(
+                    "{} exited ({status}) before it was ready; log tail:\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} printed no ready line within {timeout:?}; log tail:\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_none()
+            && let Ok(status) = self.exited.recv_timeout(timeout)
+        {
+            self.status = Some(status);
+        }
+        self.status
+    }
+
+    /// Sends a signal to the process itself.
+    pub(crate) fn signal(&self, signal: Signal) -> Result<()> {
+        kill(Pid::from_raw(self.pid), signal)
+            .with_context(|| format!("sending {signal} to {} ({})", self.name, self.pid))
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL; afterwards SIGKILL whatever is left of the
+    /// process group. Returns the exit status if the process exited.
+    pub(crate) fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
+            if self.wait_exit(grace).is_none() {
+                let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+                self.wait_exit(Duration::from_secs(5));
+            }
+        }
+        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        self.status
+    }
+
+    /// The test using this process passed: do not print its log when dropped.
+    pub(crate) fn mark_passed(&mut self) {
+        self.show_log_on_drop = false;
+    }
+
+    /// Everything the process printed so far.
+    pub(crate) fn log_text(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let mut bytes = Vec::new();
+            let _ = f.read_to_end(&mut bytes);
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        text
+    }
+
+    /// The last `lines` lines of output.
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        all.get(start..).unwrap_or_default().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(DROP_GRACE);
+        if self.show_log_on_drop {
+            eprintln!(
+                "----- last lines of {} output ({}) -----\n{}\n-----",
+                self.name,
+                self.log.display(),
+                self.log_tail(60)
+            );
+        }
+    }
+}
+
+/// Runs a command to completion (own process group, output captured), killing it after
+/// `timeout`. Returns its exit status and combined output.
+pub(crate) fn run_bounded(
+    name: &str,
+    cmd: Command,
+    log: &Path,
+    timeout: Duration,
+) -> Result<(ExitStatus, String)> {
+    let mut proc = Proc::spawn(name, cmd, log, None, timeout)?;
+    match proc.wait_exit(timeout) {
+        Some(status) => {
+            proc.mark_passed();
+            // Let the reader thread drain the last output.
+            let _ = proc.ready.recv_timeout(Duration::from_secs(2));
+            Ok((status, proc.log_text()))
+        }
+        None => {
+            proc.stop(Duration::from_secs(2));
+            bail!(
+                "{name} did not finish within {timeout:?}; output:\n{}",
+                proc.log_text()
+            )
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateways
+// ---------------------------------------------------------------------------------------------
+
+/// Which gateway implementation a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Impl {
+    /// Our binary, `target/<profile>/enterprise-gateway`.
+    Ours,
+    /// Enterprise Gateway 3.3.0 from `.venv-eg` (to validate the harness and compare).
+    EnterpriseGateway,
+}
+
+impl Impl {
+    /// From `GATEWAY_UNDER_TEST` (`eg` or `ours`, default ours).
+    pub(crate) fn from_env() -> Result<Impl> {
+        match std::env::var("GATEWAY_UNDER_TEST").as_deref() {
+            Err(_) | Ok("" | "ours" | "rust") => Ok(Impl::Ours),
+            Ok("eg" | "enterprise-gateway" | "python") => Ok(Impl::EnterpriseGateway),
+            Ok(other) => bail!("GATEWAY_UNDER_TEST must be `ours` or `eg`, got `{other}`"),
+        }
+    }
+}
+
+/// How to start a gateway: extra environment and arguments on top of the defaults.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct GatewayConfig {
+    /// `JUPYTER_PATH` entries (default: `<repo>/.venv/share/jupyter`).
+    pub(crate) jupyter_path: Vec<PathBuf>,
+    /// Extra environment variables (override the defaults).
+    pub(crate) env: Vec<(String, String)>,
+    /// Extra command-line arguments.
+    pub(crate) args: Vec<String>,
+}
+
+/// A running gateway, stopped (its whole process group) on drop.
+#[derive(Debug)]
+pub(crate) struct Gateway {
+    /// Which implementation this is.
+    pub(crate) implementation: Impl,
+    /// The HTTP port it listens on (127.0.0.1).
+    pub(crate) port: u16,
+    /// The process guard.
+    pub(crate) proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts a gateway and waits (bounded) until it prints its ready line. A start that fails
+    /// because a just-picked free port was taken in the meantime is retried with new ports.
+    pub(crate) fn start(implementation: Impl, config: &GatewayConfig) -> Result<Gateway> {
+        let mut last_err = None;
+        for _ in 0..3 {
+            match Gateway::start_once(implementation, config) {
+                Ok(gw) => return Ok(gw),
+                Err(err) => {
+                    let text = format!("{err:#}");
+                    let port_clash = text.contains("in use")
+                        || text.contains("no available port")
+                        || text.contains("EADDRINUSE");
+                    if !port_clash {
+                        return Err(err);
+                    }
+                    last_err = Some(err);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("gateway did not start")))
+    }
+
+    fn start_once(implementation: Impl, config: &GatewayConfig) -> Result<Gateway> {
+        let dir = tempfile::Builder::new()
+            .prefix("gateway-")
+            .tempdir()
+            .context("creating the gateway's temp dir")?;
+        let port = free_port()?;
+        let response_port = free_port()?;
+
+        let mut cmd = match implementation {
+            Impl::Ours => {
+                let mut cmd = Command::new(built_binary("enterprise-gateway")?);
+                cmd.args(["--ip", "127.0.0.1", "--port"])
+                    .arg(port.to_string())
+                    .arg("--port_retries=0");
+                cmd
+            }
+            Impl::EnterpriseGateway => {
+                let mut cmd = Command::new(venv_eg()?.join("bin/jupyter-enterprisegateway"));
+                cmd.arg("--ip=127.0.0.1")
+                    .arg(format!("--port={port}"))
+                    .arg("--port_retries=0");
+                cmd
+            }
+        };
+        cmd.args(&config.args).current_dir(dir.path());
+        clear_inherited_config(&mut cmd);
+
+        let jupyter_path = if config.jupyter_path.is_empty() {
+            vec![venv()?.join("share/jupyter")]
+        } else {
+            config.jupyter_path.clone()
+        };
+        let jupyter_path = std::env::join_paths(&jupyter_path).context("joining JUPYTER_PATH")?;
+        // Kernelspec argv say `python`: resolve it to the test venv (ipykernel) first.
+        let venv_bin = venv()?.join("bin");
+        for sub in ["config", "data", "runtime"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        cmd.env("JUPYTER_PATH", jupyter_path)
+            .env("PATH", path_with(&[&venv_bin]))
+            .env("JUPYTER_CONFIG_DIR", dir.path().join("config"))
+            .env("JUPYTER_DATA_DIR", dir.path().join("data"))
+            .env("JUPYTER_RUNTIME_DIR", dir.path().join("runtime"))
+            .env("EG_LIST_KERNELS", "True")
+            .env("EG_UNAUTHORIZED_USERS", "nobody")
+            .env("EG_RESPONSE_IP", "127.0.0.1")
+            .env("EG_RESPONSE_PORT", response_port.to_string())
+            .env("EG_RESPONSE_PORT_RETRIES", "0")
+            .env("PYTHONUNBUFFERED", "1");
+        for (key, value) in &config.env {
+            cmd.env(key, value);
+        }
+
+        let name = match implementation {
+            Impl::Ours => "enterprise-gateway (ours)",
+            Impl::EnterpriseGateway => "Enterprise Gateway 3.3.0",
+        };
+        let proc = Proc::spawn(
+            name,
+            cmd,
+            &dir.path().join("gateway.log"),
+            Some(GATEWAY_READY),
+            GATEWAY_START_TIMEOUT,
+        )?;
+        Ok(Gateway {
+            implementation,
+            port,
+            proc,
+            _dir: dir,
+        })
+    }
+
+    /// `host:port` (what EG's itests call `GATEWAY_HOST`).
+    pub(crate) fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://host:port`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.host())
+    }
+}
+
+/// Removes inherited variables that would reconfigure a gateway or Jupyter process behind the
+/// test's back (`EG_*`, `KG_*`, `JUPYTER_*`), so every setting a test relies on is explicit.
+pub(crate) fn clear_inherited_config(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("EG_") || k.starts_with("KG_") || k.starts_with("JUPYTER_") {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Minimal HTTP/1.1 client (no extra crates)
+// ---------------------------------------------------------------------------------------------
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub(crate) struct HttpResponse {
+    /// Status code.
+    pub(crate) status: u16,
+    /// Header lines, names lowercased.
+    pub(crate) headers: Vec<(String, String)>,
+    /// Body (de-chunked).
+    pub(crate) body: Vec<u8>,
+}
+
+/// Sends one `GET path` with `Connection: close` and reads the whole response.
+pub(crate) fn http_get(port: u16, path: &str) -> Result<HttpResponse> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connecting")?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\n\
+         Connection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .context("reading the response")?;
+    parse_http_response(&raw)
+}
+
+fn parse_http_response(raw: &[u8]) -> Result<HttpResponse> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("response has no end of headers")?;
+    let head = String::from_utf8_lossy(raw.get(..split).unwrap_or_default()).into_owned();
+    let rest = raw.get(split + 4..).unwrap_or_default();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().context("empty response")?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .context("status line has no code")?
+        .parse()
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let eol = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("chunk size line not terminated")?;
+        let size_text = String::from_utf8_lossy(data.get(..eol).unwrap_or_default()).into_owned();
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .with_context(|| format!("bad chunk size {size_text:?}"))?;
+        data = data.get(eol + 2..).unwrap_or_default();
+        if size == 0 {
+            return Ok(body);
+        }
+        let chunk = data.get(..size).context("truncated chunk")?;
+        body.extend_from_slice(chunk);
+        data = data.get(size + 2..).unwrap_or_default();
+    }
+}
+
+#[test]
+fn http_parser_handles_plain_and_chunked_bodies() {
+    let plain = parse_http_response(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    let plain = plain.expect("plain response parses");
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.body, b"{}");
+    assert!(
+        plain
+            .headers
+            .contains(&("content-type".to_owned(), "application/json".to_owned()))
+    );
+
+    let chunked = parse_http_response(
+        b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n",
+    )
+    .expect("chunked response parses");
+    assert_eq!(chunked.status, 404);
+    assert_eq!(chunked.body, b"{\"a\":1}");
+
+    assert!(parse_http_response(b"HTTP/1.1 200 OK\r\n").is_err());
+    assert!(parse_http_response(b"garbage\r\n\r\n").is_err());
+}
