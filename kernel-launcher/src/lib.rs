@@ -116,5 +116,5 @@ pub use comm::{CommOutcome, CommPort, CommRequest};
 pub use error::Error;
 pub use kernelspec::{Backend, InterruptMode, KernelSpec, KernelSpecs, SpecConfig};
 pub use payload::LauncherResponse;
-pub use ports::PortRange;
+pub use ports::{PortAllocator, PortLease, PortRange};
 pub use response::{ListenerOptions, PendingLaunch, ResponseListener};

@@ -3,8 +3,9 @@
 //! A [`PortRange`] is parsed from EG's `lo..hi` notation (`EG_PORT_RANGE`, or a kernelspec's
 //! `config.port_range`) and validated with EG's rules and messages (reference §6.4). `0..0` means
 //! "no restriction": the operating system picks the ports.
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 
@@ -156,6 +157,188 @@ impl PortRange {
     }
 }
 
+/// Hands out kernel ports and remembers them until the kernel is done with them.
+///
+/// [`PortRange::allocate`] alone has two races that show up when many kernels start at once: a
+/// port found free is released before the kernel binds it, so a second launch can be handed the
+/// same port; and for an unrestricted range the OS picks from its ephemeral range, which is also
+/// where the gateway's own outgoing connections (to other kernels) take their source ports.
+/// The allocator closes both: every port it hands out stays reserved until its [`PortLease`] is
+/// dropped, and an unrestricted range draws from ports below (or above) the ephemeral range.
+#[derive(Debug)]
+pub struct PortAllocator {
+    shared: Arc<Mutex<HashMap<u16, usize>>>,
+    /// Where unrestricted (`0..0`) ports come from; `None` = let the OS pick.
+    unrestricted: Option<(u16, u16)>,
+}
+
+/// Ports reserved for one kernel; released when dropped.
+#[derive(Debug)]
+pub struct PortLease {
+    ports: Vec<u16>,
+    shared: Arc<Mutex<HashMap<u16, usize>>>,
+}
+
+impl PortLease {
+    /// The reserved ports, in allocation order.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        let mut reserved = lock(&self.shared);
+        for port in &self.ports {
+            if let Some(count) = reserved.get_mut(port) {
+                *count -= 1;
+                if *count == 0 {
+                    reserved.remove(port);
+                }
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<HashMap<u16, usize>>) -> std::sync::MutexGuard<'_, HashMap<u16, usize>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The ephemeral port range Linux uses for outgoing connections, from
+/// `/proc/sys/net/ipv4/ip_local_port_range` (32768..60999 when unreadable).
+pub fn ephemeral_port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text.split_whitespace().map(|t| t.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+impl PortAllocator {
+    /// An allocator that keeps unrestricted ports out of `ephemeral` (lo, hi): it uses
+    /// 10000..lo-1 when that holds at least 2000 ports, else hi+1..65535 when that does, else
+    /// lets the OS pick.
+    pub fn new(ephemeral: (u16, u16)) -> PortAllocator {
+        const FLOOR: u16 = 10_000;
+        const MIN_SIZE: u16 = 2_000;
+        let (lo, hi) = (ephemeral.0.min(ephemeral.1), ephemeral.0.max(ephemeral.1));
+        let unrestricted = if lo > FLOOR && lo - FLOOR >= MIN_SIZE {
+            Some((FLOOR, lo - 1))
+        } else if hi < u16::MAX && u16::MAX - hi >= MIN_SIZE {
+            Some((hi + 1, u16::MAX))
+        } else {
+            None
+        };
+        PortAllocator {
+            shared: Arc::new(Mutex::new(HashMap::new())),
+            unrestricted,
+        }
+    }
+
+    /// An allocator for this host's ephemeral range.
+    pub fn for_this_host() -> PortAllocator {
+        PortAllocator::new(ephemeral_port_range())
+    }
+
+    /// Reserves `n` distinct free ports on `host` inside `range` (or, for `0..0`, outside the
+    /// ephemeral range), none of them reserved by another lease.
+    pub fn allocate(&self, range: PortRange, host: &str, n: usize) -> Result<PortLease, Error> {
+        let ip = parse_host(host)?;
+        let effective = match (range.is_unrestricted(), self.unrestricted) {
+            (false, _) => Some((range.lo.min(range.hi), range.lo.max(range.hi))),
+            (true, window) => window,
+        };
+        let mut held = Vec::with_capacity(n);
+        let mut reserved = lock(&self.shared);
+        let mut chosen = BTreeSet::new();
+        for _ in 0..n {
+            let listener = match effective {
+                None => loop {
+                    let listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
+                    let port = listener.local_addr()?.port();
+                    if !reserved.contains_key(&port) && !chosen.contains(&port) {
+                        break listener;
+                    }
+                },
+                Some((lo, hi)) => {
+                    // Reserved ports count as taken; a restricted range keeps EG's retry budget,
+                    // the wide unrestricted window gets a generous one.
+                    let attempts = if range.is_unrestricted() {
+                        200
+                    } else {
+                        MAX_PORT_RANGE_RETRIES
+                    };
+                    let mut rng = rand::rng();
+                    let mut found = None;
+                    for _ in 0..attempts {
+                        let candidate: u16 = rng.random_range(lo..=hi);
+                        if candidate == 0
+                            || chosen.contains(&candidate)
+                            || reserved.contains_key(&candidate)
+                        {
+                            continue;
+                        }
+                        if let Ok(listener) = TcpListener::bind(SocketAddr::new(ip, candidate)) {
+                            found = Some(listener);
+                            break;
+                        }
+                    }
+                    found.ok_or_else(|| {
+                        Error::NoFreePort(format!(
+                            "Failed to locate port within range {range} after {MAX_PORT_RANGE_RETRIES} retries!"
+                        ))
+                    })?
+                }
+            };
+            let port = listener.local_addr()?.port();
+            chosen.insert(port);
+            held.push(listener);
+        }
+        let ports: Vec<u16> = held
+            .iter()
+            .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+            .collect();
+        for port in &ports {
+            *reserved.entry(*port).or_insert(0) += 1;
+        }
+        Ok(PortLease {
+            ports,
+            shared: Arc::clone(&self.shared),
+        })
+    }
+
+    /// Reserves ports a kernel already uses (a restart on the same ports).
+    pub fn reserve(&self, ports: &[u16]) -> PortLease {
+        let mut reserved = lock(&self.shared);
+        for port in ports {
+            *reserved.entry(*port).or_insert(0) += 1;
+        }
+        PortLease {
+            ports: ports.to_vec(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// How many ports are reserved right now.
+    pub fn reserved_count(&self) -> usize {
+        lock(&self.shared).len()
+    }
+}
+
+fn parse_host(host: &str) -> Result<IpAddr, Error> {
+    if host.is_empty() || host == "*" {
+        return Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    }
+    host.parse().map_err(|_| {
+        Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cannot allocate ports on '{host}': not an IP address"),
+        ))
+    })
+}
+
 /// Parses an integer the way Python's `int()` accepts common input (surrounding blanks, a sign).
 fn parse_int(text: &str) -> Option<i64> {
     text.trim().parse::<i64>().ok()
@@ -288,5 +471,47 @@ mod tests {
     #[test]
     fn allocate_rejects_non_ip_host() {
         assert!(PortRange::ANY.allocate("not an ip", 1).is_err());
+    }
+
+    #[test]
+    fn allocator_never_hands_out_a_reserved_port() -> Result<(), Error> {
+        let allocator = PortAllocator::for_this_host();
+        let mut leases = Vec::new();
+        let mut seen = BTreeSet::new();
+        for _ in 0..200 {
+            let lease = allocator.allocate(PortRange::ANY, "127.0.0.1", 5)?;
+            for port in lease.ports() {
+                assert!(
+                    seen.insert(*port),
+                    "port {port} handed out twice while reserved"
+                );
+            }
+            leases.push(lease);
+        }
+        assert_eq!(allocator.reserved_count(), 1000);
+        drop(leases);
+        assert_eq!(allocator.reserved_count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn allocator_keeps_unrestricted_ports_out_of_the_ephemeral_range() -> Result<(), Error> {
+        let allocator = PortAllocator::new((32768, 60999));
+        let lease = allocator.allocate(PortRange::ANY, "127.0.0.1", 5)?;
+        for port in lease.ports() {
+            assert!((10_000..32768).contains(port), "port {port}");
+        }
+        let restricted = PortRange::parse("30000..31000")?;
+        let lease = allocator.allocate(restricted, "127.0.0.1", 5)?;
+        assert!(lease.ports().iter().all(|p| (30000..=31000).contains(p)));
+        let again = allocator.reserve(lease.ports());
+        drop(lease);
+        assert_eq!(
+            allocator.reserved_count(),
+            5 + 5,
+            "restart reservation keeps the ports"
+        );
+        drop(again);
+        Ok(())
     }
 }

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jupyter_protocol::{ConnectionInfo, Transport};
-use kernel_launcher::{KernelSpec, template};
+use kernel_launcher::{KernelSpec, PortAllocator, PortLease, template};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::{Pid, getpgid};
@@ -76,12 +76,17 @@ pub struct LocalConfig {
 #[derive(Debug)]
 pub struct LocalResourceManager {
     config: LocalConfig,
+    /// Ports stay reserved while a kernel holds them, so concurrent launches never share one.
+    ports: PortAllocator,
 }
 
 impl LocalResourceManager {
     /// A local backend.
     pub fn new(config: LocalConfig) -> LocalResourceManager {
-        LocalResourceManager { config }
+        LocalResourceManager {
+            config,
+            ports: PortAllocator::for_this_host(),
+        }
     }
 
     /// The settings.
@@ -91,21 +96,34 @@ impl LocalResourceManager {
 
     /// The connection info of a new launch: the previous one on restart (same ports and key),
     /// else fresh ports in the request's range and a fresh key.
-    fn connection_for(&self, request: &LaunchRequest) -> Result<ConnectionInfo, Error> {
+    fn connection_for(
+        &self,
+        request: &LaunchRequest,
+    ) -> Result<(ConnectionInfo, PortLease), Error> {
         if let Some(previous) = &request.previous {
-            return Ok(ConnectionInfo {
+            let lease = self.ports.reserve(&[
+                previous.shell_port,
+                previous.iopub_port,
+                previous.stdin_port,
+                previous.control_port,
+                previous.hb_port,
+            ]);
+            let info = ConnectionInfo {
                 kernel_name: request.spec.name.clone(),
                 ..previous.clone()
-            });
+            };
+            return Ok((info, lease));
         }
-        let ports = request.port_range.allocate(&self.config.ip, 5)?;
-        let [shell_port, iopub_port, stdin_port, control_port, hb_port] = ports[..] else {
+        let lease = self
+            .ports
+            .allocate(request.port_range, &self.config.ip, 5)?;
+        let [shell_port, iopub_port, stdin_port, control_port, hb_port] = lease.ports()[..] else {
             return Err(Error::Config(format!(
                 "expected 5 ports, got {}",
-                ports.len()
+                lease.ports().len()
             )));
         };
-        Ok(ConnectionInfo {
+        let info = ConnectionInfo {
             transport: Transport::Tcp,
             ip: self.config.ip.clone(),
             shell_port,
@@ -116,7 +134,8 @@ impl LocalResourceManager {
             key: uuid::Uuid::new_v4().simple().to_string(),
             signature_scheme: "hmac-sha256".to_owned(),
             kernel_name: request.spec.name.clone(),
-        })
+        };
+        Ok((info, lease))
     }
 }
 
@@ -144,7 +163,7 @@ impl ResourceManager for LocalResourceManager {
         create_private_dir(&self.config.runtime_dir)?;
         create_private_dir(&self.config.log_dir)?;
 
-        let connection = self.connection_for(&request)?;
+        let (connection, ports) = self.connection_for(&request)?;
         let connection_file = self
             .config
             .runtime_dir
@@ -194,6 +213,7 @@ impl ResourceManager for LocalResourceManager {
             exit: Some(exit),
             finished: AtomicBool::new(false),
             detached: AtomicBool::new(false),
+            _ports: Some(ports),
         };
         Ok(LaunchedKernel {
             connection,
@@ -232,6 +252,7 @@ impl ResourceManager for LocalResourceManager {
             exit: None,
             finished: AtomicBool::new(false),
             detached: AtomicBool::new(false),
+            _ports: None,
         };
         Ok(LaunchedKernel {
             connection: record.connection.clone(),
@@ -258,6 +279,8 @@ pub struct LocalKernelProcess {
     finished: AtomicBool,
     /// The kernel must survive this handle.
     detached: AtomicBool,
+    /// The kernel's ports, reserved until this handle goes away.
+    _ports: Option<PortLease>,
 }
 
 impl LocalKernelProcess {
@@ -525,6 +548,10 @@ fn spawn(
         .kill_on_drop(false);
     if let Some(cwd) = &request.cwd {
         command.current_dir(cwd);
+    }
+    if let Some(run_as) = &request.run_as {
+        std::os::unix::fs::chown(connection_file, Some(run_as.uid), Some(run_as.gid))?;
+        command.uid(run_as.uid).gid(run_as.gid);
     }
     command.spawn().map_err(|e| {
         let cwd = request

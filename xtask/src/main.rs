@@ -6,6 +6,7 @@
 //! * `ci` — the one test command: `setup`, format check, clippy, build the binaries, nextest, doc
 //!   tests. Stops at the first failing step and names it.
 //! * `fuzz [--seconds N]` — every cargo-fuzz target under `fuzz/`, each for a bounded time.
+//! * `bench [args]` — release build, then `gateway-bench` (see `bench/README.md`).
 //! * `serve [gateway args...]` — `setup`, build the release binary, and run it with the test
 //!   venv's kernelspecs visible, so a fresh clone gets a working gateway with one command.
 //!
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+mod bench;
+
 const USAGE: &str = "\
 usage: cargo xtask <task>
 
@@ -27,6 +30,8 @@ tasks:
   setup                   create/refresh .venv and .venv-eg from requirements/ (idempotent)
   ci                      setup, fmt check, clippy, build, nextest (profile ci), doc tests
   fuzz [--seconds N]      run every cargo-fuzz target under fuzz/ for N seconds each (default 60)
+  bench [args]            build release and run gateway-bench: our gateway beside the direct
+                          floor and, with --compare, Enterprise Gateway 3.3.0 (--quick, --help)
   serve [--] [gateway args]
                           setup, build release, run target/release/enterprise-gateway with
                           JUPYTER_PATH including .venv/share/jupyter (and .venv/bin on PATH)
@@ -55,6 +60,12 @@ fn run() -> Result<()> {
         }
         Some("fuzz") => fuzz(&root, &rest),
         Some("serve") => serve(&root, rest),
+        Some("bench") => bench::run(
+            &rest
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+        ),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(())

@@ -1,0 +1,540 @@
+//! What a workload runs against: our gateway, Enterprise Gateway 3.3.0, or the direct floor (the
+//! kernel process launched by the benchmark itself and driven with
+//! [`jupyter_protocol::KernelClient`]). A [`Session`] is one started kernel with a client
+//! attached, whichever the target.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use jupyter_protocol::content::{ExecuteRequest, KernelInfoRequest};
+use jupyter_protocol::{Channel, ConnectionInfo, KernelClient, Message, SocketOptions};
+use tokio::time::Instant;
+
+use super::client::{self, WsClient, WsProtocol};
+use super::proc::{self, ChildGuard};
+
+/// The line both gateways print once they listen.
+const READY_LINE: &str = "is available at http";
+
+/// How long a gateway may take to come up.
+const GATEWAY_START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long a kernel may take from launch to its first kernel_info_reply.
+pub(crate) const KERNEL_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// After an execute_reply, how long to wait for the request's idle status (a gateway that drops
+/// iopub messages may never deliver it).
+const IDLE_GRACE: Duration = Duration::from_secs(3);
+
+/// Which system is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum TargetKind {
+    /// The kernel driven directly with our own `KernelClient` (no gateway): the floor.
+    Direct,
+    /// Our gateway (release build).
+    Ours,
+    /// Enterprise Gateway 3.3.0 from `.venv-eg`.
+    Eg,
+}
+
+impl TargetKind {
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            TargetKind::Direct => "direct",
+            TargetKind::Ours => "ours",
+            TargetKind::Eg => "eg",
+        }
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            TargetKind::Direct => "direct floor",
+            TargetKind::Ours => "ours",
+            TargetKind::Eg => "EG 3.3.0",
+        }
+    }
+}
+
+/// A kernelspec the benchmark writes (identical for every target).
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    /// Kernelspec name.
+    pub(crate) name: &'static str,
+    /// argv with `{connection_file}`.
+    pub(crate) argv: Vec<String>,
+}
+
+/// Where everything is, and the kernelspecs every target shares.
+#[derive(Debug)]
+pub(crate) struct Env {
+    /// Workspace root.
+    pub(crate) root: PathBuf,
+    /// Our gateway binary.
+    pub(crate) gateway_bin: PathBuf,
+    /// EG's entry point in `.venv-eg`.
+    pub(crate) eg_entry: PathBuf,
+    /// The ipykernel kernelspec (the test venv's interpreter, by absolute path, so EG's
+    /// jupyter_client does not swap in its own `sys.executable`).
+    pub(crate) python: Spec,
+    /// The test kernel's kernelspec.
+    pub(crate) test_kernel: Spec,
+    /// WebSocket framing of every client.
+    pub(crate) ws: WsProtocol,
+    /// `RLIMIT_NOFILE` given to each gateway.
+    pub(crate) gateway_nofile: u64,
+    /// Temp dir: kernelspecs (`kernels/`), connection files, logs.
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Writes the two kernelspecs under a fresh temp dir.
+    pub(crate) fn new(
+        root: &Path,
+        bin_dir: &Path,
+        ws: WsProtocol,
+        gateway_nofile: u64,
+    ) -> Result<Env> {
+        let dir = tempfile::Builder::new()
+            .prefix("gateway-bench-")
+            .tempdir()
+            .context("creating the benchmark's temp dir")?;
+        let python_bin = root.join(".venv/bin/python");
+        let test_kernel_bin = bin_dir.join("test-kernel");
+        let python = Spec {
+            name: "bench_python",
+            argv: vec![
+                python_bin.to_string_lossy().into_owned(),
+                "-m".into(),
+                "ipykernel_launcher".into(),
+                "-f".into(),
+                "{connection_file}".into(),
+            ],
+        };
+        let test_kernel = Spec {
+            name: "bench_test_kernel",
+            argv: vec![
+                test_kernel_bin.to_string_lossy().into_owned(),
+                "-f".into(),
+                "{connection_file}".into(),
+            ],
+        };
+        for (spec, language) in [(&python, "python"), (&test_kernel, "test")] {
+            let spec_dir = dir.path().join("kernels").join(spec.name);
+            std::fs::create_dir_all(&spec_dir)?;
+            let json = serde_json::json!({
+                "argv": spec.argv,
+                "display_name": spec.name,
+                "language": language,
+            });
+            std::fs::write(spec_dir.join("kernel.json"), json.to_string())?;
+        }
+        for sub in ["logs", "connections"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        Ok(Env {
+            root: root.to_path_buf(),
+            gateway_bin: bin_dir.join("enterprise-gateway"),
+            eg_entry: root.join(".venv-eg/bin/jupyter-enterprisegateway"),
+            python,
+            test_kernel,
+            ws,
+            gateway_nofile,
+            dir,
+        })
+    }
+
+    /// Checks that what the given targets need exists.
+    pub(crate) fn check(&self, targets: &[TargetKind]) -> Result<()> {
+        let mut need: Vec<(&Path, &str)> = vec![
+            (Path::new(&self.python.argv[0]), "run `cargo xtask setup`"),
+            (
+                Path::new(&self.test_kernel.argv[0]),
+                "build it: cargo build --release -p tests --bins",
+            ),
+        ];
+        if targets.contains(&TargetKind::Ours) {
+            need.push((
+                &self.gateway_bin,
+                "build it: cargo build --release -p gateway-bin",
+            ));
+        }
+        if targets.contains(&TargetKind::Eg) {
+            need.push((&self.eg_entry, "run `cargo xtask setup` (creates .venv-eg)"));
+        }
+        for (path, hint) in need {
+            if !path.exists() {
+                bail!("{} is missing; {hint}", path.display());
+            }
+        }
+        Ok(())
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("logs").join(name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateways
+// ---------------------------------------------------------------------------------------------
+
+/// A running gateway (ours or EG), stopped with its kernels when dropped.
+#[derive(Debug)]
+pub(crate) struct Gateway {
+    pub(crate) kind: TargetKind,
+    pub(crate) port: u16,
+    /// RSS right after start-up and one `GET /api/kernelspecs`, in KiB.
+    pub(crate) idle_rss_kib: u64,
+    guard: Option<ChildGuard>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts a gateway with the benchmark's kernelspecs and waits until it serves.
+    pub(crate) async fn start(env: &Env, kind: TargetKind) -> Result<Gateway> {
+        let mut last = None;
+        // A just-picked free port may be taken in the meantime: retry with new ports.
+        for _ in 0..3 {
+            match Gateway::start_once(env, kind).await {
+                Ok(gw) => return Ok(gw),
+                Err(err) => {
+                    let text = format!("{err:#}");
+                    let clash = text.contains("in use") || text.contains("no available port");
+                    if !clash {
+                        return Err(err);
+                    }
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("the gateway did not start")))
+    }
+
+    async fn start_once(env: &Env, kind: TargetKind) -> Result<Gateway> {
+        let dir = tempfile::Builder::new()
+            .prefix("gateway-")
+            .tempdir_in(env.dir.path())?;
+        let port = proc::free_port()?;
+        let response_port = proc::free_port()?;
+        let mut cmd = match kind {
+            TargetKind::Ours => {
+                let mut cmd = proc::with_nofile(&env.gateway_bin, env.gateway_nofile);
+                cmd.args(["--ip", "127.0.0.1", "--port", &port.to_string()])
+                    .arg("--port_retries=0");
+                cmd
+            }
+            TargetKind::Eg => {
+                let mut cmd = proc::with_nofile(&env.eg_entry, env.gateway_nofile);
+                cmd.arg("--ip=127.0.0.1")
+                    .arg(format!("--port={port}"))
+                    .arg("--port_retries=0");
+                cmd
+            }
+            TargetKind::Direct => bail!("the direct floor is not a gateway"),
+        };
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            // RUST_BACKTRACE would make a failing kernel's log end in a backtrace, not its error.
+            if k.starts_with("EG_")
+                || k.starts_with("KG_")
+                || k.starts_with("JUPYTER_")
+                || k.starts_with("RUST_BACKTRACE")
+                || k == "RUST_LIB_BACKTRACE"
+            {
+                cmd.env_remove(&key);
+            }
+        }
+        for sub in ["config", "data", "runtime"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        let mut path = OsString::from(env.root.join(".venv/bin"));
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin")));
+        cmd.current_dir(dir.path())
+            .env("JUPYTER_PATH", env.dir.path())
+            .env("PATH", path)
+            .env("JUPYTER_CONFIG_DIR", dir.path().join("config"))
+            .env("JUPYTER_DATA_DIR", dir.path().join("data"))
+            .env("JUPYTER_RUNTIME_DIR", dir.path().join("runtime"))
+            .env("EG_LIST_KERNELS", "True")
+            .env("EG_UNAUTHORIZED_USERS", "nobody")
+            .env("EG_RESPONSE_IP", "127.0.0.1")
+            .env("EG_RESPONSE_PORT", response_port.to_string())
+            .env("EG_RESPONSE_PORT_RETRIES", "0")
+            .env("PYTHONUNBUFFERED", "1");
+        let log = env.log_path(&format!("{}-{port}.log", kind.key()));
+        let name = kind.label().to_owned();
+        let guard = tokio::task::spawn_blocking(move || {
+            ChildGuard::spawn(
+                &name,
+                cmd,
+                Some(&log),
+                Some(READY_LINE),
+                GATEWAY_START_TIMEOUT,
+            )
+        })
+        .await??;
+        let mut gateway = Gateway {
+            kind,
+            port,
+            idle_rss_kib: 0,
+            guard: Some(guard),
+            _dir: dir,
+        };
+        let (status, _) = client::http(port, "GET", "/api/kernelspecs", None).await?;
+        if status != 200 {
+            bail!("GET /api/kernelspecs answered {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        gateway.idle_rss_kib = proc::rss_kib(gateway.pid()).unwrap_or(0);
+        Ok(gateway)
+    }
+
+    /// The gateway's process id (for EG, the Python interpreter's).
+    pub(crate) fn pid(&self) -> i32 {
+        self.guard.as_ref().map_or(0, ChildGuard::pid)
+    }
+
+    /// Whether the gateway process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.guard.as_mut().is_some_and(|g| !g.has_exited())
+    }
+
+    /// The end of the gateway's log.
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
+        self.guard
+            .as_ref()
+            .map(|g| g.log_tail(lines))
+            .unwrap_or_default()
+    }
+
+    /// Stops the gateway (SIGTERM, then SIGKILL for it and every kernel it launched).
+    pub(crate) async fn stop(mut self) {
+        if let Some(mut guard) = self.guard.take() {
+            let _ = tokio::task::spawn_blocking(move || {
+                guard.stop(Duration::from_secs(10));
+            })
+            .await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------------------
+
+/// A kernel the benchmark launched itself, with our own client on its sockets.
+#[derive(Debug)]
+pub(crate) struct DirectKernel {
+    guard: ChildGuard,
+    client: KernelClient,
+    connection_file: PathBuf,
+}
+
+/// Launches `spec` the way a local gateway would (connection file with free ports and a fresh
+/// key, argv with `{connection_file}` substituted), connects a [`KernelClient`] and waits for the
+/// first kernel_info_reply.
+async fn start_direct(env: &Env, spec: &Spec) -> Result<DirectKernel> {
+    let ports = proc::free_ports(5)?;
+    let info = ConnectionInfo {
+        transport: jupyter_protocol::Transport::Tcp,
+        ip: "127.0.0.1".to_owned(),
+        shell_port: ports[0],
+        iopub_port: ports[1],
+        stdin_port: ports[2],
+        control_port: ports[3],
+        hb_port: ports[4],
+        key: uuid::Uuid::new_v4().to_string(),
+        signature_scheme: "hmac-sha256".to_owned(),
+        kernel_name: spec.name.to_owned(),
+    };
+    let connection_file = env
+        .dir
+        .path()
+        .join("connections")
+        .join(format!("kernel-{}.json", uuid::Uuid::new_v4()));
+    info.write(&connection_file)?;
+    let file = connection_file.to_string_lossy().into_owned();
+    let argv: Vec<String> = spec
+        .argv
+        .iter()
+        .map(|a| a.replace("{connection_file}", &file))
+        .collect();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd.env("PATH", {
+        let mut path = OsString::from(env.root.join(".venv/bin"));
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin")));
+        path
+    });
+    let guard = ChildGuard::spawn(spec.name, cmd, None, None, Duration::ZERO)?;
+    let opts = SocketOptions {
+        connect_timeout: KERNEL_READY_TIMEOUT,
+        ..SocketOptions::default()
+    };
+    let mut client = KernelClient::connect(&info, &opts).await?;
+    client.kernel_info(KERNEL_READY_TIMEOUT).await?;
+    Ok(DirectKernel {
+        guard,
+        client,
+        connection_file,
+    })
+}
+
+/// One started kernel with a client attached.
+#[derive(Debug)]
+pub(crate) enum Session {
+    /// Through a gateway's REST API and WebSocket.
+    Gateway {
+        port: u16,
+        kernel_id: String,
+        ws: Box<WsClient>,
+    },
+    /// The direct floor.
+    Direct(Box<DirectKernel>),
+}
+
+/// How an execute ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Executed {
+    /// Whether the request's idle status arrived (a gateway may have dropped it).
+    pub(crate) idle_seen: bool,
+}
+
+/// Starts a kernel on `gateway` (or directly when `None`) and waits until it answers
+/// kernel_info: for a gateway `POST /api/kernels`, the WebSocket handshake, and a
+/// kernel_info request over the WebSocket.
+pub(crate) async fn start_session(
+    env: &Env,
+    gateway: Option<&Gateway>,
+    spec: &Spec,
+) -> Result<Session> {
+    let Some(gateway) = gateway else {
+        return Ok(Session::Direct(Box::new(start_direct(env, spec).await?)));
+    };
+    let port = gateway.port;
+    let kernel_id = client::start_kernel(port, spec.name).await?;
+    let connected = async {
+        let mut ws = WsClient::connect(port, &kernel_id, env.ws).await?;
+        ws.shell_round_trip(
+            "kernel_info_request",
+            &KernelInfoRequest {},
+            KERNEL_READY_TIMEOUT,
+        )
+        .await?;
+        anyhow::Ok(ws)
+    }
+    .await;
+    match connected {
+        Ok(ws) => Ok(Session::Gateway {
+            port,
+            kernel_id,
+            ws: Box::new(ws),
+        }),
+        Err(err) => {
+            let _ = client::delete_kernel(port, &kernel_id).await;
+            Err(err)
+        }
+    }
+}
+
+impl Session {
+    /// Runs `code`; `observe` sees every iopub message of the request (its msg_type, the message,
+    /// and when it arrived). Returns once the execute_reply and the idle status have arrived (or
+    /// [`IDLE_GRACE`] after the reply when the idle status never comes).
+    pub(crate) async fn execute(
+        &mut self,
+        code: &str,
+        timeout: Duration,
+        observe: &mut (dyn FnMut(&str, &Message, Instant) + Send),
+    ) -> Result<Executed> {
+        match self {
+            Session::Direct(kernel) => {
+                kernel
+                    .client
+                    .execute_with(code, timeout, |msg| {
+                        let at = Instant::now();
+                        if let Ok(header) = msg.parse_header() {
+                            observe(&header.msg_type, msg, at);
+                        }
+                    })
+                    .await?;
+                Ok(Executed { idle_seen: true })
+            }
+            Session::Gateway { ws, .. } => {
+                let mut deadline = Instant::now() + timeout;
+                let (msg_id, msg) = ws.request("execute_request", &ExecuteRequest::new(code));
+                ws.send(Channel::Shell, &msg).await?;
+                let mut replied = false;
+                let mut idle = false;
+                while !(replied && idle) {
+                    let Some(seen) = ws.recv_until(deadline).await? else {
+                        if replied {
+                            return Ok(Executed { idle_seen: false });
+                        }
+                        bail!("no execute_reply within {timeout:?}");
+                    };
+                    if seen.parent.as_deref() != Some(msg_id.as_str()) {
+                        continue;
+                    }
+                    match seen.channel {
+                        Channel::Shell if seen.msg_type == "execute_reply" => {
+                            replied = true;
+                            deadline = deadline.min(Instant::now() + IDLE_GRACE);
+                        }
+                        Channel::Iopub => {
+                            if seen.msg_type == "status" && is_idle(&seen.msg) {
+                                idle = true;
+                            }
+                            observe(&seen.msg_type, &seen.msg, seen.at);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Executed { idle_seen: true })
+            }
+        }
+    }
+
+    /// Shuts the kernel down and releases everything (DELETE for a gateway kernel; shutdown
+    /// request and process-group kill for a direct one).
+    pub(crate) async fn close(self) -> Result<()> {
+        match self {
+            Session::Gateway {
+                port,
+                kernel_id,
+                ws,
+            } => {
+                (*ws).close().await;
+                client::delete_kernel(port, &kernel_id).await
+            }
+            Session::Direct(kernel) => {
+                let DirectKernel {
+                    mut guard,
+                    mut client,
+                    connection_file,
+                } = *kernel;
+                let _ = client.shutdown(false, Duration::from_secs(2)).await;
+                drop(client);
+                let _ =
+                    tokio::task::spawn_blocking(move || guard.stop(Duration::from_secs(3))).await;
+                let _ = std::fs::remove_file(connection_file);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether a status message says idle.
+pub(crate) fn is_idle(msg: &Message) -> bool {
+    #[derive(serde::Deserialize)]
+    struct State<'a> {
+        #[serde(borrow)]
+        execution_state: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<State<'_>>(&msg.content).is_ok_and(|s| s.execution_state == "idle")
+}

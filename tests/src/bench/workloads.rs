@@ -1,0 +1,667 @@
+//! The workloads, each a named function of a target. Every workload returns a list of metrics;
+//! the same workload runs against the direct floor, our gateway and EG in turn.
+//!
+//! To add a row (say kernel start through the remote launcher, SSH or YARN), add a [`Backend`]
+//! variant naming its kernelspec: [`Kind::Start`] is already parameterised by it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::StreamExt as _;
+use jupyter_protocol::Channel;
+use jupyter_protocol::content::{ExecuteRequest, KernelInfoRequest, Stream};
+use tokio::time::Instant;
+
+use super::client::{self, WsClient};
+use super::proc;
+use super::stats;
+use super::target::{self, Env, Gateway, Session, Spec};
+
+/// One measured number.
+#[derive(Debug, Clone)]
+pub(crate) struct Metric {
+    pub(crate) name: &'static str,
+    pub(crate) unit: &'static str,
+    pub(crate) value: f64,
+}
+
+fn metric(name: &'static str, unit: &'static str, value: f64) -> Metric {
+    Metric { name, unit, value }
+}
+
+/// Where a started kernel runs. Only local kernels today; launcher, SSH and YARN rows are added
+/// here with the kernelspec that selects them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// A local process (ipykernel from the test venv).
+    Local,
+}
+
+impl Backend {
+    fn key(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+        }
+    }
+
+    fn spec(self, env: &Env) -> &Spec {
+        match self {
+            Backend::Local => &env.python,
+        }
+    }
+}
+
+/// Sizes of the workloads (`--quick` shrinks them).
+#[derive(Debug, Clone)]
+pub(crate) struct Sizes {
+    pub(crate) execute_count: usize,
+    pub(crate) execute_warmup: usize,
+    pub(crate) iopub_messages: usize,
+    pub(crate) display_bytes: usize,
+    pub(crate) memory_kernels: usize,
+    pub(crate) scale_seconds: f64,
+    pub(crate) scale_rate: f64,
+    /// How many kernel starts or WebSocket connects the bulk phases run at once.
+    pub(crate) bulk_parallelism: usize,
+}
+
+/// What a workload does.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Kind {
+    /// Kernel start until the first kernel_info_reply.
+    Start(Backend),
+    /// `pass` round trips.
+    Execute,
+    /// One request printing many flushed lines.
+    Iopub,
+    /// One large display_data.
+    Display,
+    /// Starting `n` kernels at once.
+    Concurrent(usize),
+    /// Gateway RSS idle and with many idle kernels.
+    Memory,
+    /// `n` test kernels, each with its own client at a fixed request rate.
+    Scale(usize),
+}
+
+/// A named workload and the targets it runs against.
+#[derive(Debug, Clone)]
+pub(crate) struct Workload {
+    /// Stable id (JSON key, goal lookup).
+    pub(crate) id: String,
+    /// What it measures, for the table.
+    pub(crate) title: String,
+    pub(crate) kind: Kind,
+}
+
+impl Workload {
+    /// The list for one run.
+    pub(crate) fn all(sizes: &Sizes, concurrent: &[usize], scale: &[usize]) -> Vec<Workload> {
+        let mut list = vec![
+            Workload {
+                id: format!("start_{}", Backend::Local.key()),
+                title: "kernel start → kernel_info_reply (local ipykernel)".to_owned(),
+                kind: Kind::Start(Backend::Local),
+            },
+            Workload {
+                id: "execute_pass".to_owned(),
+                title: format!(
+                    "execute `pass` round trip ({} requests)",
+                    sizes.execute_count
+                ),
+                kind: Kind::Execute,
+            },
+            Workload {
+                id: "iopub_burst".to_owned(),
+                title: format!(
+                    "iopub burst: {} flushed print()s, one stream message each",
+                    sizes.iopub_messages
+                ),
+                kind: Kind::Iopub,
+            },
+            Workload {
+                id: "display_data".to_owned(),
+                title: format!("one {} MB display_data", sizes.display_bytes as f64 / 1e6),
+                kind: Kind::Display,
+            },
+        ];
+        for &n in concurrent {
+            list.push(Workload {
+                id: format!("concurrent_starts_{n}"),
+                title: format!("{n} concurrent kernel starts, until all are ready"),
+                kind: Kind::Concurrent(n),
+            });
+        }
+        list.push(Workload {
+            id: "memory".to_owned(),
+            title: format!(
+                "gateway RSS: idle, and per idle kernel with {} test kernels up",
+                sizes.memory_kernels
+            ),
+            kind: Kind::Memory,
+        });
+        for &n in scale {
+            list.push(Workload {
+                id: format!("scale_{n}"),
+                title: format!(
+                    "{n} test kernels × {} req/s each for {} s (execute `echo x`)",
+                    sizes.scale_rate, sizes.scale_seconds
+                ),
+                kind: Kind::Scale(n),
+            });
+        }
+        list
+    }
+
+    /// Whether the workload has a direct-floor variant.
+    pub(crate) fn has_floor(&self) -> bool {
+        !matches!(self.kind, Kind::Memory | Kind::Scale(_))
+    }
+
+    /// Whether each run gets a freshly started gateway of its own.
+    pub(crate) fn fresh_gateway(&self) -> bool {
+        matches!(self.kind, Kind::Scale(_))
+    }
+
+    /// An upper bound on the run time, after which the run counts as failed.
+    pub(crate) fn time_limit(&self, sizes: &Sizes) -> Duration {
+        match self.kind {
+            Kind::Concurrent(n) => Duration::from_secs(120 + 10 * n as u64),
+            Kind::Memory => Duration::from_secs(120 + 2 * sizes.memory_kernels as u64),
+            Kind::Scale(n) => Duration::from_secs_f64(sizes.scale_seconds + 180.0 + 0.5 * n as f64),
+            _ => Duration::from_secs(300),
+        }
+    }
+
+    /// Runs the workload once against `gateway` (or the direct floor when `None`).
+    pub(crate) async fn run(
+        &self,
+        env: &Env,
+        sizes: &Sizes,
+        gateway: Option<&Gateway>,
+    ) -> Result<Vec<Metric>> {
+        match self.kind {
+            Kind::Start(backend) => start(env, gateway, backend.spec(env)).await,
+            Kind::Execute => execute(env, sizes, gateway).await,
+            Kind::Iopub => iopub(env, sizes, gateway).await,
+            Kind::Display => display(env, sizes, gateway).await,
+            Kind::Concurrent(n) => concurrent(env, gateway, n).await,
+            Kind::Memory => memory(env, sizes, gateway.context("memory needs a gateway")?).await,
+            Kind::Scale(n) => scale(env, sizes, gateway.context("scale needs a gateway")?, n).await,
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. start
+// ---------------------------------------------------------------------------------------------
+
+async fn start(env: &Env, gateway: Option<&Gateway>, spec: &Spec) -> Result<Vec<Metric>> {
+    let t0 = Instant::now();
+    let session = target::start_session(env, gateway, spec).await?;
+    let ready = t0.elapsed();
+    session.close().await?;
+    Ok(vec![metric("ready", "ms", ms(ready))])
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. execute round trip
+// ---------------------------------------------------------------------------------------------
+
+async fn execute(env: &Env, sizes: &Sizes, gateway: Option<&Gateway>) -> Result<Vec<Metric>> {
+    let mut session = target::start_session(env, gateway, &env.python).await?;
+    let result = async {
+        let timeout = Duration::from_secs(30);
+        for _ in 0..sizes.execute_warmup {
+            session.execute("pass", timeout, &mut |_, _, _| {}).await?;
+        }
+        let mut samples = Vec::with_capacity(sizes.execute_count);
+        let mut idle_missing = 0usize;
+        for _ in 0..sizes.execute_count {
+            let t0 = Instant::now();
+            let done = session.execute("pass", timeout, &mut |_, _, _| {}).await?;
+            samples.push(ms(t0.elapsed()));
+            if !done.idle_seen {
+                idle_missing += 1;
+            }
+        }
+        if idle_missing > 0 {
+            bail!("{idle_missing} executes never got their idle status");
+        }
+        let summary = stats::Summary::of(&samples);
+        Ok(vec![
+            metric("median", "ms", summary.median),
+            metric("p99", "ms", stats::percentile(&samples, 99.0)),
+        ])
+    }
+    .await;
+    session.close().await?;
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. iopub burst
+// ---------------------------------------------------------------------------------------------
+
+async fn iopub(env: &Env, sizes: &Sizes, gateway: Option<&Gateway>) -> Result<Vec<Metric>> {
+    let mut session = target::start_session(env, gateway, &env.python).await?;
+    let n = sizes.iopub_messages;
+    let result = async {
+        // Warm the kernel's output path first.
+        session
+            .execute("print('warm', flush=True)", Duration::from_secs(30), &mut |_, _, _| {})
+            .await?;
+        // One write and one flush per line, so every line is its own stream message (a
+        // background flush can never split a line).
+        let code = format!(
+            "import sys\nfor i in range({n}):\n    sys.stdout.write(f'{{i}}\\n'); sys.stdout.flush()\n"
+        );
+        let mut text = String::new();
+        let mut messages = 0usize;
+        let mut bad_messages = 0usize;
+        let mut last = None;
+        let t0 = Instant::now();
+        session
+            .execute(&code, Duration::from_secs(300), &mut |msg_type, msg, at| {
+                if msg_type != "stream" {
+                    return;
+                }
+                messages += 1;
+                last = Some(at);
+                match msg.parse_content::<Stream>() {
+                    Ok(stream) => text.push_str(&stream.text),
+                    Err(_) => bad_messages += 1,
+                }
+            })
+            .await?;
+        let Some(last) = last else {
+            bail!("no stream message arrived");
+        };
+        let mut seen = vec![false; n];
+        let mut bad_lines = 0usize;
+        for line in text.lines() {
+            match line.trim().parse::<usize>().ok().and_then(|i| seen.get_mut(i)) {
+                Some(slot) => *slot = true,
+                None => bad_lines += 1,
+            }
+        }
+        if bad_lines + bad_messages > 0 {
+            bail!("{bad_messages} unreadable stream messages, {bad_lines} lines that were not the numbers printed");
+        }
+        let received = seen.iter().filter(|&&s| s).count();
+        let elapsed = (last - t0).as_secs_f64().max(1e-9);
+        Ok(vec![
+            metric("msgs/s", "msg/s", messages as f64 / elapsed),
+            metric("received", "fraction", received as f64 / n.max(1) as f64),
+            metric("messages", "count", messages as f64),
+        ])
+    }
+    .await;
+    session.close().await?;
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. one large display_data
+// ---------------------------------------------------------------------------------------------
+
+async fn display(env: &Env, sizes: &Sizes, gateway: Option<&Gateway>) -> Result<Vec<Metric>> {
+    let mut session = target::start_session(env, gateway, &env.python).await?;
+    let n = sizes.display_bytes;
+    let result = async {
+        // Import IPython.display before the clock starts.
+        session
+            .execute(
+                "from IPython.display import display",
+                Duration::from_secs(30),
+                &mut |_, _, _| {},
+            )
+            .await?;
+        let code = format!("display({{'text/plain': 'x' * {n}}}, raw=True)");
+        let mut got: Option<(usize, Instant)> = None;
+        let t0 = Instant::now();
+        session
+            .execute(&code, Duration::from_secs(300), &mut |msg_type, msg, at| {
+                if msg_type == "display_data" {
+                    got = Some((msg.content.len(), at));
+                }
+            })
+            .await?;
+        let Some((size, at)) = got else {
+            bail!("the display_data never arrived");
+        };
+        if size < n {
+            bail!("the display_data arrived with {size} bytes of content, expected ≥ {n}");
+        }
+        let secs = (at - t0).as_secs_f64().max(1e-9);
+        Ok(vec![metric("throughput", "MB/s", n as f64 / 1e6 / secs)])
+    }
+    .await;
+    session.close().await?;
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. concurrent starts
+// ---------------------------------------------------------------------------------------------
+
+async fn concurrent(env: &Env, gateway: Option<&Gateway>, n: usize) -> Result<Vec<Metric>> {
+    let t0 = Instant::now();
+    let starts = (0..n).map(|_| async {
+        let session = target::start_session(env, gateway, &env.python).await;
+        (session, t0.elapsed())
+    });
+    let results = futures_util::future::join_all(starts).await;
+    let all_ready = t0.elapsed();
+    let mut failures = Vec::new();
+    let mut sessions = Vec::new();
+    let mut each = Vec::new();
+    for (result, at) in results {
+        match result {
+            Ok(session) => {
+                sessions.push(session);
+                each.push(ms(at));
+            }
+            Err(err) => failures.push(format!("{err:#}")),
+        }
+    }
+    let closes = sessions.into_iter().map(Session::close);
+    for closed in futures_util::future::join_all(closes).await {
+        closed?;
+    }
+    if let Some(first) = failures.first() {
+        bail!("{} of {n} starts failed; first: {first}", failures.len());
+    }
+    Ok(vec![
+        metric("all ready", "ms", ms(all_ready)),
+        metric("median start", "ms", stats::Summary::of(&each).median),
+    ])
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. gateway memory
+// ---------------------------------------------------------------------------------------------
+
+/// Starts `n` kernels of `spec` through the REST API, `parallel` at a time.
+async fn start_many(
+    gateway: &Gateway,
+    spec: &Spec,
+    n: usize,
+    parallel: usize,
+) -> Vec<Result<String>> {
+    futures_util::stream::iter(0..n)
+        .map(|_| client::start_kernel(gateway.port, spec.name))
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await
+}
+
+/// Deletes kernels, `parallel` at a time; returns how many deletes failed.
+async fn delete_many(gateway: &Gateway, ids: &[String], parallel: usize) -> usize {
+    let results: Vec<Result<()>> = futures_util::stream::iter(ids)
+        .map(|id| client::delete_kernel(gateway.port, id))
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    results.iter().filter(|r| r.is_err()).count()
+}
+
+async fn memory(env: &Env, sizes: &Sizes, gateway: &Gateway) -> Result<Vec<Metric>> {
+    let pid = gateway.pid();
+    let n = sizes.memory_kernels;
+    let rss = || proc::rss_kib(pid).unwrap_or(0) as f64;
+    let before = rss();
+    let started = start_many(gateway, &env.test_kernel, n, sizes.bulk_parallelism).await;
+    let (ids, errors): (Vec<_>, Vec<_>) = started.into_iter().partition(Result::is_ok);
+    let ids: Vec<String> = ids.into_iter().filter_map(Result::ok).collect();
+    let result = async {
+        if let Some(Err(err)) = errors.into_iter().next() {
+            bail!("starting {n} kernels failed: {err:#}");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let with_kernels = rss();
+        // Then one WebSocket client on each.
+        let connects: Vec<Result<WsClient>> = futures_util::stream::iter(&ids)
+            .map(|id| async move {
+                let mut ws = WsClient::connect(gateway.port, id, env.ws).await?;
+                ws.shell_round_trip(
+                    "kernel_info_request",
+                    &KernelInfoRequest {},
+                    target::KERNEL_READY_TIMEOUT,
+                )
+                .await?;
+                Ok(ws)
+            })
+            .buffer_unordered(sizes.bulk_parallelism.max(1))
+            .collect()
+            .await;
+        let mut clients = Vec::new();
+        let mut connect_errors = Vec::new();
+        for c in connects {
+            match c {
+                Ok(ws) => clients.push(ws),
+                Err(err) => connect_errors.push(err),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let with_clients = rss();
+        futures_util::future::join_all(clients.into_iter().map(WsClient::close)).await;
+        if let Some(err) = connect_errors.into_iter().next() {
+            bail!("connecting WebSockets failed: {err:#}");
+        }
+        let per = |total: f64| (total - before) / n.max(1) as f64;
+        Ok(vec![
+            metric("idle RSS", "MiB", gateway.idle_rss_kib as f64 / 1024.0),
+            metric("RSS before", "MiB", before / 1024.0),
+            metric("per idle kernel", "KiB", per(with_kernels)),
+            metric("per kernel + client", "KiB", per(with_clients)),
+        ])
+    }
+    .await;
+    let failed = delete_many(gateway, &ids, sizes.bulk_parallelism).await;
+    if failed > 0 && result.is_ok() {
+        bail!("{failed} of {} kernel deletes failed", ids.len());
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. scale
+// ---------------------------------------------------------------------------------------------
+
+/// What one load client saw.
+#[derive(Debug, Default)]
+struct ClientLoad {
+    latencies_ms: Vec<f64>,
+    sent: usize,
+    dropped: Option<String>,
+}
+
+/// How long clients wait for outstanding replies after the run.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// One client: every `period` (from `first`, until `end`) an `echo x` execute; latency from the
+/// scheduled send time (so a stalled client or gateway is not hidden) to the later of the
+/// execute_reply and the idle status.
+async fn load_client(
+    mut ws: WsClient,
+    first: Instant,
+    end: Instant,
+    period: Duration,
+) -> ClientLoad {
+    let mut out = ClientLoad::default();
+    // msg_id → (scheduled at, reply seen, idle seen)
+    let mut pending: HashMap<String, (Instant, bool, bool)> = HashMap::new();
+    let mut next = first;
+    loop {
+        let sending = next < end;
+        if !sending && pending.is_empty() {
+            break;
+        }
+        let wake = if sending { next } else { end + DRAIN };
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {
+                if !sending {
+                    break;
+                }
+                let (msg_id, msg) = ws.request("execute_request", &ExecuteRequest::new("echo x"));
+                pending.insert(msg_id, (next, false, false));
+                out.sent += 1;
+                next += period;
+                if let Err(err) = ws.send(Channel::Shell, &msg).await {
+                    out.dropped = Some(format!("{err:#}"));
+                    break;
+                }
+            }
+            received = ws.recv() => {
+                let seen = match received {
+                    Ok(Some(seen)) => seen,
+                    Ok(None) => {
+                        out.dropped = Some("closed by the gateway".to_owned());
+                        break;
+                    }
+                    Err(err) => {
+                        out.dropped = Some(format!("{err:#}"));
+                        break;
+                    }
+                };
+                let Some(parent) = seen.parent.as_deref() else { continue };
+                let Some(entry) = pending.get_mut(parent) else { continue };
+                match (seen.channel, seen.msg_type.as_str()) {
+                    (Channel::Shell, "execute_reply") => entry.1 = true,
+                    (Channel::Iopub, "status") if target::is_idle(&seen.msg) => entry.2 = true,
+                    _ => continue,
+                }
+                if entry.1 && entry.2 {
+                    out.latencies_ms.push(ms(seen.at - entry.0));
+                    pending.remove(parent);
+                }
+            }
+        }
+    }
+    ws.close().await;
+    out
+}
+
+async fn connect_ready(gateway: &Gateway, env: &Env, id: &str) -> Result<WsClient> {
+    let mut ws = WsClient::connect(gateway.port, id, env.ws).await?;
+    ws.shell_round_trip(
+        "kernel_info_request",
+        &KernelInfoRequest {},
+        target::KERNEL_READY_TIMEOUT,
+    )
+    .await?;
+    Ok(ws)
+}
+
+async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<Vec<Metric>> {
+    let pid = gateway.pid();
+    let t_setup = Instant::now();
+    let started = start_many(gateway, &env.test_kernel, n, sizes.bulk_parallelism).await;
+    let mut ids = Vec::new();
+    let mut start_errors = Vec::new();
+    for s in started {
+        match s {
+            Ok(id) => ids.push(id),
+            Err(err) => start_errors.push(format!("{err:#}")),
+        }
+    }
+    let result = async {
+        if let Some(first) = start_errors.first() {
+            bail!(
+                "{} of {n} kernel starts failed; first: {first}",
+                start_errors.len()
+            );
+        }
+        let connects: Vec<Result<WsClient>> = futures_util::stream::iter(&ids)
+            .map(|id| connect_ready(gateway, env, id))
+            .buffer_unordered(sizes.bulk_parallelism.max(1))
+            .collect()
+            .await;
+        let mut clients = Vec::with_capacity(n);
+        let mut connect_errors = Vec::new();
+        for c in connects {
+            match c {
+                Ok(ws) => clients.push(ws),
+                Err(err) => connect_errors.push(format!("{err:#}")),
+            }
+        }
+        if let Some(first) = connect_errors.first() {
+            futures_util::future::join_all(clients.into_iter().map(WsClient::close)).await;
+            bail!(
+                "{} of {n} WebSocket connects failed; first: {first}",
+                connect_errors.len()
+            );
+        }
+        let setup = t_setup.elapsed();
+
+        let period = Duration::from_secs_f64(1.0 / sizes.scale_rate);
+        let run = Duration::from_secs_f64(sizes.scale_seconds);
+        let begin = Instant::now() + Duration::from_millis(200);
+        let end = begin + run;
+        let ticks0 = proc::read_stat(pid).map(|s| s.cpu_ticks);
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, ws)| {
+                // Spread the clients' phases evenly over one period.
+                let phase = period.mul_f64(i as f64 / n.max(1) as f64);
+                tokio::spawn(load_client(ws, begin + phase, end, period))
+            })
+            .collect();
+        tokio::time::sleep_until(end).await;
+        let ticks1 = proc::read_stat(pid).map(|s| s.cpu_ticks);
+        let rss = proc::rss_kib(pid).unwrap_or(0) as f64 / 1024.0;
+        let fds = proc::open_fds(pid).unwrap_or(0) as f64;
+        let mut latencies = Vec::new();
+        let mut sent = 0usize;
+        let mut dropped = 0usize;
+        let mut first_drop = None;
+        for task in tasks {
+            let load = task.await.context("load client task")?;
+            sent += load.sent;
+            latencies.extend(load.latencies_ms);
+            if let Some(reason) = load.dropped {
+                dropped += 1;
+                first_drop.get_or_insert(reason);
+            }
+        }
+        if let Some(reason) = first_drop {
+            eprintln!("  scale {n}: {dropped} sockets dropped; first: {reason}");
+        }
+        let cpu = match (ticks0, ticks1) {
+            (Some(a), Some(b)) => {
+                (b.saturating_sub(a)) as f64
+                    / proc::clock_ticks_per_second() as f64
+                    / run.as_secs_f64()
+                    * 100.0
+            }
+            _ => f64::NAN,
+        };
+        let completed = latencies.len();
+        let summary = stats::Summary::of(&latencies);
+        Ok(vec![
+            metric("p50", "ms", summary.median),
+            metric("p99", "ms", stats::percentile(&latencies, 99.0)),
+            metric("max", "ms", summary.max),
+            metric("dropped sockets", "count", dropped as f64),
+            metric("lost requests", "count", (sent - completed) as f64),
+            metric("completed", "req/s", completed as f64 / run.as_secs_f64()),
+            metric("gateway CPU", "% of a core", cpu),
+            metric("gateway RSS", "MiB", rss),
+            metric("gateway fds", "count", fds),
+            metric("setup (start+connect)", "s", setup.as_secs_f64()),
+        ])
+    }
+    .await;
+    let failed = delete_many(gateway, &ids, sizes.bulk_parallelism).await;
+    if failed > 0 && result.is_ok() {
+        bail!("{failed} of {} kernel deletes failed", ids.len());
+    }
+    result
+}
