@@ -72,6 +72,21 @@ fn socket_options() -> zeromq::SocketOptions {
     options
 }
 
+/// Waits until a `tcp://host:port` endpoint accepts TCP connections, probing every 10 ms.
+///
+/// The `zeromq` crate retries a refused connect with exponential backoff (up to seconds between
+/// attempts), so a socket connected while its kernel is still starting would notice the kernel
+/// late; a cheap probe first makes the real connect succeed on its first attempt. The caller's
+/// timeout bounds the wait. Other transports return at once.
+async fn wait_until_listening(endpoint: &str) {
+    let Some(addr) = endpoint.strip_prefix("tcp://") else {
+        return;
+    };
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 fn to_zmq(frames: Vec<Bytes>) -> Result<ZmqMessage, Error> {
     ZmqMessage::try_from(frames)
         .map_err(|_| Error::Transport("cannot send an empty message".into()))
@@ -88,6 +103,7 @@ impl KernelTransport for ZmqTransport {
         let identity = zeromq::util::PeerIdentity::try_from(identity).map_err(transport_err)?;
         options.peer_identity(identity);
         let mut socket = zeromq::DealerSocket::with_options(options);
+        wait_until_listening(endpoint).await;
         socket.connect(endpoint).await.map_err(transport_err)?;
         let (send, recv) = socket.split();
         Ok((Box::new(DealerSink(send)), Box::new(DealerStream(recv))))
@@ -95,6 +111,7 @@ impl KernelTransport for ZmqTransport {
 
     async fn connect_sub(&self, endpoint: &str) -> Result<Box<dyn FrameStream>, Error> {
         let mut socket = zeromq::SubSocket::with_options(socket_options());
+        wait_until_listening(endpoint).await;
         socket.connect(endpoint).await.map_err(transport_err)?;
         socket.subscribe("").await.map_err(transport_err)?;
         Ok(Box::new(SubStream(socket)))
@@ -102,6 +119,7 @@ impl KernelTransport for ZmqTransport {
 
     async fn connect_req(&self, endpoint: &str) -> Result<Box<dyn RequestSocket>, Error> {
         let mut socket = zeromq::ReqSocket::with_options(socket_options());
+        wait_until_listening(endpoint).await;
         socket.connect(endpoint).await.map_err(transport_err)?;
         Ok(Box::new(ReqRequest(socket)))
     }
