@@ -4,7 +4,7 @@
 //!   Server, `.venv-eg` for Enterprise Gateway 3.3.0 and its own integration tests). Idempotent:
 //!   a stamp file holding a hash of the requirements file makes re-runs skip pip.
 //! * `ci` — the one test command: `setup`, format check, clippy, build the binaries, nextest, doc
-//!   tests. Stops at the first failing step and names it.
+//!   tests, and a quick smoke run of the benchmark harness. Stops at the first failing step and names it.
 //! * `fuzz [--seconds N]` — every cargo-fuzz target under `fuzz/`, each for a bounded time.
 //! * `bench [args]` — release build, then `gateway-bench` (see `bench/README.md`).
 //! * `serve [gateway args...]` — `setup`, build the release binary, and run it with the test
@@ -28,7 +28,8 @@ usage: cargo xtask <task>
 
 tasks:
   setup                   create/refresh .venv and .venv-eg from requirements/ (idempotent)
-  ci                      setup, fmt check, clippy, build, nextest (profile ci), doc tests
+  ci                      setup, fmt check, clippy, build, nextest (profile ci), doc tests,
+                          bench --quick smoke run
   fuzz [--seconds N]      run every cargo-fuzz target under fuzz/ for N seconds each (default 60)
   bench [args]            build release and run gateway-bench: our gateway beside the direct
                           floor and, with --compare, Enterprise Gateway 3.3.0 (--quick, --help)
@@ -302,6 +303,12 @@ fn ci_steps(root: &Path, timings: &mut Vec<(&'static str, Duration)>) -> Result<
     })?;
     step(timings, "doctest", || {
         run_cmd(cargo(root).args(["test", "--workspace", "--doc"]))
+    })?;
+    // A smoke run of every benchmark workload (small sizes, no EG) on the debug binaries built
+    // above, so the harness cannot rot; real numbers come from `cargo xtask bench` by hand.
+    step(timings, "bench-quick", || {
+        let bench = target_dir(root).join("debug/gateway-bench");
+        run_cmd(Command::new(bench).arg("--quick").current_dir(root))
     })?;
     Ok(())
 }
