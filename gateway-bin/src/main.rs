@@ -3,6 +3,8 @@
 //! Configuration is layered (CLI > environment > config file > defaults, see `options`) and
 //! validated once (`settings`); everything else lives in the library crates.
 
+mod backends;
+mod listen;
 mod options;
 mod settings;
 
@@ -12,10 +14,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gateway_http::KernelManager;
-use kernel_launcher::response::ResponseListener;
-use resource_managers::Registry;
-use resource_managers::local::LocalResourceManager;
-use resource_managers::ssh::{SshConfig, SshResourceManager};
 
 /// Exit code for configuration errors (sysexits' EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -72,28 +70,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: settings::Settings) -> anyhow::Result<()> {
-    let listener = bind(&settings.ip, settings.port, settings.port_retries).await?;
+    let listener = listen::bind(&settings.ip, settings.port, settings.port_retries).await?;
     let addr = listener.local_addr().context("listener has no address")?;
     for dir in [&settings.local.runtime_dir, &settings.local.log_dir] {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create directory {}", dir.display()))?;
     }
 
-    let mut registry = Registry::new();
-    registry.register(Arc::new(LocalResourceManager::new(settings.local.clone())));
-    match ResponseListener::bind(settings.response_bind, settings.response_options.clone()).await {
-        Ok(response) => registry.register(Arc::new(SshResourceManager::new(SshConfig {
-            remote_hosts: settings.remote_hosts.clone(),
-            log_dir: settings.local.log_dir.clone(),
-            response,
-            search_path: settings.local.search_path.clone(),
-            comm_timeout: settings.comm_timeout,
-        }))),
-        Err(e) => tracing::warn!(
-            "launcher callback listener could not bind {}: {e}; distributed kernelspecs are unavailable",
-            settings.response_bind
-        ),
-    }
+    warn_about_impersonation(&settings.gateway);
+    let registry = backends::registry(&settings).await;
     let scheme = if settings.gateway.tls.is_some() {
         "https"
     } else {
@@ -106,55 +91,25 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
         "Jupyter Enterprise Gateway (Rust) {} is available at {scheme}://{addr}",
         env!("CARGO_PKG_VERSION")
     );
-    gateway_http::serve(listener, manager, shutdown_signal())
+    gateway_http::serve(listener, manager, listen::shutdown_signal())
         .await
         .context("server failed")
 }
 
-/// Binds `port`, or one of the next `retries` ports when it is busy (as EG does).
-async fn bind(ip: &str, port: u16, retries: u16) -> anyhow::Result<tokio::net::TcpListener> {
-    let mut last_err = None;
-    for offset in 0..=retries {
-        let Some(candidate) = port.checked_add(offset) else {
-            break;
-        };
-        match tokio::net::TcpListener::bind((ip, candidate)).await {
-            Ok(listener) => return Ok(listener),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
-                ) =>
-            {
-                tracing::info!("port {candidate} is not available: {e}");
-                last_err = Some(e);
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot listen on {ip}:{candidate}")),
-        }
+/// EG's start-up warnings about impersonation.
+fn warn_about_impersonation(config: &gateway_http::GatewayConfig) {
+    if !config.impersonation_enabled {
+        return;
     }
-    Err(anyhow::anyhow!(
-        "the gateway server could not be started because no available port could be found ({})",
-        last_err.map(|e| e.to_string()).unwrap_or_default()
-    ))
-}
-
-/// Resolves on SIGTERM or SIGINT; SIGHUP is ignored, as EG does.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => tracing::info!("SIGHUP ignored"),
-        }
+    if !config.unauthorized_users.contains(&config.gateway_user) {
+        tracing::warn!(
+            "impersonation is enabled and the gateway's user {:?} is not in unauthorized_users",
+            config.gateway_user
+        );
     }
-    tracing::info!("shutting down");
+    if !nix::unistd::geteuid().is_root() {
+        tracing::warn!(
+            "impersonation is enabled but the gateway does not run as root: local kernels can only run as its own user"
+        );
+    }
 }

@@ -54,452 +54,80 @@ macro_rules! opt {
     };
 }
 
-/// Every option the gateway understands.
+/// Every option the gateway understands, one line each.
+#[rustfmt::skip]
 pub(crate) const OPTIONS: &[OptionDef] = &[
     // Server.
-    opt!(
-        "ip",
-        "ADDR",
-        "127.0.0.1",
-        ["EG_IP", "KG_IP"],
-        APP,
-        "Address to listen on"
-    ),
-    opt!(
-        "port",
-        "PORT",
-        "8888",
-        ["EG_PORT", "KG_PORT"],
-        APP,
-        "Port to listen on"
-    ),
-    opt!(
-        "port_retries",
-        "N",
-        "50",
-        ["EG_PORT_RETRIES", "KG_PORT_RETRIES"],
-        APP,
-        "Other ports to try when the port is busy (0 = only --port)"
-    ),
-    opt!(
-        "base_url",
-        "PATH",
-        "/",
-        ["EG_BASE_URL", "KG_BASE_URL"],
-        APP,
-        "URL prefix of every route"
-    ),
-    opt!(
-        "auth_token",
-        "TOKEN",
-        "",
-        ["EG_AUTH_TOKEN", "KG_AUTH_TOKEN"],
-        APP,
-        "Require this token (header `Authorization: token <t>` or `?token=`)"
-    ),
-    opt!(
-        "certfile",
-        "FILE",
-        "",
-        ["EG_CERTFILE", "KG_CERTFILE"],
-        APP,
-        "TLS certificate chain (PEM); enables HTTPS"
-    ),
-    opt!(
-        "keyfile",
-        "FILE",
-        "",
-        ["EG_KEYFILE", "KG_KEYFILE"],
-        APP,
-        "TLS private key (PEM)"
-    ),
-    opt!(
-        "client_ca",
-        "FILE",
-        "",
-        ["EG_CLIENT_CA", "KG_CLIENT_CA"],
-        APP,
-        "Require client certificates signed by this CA (mutual TLS)"
-    ),
-    opt!(
-        "ssl_version",
-        "N",
-        "",
-        ["EG_SSL_VERSION", "KG_SSL_VERSION"],
-        APP,
-        "Accepted for compatibility; TLS 1.2 and 1.3 are always offered"
-    ),
-    opt!(
-        "allow_origin",
-        "ORIGIN",
-        "",
-        ["EG_ALLOW_ORIGIN", "KG_ALLOW_ORIGIN"],
-        APP,
-        "Access-Control-Allow-Origin; `*` disables the origin check"
-    ),
-    opt!(
-        "allow_credentials",
-        "VALUE",
-        "",
-        ["EG_ALLOW_CREDENTIALS", "KG_ALLOW_CREDENTIALS"],
-        APP,
-        "Access-Control-Allow-Credentials"
-    ),
-    opt!(
-        "allow_headers",
-        "VALUE",
-        "",
-        ["EG_ALLOW_HEADERS", "KG_ALLOW_HEADERS"],
-        APP,
-        "Access-Control-Allow-Headers"
-    ),
-    opt!(
-        "allow_methods",
-        "VALUE",
-        "",
-        ["EG_ALLOW_METHODS", "KG_ALLOW_METHODS"],
-        APP,
-        "Access-Control-Allow-Methods"
-    ),
-    opt!(
-        "expose_headers",
-        "VALUE",
-        "",
-        ["EG_EXPOSE_HEADERS", "KG_EXPOSE_HEADERS"],
-        APP,
-        "Access-Control-Expose-Headers"
-    ),
-    opt!(
-        "max_age",
-        "VALUE",
-        "",
-        ["EG_MAX_AGE", "KG_MAX_AGE"],
-        APP,
-        "Access-Control-Max-Age"
-    ),
-    opt!(
-        "trust_xheaders",
-        "BOOL",
-        "false",
-        ["EG_TRUST_XHEADERS", "KG_TRUST_XHEADERS"],
-        APP,
-        "Accepted for compatibility"
-    ),
-    opt!(
-        "ws_ping_interval",
-        "SECS",
-        "30",
-        ["EG_WS_PING_INTERVAL_SECS"],
-        APP,
-        "WebSocket ping interval (0 disables)"
-    ),
-    opt!(
-        "log_level",
-        "LEVEL",
-        "info",
-        ["EG_LOG_LEVEL"],
-        &["Application"],
-        "Log level: error, warn, info, debug, trace (or a tracing filter)"
-    ),
+    opt!("ip", "ADDR", "127.0.0.1", ["EG_IP", "KG_IP"], APP, "Address to listen on"),
+    opt!("port", "PORT", "8888", ["EG_PORT", "KG_PORT"], APP, "Port to listen on"),
+    opt!("port_retries", "N", "50", ["EG_PORT_RETRIES", "KG_PORT_RETRIES"], APP, "Other ports to try when the port is busy (0 = only --port)"),
+    opt!("base_url", "PATH", "/", ["EG_BASE_URL", "KG_BASE_URL"], APP, "URL prefix of every route"),
+    opt!("auth_token", "TOKEN", "", ["EG_AUTH_TOKEN", "KG_AUTH_TOKEN"], APP, "Require this token (header `Authorization: token <t>` or `?token=`)"),
+    opt!("certfile", "FILE", "", ["EG_CERTFILE", "KG_CERTFILE"], APP, "TLS certificate chain (PEM); enables HTTPS"),
+    opt!("keyfile", "FILE", "", ["EG_KEYFILE", "KG_KEYFILE"], APP, "TLS private key (PEM)"),
+    opt!("client_ca", "FILE", "", ["EG_CLIENT_CA", "KG_CLIENT_CA"], APP, "Require client certificates signed by this CA (mutual TLS)"),
+    opt!("ssl_version", "N", "", ["EG_SSL_VERSION", "KG_SSL_VERSION"], APP, "Accepted for compatibility; TLS 1.2 and 1.3 are always offered"),
+    opt!("allow_origin", "ORIGIN", "", ["EG_ALLOW_ORIGIN", "KG_ALLOW_ORIGIN"], APP, "Access-Control-Allow-Origin; `*` disables the origin check"),
+    opt!("allow_credentials", "VALUE", "", ["EG_ALLOW_CREDENTIALS", "KG_ALLOW_CREDENTIALS"], APP, "Access-Control-Allow-Credentials"),
+    opt!("allow_headers", "VALUE", "", ["EG_ALLOW_HEADERS", "KG_ALLOW_HEADERS"], APP, "Access-Control-Allow-Headers"),
+    opt!("allow_methods", "VALUE", "", ["EG_ALLOW_METHODS", "KG_ALLOW_METHODS"], APP, "Access-Control-Allow-Methods"),
+    opt!("expose_headers", "VALUE", "", ["EG_EXPOSE_HEADERS", "KG_EXPOSE_HEADERS"], APP, "Access-Control-Expose-Headers"),
+    opt!("max_age", "VALUE", "", ["EG_MAX_AGE", "KG_MAX_AGE"], APP, "Access-Control-Max-Age"),
+    opt!("trust_xheaders", "BOOL", "false", ["EG_TRUST_XHEADERS", "KG_TRUST_XHEADERS"], APP, "Accepted for compatibility"),
+    opt!("ws_ping_interval", "SECS", "30", ["EG_WS_PING_INTERVAL_SECS"], APP, "WebSocket ping interval (0 disables)"),
+    opt!("log_level", "LEVEL", "info", ["EG_LOG_LEVEL"], &["Application"], "Log level: error, warn, info, debug, trace (or a tracing filter)"),
     // Kernels and policy.
-    opt!(
-        "list_kernels",
-        "BOOL",
-        "false",
-        ["EG_LIST_KERNELS", "KG_LIST_KERNELS"],
-        APP,
-        "Allow GET /api/kernels and /api/sessions"
-    ),
-    opt!(
-        "max_kernels",
-        "N",
-        "",
-        ["EG_MAX_KERNELS", "KG_MAX_KERNELS"],
-        APP,
-        "Most kernels at once, starts in progress included"
-    ),
-    opt!(
-        "max_kernels_per_user",
-        "N",
-        "-1",
-        ["EG_MAX_KERNELS_PER_USER"],
-        APP,
-        "Most kernels per KERNEL_USERNAME (-1 = no limit)"
-    ),
-    opt!(
-        "default_kernel_name",
-        "NAME",
-        "",
-        ["EG_DEFAULT_KERNEL_NAME", "KG_DEFAULT_KERNEL_NAME"],
-        APP,
-        "Kernelspec used when a request names none (default python3)"
-    ),
-    opt!(
-        "allowed_kernelspecs",
-        "LIST",
-        "",
-        ["EG_ALLOWED_KERNELSPECS"],
-        &["KernelSpecManager"],
-        None,
-        "Only these kernelspecs are listed and started (comma list)"
-    ),
-    opt!(
-        "kernelspec_dirs",
-        "LIST",
-        "",
-        ["EG_KERNELSPEC_DIRS"],
-        &[],
-        "Extra kernelspec directories searched after the Jupyter path (comma list of .../kernels dirs)"
-    ),
-    opt!(
-        "authorized_users",
-        "LIST",
-        "",
-        ["EG_AUTHORIZED_USERS"],
-        APP,
-        "Users allowed to start kernels (empty = all not refused)"
-    ),
-    opt!(
-        "unauthorized_users",
-        "LIST",
-        "root",
-        ["EG_UNAUTHORIZED_USERS"],
-        APP,
-        "Users refused"
-    ),
-    opt!(
-        "impersonation_enabled",
-        "BOOL",
-        "false",
-        ["EG_IMPERSONATION_ENABLED"],
-        APP,
-        "Run kernels as KERNEL_USERNAME where the backend supports it"
-    ),
-    opt!(
-        "client_envs",
-        "LIST",
-        "",
-        ["EG_CLIENT_ENVS", "EG_ENV_WHITELIST"],
-        APP,
-        "Request env variables passed to kernels besides KERNEL_* (`*` = all)"
-    ),
-    opt!(
-        "inherited_envs",
-        "LIST",
-        "",
-        ["EG_INHERITED_ENVS", "EG_ENV_PROCESS_WHITELIST"],
-        APP,
-        "Gateway env variables passed to kernels"
-    ),
-    opt!(
-        "kernel_headers",
-        "LIST",
-        "",
-        ["EG_KERNEL_HEADERS"],
-        APP,
-        "Accepted for compatibility"
-    ),
-    opt!(
-        "port_range",
-        "LO..HI",
-        "0..0",
-        ["EG_PORT_RANGE"],
-        APP,
-        "Kernel ports come from this range (0..0 = any)"
-    ),
-    opt!(
-        "launch_timeout",
-        "SECS",
-        "30",
-        ["EG_KERNEL_LAUNCH_TIMEOUT"],
-        &[],
-        "Default kernel launch deadline"
-    ),
-    opt!(
-        "max_launch_timeout",
-        "SECS",
-        "600",
-        ["EG_MAX_KERNEL_LAUNCH_TIMEOUT"],
-        &[],
-        "Upper bound on a request's KERNEL_LAUNCH_TIMEOUT"
-    ),
-    opt!(
-        "kernel_info_timeout",
-        "SECS",
-        "60",
-        ["EG_KERNEL_INFO_TIMEOUT"],
-        KM,
-        "Wait for kernel_info before a WebSocket opens"
-    ),
-    opt!(
-        "shutdown_wait_time",
-        "SECS",
-        "5",
-        ["EG_SHUTDOWN_WAIT_TIME"],
-        &["KernelManager", "RemoteKernelManager"],
-        "Graceful shutdown wait before a kernel is terminated"
-    ),
-    opt!(
-        "restart_limit",
-        "N",
-        "5",
-        ["EG_RESTART_LIMIT"],
-        &["KernelRestarter"],
-        "Consecutive automatic restarts before a kernel is declared dead (0 = never restart)"
-    ),
-    opt!(
-        "cull_idle_timeout",
-        "SECS",
-        "0",
-        ["EG_CULL_IDLE_TIMEOUT"],
-        KM,
-        "Shut down kernels idle this long (0 = never)"
-    ),
-    opt!(
-        "cull_interval",
-        "SECS",
-        "300",
-        ["EG_CULL_INTERVAL"],
-        KM,
-        "How often idle kernels are looked for"
-    ),
-    opt!(
-        "cull_connected",
-        "BOOL",
-        "false",
-        ["EG_CULL_CONNECTED"],
-        KM,
-        "Cull kernels with open connections too"
-    ),
-    opt!(
-        "cull_busy",
-        "BOOL",
-        "false",
-        ["EG_CULL_BUSY"],
-        KM,
-        "Cull busy kernels too"
-    ),
-    opt!(
-        "cull_busy_timeout",
-        "SECS",
-        "0",
-        ["EG_CULL_BUSY_TIMEOUT"],
-        KM,
-        "With cull_busy: busy kernels are culled after this long (0 = cull_idle_timeout)"
-    ),
-    opt!(
-        "buffer_max_messages",
-        "N",
-        "10000",
-        ["EG_BUFFER_MAX_MESSAGES"],
-        &[],
-        "Messages kept for a disconnected client"
-    ),
-    opt!(
-        "buffer_max_bytes",
-        "BYTES",
-        "67108864",
-        ["EG_BUFFER_MAX_BYTES"],
-        &[],
-        "Bytes kept for a disconnected client"
-    ),
-    opt!(
-        "buffer_ttl",
-        "SECS",
-        "600",
-        ["EG_BUFFER_TTL"],
-        &[],
-        "How long a disconnected client's messages are kept"
-    ),
-    opt!(
-        "ws_max_message_size",
-        "BYTES",
-        "104857600",
-        ["EG_WS_MAX_MESSAGE_SIZE"],
-        &[],
-        "Largest WebSocket message accepted"
-    ),
-    opt!(
-        "shutdown_kernels_on_exit",
-        "BOOL",
-        "true",
-        ["EG_SHUTDOWN_KERNELS_ON_EXIT"],
-        &[],
-        "Shut kernels down when the gateway stops"
-    ),
+    opt!("list_kernels", "BOOL", "false", ["EG_LIST_KERNELS", "KG_LIST_KERNELS"], APP, "Allow GET /api/kernels and /api/sessions"),
+    opt!("max_kernels", "N", "", ["EG_MAX_KERNELS", "KG_MAX_KERNELS"], APP, "Most kernels at once, starts in progress included"),
+    opt!("max_kernels_per_user", "N", "-1", ["EG_MAX_KERNELS_PER_USER"], APP, "Most kernels per KERNEL_USERNAME (-1 = no limit)"),
+    opt!("default_kernel_name", "NAME", "", ["EG_DEFAULT_KERNEL_NAME", "KG_DEFAULT_KERNEL_NAME"], APP, "Kernelspec used when a request names none (default python3)"),
+    opt!("allowed_kernelspecs", "LIST", "", ["EG_ALLOWED_KERNELSPECS"], &["KernelSpecManager"], None, "Only these kernelspecs are listed and started (comma list)"),
+    opt!("kernelspec_dirs", "LIST", "", ["EG_KERNELSPEC_DIRS"], &[], "Extra kernelspec directories searched after the Jupyter path (comma list of .../kernels dirs)"),
+    opt!("authorized_users", "LIST", "", ["EG_AUTHORIZED_USERS", "GP_AUTHORIZED_USERS"], APP, "Users allowed to start kernels (empty = all not refused)"),
+    opt!("unauthorized_users", "LIST", "root", ["EG_UNAUTHORIZED_USERS", "GP_UNAUTHORIZED_USERS"], APP, "Users refused"),
+    opt!("impersonation_enabled", "BOOL", "false", ["EG_IMPERSONATION_ENABLED", "GP_IMPERSONATION_ENABLED"], APP, "Run kernels as KERNEL_USERNAME where the backend supports it"),
+    opt!("client_envs", "LIST", "", ["EG_CLIENT_ENVS", "EG_ENV_WHITELIST"], APP, "Request env variables passed to kernels besides KERNEL_* (`*` = all)"),
+    opt!("inherited_envs", "LIST", "", ["EG_INHERITED_ENVS", "EG_ENV_PROCESS_WHITELIST"], APP, "Gateway env variables passed to kernels"),
+    opt!("kernel_headers", "LIST", "", ["EG_KERNEL_HEADERS"], APP, "Accepted for compatibility"),
+    opt!("port_range", "LO..HI", "0..0", ["EG_PORT_RANGE", "GP_PORT_RANGE"], APP, "Kernel ports come from this range (0..0 = any)"),
+    opt!("launch_timeout", "SECS", "30", ["EG_KERNEL_LAUNCH_TIMEOUT", "GP_LAUNCH_TIMEOUT"], &[], "Default kernel launch deadline"),
+    opt!("max_launch_timeout", "SECS", "600", ["EG_MAX_KERNEL_LAUNCH_TIMEOUT"], &[], "Upper bound on a request's KERNEL_LAUNCH_TIMEOUT"),
+    opt!("kernel_info_timeout", "SECS", "60", ["EG_KERNEL_INFO_TIMEOUT"], KM, "Wait for kernel_info before a WebSocket opens"),
+    opt!("shutdown_wait_time", "SECS", "5", ["EG_SHUTDOWN_WAIT_TIME"], &["KernelManager", "RemoteKernelManager"], "Graceful shutdown wait before a kernel is terminated"),
+    opt!("restart_limit", "N", "5", ["EG_RESTART_LIMIT"], &["KernelRestarter"], "Consecutive automatic restarts before a kernel is declared dead (0 = never restart)"),
+    opt!("cull_idle_timeout", "SECS", "0", ["EG_CULL_IDLE_TIMEOUT"], KM, "Shut down kernels idle this long (0 = never)"),
+    opt!("cull_interval", "SECS", "300", ["EG_CULL_INTERVAL"], KM, "How often idle kernels are looked for"),
+    opt!("cull_connected", "BOOL", "false", ["EG_CULL_CONNECTED"], KM, "Cull kernels with open connections too"),
+    opt!("cull_busy", "BOOL", "false", ["EG_CULL_BUSY"], KM, "Cull busy kernels too"),
+    opt!("cull_busy_timeout", "SECS", "0", ["EG_CULL_BUSY_TIMEOUT"], KM, "With cull_busy: busy kernels are culled after this long (0 = cull_idle_timeout)"),
+    opt!("buffer_max_messages", "N", "10000", ["EG_BUFFER_MAX_MESSAGES"], &[], "Messages kept for a disconnected client"),
+    opt!("buffer_max_bytes", "BYTES", "67108864", ["EG_BUFFER_MAX_BYTES"], &[], "Bytes kept for a disconnected client"),
+    opt!("buffer_ttl", "SECS", "600", ["EG_BUFFER_TTL"], &[], "How long a disconnected client's messages are kept"),
+    opt!("ws_max_message_size", "BYTES", "104857600", ["EG_WS_MAX_MESSAGE_SIZE"], &[], "Largest WebSocket message accepted"),
+    opt!("shutdown_kernels_on_exit", "BOOL", "true", ["EG_SHUTDOWN_KERNELS_ON_EXIT"], &[], "Shut kernels down when the gateway stops"),
     // Remote kernels (launchers call back; EG's DistributedProcessProxy).
-    opt!(
-        "remote_hosts",
-        "LIST",
-        "localhost",
-        ["EG_REMOTE_HOSTS"],
-        APP,
-        "Hosts for distributed (ssh) kernelspecs; a kernelspec's config.remote_hosts replaces them"
-    ),
-    opt!(
-        "load_balancing_algorithm",
-        "NAME",
-        "round-robin",
-        ["EG_LOAD_BALANCING_ALGORITHM"],
-        APP,
-        "How a remote host is chosen: round-robin"
-    ),
-    opt!(
-        "response_ip",
-        "ADDR",
-        "",
-        ["EG_RESPONSE_IP"],
-        &[],
-        "Address launchers call back to (default: this machine's primary address)"
-    ),
-    opt!(
-        "response_port",
-        "PORT",
-        "8877",
-        ["EG_RESPONSE_PORT"],
-        &[],
-        "Port of the launcher callback listener"
-    ),
-    opt!(
-        "response_port_retries",
-        "N",
-        "10",
-        ["EG_RESPONSE_PORT_RETRIES"],
-        &[],
-        "Further callback ports to try when the port is busy"
-    ),
-    opt!(
-        "response_addr_any",
-        "BOOL",
-        "false",
-        ["EG_RESPONSE_ADDR_ANY"],
-        &[],
-        "Bind the callback listener on all interfaces"
-    ),
-    opt!(
-        "socket_timeout",
-        "SECS",
-        "1",
-        ["EG_SOCKET_TIMEOUT"],
-        &[],
-        "Connect timeout of a remote kernel's communication port (at least 0.1)"
-    ),
-    opt!(
-        "runtime_dir",
-        "DIR",
-        "",
-        ["JUPYTER_RUNTIME_DIR"],
-        &[],
-        "Where connection files go (default ~/.local/share/jupyter/runtime)"
-    ),
-    opt!(
-        "kernel_log_dir",
-        "DIR",
-        "",
-        ["EG_KERNEL_LOG_DIR"],
-        &[],
-        "Where per-kernel logs go (default: the runtime dir)"
-    ),
+    opt!("remote_hosts", "LIST", "localhost", ["EG_REMOTE_HOSTS", "GP_REMOTE_HOSTS"], APP, "Hosts for distributed (ssh) kernelspecs; a kernelspec's config.remote_hosts replaces them"),
+    opt!("load_balancing_algorithm", "NAME", "round-robin", ["EG_LOAD_BALANCING_ALGORITHM", "GP_LOAD_BALANCING_ALGORITHM"], APP, "How a remote host is chosen: round-robin or least-connection"),
+    opt!("response_ip", "ADDR", "", ["EG_RESPONSE_IP", "GP_RESPONSE_IP"], &[], "Address launchers call back to (default: this machine's primary address)"),
+    opt!("response_port", "PORT", "8877", ["EG_RESPONSE_PORT", "GP_RESPONSE_PORT"], &[], "Port of the launcher callback listener"),
+    opt!("response_port_retries", "N", "10", ["EG_RESPONSE_PORT_RETRIES", "GP_RESPONSE_PORT_RETRIES"], &[], "Further callback ports to try when the port is busy"),
+    opt!("response_addr_any", "BOOL", "false", ["EG_RESPONSE_ADDR_ANY", "GP_RESPONSE_ADDR_ANY"], &[], "Bind the callback listener on all interfaces"),
+    opt!("socket_timeout", "SECS", "1", ["EG_SOCKET_TIMEOUT", "GP_SOCKET_TIMEOUT"], &[], "Connect timeout of a remote kernel's communication port (at least 0.1)"),
+    opt!("ssh_port", "PORT", "22", ["EG_SSH_PORT", "GP_SSH_PORT"], &[], "SSH port of the remote hosts"),
+    opt!("remote_user", "USER", "", ["EG_REMOTE_USER", "GP_REMOTE_USER"], &[], "SSH user on the remote hosts (default: the gateway's user; KERNEL_USERNAME with impersonation)"),
+    opt!("remote_pwd", "PASSWORD", "", ["EG_REMOTE_PWD", "GP_REMOTE_PWD"], &[], "SSH password (prefer the environment variable; never logged, never passed to kernels)"),
+    opt!("ssh_key_file", "FILE", "", ["EG_SSH_KEY_FILE"], &[], "SSH private key (default: the agent at SSH_AUTH_SOCK, then ~/.ssh/id_ed25519, id_rsa)"),
+    opt!("ssh_known_hosts", "FILE", "", ["EG_SSH_KNOWN_HOSTS"], &[], "known_hosts file that remote host keys are checked against (default ~/.ssh/known_hosts)"),
+    opt!("ssh_accept_unknown_hosts", "BOOL", "false", ["EG_SSH_ACCEPT_UNKNOWN_HOSTS"], &[], "Accept hosts missing from known_hosts (a changed key is always refused)"),
+    opt!("enable_tunneling", "BOOL", "false", ["EG_ENABLE_TUNNELING", "GP_ENABLE_TUNNELING"], &[], "Tunnel remote kernels' ports through the SSH connection"),
+    // YARN (EG's YarnClusterProcessProxy).
+    opt!("yarn_endpoint", "URL", "", ["EG_YARN_ENDPOINT", "GP_YARN_ENDPOINT"], APP, "YARN ResourceManager, e.g. http://rm:8088/ws/v1/cluster (default: from yarn-site.xml)"),
+    opt!("alt_yarn_endpoint", "URL", "", ["EG_ALT_YARN_ENDPOINT", "GP_ALT_YARN_ENDPOINT"], APP, "Second ResourceManager of an HA pair"),
+    opt!("yarn_endpoint_security_enabled", "BOOL", "false", ["EG_YARN_ENDPOINT_SECURITY_ENABLED", "GP_YARN_ENDPOINT_SECURITY_ENABLED"], APP, "Kerberos/SPNEGO to the ResourceManager (not supported yet: refused with a clear error)"),
+    opt!("yarn_cert_bundle", "FILE", "", ["EG_YARN_CERT_BUNDLE"], &[], "CA bundle (PEM) trusted for an HTTPS ResourceManager"),
+    opt!("hadoop_conf_dir", "DIR", "", ["YARN_CONF_DIR", "HADOOP_CONF_DIR"], &[], "Directory of yarn-site.xml, for ResourceManager addresses"),
+    opt!("runtime_dir", "DIR", "", ["JUPYTER_RUNTIME_DIR"], &[], "Where connection files go (default ~/.local/share/jupyter/runtime)"),
+    opt!("kernel_log_dir", "DIR", "", ["EG_KERNEL_LOG_DIR", "GP_KERNEL_LOG_DIR"], &[], "Where per-kernel logs go (default: the runtime dir)"),
 ];
 
 /// Where an option's value came from.

@@ -13,6 +13,9 @@ use kernel_launcher::PortRange;
 use kernel_launcher::env::EnvPolicy;
 use kernel_launcher::response::ListenerOptions;
 use resource_managers::local::LocalConfig;
+use resource_managers::ssh::SshOptions;
+use resource_managers::ssh::balance::LoadBalancing;
+use resource_managers::ssh::session::{HostKeys, Secret, SshAuth};
 
 use crate::options::RawOptions;
 
@@ -39,6 +42,20 @@ pub(crate) struct Settings {
     pub(crate) remote_hosts: Vec<String>,
     /// Communication-port connect timeout.
     pub(crate) comm_timeout: Duration,
+    /// SSH backend settings.
+    pub(crate) ssh: SshOptions,
+    /// YARN backend settings (the response listener is added at start-up).
+    pub(crate) yarn: YarnSettings,
+}
+
+/// What the YARN backend needs from the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct YarnSettings {
+    pub(crate) endpoint: Option<String>,
+    pub(crate) alt_endpoint: Option<String>,
+    pub(crate) conf_dir: Option<PathBuf>,
+    pub(crate) kerberos: bool,
+    pub(crate) ca_bundle: Option<PathBuf>,
 }
 
 /// A typed reader over raw options; every error names the option.
@@ -228,18 +245,45 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         port_retries: r.number::<u16>("response_port_retries")?.unwrap_or(10),
         ..ListenerOptions::default()
     };
-    match raw.get("load_balancing_algorithm").trim() {
-        "" | "round-robin" => {}
-        "least-connection" => tracing::warn!(
-            "load_balancing_algorithm least-connection is not implemented yet; using round-robin"
-        ),
-        other => {
-            bail!("--load_balancing_algorithm: {other:?} is not round-robin or least-connection")
-        }
-    }
+    let load_balancing = match raw.get("load_balancing_algorithm").trim() {
+        "" => LoadBalancing::RoundRobin,
+        other => other
+            .parse::<LoadBalancing>()
+            .map_err(|e| anyhow!("--load_balancing_algorithm: {e}"))?,
+    };
+    let ssh = SshOptions {
+        port: r.number::<u16>("ssh_port")?.unwrap_or(22),
+        remote_user: r.text("remote_user"),
+        impersonation: r.bool("impersonation_enabled")?,
+        auth: SshAuth {
+            key_file: r.text("ssh_key_file").map(PathBuf::from),
+            key_passphrase: None,
+            agent_socket: env.get("SSH_AUTH_SOCK").map(PathBuf::from),
+            password: r.text("remote_pwd").map(Secret::new),
+        },
+        host_keys: HostKeys {
+            known_hosts: r
+                .text("ssh_known_hosts")
+                .map(PathBuf::from)
+                .or_else(|| home.as_ref().map(|h| h.join(".ssh/known_hosts"))),
+            accept_unknown: r.bool("ssh_accept_unknown_hosts")?,
+        },
+        load_balancing,
+        tunneling: r.bool("enable_tunneling")?,
+        ..SshOptions::default()
+    };
+    let yarn = YarnSettings {
+        endpoint: r.text("yarn_endpoint"),
+        alt_endpoint: r.text("alt_yarn_endpoint"),
+        conf_dir: r.text("hadoop_conf_dir").map(PathBuf::from),
+        kerberos: r.bool("yarn_endpoint_security_enabled")?,
+        ca_bundle: r.text("yarn_cert_bundle").map(PathBuf::from),
+    };
     let comm_timeout = r.secs("socket_timeout")?.max(Duration::from_millis(100));
 
     Ok(Settings {
+        ssh,
+        yarn,
         response_bind,
         response_options,
         remote_hosts: r.list("remote_hosts"),
@@ -365,6 +409,32 @@ mod tests {
             PathBuf::from("/home/x/.local/share/jupyter/runtime")
         );
         assert!(s.gateway.tls.is_none());
+    }
+
+    #[test]
+    fn option_defaults_agree_with_the_library_defaults() {
+        let s = settings(&[], &[]).expect("valid");
+        let (ours, lib) = (&s.gateway, &GatewayConfig::default());
+        assert_eq!(ours.base_url, lib.base_url);
+        assert_eq!(ours.list_kernels, lib.list_kernels);
+        assert_eq!(ours.max_kernels, lib.max_kernels);
+        assert_eq!(ours.max_kernels_per_user, lib.max_kernels_per_user);
+        assert_eq!(ours.default_kernel_name, lib.default_kernel_name);
+        assert_eq!(ours.unauthorized_users, lib.unauthorized_users);
+        assert_eq!(ours.port_range, lib.port_range);
+        assert_eq!(ours.launch_timeout, lib.launch_timeout);
+        assert_eq!(ours.max_launch_timeout, lib.max_launch_timeout);
+        assert_eq!(ours.kernel_info_timeout, lib.kernel_info_timeout);
+        assert_eq!(ours.shutdown_wait_time, lib.shutdown_wait_time);
+        assert_eq!(ours.restart_limit, lib.restart_limit);
+        assert_eq!(ours.culling.idle_timeout, lib.culling.idle_timeout);
+        assert_eq!(ours.culling.interval, lib.culling.interval);
+        assert_eq!(ours.ws_ping_interval, lib.ws_ping_interval);
+        assert_eq!(ours.ws_max_message_size, lib.ws_max_message_size);
+        assert_eq!(ours.buffer_max_messages, lib.buffer_max_messages);
+        assert_eq!(ours.buffer_max_bytes, lib.buffer_max_bytes);
+        assert_eq!(ours.buffer_ttl, lib.buffer_ttl);
+        assert_eq!(ours.shutdown_kernels_on_exit, lib.shutdown_kernels_on_exit);
     }
 
     #[test]

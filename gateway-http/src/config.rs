@@ -69,7 +69,8 @@ pub struct GatewayConfig {
     pub gateway_env: BTreeMap<String, String>,
     /// The OS user the gateway runs as (KERNEL_USERNAME default).
     pub gateway_user: String,
-    /// Exported to kernels as `EG_IMPERSONATION_ENABLED`.
+    /// Exported to kernels as `EG_IMPERSONATION_ENABLED`; local kernels then run as the
+    /// `KERNEL_USERNAME` account (the gateway must run as root; see the manager's `identity`).
     pub impersonation_enabled: bool,
     /// Ports for kernels.
     pub port_range: PortRange,
@@ -79,7 +80,9 @@ pub struct GatewayConfig {
     pub root_dir: PathBuf,
     /// Default launch timeout (`EG_KERNEL_LAUNCH_TIMEOUT`, 30 s).
     pub launch_timeout: Duration,
-    /// Upper bound on a request's `KERNEL_LAUNCH_TIMEOUT`.
+    /// Upper bound on a request's `KERNEL_LAUNCH_TIMEOUT`. The launch timeout is the one deadline
+    /// of a start (or restart): launch plus readiness; past it the launch is torn down and the
+    /// client gets the real reason.
     pub max_launch_timeout: Duration,
     /// Wait for kernel_info before a WebSocket upgrade, and readiness after start.
     pub kernel_info_timeout: Duration,
@@ -93,14 +96,69 @@ pub struct GatewayConfig {
     pub ws_ping_interval: Duration,
     /// Largest incoming WebSocket message.
     pub ws_max_message_size: usize,
-    /// Messages kept for a disconnected client.
+    /// Messages kept for a disconnected client (all channels of its session; the oldest are
+    /// dropped and counted). Also bounds each connected client's queue (at least 1024).
     pub buffer_max_messages: usize,
-    /// Bytes kept for a disconnected client.
+    /// Bytes kept for a disconnected client; also bounds each client's queue (at least 1 MiB).
     pub buffer_max_bytes: usize,
-    /// How long a disconnected client's buffer is kept.
+    /// How long a disconnected client's buffer is kept. Any of the three at zero disables
+    /// buffering.
     pub buffer_ttl: Duration,
     /// On gateway shutdown, shut kernels down (true) or leave them running.
     pub shutdown_kernels_on_exit: bool,
     /// TLS server settings, when TLS is on.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Default for Culling {
+    /// Culling off, as in Enterprise Gateway (`cull_idle_timeout` 0, `cull_interval` 300 s).
+    fn default() -> Culling {
+        Culling {
+            idle_timeout: Duration::ZERO,
+            interval: Duration::from_secs(300),
+            cull_connected: false,
+            cull_busy: false,
+            busy_timeout: Duration::ZERO,
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    /// Enterprise Gateway's defaults (the binary's option table has the same ones; a test in
+    /// `gateway-bin` keeps them in step). Kernelspec directories, the gateway's environment and
+    /// user are empty: an embedding program fills them in.
+    fn default() -> GatewayConfig {
+        GatewayConfig {
+            base_url: "/".to_owned(),
+            auth_token: None,
+            cors: Cors::default(),
+            list_kernels: false,
+            max_kernels: None,
+            max_kernels_per_user: None,
+            default_kernel_name: "python3".to_owned(),
+            allowed_kernelspecs: Vec::new(),
+            authorized_users: Vec::new(),
+            unauthorized_users: vec!["root".to_owned()],
+            env_policy: EnvPolicy::default(),
+            gateway_env: BTreeMap::new(),
+            gateway_user: String::new(),
+            impersonation_enabled: false,
+            port_range: PortRange::default(),
+            kernelspec_dirs: Vec::new(),
+            root_dir: PathBuf::from("/"),
+            launch_timeout: Duration::from_secs(30),
+            max_launch_timeout: Duration::from_secs(600),
+            kernel_info_timeout: Duration::from_secs(60),
+            shutdown_wait_time: Duration::from_secs(5),
+            restart_limit: 5,
+            culling: Culling::default(),
+            ws_ping_interval: Duration::from_secs(30),
+            ws_max_message_size: 100 << 20,
+            buffer_max_messages: 10_000,
+            buffer_max_bytes: 64 << 20,
+            buffer_ttl: Duration::from_secs(600),
+            shutdown_kernels_on_exit: true,
+            tls: None,
+        }
+    }
 }

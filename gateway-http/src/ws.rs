@@ -6,7 +6,14 @@
 //! present) unless the client offers the `v1.kernel.websocket.jupyter.org` subprotocol.
 //!
 //! After a kernel restart the supervisor tells every connection to rebuild its DEALERs (a zeromq
-//! DEALER does not survive its peer restarting); the WebSocket itself stays open.
+//! DEALER does not survive its peer restarting); the WebSocket itself stays open, and client
+//! messages sent while the kernel restarts are held and sent to the new process.
+//!
+//! Nothing is lost or doubled when a connection ends: whatever it had not delivered (its queue,
+//! a message whose send failed) and its DEALERs go to the connection that replaced it (same
+//! `session_id`), or back to the supervisor, which keeps them for a reconnect of that session
+//! when this was the kernel's last client (see the `hub` module of the manager).
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +24,18 @@ use axum::response::Response;
 use jupyter_protocol::sockets::SessionChannels;
 use jupyter_protocol::websocket::{V1_SUBPROTOCOL, WsFrame, legacy, v1};
 use jupyter_protocol::{Channel, ConnectionInfo, Message};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 
 use crate::Error;
-use crate::manager::{ClientLease, ClientNotice, KernelManager, Kick, KickSignal, socket_options};
+use crate::manager::{
+    ClientLease, ClientNotice, Handover, KernelManager, Kick, KickSignal, socket_options,
+};
 
-/// How long a new connection waits for the connection it replaces to release its sockets.
+/// How long a new connection waits for the connection it replaces to hand over.
 const REPLACE_WAIT: Duration = Duration::from_secs(2);
+/// Client messages held while the kernel restarts; beyond this the oldest are dropped.
+const HELD_WHILE_RESTARTING: usize = 1000;
 /// Minimum time without any frame from the client before a pinged connection is closed.
 const MIN_PONG_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -92,13 +104,20 @@ async fn serve(
         kernel_id,
         session_id,
         mode,
-        channels: None,
+        channels: lease.attached.channels.take(),
         kick: lease.attached.kick.clone(),
+        pending: std::mem::take(&mut lease.attached.replay),
+        held: VecDeque::new(),
     };
-    bridge.run(&mut socket, &mut lease).await;
-    drop(bridge);
-    // Dropping the lease releases this session's identity and detaches from the supervisor.
-    drop(lease);
+    let stop = bridge.serve(&mut socket, &mut lease).await;
+    if let Stop::Close(code, reason) = stop {
+        close(&mut socket, code, reason).await;
+    }
+    tracing::debug!(kernel_id = %bridge.kernel_id, session_id = %bridge.session_id, "WebSocket closed");
+    // What this connection did not deliver goes to its successor (when replaced) or back to the
+    // supervisor, which keeps it for a reconnect when this was the last client.
+    let handover = bridge.leftovers();
+    lease.finish(handover);
 }
 
 /// A connection's state.
@@ -110,6 +129,11 @@ struct Bridge {
     channels: Option<SessionChannels>,
     /// This connection's disconnect signal (also ends a send the client does not take).
     kick: KickSignal,
+    /// Messages to deliver before anything else (a predecessor's leftovers, the replay), and
+    /// any message whose send failed.
+    pending: VecDeque<(Channel, Message)>,
+    /// Client messages held while the kernel restarts, sent once the sockets are rebuilt.
+    held: VecDeque<(Channel, Message)>,
 }
 
 /// Why the loop stopped, and what to tell the client.
@@ -129,29 +153,61 @@ async fn next_reply(channels: &mut Option<SessionChannels>) -> Option<(Channel, 
 }
 
 impl Bridge {
-    async fn run(&mut self, socket: &mut WebSocket, lease: &mut ClientLease) {
-        let stop = self.serve(socket, lease).await;
-        if let Stop::Close(code, reason) = stop {
-            close(socket, code, reason).await;
+    /// This connection's undelivered messages and sockets (its queue is added by the lease).
+    fn leftovers(&mut self) -> Handover {
+        Handover {
+            messages: std::mem::take(&mut self.pending),
+            channels: self.channels.take(),
+            queue: None,
         }
-        tracing::debug!(kernel_id = %self.kernel_id, session_id = %self.session_id, "WebSocket closed");
+    }
+
+    /// Takes over from a replaced connection: its undelivered messages come first, and its
+    /// sockets are reused (same identity, and replies still in flight are not lost).
+    async fn take_over(&mut self, from: oneshot::Receiver<Handover>) {
+        match timeout(REPLACE_WAIT, from).await {
+            Ok(Ok(handover)) => {
+                let (mut messages, channels) = handover.into_parts();
+                messages.append(&mut self.pending);
+                self.pending = messages;
+                if self.channels.is_none() {
+                    self.channels = channels;
+                }
+            }
+            Ok(Err(_)) => {
+                tracing::debug!(kernel_id = %self.kernel_id, session_id = %self.session_id,
+                    "the replaced connection left nothing behind");
+            }
+            Err(_) => {
+                tracing::warn!(kernel_id = %self.kernel_id, session_id = %self.session_id,
+                    "replaced connection did not hand over in time");
+            }
+        }
+    }
+
+    /// Sends the pending messages in order; false when the socket failed (the rest stay pending).
+    async fn flush_pending(&mut self, socket: &mut WebSocket) -> bool {
+        while let Some((channel, msg)) = self.pending.pop_front() {
+            if !self.send(socket, channel, &msg).await {
+                self.pending.push_front((channel, msg));
+                return false;
+            }
+        }
+        true
     }
 
     async fn serve(&mut self, socket: &mut WebSocket, lease: &mut ClientLease) -> Stop {
-        if let Some(previous) = lease.attached.replaced.take()
-            && timeout(REPLACE_WAIT, previous.cancelled()).await.is_err()
-        {
-            tracing::warn!(kernel_id = %self.kernel_id, session_id = %self.session_id,
-                "replaced connection did not release its sockets in time");
+        if let Some(from) = lease.attached.replaced.take() {
+            self.take_over(from).await;
         }
-        let connection = lease.attached.connection.clone();
-        if let Err(stop) = self.connect(&connection).await {
-            return stop;
-        }
-        for msg in std::mem::take(&mut lease.attached.replay) {
-            if !self.send(socket, Channel::Iopub, &msg).await {
-                return Stop::Silent;
+        if self.channels.is_none() {
+            let connection = lease.attached.connection.clone();
+            if let Err(stop) = self.connect(&connection).await {
+                return stop;
             }
+        }
+        if !self.flush_pending(socket).await {
+            return Stop::Silent;
         }
         let config = Arc::clone(self.manager.config());
         let ping_every = config.ws_ping_interval;
@@ -180,6 +236,7 @@ impl Bridge {
                 reply = next_reply(&mut self.channels) => match reply {
                     Some((channel, msg)) => {
                         if !self.send(socket, channel, &msg).await {
+                            self.pending.push_back((channel, msg));
                             return Stop::Silent;
                         }
                     }
@@ -188,7 +245,7 @@ impl Bridge {
                         self.channels = None;
                     }
                 },
-                notice = lease.attached.notices.recv() => match notice {
+                notice = lease.attached.queue.recv() => match notice {
                     Some(notice) => {
                         if let Some(stop) = self.on_notice(socket, notice).await {
                             return stop;
@@ -197,9 +254,9 @@ impl Bridge {
                     None => return Stop::Close(close_code::NORMAL, "kernel shut down"),
                 },
                 why = kick.kicked() => {
-                    if why != Kick::TooSlow {
+                    if matches!(why, Kick::KernelGone | Kick::Culled | Kick::GatewayExit) {
                         // Deliver what was queued before the kick (e.g. the final `dead` status).
-                        while let Ok(notice) = lease.attached.notices.try_recv() {
+                        while let Some(notice) = lease.attached.queue.try_recv() {
                             if let Some(stop) = self.on_notice(socket, notice).await {
                                 return stop;
                             }
@@ -209,6 +266,7 @@ impl Bridge {
                         Kick::Replaced => Stop::Close(close_code::NORMAL, "replaced by a newer connection"),
                         Kick::TooSlow => Stop::Close(close_code::POLICY, "client too slow"),
                         Kick::KernelGone => Stop::Close(close_code::NORMAL, "kernel shut down"),
+                        Kick::Culled => Stop::Close(close_code::NORMAL, "kernel culled"),
                         Kick::GatewayExit => Stop::Close(close_code::AWAY, "gateway shutting down"),
                     };
                 }
@@ -233,6 +291,11 @@ impl Bridge {
         let opts = socket_options(config.kernel_info_timeout);
         match SessionChannels::connect(connection, &self.session_id, &opts).await {
             Ok(channels) => {
+                for (channel, msg) in self.held.drain(..) {
+                    if let Err(err) = channels.sender.send(channel, msg).await {
+                        tracing::warn!(kernel_id = %self.kernel_id, error = %err, "cannot forward a held client message to the kernel");
+                    }
+                }
                 self.channels = Some(channels);
                 Ok(())
             }
@@ -250,8 +313,13 @@ impl Bridge {
         match notice {
             ClientNotice::Iopub(msg) => {
                 if !self.send(socket, Channel::Iopub, &msg).await {
+                    self.pending.push_back((Channel::Iopub, msg));
                     return Some(Stop::Silent);
                 }
+            }
+            ClientNotice::Suspend => {
+                tracing::debug!(kernel_id = %self.kernel_id, session_id = %self.session_id, "kernel restarting; holding client messages");
+                self.channels = None;
             }
             ClientNotice::Rebuild(connection) => {
                 tracing::debug!(kernel_id = %self.kernel_id, session_id = %self.session_id, "rebuilding sockets after a restart");
@@ -298,7 +366,11 @@ impl Bridge {
             return None;
         }
         let Some(channels) = &self.channels else {
-            tracing::info!(kernel_id = %self.kernel_id, "dropping a client message while the kernel restarts");
+            if self.held.len() >= HELD_WHILE_RESTARTING {
+                tracing::warn!(kernel_id = %self.kernel_id, "too many client messages while the kernel restarts; dropping the oldest");
+                self.held.pop_front();
+            }
+            self.held.push_back((channel, msg));
             return None;
         };
         if let Err(err) = channels.sender.send(channel, msg).await {

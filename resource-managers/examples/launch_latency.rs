@@ -37,6 +37,7 @@ fn request(spec: &KernelSpec) -> LaunchRequest {
         timeout: Duration::from_secs(60),
         previous: None,
         username: "bench".to_owned(),
+        run_as: None,
     }
 }
 

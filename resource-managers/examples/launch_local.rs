@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
             timeout: Duration::from_secs(30),
             previous: None,
             username: "example".to_owned(),
+            run_as: None,
         })
         .await?;
     println!(

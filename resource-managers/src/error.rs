@@ -36,4 +36,11 @@ pub enum Error {
     /// I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The cluster has no room for the kernel (a YARN queue over its threshold, an application
+    /// still waiting for resources at the deadline): a capacity problem, not the kernel's fault.
+    #[error("{0}")]
+    Capacity(String),
+    /// The YARN ResourceManager could not be reached or refused a call.
+    #[error(transparent)]
+    Yarn(#[from] crate::yarn::YarnError),
 }

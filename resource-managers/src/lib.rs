@@ -58,6 +58,7 @@
 //!         timeout: Duration::from_secs(30),
 //!         previous: None,
 //!         username: "alice".into(),
+//!         run_as: None,
 //!     })
 //!     .await?;
 //! println!("shell port {}", kernel.connection.shell_port);
@@ -145,6 +146,20 @@ pub struct LaunchRequest {
     pub previous: Option<ConnectionInfo>,
     /// The effective user name.
     pub username: String,
+    /// The OS account to run the kernel as (impersonation), when not the gateway's own. Only the
+    /// local backend applies it; others leave impersonation to their launch scripts.
+    pub run_as: Option<RunAs>,
+}
+
+/// An OS account a kernel process runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Home directory (the gateway also sets `HOME` in the kernel's environment).
+    pub home: PathBuf,
 }
 
 /// A started kernel: how to talk to it, and its process.

@@ -521,6 +521,25 @@ fn spawn(
     }
     let argv = template::substitute(&spec.argv, &vars);
 
+    if let Some(run_as) = &request.run_as {
+        std::os::unix::fs::chown(connection_file, Some(run_as.uid), Some(run_as.gid))?;
+    }
+    spawn_logged(request, program, &argv, log_path, "kernel")
+}
+
+/// Starts `argv` (with `program` as the resolved `argv[0]`) the way every backend starts a local
+/// process: exactly the request's environment plus `JPY_PARENT_PID`, in its own process group,
+/// stdin closed, stdout and stderr appended to `log_path` (mode 0600), in the request's working
+/// directory, as the request's `run_as` account when set. `what` names the process in errors
+/// ("kernel", "launcher", "submit command").
+pub(crate) fn spawn_logged(
+    request: &LaunchRequest,
+    program: &Path,
+    argv: &[String],
+    log_path: &Path,
+    what: &str,
+) -> Result<tokio::process::Child, Error> {
+    let name = &request.spec.name;
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -528,8 +547,7 @@ fn spawn(
         .open(log_path)
         .map_err(|e| {
             Error::Spawn(format!(
-                "kernel '{}': cannot open log {}: {e}",
-                spec.name,
+                "kernel '{name}': cannot open log {}: {e}",
                 log_path.display()
             ))
         })?;
@@ -550,7 +568,6 @@ fn spawn(
         command.current_dir(cwd);
     }
     if let Some(run_as) = &request.run_as {
-        std::os::unix::fs::chown(connection_file, Some(run_as.uid), Some(run_as.gid))?;
         command.uid(run_as.uid).gid(run_as.gid);
     }
     command.spawn().map_err(|e| {
@@ -559,9 +576,13 @@ fn spawn(
             .as_ref()
             .map(|c| format!(" in {}", c.display()))
             .unwrap_or_default();
+        let subject = if what == "kernel" {
+            format!("kernel '{name}'")
+        } else {
+            format!("the {what} of kernel '{name}'")
+        };
         Error::Spawn(format!(
-            "cannot start kernel '{}': {}{cwd}: {e}",
-            spec.name,
+            "cannot start {subject}: {}{cwd}: {e}",
             program.display()
         ))
     })

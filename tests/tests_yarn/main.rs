@@ -1,9 +1,11 @@
 //! Tests of the YARN RM emulator, the stand-in `spark-submit`, and the
 //! `resource_managers::yarn` client against it (plus yarn-api-client, the Python library EG uses).
 
+mod backend;
 mod client;
 mod python;
 mod rest;
+mod spark;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -150,12 +150,20 @@ fn setup(root: &Path) -> Result<()> {
 
 /// Debian packages the tests need. Installs only what is missing, and only with apt-get as root.
 ///
-/// Today that is Python's `venv` support (`python3-venv`, which also brings `ensurepip`), needed
-/// only when the host Python cannot create a virtual environment.
+/// Python's `venv` support (`python3-venv`, which also brings `ensurepip`) when the host Python
+/// cannot create a virtual environment; OpenSSH's server for the SSH backend's test hosts (it
+/// brings `ssh-keygen` and `ssh-agent` with openssh-client); a Java runtime for the Spark test
+/// (pyspark's master and worker).
 fn ensure_debian_packages() -> Result<()> {
     let mut missing: Vec<&str> = Vec::new();
     if !command_succeeds(Command::new("python3").args(["-c", "import venv, ensurepip"])) {
         missing.extend(["python3", "python3-venv"]);
+    }
+    if !Path::new("/usr/sbin/sshd").exists() || !Path::new("/usr/bin/ssh-keygen").exists() {
+        missing.push("openssh-server");
+    }
+    if !command_succeeds(Command::new("java").arg("-version")) {
+        missing.push("default-jre-headless");
     }
     if missing.is_empty() {
         println!("setup: Debian packages: nothing to install");

@@ -2,7 +2,7 @@
 //! built explicitly from the manager's or the launcher's own types.
 use std::collections::BTreeMap;
 
-use kernel_launcher::{InterruptMode, KernelSpec};
+use kernel_launcher::{Backend, InterruptMode, KernelSpec};
 use serde::Serialize;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
@@ -82,6 +82,10 @@ pub struct KernelSpecModel {
     pub spec: SpecModel,
     /// Resource file URLs by key (`logo-64x64`, `kernel.js`, ...).
     pub resources: BTreeMap<String, String>,
+    /// Why this gateway cannot start the kernelspec (a backend it does not support), when it
+    /// cannot; absent otherwise. Clients that do not know the key ignore it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 /// The `spec` part of a kernelspec model.
@@ -127,6 +131,10 @@ impl KernelSpecModel {
                 },
             },
             resources,
+            unavailable: match &spec.backend {
+                Backend::Unsupported(reason) => Some(reason.clone()),
+                Backend::Named(_) => None,
+            },
         }
     }
 }

@@ -1,24 +1,42 @@
-//! The iopub fan-out of one kernel: attached WebSocket clients, each with a bounded queue, and the
-//! reconnect buffer kept for a session whose last client went away.
+//! The fan-out of one kernel to its WebSocket clients, and what is kept for a session whose client
+//! went away.
 //!
-//! A client that cannot keep up is disconnected rather than silently missing messages.
+//! * Each attached client has a queue bounded in messages and bytes (the reconnect-buffer limits).
+//!   A client that falls that far behind is disconnected; what it had not received yet, and what
+//!   arrives until it is gone, is kept and offered to its successor, so nothing is lost or doubled.
+//! * When the last client of a kernel goes, its session's undelivered messages, its kernel sockets
+//!   (so shell and stdin replies keep arriving) and every later iopub message go into one *offline
+//!   buffer*, bounded in count and bytes (the oldest are dropped and counted) and kept for a
+//!   configurable time. A client that comes back with the same session id gets it replayed in
+//!   order, once; any other client, or the time running out, discards it.
+//! * A connection replaced by a newer one with the same session id hands its queued messages and
+//!   its sockets over to the newer one ([`Handover`]).
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jupyter_protocol::{ConnectionInfo, Message};
-use tokio::sync::mpsc;
+use jupyter_protocol::sockets::SessionChannels;
+use jupyter_protocol::{Channel, ConnectionInfo, Header, Message};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Messages queued per client before it counts as too slow.
-pub(crate) const CLIENT_QUEUE: usize = 4096;
+use super::kernel::GATEWAY_USERNAME;
+
+/// A client queue holds at least this many messages, even when buffering is disabled.
+const MIN_QUEUE_MESSAGES: usize = 1024;
+/// A client queue holds at least this many bytes, even when buffering is disabled.
+const MIN_QUEUE_BYTES: usize = 1 << 20;
 
 /// What the supervisor tells an attached client.
 #[derive(Debug)]
 pub(crate) enum ClientNotice {
     /// An iopub message (from the kernel, or a synthetic status).
     Iopub(Message),
+    /// The kernel is being restarted: its sockets lead nowhere until `Rebuild`; hold client
+    /// messages until then.
+    Suspend,
     /// The kernel restarted: drop the shell/control/stdin sockets and connect new ones here.
     Rebuild(ConnectionInfo),
 }
@@ -30,17 +48,20 @@ pub(crate) enum Kick {
     Replaced,
     /// Its queue overflowed.
     TooSlow,
-    /// The kernel is gone (shut down, culled, dead).
+    /// The kernel was shut down or died.
     KernelGone,
+    /// The kernel was culled.
+    Culled,
     /// The gateway is shutting down.
     GatewayExit,
 }
 
-/// A disconnect signal carrying its reason.
+/// A disconnect signal carrying its reason (and, for a replacement, where to hand things over).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct KickSignal {
     token: CancellationToken,
     reason: Arc<Mutex<Option<Kick>>>,
+    successor: Arc<Mutex<Option<oneshot::Sender<Handover>>>>,
 }
 
 impl KickSignal {
@@ -53,13 +74,106 @@ impl KickSignal {
         reason.get_or_insert(why);
         self.token.cancel();
     }
+    /// Disconnects the client because a newer one took its session; its leftovers go to `to`.
+    fn replace(&self, to: oneshot::Sender<Handover>) {
+        *self
+            .successor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(to);
+        self.kick(Kick::Replaced);
+    }
+    /// Where this (replaced) client hands its leftovers, if it was replaced.
+    pub(crate) fn successor(&self) -> Option<oneshot::Sender<Handover>> {
+        self.successor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
     /// Resolves once kicked.
     pub(crate) async fn kicked(&self) -> Kick {
         self.token.cancelled().await;
-        self.reason
+        self.reason().unwrap_or(Kick::KernelGone)
+    }
+    /// The reason, once kicked.
+    pub(crate) fn reason(&self) -> Option<Kick> {
+        *self
+            .reason
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .unwrap_or(Kick::KernelGone)
+    }
+}
+
+/// Messages queued for a client and not yet taken, counted so the queue stays bounded.
+#[derive(Debug, Default)]
+struct Gauge {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// A client's queue (the receiving side).
+#[derive(Debug)]
+pub(crate) struct ClientQueue {
+    rx: mpsc::UnboundedReceiver<ClientNotice>,
+    gauge: Arc<Gauge>,
+}
+
+impl ClientQueue {
+    fn taken(&self, notice: &ClientNotice) {
+        if let ClientNotice::Iopub(msg) = notice {
+            self.gauge.messages.fetch_sub(1, Ordering::Relaxed);
+            self.gauge.bytes.fetch_sub(msg.size(), Ordering::Relaxed);
+        }
+    }
+    /// The next notice; `None` once the supervisor dropped this client.
+    pub(crate) async fn recv(&mut self) -> Option<ClientNotice> {
+        let notice = self.rx.recv().await?;
+        self.taken(&notice);
+        Some(notice)
+    }
+    /// Moves the queue out, leaving a closed, empty one.
+    pub(crate) fn take(&mut self) -> ClientQueue {
+        let (_, rx) = mpsc::unbounded_channel();
+        std::mem::replace(
+            self,
+            ClientQueue {
+                rx,
+                gauge: Arc::new(Gauge::default()),
+            },
+        )
+    }
+    /// The next notice if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<ClientNotice> {
+        let notice = self.rx.try_recv().ok()?;
+        self.taken(&notice);
+        Some(notice)
+    }
+}
+
+/// What a departing connection leaves behind: messages it did not deliver (oldest first), its
+/// kernel sockets, and the rest of its queue.
+#[derive(Debug, Default)]
+pub(crate) struct Handover {
+    /// Undelivered messages, oldest first.
+    pub(crate) messages: VecDeque<(Channel, Message)>,
+    /// The connection's kernel sockets (identity = its session id), if it had live ones.
+    pub(crate) channels: Option<SessionChannels>,
+    /// Its queue: drained after the supervisor stopped filling it, so nothing is missed.
+    pub(crate) queue: Option<ClientQueue>,
+}
+
+impl Handover {
+    /// Everything undelivered in order, and the sockets if they are still current (a restart
+    /// notice in the queue means they point at a process that is gone).
+    pub(crate) fn into_parts(mut self) -> (VecDeque<(Channel, Message)>, Option<SessionChannels>) {
+        if let Some(mut queue) = self.queue.take() {
+            while let Some(notice) = queue.try_recv() {
+                match notice {
+                    ClientNotice::Iopub(msg) => self.messages.push_back((Channel::Iopub, msg)),
+                    ClientNotice::Suspend | ClientNotice::Rebuild(_) => self.channels = None,
+                }
+            }
+        }
+        (self.messages, self.channels)
     }
 }
 
@@ -69,44 +183,83 @@ pub(crate) struct Attached {
     /// Its id at the supervisor.
     pub(crate) client_id: u64,
     /// Its queue.
-    pub(crate) notices: mpsc::Receiver<ClientNotice>,
+    pub(crate) queue: ClientQueue,
     /// Disconnect signal.
     pub(crate) kick: KickSignal,
-    /// Cancel when this client's kernel sockets are closed.
-    pub(crate) gone: CancellationToken,
-    /// The replaced client's `gone` token: wait for it before connecting with the same identity.
-    pub(crate) replaced: Option<CancellationToken>,
-    /// Buffered iopub messages of this session, to send before anything from `notices`.
-    pub(crate) replay: Vec<Message>,
+    /// The leftovers of the connection this one replaces, when it replaces one.
+    pub(crate) replaced: Option<oneshot::Receiver<Handover>>,
+    /// Kept messages of this session, sent after the replaced connection's leftovers and before
+    /// anything from the queue.
+    pub(crate) replay: VecDeque<(Channel, Message)>,
+    /// Kernel sockets kept for this session, if any.
+    pub(crate) channels: Option<SessionChannels>,
     /// The kernel's current connection info.
     pub(crate) connection: ConnectionInfo,
 }
 
-#[derive(Debug)]
-struct Slot {
-    session_id: String,
-    tx: mpsc::Sender<ClientNotice>,
-    kick: KickSignal,
-    gone: CancellationToken,
-}
-
-/// Reconnect-buffer bounds.
+/// Bounds of queues and the offline buffer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BufferLimits {
     /// Messages kept.
     pub(crate) max_messages: usize,
     /// Bytes kept.
     pub(crate) max_bytes: usize,
-    /// How long a buffer waits for its session to come back.
+    /// How long an offline buffer waits for its session to come back.
     pub(crate) ttl: Duration,
+}
+
+impl BufferLimits {
+    fn buffering(&self) -> bool {
+        self.max_messages > 0 && self.max_bytes > 0 && !self.ttl.is_zero()
+    }
+}
+
+/// A bounded FIFO of messages that drops (and counts) the oldest when full.
+#[derive(Debug, Default)]
+pub(crate) struct Spill {
+    messages: VecDeque<(Channel, Message)>,
+    bytes: usize,
+    dropped: usize,
+}
+
+impl Spill {
+    /// Appends, dropping the oldest beyond the limits.
+    pub(crate) fn push(&mut self, item: (Channel, Message), max_messages: usize, max_bytes: usize) {
+        self.bytes += item.1.size();
+        self.messages.push_back(item);
+        while self.messages.len() > max_messages || self.bytes > max_bytes {
+            let Some((_, old)) = self.messages.pop_front() else {
+                break;
+            };
+            self.bytes = self.bytes.saturating_sub(old.size());
+            self.dropped += 1;
+        }
+    }
+    /// Messages held.
+    pub(crate) fn len(&self) -> usize {
+        self.messages.len()
+    }
+    /// Messages dropped so far.
+    pub(crate) fn dropped(&self) -> usize {
+        self.dropped
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    session_id: String,
+    tx: mpsc::UnboundedSender<ClientNotice>,
+    gauge: Arc<Gauge>,
+    kick: KickSignal,
+    /// Set once the client fell too far behind: what it misses until it is gone.
+    overflow: Option<Spill>,
 }
 
 #[derive(Debug)]
 struct OfflineBuffer {
     session_id: String,
-    messages: VecDeque<Message>,
-    bytes: usize,
-    dropped: usize,
+    spill: Spill,
+    channels: Option<SessionChannels>,
     expires: Instant,
 }
 
@@ -118,6 +271,8 @@ pub(crate) struct Hub {
     next_id: u64,
     limits: BufferLimits,
     buffer: Option<OfflineBuffer>,
+    /// Counter for the ids of synthetic messages (`<session>_<n>`, as EG).
+    synthetic: u64,
 }
 
 impl Hub {
@@ -129,6 +284,7 @@ impl Hub {
             next_id: 0,
             limits,
             buffer: None,
+            synthetic: 0,
         }
     }
 
@@ -137,10 +293,18 @@ impl Hub {
         self.clients.len()
     }
 
-    /// Registers a client; a client with the same session id is replaced at once, and a buffer kept
-    /// for this session is handed over (any other buffer is discarded).
+    fn queue_limits(&self) -> (usize, usize) {
+        (
+            self.limits.max_messages.max(MIN_QUEUE_MESSAGES),
+            self.limits.max_bytes.max(MIN_QUEUE_BYTES),
+        )
+    }
+
+    /// Registers a client. A client with the same session id is replaced at once (its leftovers
+    /// are handed over); a buffer kept for this session is handed over, any other is discarded.
     pub(crate) fn attach(&mut self, session_id: &str, connection: ConnectionInfo) -> Attached {
         let mut replaced = None;
+        let mut replay = VecDeque::new();
         let stale: Vec<u64> = self
             .clients
             .iter()
@@ -150,29 +314,34 @@ impl Hub {
         for id in stale {
             if let Some(slot) = self.clients.remove(&id) {
                 tracing::info!(kernel_id = %self.kernel_id, session_id, "replacing stale connection");
-                slot.kick.kick(Kick::Replaced);
-                replaced = Some(slot.gone);
+                let (to, from) = oneshot::channel();
+                slot.kick.replace(to);
+                replaced = Some(from);
+                if let Some(overflow) = slot.overflow {
+                    replay.extend(overflow.messages);
+                }
             }
         }
-        let replay = match self.buffer.take() {
+        let mut channels = None;
+        match self.buffer.take() {
             Some(buffer) if buffer.session_id == session_id => {
-                if buffer.dropped > 0 {
-                    tracing::warn!(kernel_id = %self.kernel_id, session_id, dropped = buffer.dropped,
-                        "reconnect buffer overflowed; the oldest messages were dropped");
+                if buffer.spill.dropped() > 0 {
+                    tracing::warn!(kernel_id = %self.kernel_id, session_id, dropped = buffer.spill.dropped(),
+                        "the offline buffer overflowed; its oldest messages were dropped");
                 }
-                tracing::debug!(kernel_id = %self.kernel_id, session_id, count = buffer.messages.len(), "replaying buffered messages");
-                Vec::from(buffer.messages)
+                tracing::info!(kernel_id = %self.kernel_id, session_id, count = buffer.spill.len(), "replaying buffered messages");
+                replay.extend(buffer.spill.messages);
+                channels = buffer.channels;
             }
             Some(buffer) => {
                 tracing::info!(kernel_id = %self.kernel_id, session_id = %buffer.session_id,
-                    count = buffer.messages.len(), "discarding buffered messages of another session");
-                Vec::new()
+                    count = buffer.spill.len(), "discarding buffered messages of another session");
             }
-            None => Vec::new(),
-        };
-        let (tx, notices) = mpsc::channel(CLIENT_QUEUE);
+            None => {}
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let gauge = Arc::new(Gauge::default());
         let kick = KickSignal::default();
-        let gone = CancellationToken::new();
         self.next_id += 1;
         let client_id = self.next_id;
         self.clients.insert(
@@ -180,103 +349,173 @@ impl Hub {
             Slot {
                 session_id: session_id.to_owned(),
                 tx,
+                gauge: Arc::clone(&gauge),
                 kick: kick.clone(),
-                gone: gone.clone(),
+                overflow: None,
             },
         );
         Attached {
             client_id,
-            notices,
+            queue: ClientQueue { rx, gauge },
             kick,
-            gone,
             replaced,
             replay,
+            channels,
             connection,
         }
     }
 
-    /// Unregisters a client (no-op if it was replaced); the last client leaving starts the reconnect
-    /// buffer for its session.
-    pub(crate) fn detach(&mut self, client_id: u64) {
+    /// Unregisters a client with what it left behind (nothing to do if it was replaced). When it
+    /// was the last one, its leftovers start the offline buffer of its session.
+    pub(crate) fn detach(&mut self, client_id: u64, handover: Option<Handover>) {
         let Some(slot) = self.clients.remove(&client_id) else {
             return;
         };
-        let enabled =
-            self.limits.max_messages > 0 && self.limits.max_bytes > 0 && !self.limits.ttl.is_zero();
-        if self.clients.is_empty() && enabled {
-            self.buffer = Some(OfflineBuffer {
-                session_id: slot.session_id,
-                messages: VecDeque::new(),
-                bytes: 0,
-                dropped: 0,
-                expires: Instant::now() + self.limits.ttl,
-            });
-        }
-    }
-
-    /// Sends an iopub message to every client (or into the reconnect buffer when none is attached).
-    pub(crate) fn publish(&mut self, msg: &Message) {
-        if self.clients.is_empty() {
-            self.buffer_message(msg);
+        // The slot (and its sender) is gone, so the queue can be drained completely now.
+        let (messages, channels) = handover.map(Handover::into_parts).unwrap_or_default();
+        if !self.clients.is_empty() || !self.limits.buffering() {
             return;
         }
-        self.send_all(|| ClientNotice::Iopub(msg.clone()));
+        if let Some(old) = self.buffer.take() {
+            tracing::info!(kernel_id = %self.kernel_id, session_id = %old.session_id,
+                count = old.spill.len(), "discarding buffered messages of another session");
+        }
+        let mut spill = Spill::default();
+        let overflow = slot.overflow.map(|o| o.messages).unwrap_or_default();
+        for item in messages.into_iter().chain(overflow) {
+            spill.push(item, self.limits.max_messages, self.limits.max_bytes);
+        }
+        tracing::debug!(kernel_id = %self.kernel_id, session_id = %slot.session_id, "last client gone; buffering its messages");
+        self.buffer = Some(OfflineBuffer {
+            session_id: slot.session_id,
+            spill,
+            channels,
+            expires: Instant::now() + self.limits.ttl,
+        });
     }
 
-    /// Tells every client to rebuild its kernel sockets.
+    /// Sends an iopub message to every client (or into the offline buffer when none is attached).
+    pub(crate) fn publish(&mut self, msg: &Message) {
+        if self.clients.is_empty() {
+            self.buffer_message((Channel::Iopub, msg.clone()));
+            return;
+        }
+        let (max_messages, max_bytes) = self.queue_limits();
+        for slot in self.clients.values_mut() {
+            deliver(&self.kernel_id, slot, msg.clone(), max_messages, max_bytes);
+        }
+    }
+
+    /// A synthetic iopub `status` for each client, carrying that client's session (EG §4.6);
+    /// `extra` fields are added to the content.
+    pub(crate) fn publish_status(
+        &mut self,
+        state: &str,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) {
+        let (max_messages, max_bytes) = self.queue_limits();
+        let mut content = extra.clone();
+        content.insert("execution_state".to_owned(), state.into());
+        if self.clients.is_empty() {
+            if let Some(session) = self.buffer.as_ref().map(|b| b.session_id.clone()) {
+                let msg = self.synthetic_status(&session, &content);
+                self.buffer_message((Channel::Iopub, msg));
+            }
+            return;
+        }
+        let sessions: Vec<(u64, String)> = self
+            .clients
+            .iter()
+            .map(|(id, slot)| (*id, slot.session_id.clone()))
+            .collect();
+        for (id, session) in sessions {
+            let msg = self.synthetic_status(&session, &content);
+            if let Some(slot) = self.clients.get_mut(&id) {
+                deliver(&self.kernel_id, slot, msg, max_messages, max_bytes);
+            }
+        }
+    }
+
+    fn synthetic_status(
+        &mut self,
+        session: &str,
+        content: &serde_json::Map<String, serde_json::Value>,
+    ) -> Message {
+        self.synthetic += 1;
+        let mut header = Header::new("status", session, GATEWAY_USERNAME);
+        header.msg_id = format!("{session}_{}", self.synthetic);
+        Message::new(&header, content)
+    }
+
+    /// Tells every client that the kernel's sockets are about to go away (a restart).
+    pub(crate) fn suspend(&mut self) {
+        for slot in self.clients.values() {
+            // A client that is gone is detached by its lease; nothing to do here.
+            let _ = slot.tx.send(ClientNotice::Suspend);
+        }
+        if let Some(buffer) = &mut self.buffer {
+            buffer.channels = None;
+        }
+    }
+
+    /// Tells every client to rebuild its kernel sockets; kept sockets point at the old process.
     pub(crate) fn rebuild(&mut self, connection: &ConnectionInfo) {
-        self.send_all(|| ClientNotice::Rebuild(connection.clone()));
-    }
-
-    fn send_all(&mut self, notice: impl Fn() -> ClientNotice) {
-        let mut slow = Vec::new();
-        for (id, slot) in &self.clients {
-            if slot.tx.try_send(notice()).is_err() {
-                slow.push(*id);
-            }
+        for slot in self.clients.values() {
+            // A client that is gone is detached by its lease; nothing to do here.
+            let _ = slot.tx.send(ClientNotice::Rebuild(connection.clone()));
         }
-        for id in slow {
-            if let Some(slot) = self.clients.remove(&id) {
-                tracing::warn!(kernel_id = %self.kernel_id, session_id = %slot.session_id,
-                    "disconnecting a WebSocket client that cannot keep up");
-                slot.kick.kick(Kick::TooSlow);
-            }
+        if let Some(buffer) = &mut self.buffer {
+            buffer.channels = None;
         }
     }
 
-    fn buffer_message(&mut self, msg: &Message) {
+    fn buffer_message(&mut self, item: (Channel, Message)) {
         let Some(buffer) = self.buffer.as_mut() else {
             return;
         };
-        buffer.bytes += msg.size();
-        buffer.messages.push_back(msg.clone());
-        while buffer.messages.len() > self.limits.max_messages
-            || buffer.bytes > self.limits.max_bytes
-        {
-            let Some(old) = buffer.messages.pop_front() else {
-                break;
-            };
-            buffer.bytes = buffer.bytes.saturating_sub(old.size());
-            if buffer.dropped == 0 {
-                tracing::warn!(kernel_id = %self.kernel_id, session_id = %buffer.session_id,
-                    "reconnect buffer full; dropping the oldest messages");
-            }
-            buffer.dropped += 1;
+        let before = buffer.spill.dropped();
+        buffer
+            .spill
+            .push(item, self.limits.max_messages, self.limits.max_bytes);
+        if before == 0 && buffer.spill.dropped() > 0 {
+            tracing::warn!(kernel_id = %self.kernel_id, session_id = %buffer.session_id,
+                "offline buffer full; dropping the oldest messages");
         }
     }
 
-    /// When the reconnect buffer expires, if there is one.
+    /// The next reply on the sockets kept for the offline buffer; pending when there are none.
+    pub(crate) async fn next_kept_reply(&mut self) -> Option<(Channel, Message)> {
+        let Some(channels) = self.buffer.as_mut().and_then(|b| b.channels.as_mut()) else {
+            return std::future::pending().await;
+        };
+        channels.replies.recv().await
+    }
+
+    /// Stores a reply that arrived on the kept sockets (`None`: they closed).
+    pub(crate) fn keep_reply(&mut self, reply: Option<(Channel, Message)>) {
+        match reply {
+            Some(item) => self.buffer_message(item),
+            None => {
+                if let Some(buffer) = &mut self.buffer {
+                    buffer.channels = None;
+                }
+            }
+        }
+    }
+
+    /// When the offline buffer expires, if there is one.
     pub(crate) fn buffer_expiry(&self) -> Option<Instant> {
         self.buffer.as_ref().map(|b| b.expires)
     }
 
-    /// Drops an expired reconnect buffer.
+    /// Drops an expired offline buffer (and its sockets).
     pub(crate) fn expire_buffer(&mut self, now: Instant) {
         if let Some(buffer) = &self.buffer
             && buffer.expires <= now
         {
             tracing::info!(kernel_id = %self.kernel_id, session_id = %buffer.session_id,
-                count = buffer.messages.len(), "discarding an expired reconnect buffer");
+                count = buffer.spill.len(), dropped = buffer.spill.dropped(),
+                "discarding an offline buffer nobody came back for");
             self.buffer = None;
         }
     }
@@ -288,6 +527,29 @@ impl Hub {
         }
         self.buffer = None;
     }
+}
+
+/// Queues `msg` for one client, or keeps it aside once the client fell too far behind.
+fn deliver(kernel_id: &str, slot: &mut Slot, msg: Message, max_messages: usize, max_bytes: usize) {
+    if let Some(overflow) = &mut slot.overflow {
+        overflow.push((Channel::Iopub, msg), max_messages, max_bytes);
+        return;
+    }
+    let queued = slot.gauge.messages.load(Ordering::Relaxed);
+    let bytes = slot.gauge.bytes.load(Ordering::Relaxed);
+    if queued >= max_messages || bytes.saturating_add(msg.size()) > max_bytes {
+        tracing::warn!(kernel_id, session_id = %slot.session_id, queued,
+            "disconnecting a WebSocket client that cannot keep up; its messages are kept for its return");
+        slot.kick.kick(Kick::TooSlow);
+        let mut overflow = Spill::default();
+        overflow.push((Channel::Iopub, msg), max_messages, max_bytes);
+        slot.overflow = Some(overflow);
+        return;
+    }
+    slot.gauge.messages.fetch_add(1, Ordering::Relaxed);
+    slot.gauge.bytes.fetch_add(msg.size(), Ordering::Relaxed);
+    // The receiver may be gone already; the client's lease detaches it then.
+    let _ = slot.tx.send(ClientNotice::Iopub(msg));
 }
 
 #[cfg(test)]
@@ -310,7 +572,7 @@ mod tests {
         }
     }
 
-    fn msg(n: u8) -> Message {
+    fn msg(n: usize) -> Message {
         Message {
             header: bytes::Bytes::from(format!("{{\"n\":{n}}}")),
             parent_header: bytes::Bytes::from_static(b"{}"),
@@ -331,42 +593,100 @@ mod tests {
         )
     }
 
+    fn iopub(items: &VecDeque<(Channel, Message)>) -> Vec<Message> {
+        items.iter().map(|(_, m)| m.clone()).collect()
+    }
+
+    fn leave(hub: &mut Hub, attached: Attached) {
+        let handover = Handover {
+            queue: Some(attached.queue),
+            ..Handover::default()
+        };
+        hub.detach(attached.client_id, Some(handover));
+    }
+
     #[tokio::test]
     async fn replay_is_bounded_ordered_and_once() {
         let mut hub = hub(2);
         let first = hub.attach("s", info());
-        hub.detach(first.client_id);
+        leave(&mut hub, first);
         for n in 0..3 {
             hub.publish(&msg(n));
         }
         let again = hub.attach("s", info());
-        assert_eq!(again.replay, vec![msg(1), msg(2)]);
-        hub.detach(again.client_id);
+        assert_eq!(iopub(&again.replay), vec![msg(1), msg(2)]);
+        leave(&mut hub, again);
         let third = hub.attach("s", info());
         assert!(third.replay.is_empty());
+    }
+
+    #[tokio::test]
+    async fn undelivered_queue_goes_first() {
+        let mut hub = hub(100);
+        let mut first = hub.attach("s", info());
+        for n in 0..4 {
+            hub.publish(&msg(n));
+        }
+        // The client took one message, then went away while two more were published.
+        assert!(matches!(first.queue.recv().await, Some(ClientNotice::Iopub(m)) if m == msg(0)));
+        hub.publish(&msg(4));
+        leave(&mut hub, first);
+        hub.publish(&msg(5));
+        let again = hub.attach("s", info());
+        assert_eq!(iopub(&again.replay), (1..6).map(msg).collect::<Vec<_>>());
     }
 
     #[tokio::test]
     async fn other_session_discards_and_same_session_replaces() {
         let mut hub = hub(10);
         let a = hub.attach("a", info());
-        hub.detach(a.client_id);
+        leave(&mut hub, a);
         hub.publish(&msg(1));
         let b = hub.attach("b", info());
         assert!(b.replay.is_empty());
-        let b2 = hub.attach("b", info());
+        hub.publish(&msg(2));
+        let mut b2 = hub.attach("b", info());
         assert_eq!(b.kick.kicked().await, Kick::Replaced);
-        assert!(b2.replaced.is_some());
+        let successor = b.kick.successor();
+        assert!(successor.is_some() && b2.replaced.is_some());
+        // The replaced connection hands its queue over.
+        if let Some(to) = successor {
+            let _ = to.send(Handover {
+                queue: Some(b.queue),
+                ..Handover::default()
+            });
+        }
+        let handed = match b2.replaced.take() {
+            Some(from) => from.await.map(Handover::into_parts).unwrap_or_default().0,
+            None => VecDeque::new(),
+        };
+        assert_eq!(iopub(&handed), vec![msg(2)]);
         assert_eq!(hub.connections(), 1);
-        hub.detach(b.client_id);
+        hub.detach(b.client_id, None);
         assert_eq!(hub.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn synthetic_status_carries_each_session() {
+        let mut hub = hub(10);
+        let mut a = hub.attach("sa", info());
+        let mut b = hub.attach("sb", info());
+        hub.publish_status("restarting", &serde_json::Map::new());
+        for (queue, session) in [(&mut a.queue, "sa"), (&mut b.queue, "sb")] {
+            let Some(ClientNotice::Iopub(m)) = queue.recv().await else {
+                panic!("no status");
+            };
+            let header = m.parse_header().ok();
+            assert_eq!(header.as_ref().map(|h| h.session.as_str()), Some(session));
+            assert!(header.is_some_and(|h| h.msg_id.starts_with(&format!("{session}_"))));
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn buffers_expire() {
         let mut hub = hub(10);
         let first = hub.attach("s", info());
-        hub.detach(first.client_id);
+        leave(&mut hub, first);
         hub.publish(&msg(1));
         let expiry = hub.buffer_expiry();
         assert_eq!(expiry, Some(Instant::now() + Duration::from_secs(60)));
@@ -380,13 +700,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn slow_client_is_kicked() {
+    async fn slow_client_is_kicked_and_keeps_its_messages() {
         let mut hub = hub(10);
         let slow = hub.attach("slow", info());
-        for _ in 0..=CLIENT_QUEUE {
-            hub.publish(&msg(0));
+        let total = MIN_QUEUE_MESSAGES + 5;
+        for n in 0..total {
+            hub.publish(&msg(n));
         }
         assert_eq!(slow.kick.kicked().await, Kick::TooSlow);
+        assert_eq!(hub.connections(), 1);
+        leave(&mut hub, slow);
         assert_eq!(hub.connections(), 0);
+        // The buffer's own bound (10) applies to what is kept offline: the newest 10.
+        let again = hub.attach("slow", info());
+        assert_eq!(
+            iopub(&again.replay),
+            (total - 10..total).map(msg).collect::<Vec<_>>()
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! with its process: a restart builds a whole new [`Incarnation`].
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use resource_managers::{KernelProcess, LaunchRequest, ProcessState, ResourceMana
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout_at};
+use tokio_util::sync::CancellationToken;
 
 use super::KernelSnapshot;
 use super::supervisor::KernelEvent;
@@ -63,6 +64,10 @@ pub(crate) struct KernelShared {
     pub(crate) events: mpsc::UnboundedSender<KernelEvent>,
     /// Set once by whoever shuts the kernel down (a concurrent second shutdown gets 404).
     pub(crate) shutdown_claimed: AtomicBool,
+    /// Set once the first launch succeeded (until then the kernel is a start in flight).
+    pub(crate) started: AtomicBool,
+    /// Cancelled to abandon a start in flight (a shutdown of a starting kernel, or gateway exit).
+    pub(crate) abort_start: CancellationToken,
 }
 
 impl KernelShared {
@@ -73,14 +78,25 @@ impl KernelShared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The snapshot the HTTP layer shows.
+    /// Whether the first launch finished.
+    pub(crate) fn is_started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// The snapshot the HTTP layer shows; a start in flight is `starting` whatever the kernel
+    /// published so far.
     pub(crate) fn snapshot(&self) -> KernelSnapshot {
+        let starting = !self.is_started();
         let status = self.status();
         KernelSnapshot {
             id: self.id.clone(),
             name: self.name.clone(),
             last_activity: status.last_activity,
-            execution_state: status.execution_state.clone(),
+            execution_state: if starting {
+                "starting".to_owned()
+            } else {
+                status.execution_state.clone()
+            },
             connections: status.connections,
             reason: status.reason.clone(),
             username: self.username.clone(),
@@ -125,12 +141,6 @@ pub(crate) fn msg_type(msg: &Message) -> String {
     msg.parse_header().map(|h| h.msg_type).unwrap_or_default()
 }
 
-/// A status message the gateway originates (EG §4.6: `restarting`, `dead`).
-pub(crate) fn synthetic_status(session: &str, state: &str) -> Message {
-    let header = Header::new("status", session, GATEWAY_USERNAME);
-    Message::new(&header, &serde_json::json!({ "execution_state": state }))
-}
-
 /// Everything needed to launch (and relaunch) one kernel; fixed at start.
 #[derive(Debug, Clone)]
 pub(crate) struct LaunchPlan {
@@ -150,6 +160,11 @@ pub(crate) struct LaunchPlan {
     pub(crate) timeout: Duration,
     /// Effective user.
     pub(crate) username: String,
+    /// Whether the backend runs kernels elsewhere (anything but `local`): such a kernel is not
+    /// restarted automatically when no client is connected.
+    pub(crate) remote: bool,
+    /// The OS account a local kernel runs as (impersonation), if not the gateway's.
+    pub(crate) run_as: Option<resource_managers::RunAs>,
 }
 
 /// One running process of a kernel with the gateway's own sockets to it.
@@ -209,7 +224,8 @@ pub(crate) fn launch_error(err: resource_managers::Error) -> Error {
     use resource_managers::Error as Rm;
     let fault = match &err {
         Rm::Unsupported(msg) => return Error::Unsupported(msg.clone()),
-        Rm::Launcher(kernel_launcher::Error::NoFreePort(_)) => Fault::Capacity,
+        // EG answers 503 when YARN had no room for the kernel before the deadline.
+        Rm::Capacity(_) | Rm::Launcher(kernel_launcher::Error::NoFreePort(_)) => Fault::Capacity,
         Rm::Spawn(_) | Rm::ExitedDuringLaunch { .. } | Rm::LaunchTimeout(_) | Rm::Launcher(_) => {
             Fault::Kernel
         }
@@ -231,12 +247,22 @@ fn failed(reason: String) -> Error {
 /// Launches the kernel and waits until it answers kernel_info and its iopub subscription is live,
 /// all within the plan's timeout. iopub messages seen meanwhile go to `on_iopub`. On failure
 /// everything the launch allocated is torn down.
+///
+/// Cancelling `abort` abandons the launch once the backend has answered (a backend launch itself
+/// is bounded by the deadline); what was started is torn down.
 pub(crate) async fn launch(
     plan: &LaunchPlan,
     previous: Option<ConnectionInfo>,
     on_iopub: &mut (dyn FnMut(Message) + Send),
+    abort: &CancellationToken,
 ) -> Result<Incarnation, Error> {
     let deadline = Instant::now() + plan.timeout;
+    if abort.is_cancelled() {
+        return Err(failed(format!(
+            "the launch of kernel {} was abandoned",
+            plan.kernel_id
+        )));
+    }
     let request = LaunchRequest {
         kernel_id: plan.kernel_id.clone(),
         spec: plan.spec.clone(),
@@ -246,6 +272,7 @@ pub(crate) async fn launch(
         timeout: plan.timeout,
         previous,
         username: plan.username.clone(),
+        run_as: plan.run_as.clone(),
     };
     let launched = match timeout_at(deadline + BACKEND_GRACE, plan.backend.launch(request)).await {
         Ok(Ok(launched)) => launched,
@@ -265,6 +292,7 @@ pub(crate) async fn launch(
         process.as_ref(),
         deadline,
         on_iopub,
+        abort,
     )
     .await
     {
@@ -303,7 +331,14 @@ async fn ready(
     process: &dyn KernelProcess,
     deadline: Instant,
     on_iopub: &mut (dyn FnMut(Message) + Send),
+    abort: &CancellationToken,
 ) -> Result<(SessionChannels, String, IopubSubscription), Error> {
+    let abandoned = || {
+        failed(format!(
+            "the launch of kernel {} was abandoned",
+            plan.kernel_id
+        ))
+    };
     let session_id = uuid::Uuid::new_v4().to_string();
     let timed_out = || {
         failed(with_log(
@@ -340,6 +375,7 @@ async fn ready(
         },
         state = process.wait() => return Err(exited(state)),
         () = sleep_until(deadline) => return Err(timed_out()),
+        () = abort.cancelled() => return Err(abandoned()),
     };
     let mut sent: HashSet<String> = HashSet::new();
     let mut replied = false;
@@ -389,6 +425,7 @@ async fn ready(
             state = process.wait() => return Err(exited(state)),
             () = sleep_until(settle_at), if settle_by.is_some() => {}
             () = sleep_until(deadline) => return Err(timed_out()),
+            () = abort.cancelled() => return Err(abandoned()),
         }
     }
     Ok((session, session_id, iopub))

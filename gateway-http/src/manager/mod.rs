@@ -7,12 +7,14 @@
 //! (authorization, limits, ids, timeouts, working directories) and `kernel` the launch and
 //! readiness of one kernel incarnation.
 mod hub;
+mod identity;
 mod kernel;
 mod policy;
+pub mod rules;
 mod supervisor;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,10 +26,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub(crate) use hub::{Attached, ClientNotice, Kick, KickSignal};
+pub(crate) use hub::{Attached, ClientNotice, Handover, Kick, KickSignal};
 use hub::{BufferLimits, Hub};
 pub(crate) use kernel::socket_options;
 use kernel::{KernelShared, LaunchPlan, Status};
+use rules::RestartTracker;
 use supervisor::{KernelEvent, ShutdownReason, Supervisor};
 
 use crate::{Error, Fault, GatewayConfig};
@@ -67,21 +70,18 @@ const SHUTDOWN_ALL_SLACK: Duration = Duration::from_secs(2);
 /// EG's culling interval when the configured one is zero.
 const DEFAULT_CULL_INTERVAL: Duration = Duration::from_secs(300);
 
-/// Running kernels plus starts in flight.
+/// Every kernel, started or still starting (limits count both).
 #[derive(Debug, Default)]
 pub(crate) struct Table {
-    /// Kernels that finished starting.
+    /// Kernels by id.
     pub(crate) kernels: BTreeMap<String, Arc<KernelShared>>,
-    /// Starts in flight: kernel id → user.
-    pending: BTreeMap<String, String>,
 }
 
 impl Table {
-    /// Total kernels (running + pending) and those of `user`.
+    /// Total kernels (running + starting) and those of `user`.
     fn counts(&self, user: &str) -> (usize, usize) {
-        let total = self.kernels.len() + self.pending.len();
-        let of_user = self.kernels.values().filter(|k| k.username == user).count()
-            + self.pending.values().filter(|u| u.as_str() == user).count();
+        let total = self.kernels.len();
+        let of_user = self.kernels.values().filter(|k| k.username == user).count();
         (total, of_user)
     }
 }
@@ -90,32 +90,6 @@ fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
     table
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A slot reserved for a start in flight; released on drop unless committed.
-#[derive(Debug)]
-struct Reservation {
-    table: Arc<Mutex<Table>>,
-    kernel_id: String,
-    armed: bool,
-}
-
-impl Reservation {
-    /// Turns the pending slot into a running kernel in one step (the counts never dip).
-    fn commit(mut self, shared: Arc<KernelShared>) {
-        let mut table = lock(&self.table);
-        table.pending.remove(&self.kernel_id);
-        table.kernels.insert(self.kernel_id.clone(), shared);
-        self.armed = false;
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if self.armed {
-            lock(&self.table).pending.remove(&self.kernel_id);
-        }
-    }
 }
 
 /// Owns every kernel. Cheap to share behind an `Arc`.
@@ -237,8 +211,7 @@ impl KernelManager {
                 spec.name
             ))
         })?;
-        let reservation = self.reserve(&kernel_id, &username)?;
-        let env = compose(&EnvInputs {
+        let mut env = compose(&EnvInputs {
             request: filtered.as_ref(),
             gateway: &config.gateway_env,
             policy: &config.env_policy,
@@ -247,7 +220,15 @@ impl KernelManager {
             username: &username,
             impersonation_enabled: config.impersonation_enabled,
         });
+        let remote = backend.name() != resource_managers::local::NAME;
+        let run_as = if config.impersonation_enabled && !remote {
+            identity::local_account(&username, &mut env)?
+        } else {
+            None
+        };
         let plan = LaunchPlan {
+            remote,
+            run_as,
             backend,
             kernel_id: kernel_id.clone(),
             cwd: Some(policy::working_dir(
@@ -260,36 +241,70 @@ impl KernelManager {
             timeout,
             username,
         };
-        let started = self.tasks.spawn(launch_and_register(
+        let (shared, events) = self.reserve(&plan)?;
+        let (reply, started) = oneshot::channel();
+        let supervisor = Supervisor {
+            hub: Hub::new(
+                kernel_id.clone(),
+                BufferLimits {
+                    max_messages: config.buffer_max_messages,
+                    max_bytes: config.buffer_max_bytes,
+                    ttl: config.buffer_ttl,
+                },
+            ),
+            shared,
             plan,
-            reservation,
-            Arc::clone(&self.config),
-            Arc::clone(&self.table),
-            self.cancel.clone(),
-            self.tasks.clone(),
-        ));
-        let snapshot = started.await.map_err(|err| {
-            Error::Internal(format!("the start of kernel {kernel_id} failed: {err}"))
-        })??;
+            config: Arc::clone(&self.config),
+            table: Arc::clone(&self.table),
+            cancel: self.cancel.clone(),
+            events,
+            inc: None,
+            generation: 0,
+            watchers: Vec::new(),
+            last_restart: None,
+            restarts: RestartTracker::new(config.restart_limit),
+        };
+        // The supervisor owns the launch, so a caller that goes away leaves no half-started kernel.
+        self.tasks.spawn(supervisor.run(reply));
+        let snapshot = started
+            .await
+            .map_err(|_| Error::Internal(format!("the start of kernel {kernel_id} was lost")))??;
         self.start_culler();
         Ok(snapshot)
     }
-    /// Reserves a slot for a start: the id must be free and both limits must allow one more.
-    fn reserve(&self, kernel_id: &str, username: &str) -> Result<Reservation, Error> {
+    /// Registers a starting kernel: the id must be free and both limits must allow one more,
+    /// checked and taken under one lock (starts in flight count).
+    fn reserve(
+        &self,
+        plan: &LaunchPlan,
+    ) -> Result<(Arc<KernelShared>, mpsc::UnboundedReceiver<KernelEvent>), Error> {
         let mut table = lock(&self.table);
-        if table.kernels.contains_key(kernel_id) || table.pending.contains_key(kernel_id) {
-            return Err(Error::KernelExists(kernel_id.to_owned()));
+        if table.kernels.contains_key(&plan.kernel_id) {
+            return Err(Error::KernelExists(plan.kernel_id.clone()));
         }
-        let (total, of_user) = table.counts(username);
-        policy::check_limits(&self.config, total, username, of_user)?;
+        let (total, of_user) = table.counts(&plan.username);
+        policy::check_limits(&self.config, total, &plan.username, of_user)?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(KernelShared {
+            id: plan.kernel_id.clone(),
+            name: plan.spec.name.clone(),
+            username: plan.username.clone(),
+            status: Mutex::new(Status {
+                execution_state: "starting".to_owned(),
+                last_activity: time::OffsetDateTime::now_utc(),
+                last_activity_at: Instant::now(),
+                connections: 0,
+                reason: None,
+            }),
+            events: events_tx,
+            shutdown_claimed: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            abort_start: self.cancel.child_token(),
+        });
         table
-            .pending
-            .insert(kernel_id.to_owned(), username.to_owned());
-        Ok(Reservation {
-            table: Arc::clone(&self.table),
-            kernel_id: kernel_id.to_owned(),
-            armed: true,
-        })
+            .kernels
+            .insert(plan.kernel_id.clone(), Arc::clone(&shared));
+        Ok((shared, events_rx))
     }
     /// Starts the culler once, when culling is configured.
     fn start_culler(&self) {
@@ -310,19 +325,25 @@ impl KernelManager {
             .cloned()
             .ok_or_else(|| Error::NoSuchKernel(kernel_id.to_owned()))
     }
-    /// One kernel.
+    /// One kernel; a start in flight answers with `execution_state: "starting"`.
     pub fn get(&self, kernel_id: &str) -> Result<KernelSnapshot, Error> {
         self.lookup(kernel_id).map(|k| k.snapshot())
     }
-    /// Kernels that finished starting.
+    /// Kernels that finished starting (EG lists no starts in flight).
     pub fn list(&self) -> Vec<KernelSnapshot> {
         lock(&self.table)
             .kernels
             .values()
+            .filter(|k| k.is_started())
             .map(|k| k.snapshot())
             .collect()
     }
-    /// Sends an event that expects a reply; a vanished supervisor means the kernel is gone.
+    /// Kernels started or starting, as limits count them.
+    pub fn count(&self) -> usize {
+        lock(&self.table).kernels.len()
+    }
+    /// Sends an event that expects a reply; a vanished supervisor means the kernel is gone. An
+    /// event for a starting kernel is handled once it started.
     async fn ask<T>(
         &self,
         kernel_id: &str,
@@ -358,13 +379,18 @@ impl KernelManager {
         .await??;
         self.get(kernel_id)
     }
-    /// Graceful shutdown: shutdown_request, wait, terminate, kill, cleanup.
+    /// Graceful shutdown: shutdown_request, wait, terminate, kill, cleanup. A starting kernel's
+    /// launch is abandoned (its start answers with an error) and torn down.
     ///
     /// Of two concurrent shutdowns of one kernel, the second gets `NoSuchKernel`.
     pub async fn shutdown(&self, kernel_id: &str) -> Result<(), Error> {
         let kernel = self.lookup(kernel_id)?;
         if kernel.shutdown_claimed.swap(true, Ordering::SeqCst) {
             return Err(Error::NoSuchKernel(kernel_id.to_owned()));
+        }
+        if !kernel.is_started() {
+            tracing::info!(%kernel_id, "shutting down a kernel that is still starting");
+            kernel.abort_start.cancel();
         }
         let (reply, done) = oneshot::channel();
         let event = KernelEvent::Shutdown {
@@ -421,6 +447,7 @@ impl KernelManager {
             events: kernel.events.clone(),
             client_id: attached.client_id,
             attached,
+            handover: None,
         })
     }
     /// The token cancelled when the gateway shuts down.
@@ -442,90 +469,38 @@ pub(crate) struct ClientLease {
     client_id: u64,
     /// What the supervisor handed over.
     pub(crate) attached: Attached,
+    /// What the connection left behind, returned to the supervisor on drop.
+    handover: Option<Handover>,
+}
+
+impl ClientLease {
+    /// Ends the registration with what the connection did not deliver (and its sockets): they go
+    /// to the connection that replaced this one, else back to the supervisor.
+    pub(crate) fn finish(mut self, mut handover: Handover) {
+        handover.queue = Some(self.attached.queue.take());
+        if let Some(successor) = self.attached.kick.successor() {
+            match successor.send(handover) {
+                Ok(()) => return,
+                // The successor gave up waiting; the supervisor gets it (and discards it).
+                Err(back) => handover = back,
+            }
+        }
+        self.handover = Some(handover);
+    }
 }
 
 impl Drop for ClientLease {
     fn drop(&mut self) {
-        self.attached.gone.cancel();
         // The supervisor may be gone already; then there is nothing to detach from.
         let _ = self.events.send(KernelEvent::Detach {
             client_id: self.client_id,
+            handover: self.handover.take(),
         });
     }
 }
 
-/// The body of a start: launch, wait for readiness, then register the kernel and its supervisor.
-async fn launch_and_register(
-    plan: LaunchPlan,
-    reservation: Reservation,
-    config: Arc<GatewayConfig>,
-    table: Arc<Mutex<Table>>,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
-) -> Result<KernelSnapshot, Error> {
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let now = Instant::now();
-    let shared = Arc::new(KernelShared {
-        id: plan.kernel_id.clone(),
-        name: plan.spec.name.clone(),
-        username: plan.username.clone(),
-        status: Mutex::new(Status {
-            execution_state: "starting".to_owned(),
-            last_activity: time::OffsetDateTime::now_utc(),
-            last_activity_at: now,
-            connections: 0,
-            reason: None,
-        }),
-        events: events_tx,
-        shutdown_claimed: std::sync::atomic::AtomicBool::new(false),
-    });
-    tracing::info!(kernel_id = %plan.kernel_id, kernelspec = %plan.spec.name, user = %plan.username, "starting kernel");
-    let observer = Arc::clone(&shared);
-    let mut observe = move |msg: jupyter_protocol::Message| observer.observe_iopub(&msg);
-    let inc = match kernel::launch(&plan, None, &mut observe).await {
-        Ok(inc) => inc,
-        Err(err) => {
-            tracing::warn!(kernel_id = %plan.kernel_id, error = %err, "kernel start failed");
-            return Err(err);
-        }
-    };
-    if cancel.is_cancelled() {
-        kernel::teardown(inc.process.as_ref(), Duration::ZERO, false).await;
-        return Err(Error::LaunchFailed {
-            reason: "the gateway is shutting down".to_owned(),
-            fault: Fault::Capacity,
-        });
-    }
-    let hub = Hub::new(
-        plan.kernel_id.clone(),
-        BufferLimits {
-            max_messages: config.buffer_max_messages,
-            max_bytes: config.buffer_max_bytes,
-            ttl: config.buffer_ttl,
-        },
-    );
-    reservation.commit(Arc::clone(&shared));
-    tracing::info!(kernel_id = %plan.kernel_id, "kernel started");
-    let supervisor = Supervisor {
-        shared: Arc::clone(&shared),
-        plan,
-        config,
-        table,
-        cancel,
-        events: events_rx,
-        hub,
-        inc: Some(inc),
-        generation: 0,
-        watchers: Vec::new(),
-        last_restart: None,
-        failures: 0,
-    };
-    tasks.spawn(supervisor.run());
-    Ok(shared.snapshot())
-}
-
-/// Every `interval`, shuts down kernels that are dead, or idle past the timeout (EG §9.5, plus a
-/// separate timeout for busy kernels when `cull_busy` is set).
+/// Every `interval`, asks each started kernel's supervisor to apply the culling rule (EG §9.5,
+/// plus a separate timeout for busy kernels).
 async fn cull_loop(
     table: Arc<Mutex<Table>>,
     config: Arc<GatewayConfig>,
@@ -539,44 +514,14 @@ async fn cull_loop(
     let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     loop {
         tokio::select! {
-            _ = tick.tick() => cull_once(&table, &config),
-            () = cancel.cancelled() => return,
-        }
-    }
-}
-
-fn cull_once(table: &Mutex<Table>, config: &GatewayConfig) {
-    let kernels: Vec<Arc<KernelShared>> = lock(table).kernels.values().cloned().collect();
-    let culling = &config.culling;
-    let now = Instant::now();
-    for kernel in kernels {
-        let (state, idle, connections) = {
-            let status = kernel.status();
-            (
-                status.execution_state.clone(),
-                now.saturating_duration_since(status.last_activity_at),
-                status.connections,
-            )
-        };
-        let busy = state == "busy";
-        let limit = if busy && !culling.busy_timeout.is_zero() {
-            culling.busy_timeout
-        } else {
-            culling.idle_timeout
-        };
-        let due = state == "dead"
-            || (idle > limit
-                && (culling.cull_busy || !busy)
-                && (culling.cull_connected || connections == 0));
-        if due && !kernel.shutdown_claimed.swap(true, Ordering::SeqCst) {
-            let (reply, _done) = oneshot::channel();
-            let event = KernelEvent::Shutdown {
-                reason: ShutdownReason::Culled { idle },
-                reply,
-            };
-            if kernel.events.send(event).is_err() {
-                tracing::debug!(kernel_id = %kernel.id, "culled kernel was already gone");
+            _ = tick.tick() => {
+                let kernels: Vec<Arc<KernelShared>> = lock(&table).kernels.values().cloned().collect();
+                for kernel in kernels.iter().filter(|k| k.is_started()) {
+                    // A supervisor that is gone has nothing left to cull.
+                    let _ = kernel.events.send(KernelEvent::CullTick);
+                }
             }
+            () = cancel.cancelled() => return,
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! It owns the kernel's only iopub subscription and fans it out to attached WebSocket clients,
 //! relaunches the kernel on API restarts and unexpected exits, and tears it down on shutdown.
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,16 +16,14 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::Table;
-use super::hub::{Attached, Hub, Kick};
+use super::hub::{Attached, Handover, Hub, Kick};
 use super::kernel::{
     GATEWAY_USERNAME, Incarnation, KernelShared, LaunchPlan, describe_exit, launch, msg_type,
-    socket_options, synthetic_status, teardown,
+    socket_options, teardown,
 };
+use super::rules::{self, CullReason, Liveness, RestartDecision, RestartTracker};
+use super::{KernelSnapshot, Table};
 use crate::{Error, Fault, GatewayConfig};
-
-/// An incarnation that ran at least this long before exiting starts a new series of auto-restarts.
-const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How often liveness is polled while waiting for a kernel to exit after shutdown_request.
 const EXIT_POLL: Duration = Duration::from_millis(100);
 /// Heartbeat period and per-ping timeout (jupyter_client's `time_to_dead` is 3 s).
@@ -39,11 +38,8 @@ const HEARTBEAT_LOST: &str = "the kernel is not answering heartbeats";
 pub(crate) enum ShutdownReason {
     /// `DELETE /api/kernels/{id}` (or a session delete).
     Requested,
-    /// The culler found it idle for this long.
-    Culled {
-        /// Idle time.
-        idle: Duration,
-    },
+    /// The culler took it.
+    Culled(CullReason),
 }
 
 /// Everything that can happen to a kernel.
@@ -93,11 +89,15 @@ pub(crate) enum KernelEvent {
         /// Its registration.
         reply: oneshot::Sender<Attached>,
     },
-    /// A WebSocket client went away.
+    /// A WebSocket client went away, leaving this behind (undelivered messages, its sockets).
     Detach {
         /// Its id.
         client_id: u64,
+        /// Its leftovers.
+        handover: Option<Handover>,
     },
+    /// The culler's periodic look: the supervisor applies the culling rule to itself.
+    CullTick,
 }
 
 /// How the supervisor loop ends.
@@ -124,8 +124,8 @@ pub(crate) struct Supervisor {
     /// The span of the last restart (API or automatic): from when it was requested (or began)
     /// until it finished. API restart requests made within it are answered by it.
     pub(crate) last_restart: Option<(Instant, Instant)>,
-    /// Unexpected exits in the current series.
-    pub(crate) failures: u32,
+    /// Consecutive automatic restarts.
+    pub(crate) restarts: RestartTracker,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -167,8 +167,35 @@ async fn buffer_expiry(at: Option<Instant>) {
 }
 
 impl Supervisor {
-    /// Runs until the kernel is gone or the gateway exits.
-    pub(crate) async fn run(mut self) {
+    /// Launches the kernel, answers `started`, then runs until the kernel is gone or the gateway
+    /// exits. A failed (or aborted) launch removes the kernel and ends the task.
+    pub(crate) async fn run(mut self, started: oneshot::Sender<Result<KernelSnapshot, Error>>) {
+        tracing::info!(kernel_id = %self.plan.kernel_id, kernelspec = %self.plan.spec.name, user = %self.plan.username, "starting kernel");
+        let shared = Arc::clone(&self.shared);
+        let mut observe = move |msg: Message| shared.observe_iopub(&msg);
+        let abort = self.shared.abort_start.clone();
+        let launched = launch(&self.plan, None, &mut observe, &abort).await;
+        let inc = match launched {
+            Ok(inc) => inc,
+            Err(err) => {
+                let err = if abort.is_cancelled() {
+                    self.aborted()
+                } else {
+                    err
+                };
+                tracing::warn!(kernel_id = %self.plan.kernel_id, error = %err, "kernel start failed");
+                self.remove_from_table();
+                let _ = started.send(Err(err));
+                return;
+            }
+        };
+        self.inc = Some(inc);
+        self.shared
+            .started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(kernel_id = %self.plan.kernel_id, "kernel started");
+        // The caller may have gone away; the kernel is registered and stays, as in EG.
+        let _ = started.send(Ok(self.shared.snapshot()));
         self.watch_process();
         loop {
             let expiry = self.hub.buffer_expiry();
@@ -179,6 +206,10 @@ impl Supervisor {
                 },
                 msg = next_iopub(&mut self.inc) => {
                     self.on_iopub(msg);
+                    Exit::Continue
+                }
+                reply = self.hub.next_kept_reply() => {
+                    self.hub.keep_reply(reply);
                     Exit::Continue
                 }
                 () = buffer_expiry(expiry) => {
@@ -196,6 +227,24 @@ impl Supervisor {
         }
         self.stop_watching();
         self.remove_from_table();
+    }
+
+    /// The error a start gets when its kernel was shut down (or the gateway stopped) meanwhile.
+    fn aborted(&self) -> Error {
+        if self.cancel.is_cancelled() {
+            Error::LaunchFailed {
+                reason: "the gateway is shutting down".to_owned(),
+                fault: Fault::Capacity,
+            }
+        } else {
+            Error::LaunchFailed {
+                reason: format!(
+                    "kernel {} was shut down while it was starting",
+                    self.plan.kernel_id
+                ),
+                fault: Fault::Client,
+            }
+        }
     }
 
     fn remove_from_table(&self) {
@@ -268,14 +317,14 @@ impl Supervisor {
         fan_out(&self.shared, &mut self.hub, msg);
     }
 
-    fn publish_status(&mut self, state: &str) {
-        let session = self
-            .inc
-            .as_ref()
-            .map_or_else(|| self.shared.id.clone(), |inc| inc.session_id.clone());
-        let msg = synthetic_status(&session, state);
+    /// Sets the state and tells every client with a synthetic status carrying its session.
+    fn publish_status(&mut self, state: &str, reason: Option<&str>) {
+        let mut extra = serde_json::Map::new();
+        if let Some(reason) = reason {
+            extra.insert("reason".to_owned(), reason.into());
+        }
         self.shared.set_state(state);
-        self.hub.publish(&msg);
+        self.hub.publish_status(state, &extra);
     }
 
     fn set_connections(&self) {
@@ -291,11 +340,23 @@ impl Supervisor {
                 Exit::Continue
             }
             KernelEvent::HeartbeatLost { generation } => {
-                if generation == self.generation {
-                    tracing::warn!(kernel_id = %self.shared.id, "kernel is not answering heartbeats");
-                    self.shared.status().reason = Some(HEARTBEAT_LOST.to_owned());
+                if generation != self.generation {
+                    return Exit::Continue;
                 }
-                Exit::Continue
+                let Some(state) = self.poll().await else {
+                    return Exit::Continue;
+                };
+                match rules::liveness(false, state) {
+                    Liveness::Dead => {
+                        tracing::warn!(kernel_id = %self.shared.id, "kernel lost its heartbeat and its backend does not see it running");
+                        self.on_unexpected_exit(state).await
+                    }
+                    Liveness::Unresponsive | Liveness::Alive => {
+                        tracing::warn!(kernel_id = %self.shared.id, "kernel is not answering heartbeats");
+                        self.shared.status().reason = Some(HEARTBEAT_LOST.to_owned());
+                        Exit::Continue
+                    }
+                }
             }
             KernelEvent::HeartbeatRestored { generation } => {
                 if generation == self.generation {
@@ -340,17 +401,56 @@ impl Supervisor {
                     self.set_connections();
                     if let Err(attached) = reply.send(attached) {
                         // The client gave up while waiting.
-                        self.hub.detach(attached.client_id);
+                        let handover = Handover {
+                            queue: Some(attached.queue),
+                            channels: attached.channels,
+                            messages: attached.replay,
+                        };
+                        self.hub.detach(attached.client_id, Some(handover));
                         self.set_connections();
                     }
                 }
                 Exit::Continue
             }
-            KernelEvent::Detach { client_id } => {
-                self.hub.detach(client_id);
+            KernelEvent::Detach {
+                client_id,
+                handover,
+            } => {
+                self.hub.detach(client_id, handover);
                 self.set_connections();
                 Exit::Continue
             }
+            KernelEvent::CullTick => self.on_cull_tick().await,
+        }
+    }
+
+    /// Applies the culling rule; a kernel already being shut down by someone else is left alone.
+    async fn on_cull_tick(&mut self) -> Exit {
+        let verdict = {
+            let status = self.shared.status();
+            let idle = Instant::now().saturating_duration_since(status.last_activity_at);
+            rules::cull_verdict(
+                &self.config.culling,
+                &status.execution_state,
+                idle,
+                status.connections,
+            )
+        };
+        let Some(reason) = verdict else {
+            return Exit::Continue;
+        };
+        if self.shared.shutdown_claimed.swap(true, Ordering::SeqCst) {
+            return Exit::Continue;
+        }
+        self.shutdown(ShutdownReason::Culled(reason)).await;
+        Exit::Stop
+    }
+
+    /// The backend's view of the current process.
+    async fn poll(&self) -> Option<ProcessState> {
+        match &self.inc {
+            Some(inc) => Some(inc.process.poll().await),
+            None => None,
         }
     }
 
@@ -361,8 +461,8 @@ impl Supervisor {
         send_interrupt(&self.plan, inc).await
     }
 
-    /// Sends `shutdown_request` on control, waits up to `wait` for the process to exit, then
-    /// terminates it with `grace`.
+    /// Sends `shutdown_request` on control, waits up to half of `shutdown_wait_time` for the
+    /// process to exit, then terminates it (SIGTERM, the other half, SIGKILL) and cleans up.
     async fn stop_incarnation(
         &mut self,
         inc: &Incarnation,
@@ -375,12 +475,19 @@ impl Supervisor {
         if let Err(err) = inc.session.sender.send(Channel::Control, msg).await {
             tracing::debug!(kernel_id = %self.shared.id, error = %err, "shutdown_request not sent");
         }
+        // The backend's `wait` resolves when the process ends; the poll covers backends whose
+        // `wait` is slow to notice.
         let exited = timeout(half, async {
-            loop {
-                if matches!(inc.process.poll().await, ProcessState::Exited { .. }) {
-                    break;
-                }
-                sleep(EXIT_POLL).await;
+            tokio::select! {
+                _ = inc.process.wait() => {}
+                () = async {
+                    loop {
+                        sleep(EXIT_POLL).await;
+                        if matches!(inc.process.poll().await, ProcessState::Exited { .. }) {
+                            break;
+                        }
+                    }
+                } => {}
             }
         })
         .await
@@ -392,10 +499,12 @@ impl Supervisor {
     }
 
     /// API restart: stop gracefully (keeping ports and key), relaunch, wait for readiness, and
-    /// tell attached clients to rebuild their sockets.
+    /// tell attached clients to rebuild their sockets. No synthetic status (EG §4.6): the new
+    /// process publishes its own `starting`.
     async fn restart(&mut self) -> Result<(), Error> {
         tracing::info!(kernel_id = %self.shared.id, "restarting kernel");
-        self.publish_status("restarting");
+        self.shared.set_state("restarting");
+        self.hub.suspend();
         self.stop_watching();
         let Some(old) = self.inc.take() else {
             return Err(Error::NoSuchKernel(self.shared.id.clone()));
@@ -403,15 +512,10 @@ impl Supervisor {
         self.stop_incarnation(&old, true, true).await;
         let previous = old.connection.clone();
         drop(old);
-        self.relaunch(previous).await
-    }
-
-    /// Launches a new incarnation on the previous connection info; on failure the kernel is dead.
-    async fn relaunch(&mut self, previous: jupyter_protocol::ConnectionInfo) -> Result<(), Error> {
         let shared = Arc::clone(&self.shared);
         let hub = &mut self.hub;
         let mut forward = |msg: Message| fan_out(&shared, hub, msg);
-        match launch(&self.plan, Some(previous), &mut forward).await {
+        match launch(&self.plan, Some(previous), &mut forward, &self.cancel).await {
             Ok(inc) => {
                 self.install(inc);
                 tracing::info!(kernel_id = %self.shared.id, "kernel restarted");
@@ -426,44 +530,63 @@ impl Supervisor {
     }
 
     /// The process ended on its own: auto-restart (same ports and key) up to `restart_limit`
-    /// consecutive times, else the kernel is dead. `restart_limit` 0 never restarts.
+    /// consecutive times, else the kernel is dead. A remote kernel nobody is connected to is not
+    /// restarted (EG does the same).
     async fn on_unexpected_exit(&mut self, state: ProcessState) -> Exit {
         let how = describe_exit(&state);
-        if self
-            .inc
-            .as_ref()
-            .is_some_and(|inc| inc.ready_at.elapsed() >= STABLE_AFTER)
-        {
-            self.failures = 0;
-        }
+        let ran_for = self.inc.as_ref().map(|inc| inc.ready_at.elapsed());
         self.stop_watching();
         let Some(old) = self.inc.take() else {
             return Exit::Stop;
         };
+        self.hub.suspend();
+        // `now` semantics: no graceful shutdown, the remains are killed at once.
         teardown(old.process.as_ref(), Duration::ZERO, true).await;
         let previous = old.connection.clone();
-        let limit = self.config.restart_limit;
+        if self.plan.remote && self.hub.connections() == 0 {
+            old.process.cleanup(false).await;
+            let why = format!(
+                "kernel process ended ({how}); a remote kernel with no client connected is not restarted"
+            );
+            tracing::warn!(kernel_id = %self.shared.id, "{why}");
+            self.die(&why).await;
+            return Exit::Stop;
+        }
         let began = Instant::now();
+        let mut decision = self.restarts.exited(ran_for);
         loop {
-            self.failures += 1;
-            if limit == 0 || self.failures > limit {
-                // The connection file was kept for the relaunch; nothing needs it now.
-                old.process.cleanup(false).await;
-                let why = if limit == 0 {
-                    format!("kernel process ended ({how}); automatic restarts are disabled")
-                } else {
-                    format!("kernel process ended ({how}); restart limit of {limit} reached")
-                };
-                tracing::warn!(kernel_id = %self.shared.id, "{why}");
-                self.die(&why).await;
-                return Exit::Stop;
-            }
-            tracing::warn!(kernel_id = %self.shared.id, attempt = self.failures, "kernel process ended ({how}); restarting it");
-            self.publish_status("restarting");
+            let attempt = match decision {
+                RestartDecision::Restart { attempt } => attempt,
+                RestartDecision::Disabled | RestartDecision::LimitReached { .. } => {
+                    // The connection file was kept for a relaunch; nothing needs it now.
+                    old.process.cleanup(false).await;
+                    let why = match decision {
+                        RestartDecision::LimitReached { limit } => format!(
+                            "kernel process ended ({how}); restart limit of {limit} reached"
+                        ),
+                        _ => {
+                            format!("kernel process ended ({how}); automatic restarts are disabled")
+                        }
+                    };
+                    tracing::warn!(kernel_id = %self.shared.id, "{why}");
+                    self.die(&why).await;
+                    return Exit::Stop;
+                }
+            };
+            tracing::warn!(kernel_id = %self.shared.id, attempt, limit = self.config.restart_limit,
+                "kernel process ended ({how}); restarting it");
+            self.publish_status("restarting", None);
             let shared = Arc::clone(&self.shared);
             let hub = &mut self.hub;
             let mut forward = |msg: Message| fan_out(&shared, hub, msg);
-            match launch(&self.plan, Some(previous.clone()), &mut forward).await {
+            match launch(
+                &self.plan,
+                Some(previous.clone()),
+                &mut forward,
+                &self.cancel,
+            )
+            .await
+            {
                 Ok(inc) => {
                     self.install(inc);
                     self.last_restart = Some((began, Instant::now()));
@@ -471,6 +594,12 @@ impl Supervisor {
                 }
                 Err(err) => {
                     tracing::warn!(kernel_id = %self.shared.id, error = %err, "automatic restart failed");
+                    if self.cancel.is_cancelled() {
+                        old.process.cleanup(false).await;
+                        self.die(&err.to_string()).await;
+                        return Exit::Stop;
+                    }
+                    decision = self.restarts.relaunch_failed();
                 }
             }
         }
@@ -486,7 +615,7 @@ impl Supervisor {
 
     /// The kernel cannot be kept: status `dead` to clients, process and files cleaned up.
     async fn die(&mut self, why: &str) {
-        self.publish_status("dead");
+        self.publish_status("dead", Some(why));
         self.shared.status().reason = Some(why.to_owned());
         self.stop_watching();
         if let Some(inc) = self.inc.take() {
@@ -497,18 +626,19 @@ impl Supervisor {
     }
 
     /// Graceful shutdown in EG's order: interrupt, shutdown_request, wait, terminate, cleanup.
+    /// Clients then get a `dead` status (saying why for a cull) and are disconnected.
     async fn shutdown(&mut self, reason: ShutdownReason) {
-        match reason {
+        let (why, kick) = match reason {
             ShutdownReason::Requested => {
-                tracing::info!(kernel_id = %self.shared.id, "shutting down kernel")
+                tracing::info!(kernel_id = %self.shared.id, "shutting down kernel");
+                (None, Kick::KernelGone)
             }
-            ShutdownReason::Culled { idle } => tracing::info!(
-                kernel_id = %self.shared.id,
-                idle_secs = idle.as_secs(),
-                "culling kernel: idle for {} s",
-                idle.as_secs()
-            ),
-        }
+            ShutdownReason::Culled(cull) => {
+                let why = cull.to_string();
+                tracing::info!(kernel_id = %self.shared.id, user = %self.plan.username, reason = %why, "culling kernel");
+                (Some(why), Kick::Culled)
+            }
+        };
         self.stop_watching();
         if let Some(inc) = self.inc.take() {
             // EG (jupyter_client >= 6.1.12) interrupts first so a busy kernel can act on the
@@ -518,8 +648,11 @@ impl Supervisor {
             }
             self.stop_incarnation(&inc, false, false).await;
         }
-        self.publish_status("dead");
-        self.hub.close_all(Kick::KernelGone);
+        self.publish_status("dead", why.as_deref());
+        if let Some(why) = why {
+            self.shared.status().reason = Some(why);
+        }
+        self.hub.close_all(kick);
         self.set_connections();
     }
 

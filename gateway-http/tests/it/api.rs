@@ -459,6 +459,44 @@ async fn allow_list_hides_other_specs() -> anyhow::Result<()> {
     Ok(())
 }
 
+// Issue 9: a kernelspec whose provisioner this gateway cannot run is listed as unavailable,
+// with a message naming the provisioner, and the others keep working.
+#[tokio::test]
+async fn unsupported_provisioners_are_listed_as_unavailable() -> anyhow::Result<()> {
+    let extra = tempfile::tempdir()?;
+    let kernels = extra.path().join("kernels");
+    let spec = kernels.join("k8s_python");
+    std::fs::create_dir_all(&spec)?;
+    std::fs::write(
+        spec.join("kernel.json"),
+        r#"{"argv": ["python", "launch.py", "{kernel_id}"], "display_name": "K8s", "language": "python",
+            "metadata": {"kernel_provisioner": {"provisioner_name": "kubernetes-provisioner", "config": {}}}}"#,
+    )?;
+    let gateway = Gateway::new(|c| c.kernelspec_dirs.push(kernels.clone()))?;
+    let (status, body) = gateway.check(Req::get("/api/kernelspecs")).await;
+    assert_eq!(status, StatusCode::OK);
+    let unavailable = body["kernelspecs"]["k8s_python"]["unavailable"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(unavailable.contains("kubernetes-provisioner"), "{body}");
+    assert!(
+        body["kernelspecs"]["echo"]["unavailable"].is_null(),
+        "{body}"
+    );
+    let (status, body) = gateway
+        .check(Req::post("/api/kernels", r#"{"name": "k8s_python"}"#))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kubernetes-provisioner"),
+        "{body}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn cors_and_content_headers() -> anyhow::Result<()> {
     let gateway = Gateway::new(|c| {

@@ -68,7 +68,7 @@ impl Kernels {
     }
 }
 
-/// Test kernelspecs: `exits` (ends at once with status 3), `by-message` (ipykernel interrupted
+/// Test kernelspecs: `exits` (ends at once with status 3), `sleeps` (never ready), `by-message` (ipykernel interrupted
 /// by message) and `restricted` (alice only).
 fn write_specs(dir: &Path) -> anyhow::Result<PathBuf> {
     let kernels = dir.join("mgr-kernels");
@@ -77,6 +77,11 @@ fn write_specs(dir: &Path) -> anyhow::Result<PathBuf> {
             "exits",
             json!({"argv": ["python", "-c", "import sys; sys.exit(3)", "{connection_file}"],
                          "display_name": "Exits", "language": "python"}),
+        ),
+        (
+            "sleeps",
+            json!({"argv": ["python", "-c", "import time; time.sleep(30)", "{connection_file}"],
+                   "display_name": "Sleeps", "language": "python"}),
         ),
         (
             "by-message",
@@ -512,7 +517,8 @@ async fn message_interrupts_and_concurrent_restarts() -> anyhow::Result<()> {
 async fn a_launch_past_its_timeout_is_torn_down() -> anyhow::Result<()> {
     let k = Kernels::new(|_| {})?;
     let env = json!({"KERNEL_LAUNCH_TIMEOUT": "0.3"});
-    match k.manager.start(request(None, Some(env))).await {
+    // A kernel that never answers (ipykernel itself may well be ready within 0.3 s).
+    match k.manager.start(request(Some("sleeps"), Some(env))).await {
         Err(Error::LaunchFailed { reason, .. }) => {
             assert!(reason.contains("within 0.3 s"), "{reason}")
         }

@@ -11,6 +11,9 @@
 //!   [`YarnClient::app_state`], [`YarnClient::kill`] (202, then poll until final),
 //!   [`YarnClient::queue_partition_usage`], and REST submission.
 //! * [`types`] holds the serde envelopes; errors are [`YarnError`].
+//! * [`backend`] is the `yarn` resource manager built on the client:
+//!   [`YarnResourceManager`] runs a kernelspec's `spark-submit` and follows the application;
+//!   [`YarnKernelProcess`] is one kernel as a YARN application.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), resource_managers::yarn::YarnError> {
@@ -27,10 +30,12 @@
 //! # }
 //! ```
 
+pub mod backend;
 pub mod client;
 pub mod site;
 pub mod types;
 
+pub use backend::{YarnConfig, YarnKernelProcess, YarnResourceManager, YarnSecurity};
 pub use client::{AppsQuery, Auth, YarnClient, YarnClientConfig, YarnError};
 pub use site::SiteConfig;
 pub use types::{App, AppState, ClusterInfo, NewApplication, SubmissionContext};

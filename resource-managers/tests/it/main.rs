@@ -3,4 +3,6 @@
 mod ipykernel;
 mod local;
 mod ssh;
+mod ssh_remote;
+mod sshd;
 mod support;

@@ -91,6 +91,7 @@ pub(crate) fn request(spec: KernelSpec) -> LaunchRequest {
         timeout: Duration::from_secs(30),
         previous: None,
         username: "tester".to_owned(),
+        run_as: None,
     }
 }
 
