@@ -63,8 +63,10 @@ impl TargetKind {
 pub(crate) struct Spec {
     /// Kernelspec name.
     pub(crate) name: &'static str,
-    /// argv with `{connection_file}`.
+    /// argv with `{connection_file}` (or the launcher placeholders).
     pub(crate) argv: Vec<String>,
+    /// kernel.json `metadata` (which process proxy runs it).
+    pub(crate) metadata: serde_json::Value,
 }
 
 /// Where everything is, and the kernelspecs every target shares.
@@ -81,6 +83,11 @@ pub(crate) struct Env {
     pub(crate) python: Spec,
     /// The test kernel's kernelspec.
     pub(crate) test_kernel: Spec,
+    /// ipykernel started through the remote-launcher protocol on this host: EG's
+    /// `DistributedProcessProxy` metadata (both gateways read it, and both launch locally for
+    /// `localhost`) with gateway_provisioners' `launch_ipykernel.py`, which calls back with
+    /// encrypted connection info.
+    pub(crate) launcher: Spec,
     /// WebSocket framing of every client.
     pub(crate) ws: WsProtocol,
     /// `RLIMIT_NOFILE` given to each gateway.
@@ -112,6 +119,7 @@ impl Env {
                 "-f".into(),
                 "{connection_file}".into(),
             ],
+            metadata: serde_json::json!({}),
         };
         let test_kernel = Spec {
             name: "bench_test_kernel",
@@ -120,14 +128,41 @@ impl Env {
                 "-f".into(),
                 "{connection_file}".into(),
             ],
+            metadata: serde_json::json!({}),
         };
-        for (spec, language) in [(&python, "python"), (&test_kernel, "test")] {
+        let launcher = Spec {
+            name: "bench_python_launcher",
+            argv: vec![
+                python_bin.to_string_lossy().into_owned(),
+                gp_launcher_script(root, dir.path())?
+                    .to_string_lossy()
+                    .into_owned(),
+                "--kernel-id".into(),
+                "{kernel_id}".into(),
+                "--port-range".into(),
+                "{port_range}".into(),
+                "--response-address".into(),
+                "{response_address}".into(),
+                "--public-key".into(),
+                "{public_key}".into(),
+                "--kernel-class-name".into(),
+                "ipykernel.ipkernel.IPythonKernel".into(),
+            ],
+            metadata: serde_json::json!({"process_proxy": {"class_name":
+                "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy"}}),
+        };
+        for (spec, language) in [
+            (&python, "python"),
+            (&test_kernel, "test"),
+            (&launcher, "python"),
+        ] {
             let spec_dir = dir.path().join("kernels").join(spec.name);
             std::fs::create_dir_all(&spec_dir)?;
             let json = serde_json::json!({
                 "argv": spec.argv,
                 "display_name": spec.name,
                 "language": language,
+                "metadata": spec.metadata,
             });
             std::fs::write(spec_dir.join("kernel.json"), json.to_string())?;
         }
@@ -140,6 +175,7 @@ impl Env {
             eg_entry: root.join(".venv-eg/bin/jupyter-enterprisegateway"),
             python,
             test_kernel,
+            launcher,
             ws,
             gateway_nofile,
             dir,
@@ -537,4 +573,25 @@ pub(crate) fn is_idle(msg: &Message) -> bool {
         execution_state: std::borrow::Cow<'a, str>,
     }
     serde_json::from_slice::<State<'_>>(&msg.content).is_ok_and(|s| s.execution_state == "idle")
+}
+
+/// gateway_provisioners' assembled `launch_ipykernel.py` (with its `server_listener.py`), made by
+/// its own `jupyter-ssh-spec install` into the benchmark's temp dir.
+fn gp_launcher_script(root: &Path, dir: &Path) -> Result<PathBuf> {
+    let prefix = dir.join("gp");
+    let status = Command::new(root.join(".venv/bin/jupyter-ssh-spec"))
+        .args(["install", "--kernel-name", "gp_launcher", "--prefix"])
+        .arg(&prefix)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running jupyter-ssh-spec (gateway-provisioners in .venv; `cargo xtask setup`)")?;
+    if !status.success() {
+        bail!("jupyter-ssh-spec install failed with {status}");
+    }
+    let script = prefix.join("share/jupyter/kernels/gp_launcher/scripts/launch_ipykernel.py");
+    if !script.exists() {
+        bail!("{} was not generated", script.display());
+    }
+    Ok(script)
 }

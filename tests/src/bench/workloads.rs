@@ -36,18 +36,31 @@ fn metric(name: &'static str, unit: &'static str, value: f64) -> Metric {
 pub(crate) enum Backend {
     /// A local process (ipykernel from the test venv).
     Local,
+    /// ipykernel through the remote-launcher protocol on this host (encrypted callback,
+    /// communication port); the floor is the same kernel started directly.
+    Launcher,
 }
 
 impl Backend {
     fn key(self) -> &'static str {
         match self {
             Backend::Local => "local",
+            Backend::Launcher => "launcher",
         }
     }
 
     fn spec(self, env: &Env) -> &Spec {
         match self {
             Backend::Local => &env.python,
+            Backend::Launcher => &env.launcher,
+        }
+    }
+
+    /// What the direct floor starts: a launcher needs a gateway to call back to, so its floor
+    /// is the kernel itself.
+    fn floor_spec(self, env: &Env) -> &Spec {
+        match self {
+            Backend::Local | Backend::Launcher => &env.python,
         }
     }
 }
@@ -103,6 +116,12 @@ impl Workload {
                 id: format!("start_{}", Backend::Local.key()),
                 title: "kernel start → kernel_info_reply (local ipykernel)".to_owned(),
                 kind: Kind::Start(Backend::Local),
+            },
+            Workload {
+                id: format!("start_{}", Backend::Launcher.key()),
+                title: "kernel start → kernel_info_reply (ipykernel via the launcher on localhost)"
+                    .to_owned(),
+                kind: Kind::Start(Backend::Launcher),
             },
             Workload {
                 id: "execute_pass".to_owned(),
@@ -182,7 +201,13 @@ impl Workload {
         gateway: Option<&Gateway>,
     ) -> Result<Vec<Metric>> {
         match self.kind {
-            Kind::Start(backend) => start(env, gateway, backend.spec(env)).await,
+            Kind::Start(backend) => {
+                let spec = match gateway {
+                    Some(_) => backend.spec(env),
+                    None => backend.floor_spec(env),
+                };
+                start(env, gateway, spec).await
+            }
             Kind::Execute => execute(env, sizes, gateway).await,
             Kind::Iopub => iopub(env, sizes, gateway).await,
             Kind::Display => display(env, sizes, gateway).await,
