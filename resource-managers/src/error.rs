@@ -40,6 +40,10 @@ pub enum Error {
     /// still waiting for resources at the deadline): a capacity problem, not the kernel's fault.
     #[error("{0}")]
     Capacity(String),
+    /// The backend's credentials were refused (SSH authentication failed on every host): the
+    /// gateway answers 403, as EG intends for authentication failures.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The YARN ResourceManager could not be reached or refused a call.
     #[error(transparent)]
     Yarn(#[from] crate::yarn::YarnError),

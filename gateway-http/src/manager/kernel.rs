@@ -224,6 +224,13 @@ pub(crate) fn launch_error(err: resource_managers::Error) -> Error {
     use resource_managers::Error as Rm;
     let fault = match &err {
         Rm::Unsupported(msg) => return Error::Unsupported(msg.clone()),
+        // Credentials refused by every host: 403 with the text in `reason`, as EG's SSH errors.
+        Rm::Unauthorized(msg) => {
+            return Error::Forbidden {
+                reason: msg.clone(),
+                message: String::new(),
+            };
+        }
         // EG answers 503 when YARN had no room for the kernel before the deadline.
         Rm::Capacity(_) | Rm::Launcher(kernel_launcher::Error::NoFreePort(_)) => Fault::Capacity,
         Rm::Spawn(_) | Rm::ExitedDuringLaunch { .. } | Rm::LaunchTimeout(_) | Rm::Launcher(_) => {

@@ -210,8 +210,9 @@ pub struct SshResourceManager {
 /// One host attempt that did not start a kernel.
 #[derive(Debug)]
 enum Attempt {
-    /// The host could not be used; the next one may be tried.
-    HostDown(String),
+    /// The host could not be used; the next one may be tried. `auth` when it refused our
+    /// credentials (as opposed to being unreachable).
+    HostDown { why: String, auth: bool },
     /// The launch ran and failed: final.
     Failed(Error),
 }
@@ -488,7 +489,10 @@ impl SshResourceManager {
         let session = remote
             .connect(&target, budget)
             .await
-            .map_err(|e| Attempt::HostDown(e.to_string()))?;
+            .map_err(|e| Attempt::HostDown {
+                auth: matches!(e, SessionError::Auth(_)),
+                why: e.to_string(),
+            })?;
         let session = Arc::new(session);
         let log_path = self.log_path(kernel_id);
         let remote_log = options
@@ -662,9 +666,11 @@ impl ResourceManager for SshResourceManager {
         let argv = self.templated_argv(&request);
         let mut pending = self.config.response.register(&kernel_id)?;
         let mut failures = Vec::new();
+        let mut all_refused_auth = true;
         for host in hosts {
             if Instant::now() >= deadline {
                 failures.push(format!("{host}: not tried, the launch deadline passed"));
+                all_refused_auth = false;
                 continue;
             }
             let ip = match SshResourceManager::resolve(&host).await {
@@ -673,6 +679,7 @@ impl ResourceManager for SshResourceManager {
                     tracing::warn!(%kernel_id, %host, "skipping host: {e}");
                     self.balancer.mark_failed(&host);
                     failures.push(format!("{host}: {e}"));
+                    all_refused_auth = false;
                     continue;
                 }
             };
@@ -685,17 +692,23 @@ impl ResourceManager for SshResourceManager {
             {
                 Ok(kernel) => return Ok(kernel),
                 Err(Attempt::Failed(err)) => return Err(err),
-                Err(Attempt::HostDown(why)) => {
+                Err(Attempt::HostDown { why, auth }) => {
                     tracing::warn!(%kernel_id, %host, "skipping host: {why}");
                     self.balancer.mark_failed(&host);
                     failures.push(format!("{host}: {why}"));
+                    all_refused_auth &= auth;
                 }
             }
         }
-        Err(Error::Spawn(format!(
+        let message = format!(
             "Could not start kernel {kernel_id} on any remote host: {}",
             failures.join("; ")
-        )))
+        );
+        if all_refused_auth && !failures.is_empty() {
+            Err(Error::Unauthorized(message))
+        } else {
+            Err(Error::Spawn(message))
+        }
     }
 
     async fn reattach(&self, record: &KernelRecord) -> Result<LaunchedKernel, Error> {

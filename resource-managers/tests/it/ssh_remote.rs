@@ -557,10 +557,16 @@ async fn an_ssh_agent_authenticates() -> anyhow::Result<()> {
         ..remote.options()
     });
     let err = nothing.launch(request(spec.clone())).await.err();
-    let message = err.map(|e| e.to_string()).unwrap_or_default();
+    let message = err.as_ref().map(|e| e.to_string()).unwrap_or_default();
     assert!(
         message.contains("no SSH key file, agent or password"),
         "{message}"
+    );
+    // Credentials refused on every host is an authentication failure (the gateway's 403), not
+    // a launch failure (§17 row 6).
+    assert!(
+        matches!(err, Some(resource_managers::Error::Unauthorized(_))),
+        "{err:?}"
     );
     let backend = remote.backend(SshOptions {
         auth: SshAuth {

@@ -83,6 +83,8 @@ pub(crate) struct Env {
     pub(crate) python: Spec,
     /// The test kernel's kernelspec.
     pub(crate) test_kernel: Spec,
+    /// Ports for kernels the direct floor starts.
+    pub(crate) ports: kernel_launcher::PortAllocator,
     /// ipykernel started through the remote-launcher protocol on this host: EG's
     /// `DistributedProcessProxy` metadata (both gateways read it, and both launch locally for
     /// `localhost`) with gateway_provisioners' `launch_ipykernel.py`, which calls back with
@@ -176,6 +178,7 @@ impl Env {
             python,
             test_kernel,
             launcher,
+            ports: kernel_launcher::PortAllocator::for_this_host(),
             ws,
             gateway_nofile,
             dir,
@@ -368,13 +371,20 @@ pub(crate) struct DirectKernel {
     guard: ChildGuard,
     client: KernelClient,
     connection_file: PathBuf,
+    /// The kernel's ports, reserved while it runs (as the gateway's local backend does), so
+    /// concurrent direct starts never pick the same port.
+    _ports: kernel_launcher::PortLease,
 }
 
 /// Launches `spec` the way a local gateway would (connection file with free ports and a fresh
 /// key, argv with `{connection_file}` substituted), connects a [`KernelClient`] and waits for the
 /// first kernel_info_reply.
 async fn start_direct(env: &Env, spec: &Spec) -> Result<DirectKernel> {
-    let ports = proc::free_ports(5)?;
+    let lease = env
+        .ports
+        .allocate(kernel_launcher::PortRange::ANY, "127.0.0.1", 5)
+        .context("allocating the kernel's ports")?;
+    let ports = lease.ports().to_vec();
     let info = ConnectionInfo {
         transport: jupyter_protocol::Transport::Tcp,
         ip: "127.0.0.1".to_owned(),
@@ -418,6 +428,7 @@ async fn start_direct(env: &Env, spec: &Spec) -> Result<DirectKernel> {
         guard,
         client,
         connection_file,
+        _ports: lease,
     })
 }
 
@@ -553,12 +564,14 @@ impl Session {
                     mut guard,
                     mut client,
                     connection_file,
+                    _ports,
                 } = *kernel;
                 let _ = client.shutdown(false, Duration::from_secs(2)).await;
                 drop(client);
                 let _ =
                     tokio::task::spawn_blocking(move || guard.stop(Duration::from_secs(3))).await;
                 let _ = std::fs::remove_file(connection_file);
+                drop(_ports);
                 Ok(())
             }
         }
