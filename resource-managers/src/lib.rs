@@ -187,6 +187,49 @@ pub enum ProcessState {
     Unknown,
 }
 
+impl std::fmt::Display for ProcessState {
+    /// `exit code 3`, `signal 9`, `exited`, `running`, `unknown state`: for error messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProcessState::Exited {
+                code: Some(code), ..
+            } => write!(f, "exit code {code}"),
+            ProcessState::Exited {
+                signal: Some(signal),
+                ..
+            } => write!(f, "signal {signal}"),
+            ProcessState::Exited { .. } => f.write_str("exited"),
+            ProcessState::Running => f.write_str("running"),
+            ProcessState::Unknown => f.write_str("unknown state"),
+        }
+    }
+}
+
+/// Seconds as Python prints a float (`30.0`, `1.5`), for EG's message texts.
+pub(crate) fn python_seconds(duration: Duration) -> String {
+    let secs = (duration.as_secs_f64() * 1000.0).round() / 1000.0;
+    if secs.fract() == 0.0 {
+        format!("{secs:.1}")
+    } else {
+        format!("{secs}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_read_like_eg() {
+        assert_eq!(python_seconds(Duration::from_secs(30)), "30.0");
+        assert_eq!(python_seconds(Duration::from_millis(1500)), "1.5");
+        let exited = |code, signal| ProcessState::Exited { code, signal }.to_string();
+        assert_eq!(exited(Some(3), None), "exit code 3");
+        assert_eq!(exited(None, Some(9)), "signal 9");
+        assert_eq!(exited(None, None), "exited");
+    }
+}
+
 /// Where a kernel runs, serialisable so a later gateway can re-attach to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KernelRecord {

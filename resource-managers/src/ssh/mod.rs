@@ -406,7 +406,7 @@ impl SshResourceManager {
                     let state = *exit_rx.borrow_and_update();
                     if changed.is_err() || state != ProcessState::Running {
                         break Err(Error::ExitedDuringLaunch {
-                            status: describe(state),
+                            status: state.to_string(),
                             log_tail: read_tail(&log_path, 20).unwrap_or_default(),
                         });
                     }
@@ -859,7 +859,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn timeout_error(kernel_id: &str, timeout: Duration, host: &str, log: &Path) -> Error {
     Error::LaunchTimeout(format!(
         "KernelID: '{kernel_id}' launch timeout due to: Waited too long ({}s) to get connection file.  Check Enterprise Gateway log and kernel log ({host}:{}) for more information.",
-        python_seconds(timeout),
+        crate::python_seconds(timeout),
         log.display()
     ))
 }
@@ -1421,59 +1421,4 @@ fn verified_kernel_group(response: &LauncherResponse, launcher: Pid) -> Option<P
         .parse()
         .ok()?;
     (parent == launcher.as_raw()).then(|| Pid::from_raw(pgid))
-}
-
-/// `exit code 3`, `signal 9`, ...
-fn describe(state: ProcessState) -> String {
-    match state {
-        ProcessState::Exited {
-            code: Some(code), ..
-        } => format!("exit code {code}"),
-        ProcessState::Exited {
-            signal: Some(signal),
-            ..
-        } => format!("signal {signal}"),
-        ProcessState::Exited { .. } => "exited".to_owned(),
-        ProcessState::Running => "running".to_owned(),
-        ProcessState::Unknown => "unknown state".to_owned(),
-    }
-}
-
-/// Seconds as Python prints a float (`30.0`, `0.5`).
-fn python_seconds(duration: Duration) -> String {
-    let secs = duration.as_secs_f64();
-    if secs.fract() == 0.0 {
-        format!("{secs:.1}")
-    } else {
-        format!("{secs}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seconds_like_python() {
-        assert_eq!(python_seconds(Duration::from_secs(30)), "30.0");
-        assert_eq!(python_seconds(Duration::from_millis(1500)), "1.5");
-    }
-
-    #[test]
-    fn exit_descriptions() {
-        assert_eq!(
-            describe(ProcessState::Exited {
-                code: Some(3),
-                signal: None
-            }),
-            "exit code 3"
-        );
-        assert_eq!(
-            describe(ProcessState::Exited {
-                code: None,
-                signal: Some(9)
-            }),
-            "signal 9"
-        );
-    }
 }

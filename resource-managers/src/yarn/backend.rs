@@ -298,7 +298,7 @@ impl YarnResourceManager {
                 return Err(Error::Capacity(format!(
                     "Yarn Compute Resource is unavailable after {} seconds \
                      (queue '{queue}', partition '{label}': {used}% used, threshold {threshold}%)",
-                    python_seconds(waited)
+                    crate::python_seconds(waited)
                 )));
             }
             tracing::debug!(kernel_id = %request.kernel_id, %queue, %label, used, threshold, "queue over its threshold; waiting");
@@ -458,7 +458,7 @@ impl ResourceManager for YarnResourceManager {
                 return Err(Error::Capacity(format!(
                     "Yarn Compute Resource is unavailable after {} seconds (the ResourceManager \
                      did not answer the queue check in time)",
-                    python_seconds(started.elapsed())
+                    crate::python_seconds(started.elapsed())
                 )));
             }
         }
@@ -588,14 +588,14 @@ impl ResourceManager for YarnResourceManager {
             (&outcome, app.clone(), host, response)
         else {
             let tail = || read_tail(&log_path, TAIL_LINES).unwrap_or_default();
-            let timeout = python_seconds(request.timeout);
+            let timeout = crate::python_seconds(request.timeout);
             let err = match outcome {
                 Err(Failure::Error(err)) => err,
                 Err(Failure::SubmitFailed(state)) => Error::ExitedDuringLaunch {
                     status: format!(
                         "Error occurred during launch of KernelID: {kernel_id}: the submit command {} ended with {}",
                         program.display(),
-                        describe(state)
+                        state
                     ),
                     log_tail: tail(),
                 },
@@ -627,7 +627,7 @@ impl ResourceManager for YarnResourceManager {
                         }
                         Some(app) => Error::Capacity(format!(
                             "{prefix}YARN resources unavailable after {} seconds for app {}, launch timeout: {timeout}!  Check YARN configuration.{rm_note}",
-                            python_seconds(started.elapsed()),
+                            crate::python_seconds(started.elapsed()),
                             app.id
                         )),
                     }
@@ -1064,32 +1064,6 @@ impl Drop for YarnKernelProcess {
     }
 }
 
-/// `exit code 3`, `signal 9`, ...
-fn describe(state: ProcessState) -> String {
-    match state {
-        ProcessState::Exited {
-            code: Some(code), ..
-        } => format!("exit code {code}"),
-        ProcessState::Exited {
-            signal: Some(signal),
-            ..
-        } => format!("signal {signal}"),
-        ProcessState::Exited { .. } => "an exit".to_owned(),
-        ProcessState::Running => "still running".to_owned(),
-        ProcessState::Unknown => "an unknown state".to_owned(),
-    }
-}
-
-/// Seconds as Python prints a float (`30.0`, `0.5`).
-fn python_seconds(duration: Duration) -> String {
-    let secs = (duration.as_secs_f64() * 1000.0).round() / 1000.0;
-    if secs.fract() == 0.0 {
-        format!("{secs:.1}")
-    } else {
-        format!("{secs}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1185,11 +1159,5 @@ mod tests {
         assert!(belongs_to(&app(&format!("spark-{id}"), ""), id));
         assert!(belongs_to(&app("other", &format!("x,{id}")), id));
         assert!(!belongs_to(&app("other", "x,y"), id));
-    }
-
-    #[test]
-    fn seconds_like_python() {
-        assert_eq!(python_seconds(Duration::from_secs(30)), "30.0");
-        assert_eq!(python_seconds(Duration::from_millis(1500)), "1.5");
     }
 }
