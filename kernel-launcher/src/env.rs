@@ -107,7 +107,8 @@ pub struct EnvInputs<'a> {
 ///    `string.Template.safe_substitute` against the env of step 2; `PYTHONEXECUTABLE` is removed.
 /// 5. The user overrides are applied again (the kernelspec only provides defaults).
 /// 6. `KERNEL_GATEWAY=1`; the auth tokens are removed.
-/// 7. `KERNEL_ID`, `KERNEL_LANGUAGE` (unless set), `EG_IMPERSONATION_ENABLED` (`True`/`False`),
+/// 7. `KERNEL_ID`, `KERNEL_LANGUAGE` (unless set), `EG_IMPERSONATION_ENABLED` and
+///    `GP_IMPERSONATION_ENABLED` (`True`/`False`),
 ///    `KERNEL_USERNAME`; `EG_REMOTE_PWD` and `LS_COLORS` are removed.
 ///
 /// `JPY_PARENT_PID` is added by the backend that spawns the process.
@@ -168,10 +169,11 @@ pub fn compose(inputs: &EnvInputs<'_>) -> BTreeMap<String, String> {
     } else {
         "False"
     };
-    env.insert(
-        "EG_IMPERSONATION_ENABLED".to_owned(),
-        impersonation.to_owned(),
-    );
+    // EG's launch scripts read the first name, gateway_provisioners' (`run.sh` adding
+    // `--proxy-user`) the second.
+    for name in ["EG_IMPERSONATION_ENABLED", "GP_IMPERSONATION_ENABLED"] {
+        env.insert(name.to_owned(), impersonation.to_owned());
+    }
     env.entry("KERNEL_USERNAME".to_owned())
         .or_insert_with(|| inputs.username.to_owned());
     for key in REMOVED {
@@ -423,6 +425,7 @@ mod tests {
             ("KERNEL_LANGUAGE", "python"),
             ("KERNEL_USERNAME", "alice"),
             ("EG_IMPERSONATION_ENABLED", "False"),
+            ("GP_IMPERSONATION_ENABLED", "False"),
         ]);
         assert_eq!(env, expected);
 
@@ -445,6 +448,10 @@ mod tests {
         );
         assert_eq!(
             env.get("EG_IMPERSONATION_ENABLED").map(String::as_str),
+            Some("True")
+        );
+        assert_eq!(
+            env.get("GP_IMPERSONATION_ENABLED").map(String::as_str),
             Some("True")
         );
     }

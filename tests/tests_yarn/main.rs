@@ -3,6 +3,7 @@
 
 mod backend;
 mod client;
+mod gp_yarn_spec;
 mod python;
 mod rest;
 mod spark;
