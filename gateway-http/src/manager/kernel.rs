@@ -257,13 +257,47 @@ fn failed(reason: String) -> Error {
 ///
 /// Cancelling `abort` abandons the launch once the backend has answered (a backend launch itself
 /// is bounded by the deadline); what was started is torn down.
+///
+/// A kernel that dies because one of its ports was taken between allocation and its own bind (by
+/// an unrelated process; nothing can reserve a port across that gap) is launched again on fresh
+/// ports, within the same deadline.
 pub(crate) async fn launch(
     plan: &LaunchPlan,
     previous: Option<ConnectionInfo>,
     on_iopub: &mut (dyn FnMut(Message) + Send),
     abort: &CancellationToken,
 ) -> Result<Incarnation, Error> {
+    const PORT_RETRIES: usize = 2;
     let deadline = Instant::now() + plan.timeout;
+    let mut previous = previous;
+    let mut retries = 0;
+    loop {
+        match launch_once(plan, previous.clone(), deadline, on_iopub, abort).await {
+            Err(err)
+                if retries < PORT_RETRIES && port_was_taken(&err) && Instant::now() < deadline =>
+            {
+                retries += 1;
+                tracing::warn!(kernel_id = %plan.kernel_id, error = %err,
+                    "a kernel port was taken before the kernel bound it; launching again on fresh ports");
+                previous = None;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The launch failed because the kernel could not bind a port it was given.
+fn port_was_taken(err: &Error) -> bool {
+    matches!(err, Error::LaunchFailed { reason, .. } if reason.contains("Address already in use"))
+}
+
+async fn launch_once(
+    plan: &LaunchPlan,
+    previous: Option<ConnectionInfo>,
+    deadline: Instant,
+    on_iopub: &mut (dyn FnMut(Message) + Send),
+    abort: &CancellationToken,
+) -> Result<Incarnation, Error> {
     if abort.is_cancelled() {
         return Err(failed(format!(
             "the launch of kernel {} was abandoned",
@@ -276,7 +310,7 @@ pub(crate) async fn launch(
         env: plan.env.clone(),
         cwd: plan.cwd.clone(),
         port_range: plan.port_range,
-        timeout: plan.timeout,
+        timeout: deadline.saturating_duration_since(Instant::now()),
         previous,
         username: plan.username.clone(),
         run_as: plan.run_as.clone(),

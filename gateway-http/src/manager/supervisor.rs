@@ -621,6 +621,9 @@ impl Supervisor {
         if let Some(inc) = self.inc.take() {
             teardown(inc.process.as_ref(), Duration::ZERO, false).await;
         }
+        // Gone from the table before clients are disconnected: whoever sees the socket close
+        // and asks for the kernel gets 404.
+        self.remove_from_table();
         self.hub.close_all(Kick::KernelGone);
         self.set_connections();
     }
@@ -652,6 +655,7 @@ impl Supervisor {
         if let Some(why) = why {
             self.shared.status().reason = Some(why);
         }
+        self.remove_from_table();
         self.hub.close_all(kick);
         self.set_connections();
     }

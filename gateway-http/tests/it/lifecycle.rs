@@ -651,9 +651,11 @@ async fn five_hundred_start_shutdown_cycles_leak_nothing() -> anyhow::Result<()>
     const LANES: usize = 4;
     const CYCLES: usize = 500;
     let lab = Lab::new(|_| {})?;
-    // Each lane has a port range of its own (below the ephemeral ports other tests' kernels
-    // get), so the ports a shutdown frees are the only ones its lane's next start can take.
-    let base = 20_000 + (std::process::id() % 3) as u16 * 4_004;
+    // Each lane has a port range of its own, above the ephemeral range (32768..60999 here) and
+    // apart from the window unrestricted kernels of other test processes draw from
+    // (10000..32767, see `PortAllocator`), so the ports a shutdown frees are the only ones its
+    // lane's next start can take.
+    let base: u16 = 61_000;
     for lane in 0..LANES {
         let lo = base + lane as u16 * 1_001;
         let dir = lab.dir.path().join(format!("lc-kernels/lane{lane}"));
