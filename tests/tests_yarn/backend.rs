@@ -248,26 +248,7 @@ async fn yarn_kernel_launches_executes_interrupts_restarts_and_shuts_down() {
     assert_eq!(kernel.process.poll().await, ProcessState::Running);
 
     // Interrupt through the launcher's communication port while a cell sleeps.
-    let running = tokio::spawn(async move {
-        let outcome = client
-            .execute("import time; time.sleep(30)", 60 * SECOND)
-            .await;
-        (client, outcome)
-    });
-    tokio::time::sleep(SECOND).await;
-    kernel.process.interrupt().await.expect("interrupt");
-    let (mut client, outcome) = tokio::time::timeout(20 * SECOND, running)
-        .await
-        .expect("interrupted in time")
-        .expect("join");
-    assert_eq!(
-        outcome
-            .expect("execute reply")
-            .error
-            .map(|e| e.ename)
-            .as_deref(),
-        Some("KeyboardInterrupt")
-    );
+    let mut client = crate::interrupt_a_sleeping_cell(client, kernel.process.as_ref()).await;
 
     // Re-attaching from the record finds the same application without a search.
     let again = fx.backend.reattach(&record).await.expect("reattach");

@@ -170,26 +170,7 @@ async fn gp_yarn_spec_launches_interrupts_and_shuts_down() {
     );
 
     // Interrupt through the launcher's communication port while a cell sleeps.
-    let running = tokio::spawn(async move {
-        let outcome = client
-            .execute("import time; time.sleep(30)", 60 * SECOND)
-            .await;
-        (client, outcome)
-    });
-    tokio::time::sleep(SECOND).await;
-    kernel.process.interrupt().await.expect("interrupt");
-    let (mut client, outcome) = tokio::time::timeout(20 * SECOND, running)
-        .await
-        .expect("interrupted in time")
-        .expect("join");
-    assert_eq!(
-        outcome
-            .expect("execute reply")
-            .error
-            .map(|e| e.ename)
-            .as_deref(),
-        Some("KeyboardInterrupt")
-    );
+    let mut client = crate::interrupt_a_sleeping_cell(client, kernel.process.as_ref()).await;
     let out = client
         .execute("print(6 * 7)", 30 * SECOND)
         .await

@@ -327,3 +327,33 @@ pub(crate) fn launch_start_ms() -> i64 {
         .expect("clock");
     i64::try_from(now.as_secs()).expect("secs") * 1000
 }
+
+/// Runs `time.sleep(30)` in the kernel, interrupts it through the backend after a second, checks
+/// the cell ended in `KeyboardInterrupt`, and hands the client back.
+pub(crate) async fn interrupt_a_sleeping_cell(
+    mut client: jupyter_protocol::KernelClient,
+    process: &dyn resource_managers::KernelProcess,
+) -> jupyter_protocol::KernelClient {
+    let second = Duration::from_secs(1);
+    let running = tokio::spawn(async move {
+        let outcome = client
+            .execute("import time; time.sleep(30)", 60 * second)
+            .await;
+        (client, outcome)
+    });
+    tokio::time::sleep(second).await;
+    process.interrupt().await.expect("interrupt");
+    let (client, outcome) = tokio::time::timeout(20 * second, running)
+        .await
+        .expect("interrupted in time")
+        .expect("join");
+    assert_eq!(
+        outcome
+            .expect("execute reply")
+            .error
+            .map(|e| e.ename)
+            .as_deref(),
+        Some("KeyboardInterrupt")
+    );
+    client
+}
