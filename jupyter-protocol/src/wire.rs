@@ -105,7 +105,7 @@ impl Signer {
     /// Checks a hex signature in constant time. Always `Ok` when unsigned.
     ///
     /// A signature that is not 64 characters long is [`Error::InvalidSignature`]; one with
-    /// characters that are not hex digits is [`Error::Malformed`].
+    /// characters that are not lower-case hex digits is [`Error::Malformed`].
     pub fn verify(&self, signature: &[u8], msg: &Message) -> Result<(), Error> {
         let Some(mac) = &self.mac else {
             return Ok(());
@@ -134,6 +134,16 @@ impl Signer {
 fn decode_signature(signature: &[u8]) -> Result<[u8; TAG_LEN], Error> {
     if signature.len() != TAG_LEN * 2 {
         return Err(Error::InvalidSignature);
+    }
+    // jupyter_client compares the lower-case hex digest as a string, so an upper-case
+    // signature is refused there; refusing it here too keeps one spelling per tag.
+    if let Some(bad) = signature
+        .iter()
+        .find(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(Error::Malformed(format!(
+            "signature is not lower-case hex (found byte 0x{bad:02x})"
+        )));
     }
     let mut tag = [0u8; TAG_LEN];
     hex::decode_to_slice(signature, &mut tag)
@@ -368,6 +378,12 @@ mod tests {
             check(wrong_key, usize::MAX),
             Err(Error::InvalidSignature)
         ));
+
+        // The right tag spelled in upper case is refused, as jupyter_client refuses it.
+        let mut upper = frames.clone();
+        upper[1] = Bytes::from(String::from_utf8_lossy(&frames[1]).to_uppercase());
+        assert_ne!(upper[1], frames[1]);
+        assert!(matches!(check(upper, usize::MAX), Err(Error::Malformed(_))));
 
         assert!(matches!(
             check(frames[1..].to_vec(), usize::MAX),
