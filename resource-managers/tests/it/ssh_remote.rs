@@ -10,7 +10,7 @@ use std::time::Duration;
 use jupyter_protocol::{KernelClient, SocketOptions};
 use kernel_launcher::{KernelSpec, ListenerOptions, ResponseListener};
 use resource_managers::ssh::{
-    HostKeys, LoadBalancing, SshAuth, SshConfig, SshOptions, SshResourceManager,
+    HostKeys, LoadBalancing, Secret, SshAuth, SshConfig, SshOptions, SshResourceManager,
 };
 use resource_managers::{
     Error, KernelProcess, LaunchRequest, LaunchedKernel, ProcessState, ResourceManager,
@@ -29,7 +29,10 @@ struct Remote {
 
 impl Remote {
     async fn start(n: u8) -> anyhow::Result<Remote> {
-        let hosts = SshHosts::start(n).await?;
+        Remote::with_hosts(SshHosts::start(n).await?).await
+    }
+
+    async fn with_hosts(hosts: SshHosts) -> anyhow::Result<Remote> {
         let dir = tempfile::tempdir()?;
         let listener = ResponseListener::bind(
             SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -650,4 +653,103 @@ async fn remote_user_follows_impersonation() -> anyhow::Result<()> {
         .insert("KERNEL_USERNAME".into(), "bob; rm -rf /".into());
     assert!(impersonating.remote_user(&launch).is_err());
     Ok(())
+}
+
+/// A system user with a random password, made for one test and deleted when dropped.
+struct PasswordUser {
+    name: String,
+    uid: u32,
+    password: String,
+}
+
+impl PasswordUser {
+    fn create() -> anyhow::Result<PasswordUser> {
+        let name = format!("egpw{}", std::process::id());
+        let status = std::process::Command::new("useradd")
+            .args(["--no-create-home", "--home-dir", "/", "--shell", "/bin/sh"])
+            .arg(&name)
+            .status()?;
+        anyhow::ensure!(status.success(), "useradd {name} failed: {status}");
+        // From here on the guard deletes the user, whatever happens next.
+        let mut user = PasswordUser {
+            name,
+            uid: 0,
+            password: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let mut chpasswd = std::process::Command::new("chpasswd")
+            .stdin(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = chpasswd.stdin.take() {
+            use std::io::Write as _;
+            writeln!(stdin, "{}:{}", user.name, user.password)?;
+        }
+        anyhow::ensure!(chpasswd.wait()?.success(), "chpasswd failed");
+        let id = std::process::Command::new("id")
+            .args(["-u", &user.name])
+            .output()?;
+        user.uid = String::from_utf8_lossy(&id.stdout).trim().parse()?;
+        Ok(user)
+    }
+}
+
+impl Drop for PasswordUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .arg(&self.name)
+            .status();
+    }
+}
+
+/// The owner of a process, from `/proc/<pid>/status`.
+fn uid_of(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_logs_in_and_a_wrong_one_is_unauthorized() -> anyhow::Result<()> {
+    let user = PasswordUser::create()?;
+    let remote = Remote::with_hosts(SshHosts::start_accepting_passwords(1).await?).await?;
+    // The kernel runs as the new user: its log goes where that user may write.
+    let logs = tempfile::tempdir()?;
+    std::fs::set_permissions(
+        logs.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )?;
+    let spec = agent_spec(remote.dir.path(), "sleeper", &["/bin/sleep", "60"])?;
+    let with_password = |password: &str| SshOptions {
+        remote_user: Some(user.name.clone()),
+        auth: SshAuth {
+            password: Some(Secret::new(password)),
+            ..SshAuth::default()
+        },
+        remote_log_dir: Some(logs.path().to_path_buf()),
+        ..remote.options()
+    };
+
+    let wrong = remote.backend(with_password("not-the-password"));
+    let err = wrong.launch(request(spec.clone())).await.err();
+    assert!(matches!(err, Some(Error::Unauthorized(_))), "{err:?}");
+    let told = format!(
+        "{err:?} {}",
+        err.as_ref().map(ToString::to_string).unwrap_or_default()
+    );
+    assert!(
+        !told.contains("not-the-password"),
+        "the password leaked: {told}"
+    );
+
+    let right = remote.backend(with_password(&user.password));
+    let kernel = right.launch(request(spec)).await?;
+    assert_eq!(kernel.process.poll().await, ProcessState::Running);
+    let pgid = int(kernel.process.as_ref(), "pgid");
+    assert_eq!(
+        uid_of(pgid),
+        Some(user.uid),
+        "the kernel runs as the SSH user"
+    );
+    let launcher = int(kernel.process.as_ref(), "launcher_group");
+    assert_eq!(uid_of(launcher), Some(user.uid));
+    stop_and_check_gone(&kernel).await
 }

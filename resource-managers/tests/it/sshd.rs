@@ -24,8 +24,22 @@ pub(crate) struct SshHosts {
 }
 
 impl SshHosts {
-    /// Starts `n` servers on 127.0.0.2 ... 127.0.0.(n+1).
+    /// Starts `n` servers on 127.0.0.2 ... 127.0.0.(n+1), accepting public keys only.
     pub(crate) async fn start(n: u8) -> anyhow::Result<SshHosts> {
+        SshHosts::start_with(n, false).await
+    }
+
+    /// Like [`SshHosts::start`], and also accepting passwords (checked by sshd against the
+    /// system's shadow file; root still logs in by key only).
+    #[allow(
+        dead_code,
+        reason = "the benchmark includes this file and uses keys only"
+    )]
+    pub(crate) async fn start_accepting_passwords(n: u8) -> anyhow::Result<SshHosts> {
+        SshHosts::start_with(n, true).await
+    }
+
+    async fn start_with(n: u8, passwords: bool) -> anyhow::Result<SshHosts> {
         // sshd refuses to start without its privilege separation directory.
         std::fs::create_dir_all("/run/sshd")?;
         let dir = tempfile::tempdir()?;
@@ -48,12 +62,13 @@ impl SshHosts {
         for addr in addrs {
             let config = dir.path().join(format!("sshd_config.{addr}"));
             let d = dir.path().display();
+            let passwords = if passwords { "yes" } else { "no" };
             std::fs::write(
                 &config,
                 format!(
                     "ListenAddress {addr}:{port}\nHostKey {d}/host_key\nPidFile none\n\
                      AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
-                     PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                     PermitRootLogin prohibit-password\nPasswordAuthentication {passwords}\n\
                      KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
                      AllowTcpForwarding yes\nMaxStartups 100\nMaxSessions 100\nLogLevel ERROR\n"
                 ),
