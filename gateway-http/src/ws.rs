@@ -21,6 +21,7 @@ use axum::extract::ws::{
     CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade, close_code,
 };
 use axum::response::Response;
+use futures_util::SinkExt as _;
 use jupyter_protocol::sockets::SessionChannels;
 use jupyter_protocol::websocket::{V1_SUBPROTOCOL, WsFrame, legacy, v1};
 use jupyter_protocol::{Channel, ConnectionInfo, Message};
@@ -38,6 +39,9 @@ const REPLACE_WAIT: Duration = Duration::from_secs(2);
 const HELD_WHILE_RESTARTING: usize = 1000;
 /// Minimum time without any frame from the client before a pinged connection is closed.
 const MIN_PONG_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages already waiting are written behind each other and flushed together, at most this
+/// many at a time (one write instead of one per message during an output burst).
+const WRITE_BATCH: usize = 64;
 
 /// The framing a connection negotiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +197,7 @@ impl Bridge {
                 return false;
             }
         }
-        true
+        self.flush(socket).await
     }
 
     async fn serve(&mut self, socket: &mut WebSocket, lease: &mut ClientLease) -> Stop {
@@ -235,7 +239,7 @@ impl Bridge {
                 }
                 reply = next_reply(&mut self.channels) => match reply {
                     Some((channel, msg)) => {
-                        if !self.send(socket, channel, &msg).await {
+                        if !self.send(socket, channel, &msg).await || !self.flush(socket).await {
                             self.pending.push_back((channel, msg));
                             return Stop::Silent;
                         }
@@ -250,6 +254,17 @@ impl Bridge {
                         if let Some(stop) = self.on_notice(socket, notice).await {
                             return stop;
                         }
+                        for _ in 1..WRITE_BATCH {
+                            let Some(next) = lease.attached.queue.try_recv() else {
+                                break;
+                            };
+                            if let Some(stop) = self.on_notice(socket, next).await {
+                                return stop;
+                            }
+                        }
+                        if !self.flush(socket).await {
+                            return Stop::Silent;
+                        }
                     }
                     None => return Stop::Close(close_code::NORMAL, "kernel shut down"),
                 },
@@ -260,6 +275,9 @@ impl Bridge {
                             if let Some(stop) = self.on_notice(socket, notice).await {
                                 return stop;
                             }
+                        }
+                        if !self.flush(socket).await {
+                            return Stop::Silent;
                         }
                     }
                     return match why {
@@ -379,7 +397,8 @@ impl Bridge {
         None
     }
 
-    /// Sends a kernel message to the client in the negotiated framing; false when the socket is gone.
+    /// Writes a kernel message to the socket in the negotiated framing, without flushing (see
+    /// [`Bridge::flush`]); false when the socket is gone.
     async fn send(&self, socket: &mut WebSocket, channel: Channel, msg: &Message) -> bool {
         let frame = match self.mode {
             Mode::V1 => WsMessage::Binary(v1::encode(channel, msg).into()),
@@ -398,7 +417,17 @@ impl Bridge {
         // (e.g. the final `dead` status).
         tokio::select! {
             biased;
-            sent = socket.send(frame) => sent.is_ok(),
+            sent = socket.feed(frame) => sent.is_ok(),
+            _ = self.kick.kicked() => false,
+            () = self.manager.cancelled().cancelled() => false,
+        }
+    }
+
+    /// Pushes what [`Bridge::send`] wrote out to the client; false when the socket is gone.
+    async fn flush(&self, socket: &mut WebSocket) -> bool {
+        tokio::select! {
+            biased;
+            flushed = socket.flush() => flushed.is_ok(),
             _ = self.kick.kicked() => false,
             () = self.manager.cancelled().cancelled() => false,
         }
