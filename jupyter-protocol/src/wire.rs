@@ -111,8 +111,12 @@ impl Signer {
             return Ok(());
         };
         let tag = decode_signature(signature)?;
+        self.verify_tag(mac, &tag, msg)
+    }
+
+    fn verify_tag(&self, mac: &HmacSha256, tag: &[u8; TAG_LEN], msg: &Message) -> Result<(), Error> {
         self.tag(mac, msg)
-            .verify_slice(&tag)
+            .verify_slice(tag)
             .map_err(|_| Error::InvalidSignature)
     }
 
@@ -137,17 +141,21 @@ fn decode_signature(signature: &[u8]) -> Result<[u8; TAG_LEN], Error> {
     }
     // jupyter_client compares the lower-case hex digest as a string, so an upper-case
     // signature is refused there; refusing it here too keeps one spelling per tag.
-    if let Some(bad) = signature
-        .iter()
-        .find(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        return Err(Error::Malformed(format!(
-            "signature is not lower-case hex (found byte 0x{bad:02x})"
-        )));
+    fn nibble(c: u8) -> Result<u8, Error> {
+        match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            _ => Err(Error::Malformed(format!(
+                "signature is not lower-case hex (found byte 0x{c:02x})"
+            ))),
+        }
     }
     let mut tag = [0u8; TAG_LEN];
-    hex::decode_to_slice(signature, &mut tag)
-        .map_err(|err| Error::Malformed(format!("signature is not hex: {err}")))?;
+    for (byte, pair) in tag.iter_mut().zip(signature.chunks_exact(2)) {
+        if let [hi, lo] = *pair {
+            *byte = (nibble(hi)? << 4) | nibble(lo)?;
+        }
+    }
     Ok(tag)
 }
 
@@ -173,7 +181,10 @@ impl DigestHistory {
 
     /// Records a signature; [`Error::DuplicateSignature`] if it was seen before.
     pub fn insert(&mut self, signature: &[u8]) -> Result<(), Error> {
-        let tag = decode_signature(signature)?;
+        self.insert_tag(decode_signature(signature)?)
+    }
+
+    fn insert_tag(&mut self, tag: [u8; TAG_LEN]) -> Result<(), Error> {
         if self.seen.contains(&tag) {
             return Err(Error::DuplicateSignature);
         }
@@ -240,14 +251,15 @@ impl Verifier {
     /// Checks a signature against a message and records it: replays are
     /// [`Error::DuplicateSignature`], mismatches [`Error::InvalidSignature`].
     pub fn check(&mut self, signature: &[u8], msg: &Message) -> Result<(), Error> {
-        if !self.signer.is_signed() {
+        let Some(mac) = &self.signer.mac else {
             return Ok(());
-        }
-        if self.history.contains(signature) {
+        };
+        let tag = decode_signature(signature)?;
+        if self.history.seen.contains(&tag) {
             return Err(Error::DuplicateSignature);
         }
-        self.signer.verify(signature, msg)?;
-        self.history.insert(signature)
+        self.signer.verify_tag(mac, &tag, msg)?;
+        self.history.insert_tag(tag)
     }
 }
 
