@@ -120,6 +120,7 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     opt!("ssh_known_hosts", "FILE", "", ["EG_SSH_KNOWN_HOSTS"], &[], "known_hosts file that remote host keys are checked against (default ~/.ssh/known_hosts)"),
     opt!("ssh_accept_unknown_hosts", "BOOL", "false", ["EG_SSH_ACCEPT_UNKNOWN_HOSTS"], &[], "Accept hosts missing from known_hosts (a changed key is always refused)"),
     opt!("enable_tunneling", "BOOL", "false", ["EG_ENABLE_TUNNELING", "GP_ENABLE_TUNNELING"], &[], "Tunnel remote kernels' ports through the SSH connection"),
+    opt!("ssh_local_hosts", "BOOL", "false", ["EG_SSH_LOCAL_HOSTS"], &[], "Reach hosts that are this machine over SSH too, instead of launching them directly (for testing against a separate sshd)"),
     // YARN (EG's YarnClusterProcessProxy).
     opt!("yarn_endpoint", "URL", "", ["EG_YARN_ENDPOINT", "GP_YARN_ENDPOINT"], APP, "YARN ResourceManager, e.g. http://rm:8088/ws/v1/cluster (default: from yarn-site.xml)"),
     opt!("alt_yarn_endpoint", "URL", "", ["EG_ALT_YARN_ENDPOINT", "GP_ALT_YARN_ENDPOINT"], APP, "Second ResourceManager of an HA pair"),

@@ -270,6 +270,7 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         },
         load_balancing,
         tunneling: r.bool("enable_tunneling")?,
+        ssh_to_local_hosts: r.bool("ssh_local_hosts")?,
         ..SshOptions::default()
     };
     let yarn = YarnSettings {
@@ -435,6 +436,24 @@ mod tests {
         assert_eq!(ours.buffer_max_bytes, lib.buffer_max_bytes);
         assert_eq!(ours.buffer_ttl, lib.buffer_ttl);
         assert_eq!(ours.shutdown_kernels_on_exit, lib.shutdown_kernels_on_exit);
+    }
+
+    #[test]
+    fn ssh_to_local_hosts_is_off_unless_asked_for() {
+        let s = settings(&[], &[]).expect("valid");
+        assert_eq!(
+            s.ssh.ssh_to_local_hosts,
+            SshOptions::default().ssh_to_local_hosts
+        );
+        assert!(!s.ssh.ssh_to_local_hosts);
+        let s = settings(&[], &[("EG_SSH_LOCAL_HOSTS", "true")]).expect("valid");
+        assert!(s.ssh.ssh_to_local_hosts);
+        let s = settings(
+            &["--ssh_local_hosts=false"],
+            &[("EG_SSH_LOCAL_HOSTS", "true")],
+        )
+        .expect("valid");
+        assert!(!s.ssh.ssh_to_local_hosts);
     }
 
     #[test]

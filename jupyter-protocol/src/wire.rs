@@ -114,7 +114,12 @@ impl Signer {
         self.verify_tag(mac, &tag, msg)
     }
 
-    fn verify_tag(&self, mac: &HmacSha256, tag: &[u8; TAG_LEN], msg: &Message) -> Result<(), Error> {
+    fn verify_tag(
+        &self,
+        mac: &HmacSha256,
+        tag: &[u8; TAG_LEN],
+        msg: &Message,
+    ) -> Result<(), Error> {
         self.tag(mac, msg)
             .verify_slice(tag)
             .map_err(|_| Error::InvalidSignature)

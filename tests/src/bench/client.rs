@@ -216,7 +216,10 @@ impl WsClient {
                 HeaderValue::from_static(V1_SUBPROTOCOL),
             );
         }
+        // A small read buffer: tungstenite zero-fills its free part before every read, and the
+        // 128 KiB default would make the clients, not the gateways, the cost being measured.
         let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
             .max_message_size(Some(MAX_WS_MESSAGE))
             .max_frame_size(Some(MAX_WS_MESSAGE));
         let (stream, response) =

@@ -2,10 +2,12 @@
 //!
 //! The harness starts the gateways itself (each in its own process group, with a raised
 //! `RLIMIT_NOFILE`), writes one set of kernelspecs both use (ipykernel from `.venv` by absolute
-//! path, and the test kernel), and runs every workload of [`workloads`] against each target in
+//! path, the test kernel, the launcher), and runs every workload of [`workloads`] against each target in
 //! turn, rotating the order every round, for several rounds. Clients are real WebSocket clients
 //! (tokio-tungstenite over a `TcpStream` with `TCP_NODELAY`). The direct floor launches the same
-//! kernel itself and drives it with `jupyter_protocol::KernelClient`.
+//! kernel itself and drives it with `jupyter_protocol::KernelClient`. When an SSH workload is
+//! selected, a real sshd on 127.0.0.2 ([`ssh`]) serves as the remote host for the whole run, and
+//! those workloads get gateways of their own, configured to reach it.
 //!
 //! Output: one table (medians, min–max, ours/EG, ours/floor, the issue's targets) on stdout, and
 //! the same as `<out>/<date>.json` and `<out>/<date>.md`. `--quick` is a smoke run of every
@@ -15,6 +17,7 @@
 mod client;
 mod proc;
 mod report;
+mod ssh;
 mod stats;
 mod target;
 mod workloads;
@@ -39,7 +42,7 @@ usage: gateway-bench [options]
   --compare             also run Enterprise Gateway 3.3.0 (.venv-eg) on every workload
   --repeats N           rounds (default 3; the target order rotates every round)
   --only IDS            comma-separated workload id prefixes (start,execute,iopub,display,
-                        concurrent,memory,scale)
+                        concurrent,memory,scale; e.g. start_ssh,execute_ssh for the SSH rows)
   --execute N           execute round trips per run (default 200)
   --iopub N             stream messages in the burst (default 20000)
   --display-mb N        size of the display_data in MB (default 50)
@@ -285,11 +288,11 @@ async fn run_one(
     }
 }
 
-async fn start_gateways(env: &Env, kinds: &[TargetKind]) -> Result<Vec<Gateway>> {
+async fn start_gateways(env: &Env, kinds: &[TargetKind], ssh: bool) -> Result<Vec<Gateway>> {
     let mut gateways = Vec::new();
     for &kind in kinds {
         gateways.push(
-            Gateway::start(env, kind)
+            Gateway::start(env, kind, ssh)
                 .await
                 .with_context(|| format!("starting {}", kind.label()))?,
         );
@@ -314,7 +317,7 @@ async fn run(options: Options) -> Result<bool> {
     let own_nofile = proc::raise_own_nofile((4 * biggest as u64 + 4096).max(8192));
     let gateway_nofile = gateway_nofile_limit();
 
-    let env = Env::new(&options.root, &options.bin_dir, options.ws, gateway_nofile)?;
+    let mut env = Env::new(&options.root, &options.bin_dir, options.ws, gateway_nofile)?;
     let mut gateway_kinds = vec![TargetKind::Ours];
     if options.compare {
         gateway_kinds.push(TargetKind::Eg);
@@ -333,6 +336,18 @@ async fn run(options: Options) -> Result<bool> {
     if workloads.is_empty() {
         bail!("--only matched no workload");
     }
+    // Declared after `env`, so it is dropped first: sshd stops and any kernel left on it is
+    // killed before the temp dir goes.
+    let _ssh_host = if workloads.iter().any(Workload::needs_ssh) {
+        let script = env.ssh_launcher.argv.get(1).cloned().unwrap_or_default();
+        let host = ssh::SshHost::start(env.dir.path(), &script)
+            .await
+            .context("the SSH workloads need an SSH host")?;
+        env.ssh = Some(host.access());
+        Some(host)
+    } else {
+        None
+    };
     println!(
         "gateway-bench: {} round(s), WebSocket framing {}, targets: {}; load average {load_before}; \
          RLIMIT_NOFILE bench {own_nofile}, gateways {gateway_nofile}",
@@ -348,9 +363,16 @@ async fn run(options: Options) -> Result<bool> {
     let mut samples: Vec<Sample> = Vec::new();
     let mut eg_scale_failed_at: Option<usize> = None;
     for round in 0..options.repeats {
-        let shared: Vec<&Workload> = workloads.iter().filter(|w| !w.fresh_gateway()).collect();
-        if !shared.is_empty() {
-            let mut gateways = start_gateways(&env, &gateway_kinds).await?;
+        // The SSH workloads get gateways of their own, started with the SSH host's settings.
+        for ssh in [false, true] {
+            let shared: Vec<&Workload> = workloads
+                .iter()
+                .filter(|w| !w.fresh_gateway() && w.needs_ssh() == ssh)
+                .collect();
+            if shared.is_empty() {
+                continue;
+            }
+            let mut gateways = start_gateways(&env, &gateway_kinds, ssh).await?;
             for workload in shared {
                 let mut targets = gateway_kinds.clone();
                 if workload.has_floor() {
@@ -363,9 +385,9 @@ async fn run(options: Options) -> Result<bool> {
                     // A gateway that died is replaced for the remaining workloads.
                     if let Some(i) = gateways.iter_mut().position(|g| !g.is_running()) {
                         let dead = gateways.remove(i);
-                        let kind = dead.kind;
+                        let (kind, ssh) = (dead.kind, dead.ssh);
                         dead.stop().await;
-                        gateways.push(Gateway::start(&env, kind).await?);
+                        gateways.push(Gateway::start(&env, kind, ssh).await?);
                     }
                 }
             }
@@ -388,7 +410,7 @@ async fn run(options: Options) -> Result<bool> {
                     );
                     continue;
                 }
-                let mut gateway = Gateway::start(&env, target).await?;
+                let mut gateway = Gateway::start(&env, target, workload.needs_ssh()).await?;
                 let sample =
                     run_one(&env, &options, workload, target, Some(&mut gateway), round).await;
                 gateway.stop().await;

@@ -239,6 +239,33 @@ pub(crate) fn descendants(root: i32) -> Vec<i32> {
     found
 }
 
+/// Every live process (other than this one) with a command-line argument containing `needle`.
+pub(crate) fn with_argument(needle: &str) -> Vec<i32> {
+    let own = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != own)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|&b| b == 0)
+                    .any(|arg| String::from_utf8_lossy(arg).contains(needle))
+            })
+        })
+        .collect()
+}
+
+/// SIGKILL for each of `pids` (already gone is fine).
+pub(crate) fn kill_all(pids: &[i32]) {
+    for &pid in pids {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
 /// What the benchmark reads from `/proc/<pid>/stat`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stat {

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::client::{self, WsClient, WsProtocol};
 use super::proc::{self, ChildGuard};
+use super::ssh::{self, SshAccess};
 
 /// The line both gateways print once they listen.
 const READY_LINE: &str = "is available at http";
@@ -90,6 +91,13 @@ pub(crate) struct Env {
     /// `localhost`) with gateway_provisioners' `launch_ipykernel.py`, which calls back with
     /// encrypted connection info.
     pub(crate) launcher: Spec,
+    /// The launcher kernelspec placed on the SSH host [`ssh::HOST`] (`config.remote_hosts`): the
+    /// same argv (the host is this machine, so the script's path is valid there).
+    pub(crate) ssh_launcher: Spec,
+    /// How gateways reach the SSH host, while it runs (only when SSH workloads were selected);
+    /// gateways for the SSH workloads are started with it ([`Gateway::start`]'s `ssh`), the others
+    /// without (ours would otherwise reach `localhost` over SSH as well).
+    pub(crate) ssh: Option<SshAccess>,
     /// WebSocket framing of every client.
     pub(crate) ws: WsProtocol,
     /// `RLIMIT_NOFILE` given to each gateway.
@@ -153,10 +161,25 @@ impl Env {
             metadata: serde_json::json!({"process_proxy": {"class_name":
                 "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy"}}),
         };
-        for (spec, language) in [
-            (&python, "python"),
-            (&test_kernel, "test"),
-            (&launcher, "python"),
+        let ssh_launcher = Spec {
+            name: "bench_python_ssh",
+            argv: launcher.argv.clone(),
+            // A comma-separated string: EG splits it (a JSON list would break EG; we take both).
+            metadata: serde_json::json!({"process_proxy": {
+                "class_name":
+                    "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy",
+                "config": {"remote_hosts": ssh::HOST},
+            }}),
+        };
+        // gateway_provisioners' launcher leaves its connection file in the temp dir when the
+        // kernel is stopped by a signal: keep those in the benchmark's own.
+        let launcher_env = serde_json::json!({"TMPDIR": dir.path().join("tmp")});
+        let no_env = serde_json::json!({});
+        for (spec, language, kernel_env) in [
+            (&python, "python", &no_env),
+            (&test_kernel, "test", &no_env),
+            (&launcher, "python", &launcher_env),
+            (&ssh_launcher, "python", &launcher_env),
         ] {
             let spec_dir = dir.path().join("kernels").join(spec.name);
             std::fs::create_dir_all(&spec_dir)?;
@@ -165,10 +188,11 @@ impl Env {
                 "display_name": spec.name,
                 "language": language,
                 "metadata": spec.metadata,
+                "env": kernel_env,
             });
             std::fs::write(spec_dir.join("kernel.json"), json.to_string())?;
         }
-        for sub in ["logs", "connections"] {
+        for sub in ["logs", "logs/kernels", "connections", "tmp"] {
             std::fs::create_dir_all(dir.path().join(sub))?;
         }
         Ok(Env {
@@ -178,6 +202,8 @@ impl Env {
             python,
             test_kernel,
             launcher,
+            ssh_launcher,
+            ssh: None,
             ports: kernel_launcher::PortAllocator::for_this_host(),
             ws,
             gateway_nofile,
@@ -227,17 +253,20 @@ pub(crate) struct Gateway {
     pub(crate) port: u16,
     /// RSS right after start-up and one `GET /api/kernelspecs`, in KiB.
     pub(crate) idle_rss_kib: u64,
+    /// Whether it was started with the SSH host's settings.
+    pub(crate) ssh: bool,
     guard: Option<ChildGuard>,
     _dir: tempfile::TempDir,
 }
 
 impl Gateway {
-    /// Starts a gateway with the benchmark's kernelspecs and waits until it serves.
-    pub(crate) async fn start(env: &Env, kind: TargetKind) -> Result<Gateway> {
+    /// Starts a gateway with the benchmark's kernelspecs and waits until it serves; with `ssh`,
+    /// also with the settings that reach the SSH host ([`Env::ssh`], which must be running).
+    pub(crate) async fn start(env: &Env, kind: TargetKind, ssh: bool) -> Result<Gateway> {
         let mut last = None;
         // A just-picked free port may be taken in the meantime: retry with new ports.
         for _ in 0..3 {
-            match Gateway::start_once(env, kind).await {
+            match Gateway::start_once(env, kind, ssh).await {
                 Ok(gw) => return Ok(gw),
                 Err(err) => {
                     let text = format!("{err:#}");
@@ -252,7 +281,7 @@ impl Gateway {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("the gateway did not start")))
     }
 
-    async fn start_once(env: &Env, kind: TargetKind) -> Result<Gateway> {
+    async fn start_once(env: &Env, kind: TargetKind, ssh: bool) -> Result<Gateway> {
         let dir = tempfile::Builder::new()
             .prefix("gateway-")
             .tempdir_in(env.dir.path())?;
@@ -282,6 +311,8 @@ impl Gateway {
                 || k.starts_with("JUPYTER_")
                 || k.starts_with("RUST_BACKTRACE")
                 || k == "RUST_LIB_BACKTRACE"
+                // A session of the benchmark's own would hide whether kernels ran over SSH.
+                || k.starts_with("SSH_")
             {
                 cmd.env_remove(&key);
             }
@@ -303,7 +334,13 @@ impl Gateway {
             .env("EG_RESPONSE_IP", "127.0.0.1")
             .env("EG_RESPONSE_PORT", response_port.to_string())
             .env("EG_RESPONSE_PORT_RETRIES", "0")
+            // Remote launchers' logs (EG's default is /tmp).
+            .env("EG_KERNEL_LOG_DIR", env.log_path("kernels"))
             .env("PYTHONUNBUFFERED", "1");
+        if ssh {
+            let access = env.ssh.as_ref().context("the SSH host is not running")?;
+            cmd.envs(access.gateway_env());
+        }
         let log = env.log_path(&format!("{}-{port}.log", kind.key()));
         let name = kind.label().to_owned();
         let guard = tokio::task::spawn_blocking(move || {
@@ -320,6 +357,7 @@ impl Gateway {
             kind,
             port,
             idle_rss_kib: 0,
+            ssh,
             guard: Some(guard),
             _dir: dir,
         };
@@ -490,6 +528,14 @@ pub(crate) async fn start_session(
 }
 
 impl Session {
+    /// The gateway's id of the kernel (`None` for the direct floor).
+    pub(crate) fn kernel_id(&self) -> Option<&str> {
+        match self {
+            Session::Gateway { kernel_id, .. } => Some(kernel_id),
+            Session::Direct(_) => None,
+        }
+    }
+
     /// Runs `code`; `observe` sees every iopub message of the request (its msg_type, the message,
     /// and when it arrived). Returns once the execute_reply and the idle status have arrived (or
     /// [`IDLE_GRACE`] after the reply when the idle status never comes).

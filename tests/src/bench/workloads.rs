@@ -1,8 +1,8 @@
 //! The workloads, each a named function of a target. Every workload returns a list of metrics;
 //! the same workload runs against the direct floor, our gateway and EG in turn.
 //!
-//! To add a row (say kernel start through the remote launcher, SSH or YARN), add a [`Backend`]
-//! variant naming its kernelspec: [`Kind::Start`] is already parameterised by it.
+//! To add a row (say kernel start through YARN), add a [`Backend`] variant naming its kernelspec:
+//! [`Kind::Start`] and [`Kind::Execute`] are parameterised by it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::client::{self, WsClient};
 use super::proc;
+use super::ssh;
 use super::stats;
 use super::target::{self, Env, Gateway, Session, Spec};
 
@@ -30,8 +31,7 @@ fn metric(name: &'static str, unit: &'static str, value: f64) -> Metric {
     Metric { name, unit, value }
 }
 
-/// Where a started kernel runs. Only local kernels today; launcher, SSH and YARN rows are added
-/// here with the kernelspec that selects them.
+/// Where a started kernel runs; each variant names the kernelspec that selects it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
     /// A local process (ipykernel from the test venv).
@@ -39,6 +39,9 @@ pub(crate) enum Backend {
     /// ipykernel through the remote-launcher protocol on this host (encrypted callback,
     /// communication port); the floor is the same kernel started directly.
     Launcher,
+    /// The same launcher started over SSH on [`ssh::HOST`] (a real sshd on this machine): both
+    /// gateways open an SSH session per launch. The floor is the kernel started directly.
+    Ssh,
 }
 
 impl Backend {
@@ -46,6 +49,7 @@ impl Backend {
         match self {
             Backend::Local => "local",
             Backend::Launcher => "launcher",
+            Backend::Ssh => "ssh",
         }
     }
 
@@ -53,6 +57,7 @@ impl Backend {
         match self {
             Backend::Local => &env.python,
             Backend::Launcher => &env.launcher,
+            Backend::Ssh => &env.ssh_launcher,
         }
     }
 
@@ -60,7 +65,7 @@ impl Backend {
     /// is the kernel itself.
     fn floor_spec(self, env: &Env) -> &Spec {
         match self {
-            Backend::Local | Backend::Launcher => &env.python,
+            Backend::Local | Backend::Launcher | Backend::Ssh => &env.python,
         }
     }
 }
@@ -84,8 +89,8 @@ pub(crate) struct Sizes {
 pub(crate) enum Kind {
     /// Kernel start until the first kernel_info_reply.
     Start(Backend),
-    /// `pass` round trips.
-    Execute,
+    /// `pass` round trips on a kernel started through the backend.
+    Execute(Backend),
     /// One request printing many flushed lines.
     Iopub,
     /// One large display_data.
@@ -124,12 +129,28 @@ impl Workload {
                 kind: Kind::Start(Backend::Launcher),
             },
             Workload {
+                id: format!("start_{}", Backend::Ssh.key()),
+                title: format!(
+                    "kernel start → kernel_info_reply (ipykernel via the launcher over SSH to {})",
+                    ssh::HOST
+                ),
+                kind: Kind::Start(Backend::Ssh),
+            },
+            Workload {
                 id: "execute_pass".to_owned(),
                 title: format!(
                     "execute `pass` round trip ({} requests)",
                     sizes.execute_count
                 ),
-                kind: Kind::Execute,
+                kind: Kind::Execute(Backend::Local),
+            },
+            Workload {
+                id: format!("execute_{}", Backend::Ssh.key()),
+                title: format!(
+                    "execute `pass` round trip, kernel launched over SSH ({} requests)",
+                    sizes.execute_count
+                ),
+                kind: Kind::Execute(Backend::Ssh),
             },
             Workload {
                 id: "iopub_burst".to_owned(),
@@ -173,6 +194,14 @@ impl Workload {
         list
     }
 
+    /// Whether the workload launches kernels over SSH (the run then starts the SSH host).
+    pub(crate) fn needs_ssh(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Start(Backend::Ssh) | Kind::Execute(Backend::Ssh)
+        )
+    }
+
     /// Whether the workload has a direct-floor variant.
     pub(crate) fn has_floor(&self) -> bool {
         !matches!(self.kind, Kind::Memory | Kind::Scale(_))
@@ -201,14 +230,8 @@ impl Workload {
         gateway: Option<&Gateway>,
     ) -> Result<Vec<Metric>> {
         match self.kind {
-            Kind::Start(backend) => {
-                let spec = match gateway {
-                    Some(_) => backend.spec(env),
-                    None => backend.floor_spec(env),
-                };
-                start(env, gateway, spec).await
-            }
-            Kind::Execute => execute(env, sizes, gateway).await,
+            Kind::Start(backend) => start(env, gateway, backend).await,
+            Kind::Execute(backend) => execute(env, sizes, gateway, backend).await,
             Kind::Iopub => iopub(env, sizes, gateway).await,
             Kind::Display => display(env, sizes, gateway).await,
             Kind::Concurrent(n) => concurrent(env, gateway, n).await,
@@ -226,21 +249,73 @@ fn ms(d: Duration) -> f64 {
 // 1. start
 // ---------------------------------------------------------------------------------------------
 
-async fn start(env: &Env, gateway: Option<&Gateway>, spec: &Spec) -> Result<Vec<Metric>> {
+/// The kernelspec a workload on `backend` starts: the backend's own through a gateway, the floor's
+/// directly.
+fn spec_for<'a>(env: &'a Env, gateway: Option<&Gateway>, backend: Backend) -> &'a Spec {
+    match gateway {
+        Some(_) => backend.spec(env),
+        None => backend.floor_spec(env),
+    }
+}
+
+async fn start(env: &Env, gateway: Option<&Gateway>, backend: Backend) -> Result<Vec<Metric>> {
     let t0 = Instant::now();
-    let session = target::start_session(env, gateway, spec).await?;
+    let mut session = target::start_session(env, gateway, spec_for(env, gateway, backend)).await?;
     let ready = t0.elapsed();
-    session.close().await?;
+    let checked = check_backend(env, &mut session, backend).await;
+    close_checked(session, backend).await?;
+    checked?;
     Ok(vec![metric("ready", "ms", ms(ready))])
+}
+
+/// For an SSH kernel behind a gateway: asks the kernel for its `SSH_CONNECTION`, which must name
+/// the SSH host (so neither gateway quietly launched it locally).
+async fn check_backend(env: &Env, session: &mut Session, backend: Backend) -> Result<()> {
+    if backend != Backend::Ssh || session.kernel_id().is_none() {
+        return Ok(());
+    }
+    let access = env.ssh.as_ref().context("the SSH host is not running")?;
+    let mut printed = String::new();
+    session
+        .execute(
+            "import os; print(os.environ.get('SSH_CONNECTION', ''), flush=True)",
+            Duration::from_secs(30),
+            &mut |msg_type, msg, _| {
+                if msg_type == "stream"
+                    && let Ok(stream) = msg.parse_content::<Stream>()
+                {
+                    printed.push_str(&stream.text);
+                }
+            },
+        )
+        .await?;
+    ssh::check_ssh_connection(&printed, access)
+}
+
+/// Closes the session; for an SSH kernel behind a gateway, also waits until no process of the
+/// kernel is left (it is not the gateway's descendant, so nothing else would notice).
+async fn close_checked(session: Session, backend: Backend) -> Result<()> {
+    let kernel_id = session.kernel_id().map(str::to_owned);
+    session.close().await?;
+    match kernel_id {
+        Some(id) if backend == Backend::Ssh => ssh::await_kernel_gone(&id).await,
+        _ => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // 2. execute round trip
 // ---------------------------------------------------------------------------------------------
 
-async fn execute(env: &Env, sizes: &Sizes, gateway: Option<&Gateway>) -> Result<Vec<Metric>> {
-    let mut session = target::start_session(env, gateway, &env.python).await?;
+async fn execute(
+    env: &Env,
+    sizes: &Sizes,
+    gateway: Option<&Gateway>,
+    backend: Backend,
+) -> Result<Vec<Metric>> {
+    let mut session = target::start_session(env, gateway, spec_for(env, gateway, backend)).await?;
     let result = async {
+        check_backend(env, &mut session, backend).await?;
         let timeout = Duration::from_secs(30);
         for _ in 0..sizes.execute_warmup {
             session.execute("pass", timeout, &mut |_, _, _| {}).await?;
@@ -265,7 +340,7 @@ async fn execute(env: &Env, sizes: &Sizes, gateway: Option<&Gateway>) -> Result<
         ])
     }
     .await;
-    session.close().await?;
+    close_checked(session, backend).await?;
     result
 }
 
