@@ -294,6 +294,28 @@ fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+/// CPU ticks of several processes together (those that are gone count nothing).
+pub(crate) fn cpu_ticks_of(pids: &[i32]) -> u64 {
+    pids.iter()
+        .filter_map(|&pid| read_stat(pid))
+        .map(|s| s.cpu_ticks)
+        .sum()
+}
+
+/// The whole machine's busy and total CPU ticks, over all cores (first line of `/proc/stat`;
+/// idle and iowait count as not busy).
+pub(crate) fn machine_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = values.iter().take(8).sum();
+    let idle = values.get(3)? + values.get(4)?;
+    Some((total.saturating_sub(idle), total))
+}
+
 /// Resident set size of a process in KiB (`VmRSS` of `/proc/<pid>/status`).
 pub(crate) fn rss_kib(pid: i32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -418,6 +418,20 @@ pub(crate) struct DirectKernel {
 /// key, argv with `{connection_file}` substituted), connects a [`KernelClient`] and waits for the
 /// first kernel_info_reply.
 async fn start_direct(env: &Env, spec: &Spec) -> Result<DirectKernel> {
+    // A port picked for the kernel can be taken by someone else before the kernel binds it;
+    // the kernel then exits at once. Notice that and start again on fresh ports.
+    let mut last = None;
+    for _ in 0..3 {
+        match start_direct_once(env, spec).await? {
+            Ok(kernel) => return Ok(kernel),
+            Err(exited) => last = Some(exited),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("the kernel did not start")))
+}
+
+/// One attempt: `Ok(Err(_))` when the kernel process exited before answering.
+async fn start_direct_once(env: &Env, spec: &Spec) -> Result<Result<DirectKernel>> {
     let lease = env
         .ports
         .allocate(kernel_launcher::PortRange::ANY, "127.0.0.1", 5)
@@ -455,19 +469,36 @@ async fn start_direct(env: &Env, spec: &Spec) -> Result<DirectKernel> {
         path.push(std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin")));
         path
     });
-    let guard = ChildGuard::spawn(spec.name, cmd, None, None, Duration::ZERO)?;
+    let mut guard = ChildGuard::spawn(spec.name, cmd, None, None, Duration::ZERO)?;
     let opts = SocketOptions {
         connect_timeout: KERNEL_READY_TIMEOUT,
         ..SocketOptions::default()
     };
-    let mut client = KernelClient::connect(&info, &opts).await?;
-    client.kernel_info(KERNEL_READY_TIMEOUT).await?;
-    Ok(DirectKernel {
+    let ready = async {
+        let mut client = KernelClient::connect(&info, &opts).await?;
+        client.kernel_info(KERNEL_READY_TIMEOUT).await?;
+        anyhow::Ok(client)
+    };
+    let exited = async {
+        while !guard.has_exited() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let client = tokio::select! {
+        client = ready => client?,
+        () = exited => {
+            let _ = std::fs::remove_file(&connection_file);
+            return Ok(Err(anyhow::anyhow!(
+                "the kernel exited before answering kernel_info (ports {ports:?})"
+            )));
+        }
+    };
+    Ok(Ok(DirectKernel {
         guard,
         client,
         connection_file,
         _ports: lease,
-    })
+    }))
 }
 
 /// One started kernel with a client attached.

@@ -705,6 +705,12 @@ async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<
         let begin = Instant::now() + Duration::from_millis(200);
         let end = begin + run;
         let ticks0 = proc::read_stat(pid).map(|s| s.cpu_ticks);
+        // Where the machine's CPU goes: the gateway, its kernels, and this process's clients.
+        let kernels = proc::descendants(pid);
+        let own = i32::try_from(std::process::id()).unwrap_or(0);
+        let kernel_ticks0 = proc::cpu_ticks_of(&kernels);
+        let client_ticks0 = proc::cpu_ticks_of(&[own]);
+        let machine0 = proc::machine_ticks();
         let tasks: Vec<_> = clients
             .into_iter()
             .enumerate()
@@ -716,6 +722,14 @@ async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<
             .collect();
         tokio::time::sleep_until(end).await;
         let ticks1 = proc::read_stat(pid).map(|s| s.cpu_ticks);
+        let kernel_ticks = proc::cpu_ticks_of(&kernels).saturating_sub(kernel_ticks0);
+        let client_ticks = proc::cpu_ticks_of(&[own]).saturating_sub(client_ticks0);
+        let machine_busy = match (machine0, proc::machine_ticks()) {
+            (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
+                (busy1.saturating_sub(busy0)) as f64 / (total1 - total0) as f64 * 100.0
+            }
+            _ => f64::NAN,
+        };
         let rss = proc::rss_kib(pid).unwrap_or(0) as f64 / 1024.0;
         let fds = proc::open_fds(pid).unwrap_or(0) as f64;
         let mut latencies = Vec::new();
@@ -734,13 +748,11 @@ async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<
         if let Some(reason) = first_drop {
             eprintln!("  scale {n}: {dropped} sockets dropped; first: {reason}");
         }
+        let share = |ticks: u64| {
+            ticks as f64 / proc::clock_ticks_per_second() as f64 / run.as_secs_f64() * 100.0
+        };
         let cpu = match (ticks0, ticks1) {
-            (Some(a), Some(b)) => {
-                (b.saturating_sub(a)) as f64
-                    / proc::clock_ticks_per_second() as f64
-                    / run.as_secs_f64()
-                    * 100.0
-            }
+            (Some(a), Some(b)) => share(b.saturating_sub(a)),
             _ => f64::NAN,
         };
         let completed = latencies.len();
@@ -753,6 +765,9 @@ async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<
             metric("lost requests", "count", (sent - completed) as f64),
             metric("completed", "req/s", completed as f64 / run.as_secs_f64()),
             metric("gateway CPU", "% of a core", cpu),
+            metric("kernels CPU", "% of a core", share(kernel_ticks)),
+            metric("clients CPU", "% of a core", share(client_ticks)),
+            metric("machine busy", "% of all cores", machine_busy),
             metric("gateway RSS", "MiB", rss),
             metric("gateway fds", "count", fds),
             metric("setup (start+connect)", "s", setup.as_secs_f64()),
