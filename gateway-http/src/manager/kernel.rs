@@ -28,6 +28,9 @@ const LOG_TAIL_LINES: usize = 20;
 const NUDGE_INTERVAL: Duration = Duration::from_millis(500);
 /// How long readiness waits for the kernel's `idle` after the kernel_info reply.
 const SETTLE: Duration = Duration::from_millis(500);
+/// After a failed connect to a starting kernel: how long to watch for its exit before
+/// connecting again.
+const CONNECT_RETRY_WAIT: Duration = Duration::from_millis(500);
 /// Extra time given to a backend past the launch deadline before its future is dropped.
 const BACKEND_GRACE: Duration = Duration::from_secs(2);
 
@@ -401,22 +404,39 @@ async fn ready(
             process,
         ))
     };
-    let opts = socket_options(deadline.saturating_duration_since(Instant::now()));
-    let connect = async {
-        let iopub = IopubSubscription::connect(info, &opts).await?;
-        let session = SessionChannels::connect(info, &session_id, &opts).await?;
-        Ok::<_, jupyter_protocol::Error>((iopub, session))
-    };
-    let (mut iopub, mut session) = tokio::select! {
-        connected = connect => match connected {
-            Ok(sockets) => sockets,
-            // The connect timeout is the time left until the deadline.
-            Err(jupyter_protocol::Error::ConnectTimeout(_)) => return Err(timed_out()),
-            Err(err) => return Err(failed(format!("cannot connect to kernel {}: {err}", plan.kernel_id))),
-        },
-        state = process.wait() => return Err(exited(state)),
-        () = sleep_until(deadline) => return Err(timed_out()),
-        () = abort.cancelled() => return Err(abandoned()),
+    let (mut iopub, mut session) = loop {
+        let opts = socket_options(deadline.saturating_duration_since(Instant::now()));
+        let connect = async {
+            let iopub = IopubSubscription::connect(info, &opts).await?;
+            let session = SessionChannels::connect(info, &session_id, &opts).await?;
+            Ok::<_, jupyter_protocol::Error>((iopub, session))
+        };
+        let err = tokio::select! {
+            connected = connect => match connected {
+                Ok(sockets) => break sockets,
+                // The connect timeout is the time left until the deadline.
+                Err(jupyter_protocol::Error::ConnectTimeout(_)) => return Err(timed_out()),
+                Err(err) => err,
+            },
+            state = process.wait() => return Err(exited(state)),
+            () = sleep_until(deadline) => return Err(timed_out()),
+            () = abort.cancelled() => return Err(abandoned()),
+        };
+        // A refused or reset connection usually means the kernel is dying (for example a port
+        // of its was taken before it bound it): say so, with its log, once its exit is seen.
+        // A kernel still alive afterwards is connected to again, within the same deadline.
+        let settle = (Instant::now() + CONNECT_RETRY_WAIT).min(deadline);
+        if let Ok(state) = timeout_at(settle, process.wait()).await {
+            return Err(exited(state));
+        }
+        if Instant::now() >= deadline {
+            return Err(failed(format!(
+                "cannot connect to kernel {}: {err}",
+                plan.kernel_id
+            )));
+        }
+        tracing::info!(kernel_id = %plan.kernel_id, error = %err,
+            "connecting to a starting kernel failed while it kept running; connecting again");
     };
     let mut sent: HashSet<String> = HashSet::new();
     let mut replied = false;
