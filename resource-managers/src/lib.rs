@@ -260,6 +260,11 @@ pub trait KernelProcess: Send + Sync + Debug {
     async fn terminate(&self, grace: Duration) -> Result<ProcessState, Error>;
     /// Releases what the launch allocated (connection file, log handle, host slot). Idempotent.
     async fn cleanup(&self, keep_connection_file: bool);
+    /// Called right after the gateway sent the kernel `shutdown_request`. Backends whose
+    /// launcher serves a communication port tell it to stop listening here, as EG does: EG's
+    /// launchers keep their process alive for that listener, so without this the kernel would
+    /// look alive until the shutdown wait ran out. The default does nothing.
+    async fn shutdown_requested(&self) {}
     /// The last `max_lines` lines of the kernel's log, for error messages.
     fn log_tail(&self, max_lines: usize) -> String;
     /// Lets the kernel outlive this handle (for a later [`ResourceManager::reattach`]). Backends

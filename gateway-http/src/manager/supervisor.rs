@@ -475,6 +475,7 @@ impl Supervisor {
         if let Err(err) = inc.session.sender.send(Channel::Control, msg).await {
             tracing::debug!(kernel_id = %self.shared.id, error = %err, "shutdown_request not sent");
         }
+        inc.process.shutdown_requested().await;
         // The backend's `wait` resolves when the process ends; the poll covers backends whose
         // `wait` is slow to notice.
         let exited = timeout(half, async {

@@ -17,7 +17,8 @@
 //! string, ip `0.0.0.0`), starts the kernel's argv (with `{connection_file}` filled in) in its
 //! own process group, sends the encrypted connection info (plus `pid`, `pgid`, `comm_port`,
 //! `kernel_id`) to the gateway, and serves the communication port: `{"signum": N}` signals the
-//! kernel's process group, `{"shutdown": 1}` closes the port and stops the kernel. Signals sent
+//! kernel's process group, `{"shutdown": 1}` closes the port and gives the kernel (which the
+//! gateway has just sent `shutdown_request`) a grace period to exit before it is killed. Signals sent
 //! to the agent itself are passed on to the kernel. When the kernel exits, the agent kills what is
 //! left of the kernel's group, removes its files and exits with the kernel's status.
 use std::collections::BTreeMap;
@@ -384,9 +385,10 @@ async fn serve(
                     send_signal(group, signum);
                 }
                 if request.shutdown {
-                    log!("shutdown requested: closing the communication port and stopping the kernel");
+                    // EG sends this right after `shutdown_request`: the kernel is on its way out,
+                    // so it gets the grace period to finish before it is killed.
+                    log!("shutdown requested: closing the communication port; the kernel has {} s to exit", STOP_GRACE.as_secs());
                     comm = None;
-                    send_signal(group, Signal::SIGTERM as i32);
                     kill_at.get_or_insert_with(|| tokio::time::Instant::now() + STOP_GRACE);
                 }
             }

@@ -1357,6 +1357,13 @@ impl KernelProcess for SshKernelProcess {
         Ok(state)
     }
 
+    async fn shutdown_requested(&self) {
+        if let Some(comm) = &self.comm {
+            let outcome = comm.shutdown(self.comm_timeout()).await;
+            tracing::debug!(kernel_id = %self.kernel_id, ?outcome, "told the launcher's listener that the kernel is shutting down");
+        }
+    }
+
     async fn cleanup(&self, _keep_connection_file: bool) {
         // The launcher owns the connection file; make sure its listener is gone (EG does the same).
         let exited = matches!(self.local_state(), Some(ProcessState::Exited { .. }));

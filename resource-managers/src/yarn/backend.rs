@@ -1016,6 +1016,15 @@ impl KernelProcess for YarnKernelProcess {
         Ok(state)
     }
 
+    async fn shutdown_requested(&self) {
+        if self.cached().is_none()
+            && let Some(comm) = &self.comm
+        {
+            let outcome = comm.shutdown().await;
+            tracing::debug!(kernel_id = %self.kernel_id, ?outcome, "told the launcher's listener that the kernel is shutting down");
+        }
+    }
+
     async fn cleanup(&self, _keep_connection_file: bool) {
         // The launcher owns the connection file. Reap the submit process, as EG does.
         if let Some(submitter) = &self.submitter {

@@ -133,7 +133,8 @@ async fn provisioner_launcher_runs_ipykernel_through_the_comm_port() -> anyhow::
     let mut client = KernelClient::connect(&second.connection, &SocketOptions::default()).await?;
     assert_eq!(client.kernel_info(60 * SECOND).await?.status, "ok");
 
-    // Shutdown: nothing left of the launcher, its listener or the kernel.
+    // Shutdown as the gateway does it: shutdown_request, then the listener is told (as EG
+    // does), and the launcher exits by itself; nothing is left of it, its listener or the kernel.
     client.shutdown(false, 10 * SECOND).await?;
     drop(client);
     let record = second.process.record();
@@ -141,6 +142,12 @@ async fn provisioner_launcher_runs_ipykernel_through_the_comm_port() -> anyhow::
         .as_i64()
         .and_then(|p| i32::try_from(p).ok())
         .unwrap_or(0);
+    second.process.shutdown_requested().await;
+    let exited = tokio::time::timeout(30 * SECOND, second.process.wait()).await;
+    assert!(
+        matches!(exited, Ok(ProcessState::Exited { .. })),
+        "the launcher did not exit after shutdown_request and the listener shutdown: {exited:?}"
+    );
     let state = second.process.terminate(5 * SECOND).await?;
     assert!(matches!(state, ProcessState::Exited { .. }), "{state:?}");
     second.process.cleanup(false).await;
