@@ -27,6 +27,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+mod io;
 pub mod manager;
 pub mod server;
 pub mod tls;
