@@ -7,7 +7,9 @@
 //! (tokio-tungstenite over a `TcpStream` with `TCP_NODELAY`). The direct floor launches the same
 //! kernel itself and drives it with `jupyter_protocol::KernelClient`. When an SSH workload is
 //! selected, a real sshd on 127.0.0.2 ([`ssh`]) serves as the remote host for the whole run, and
-//! those workloads get gateways of their own, configured to reach it.
+//! those workloads get gateways of their own, configured to reach it. When a YARN workload is
+//! selected, the RM emulator ([`yarn`]) runs for the whole run, and every gateway gets its
+//! endpoint.
 //!
 //! Output: one table (medians, min–max, ours/EG, ours/floor, the issue's targets) on stdout, and
 //! the same as `<out>/<date>.json` and `<out>/<date>.md`. `--quick` is a smoke run of every
@@ -21,6 +23,7 @@ mod ssh;
 mod stats;
 mod target;
 mod workloads;
+mod yarn;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,7 +45,8 @@ usage: gateway-bench [options]
   --compare             also run Enterprise Gateway 3.3.0 (.venv-eg) on every workload
   --repeats N           rounds (default 3; the target order rotates every round)
   --only IDS            comma-separated workload id prefixes (start,execute,iopub,display,
-                        concurrent,memory,scale; e.g. start_ssh,execute_ssh for the SSH rows)
+                        concurrent,memory,scale; e.g. start_ssh,execute_ssh for the SSH rows,
+                        start_yarn for the YARN row)
   --execute N           execute round trips per run (default 200)
   --iopub N             stream messages in the burst (default 20000)
   --display-mb N        size of the display_data in MB (default 50)
@@ -345,6 +349,22 @@ async fn run(options: Options) -> Result<bool> {
             .context("the SSH workloads need an SSH host")?;
         env.ssh = Some(host.access());
         Some(host)
+    } else {
+        None
+    };
+    // Also declared after `env`: the emulator stops (killing its application masters) before
+    // the temp dir goes. Started before any gateway, which all get its endpoint.
+    let _yarn_cluster = if workloads.iter().any(Workload::needs_yarn) {
+        let cluster = yarn::YarnCluster::start(
+            &options.bin_dir,
+            &env.hadoop_conf_dir,
+            env.dir.path().join("logs/yarn-emulator.log"),
+            &env.dir.path().join("tmp"),
+        )
+        .await
+        .context("the YARN workloads need the RM emulator")?;
+        env.yarn = Some(cluster.access());
+        Some(cluster)
     } else {
         None
     };

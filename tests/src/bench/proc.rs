@@ -259,6 +259,29 @@ pub(crate) fn with_argument(needle: &str) -> Vec<i32> {
         .collect()
 }
 
+/// How long a kernel's processes may linger after its DELETE returned.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// Waits until no process has `kernel_id` in its command line (the launcher's `--kernel-id`);
+/// kills and reports those still there after [`EXIT_GRACE`].
+pub(crate) async fn await_kernel_gone(kernel_id: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + EXIT_GRACE;
+    loop {
+        let left = with_argument(kernel_id);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            kill_all(&left);
+            bail!(
+                "kernel {kernel_id} left {} process(es) behind {EXIT_GRACE:?} after its shutdown: {left:?}",
+                left.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// SIGKILL for each of `pids` (already gone is fine).
 pub(crate) fn kill_all(pids: &[i32]) {
     for &pid in pids {

@@ -12,7 +12,6 @@
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
@@ -146,29 +145,6 @@ pub(crate) fn check_ssh_connection(printed: &str, access: &SshAccess) -> Result<
             "the kernel did not run over SSH to {HOST}:{port} (its SSH_CONNECTION is `{}`)",
             printed.trim()
         ),
-    }
-}
-
-/// How long a kernel's processes may linger after its DELETE returned.
-pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(10);
-
-/// Waits until no process has `kernel_id` in its command line (the launcher's `--kernel-id`);
-/// kills and reports those still there after [`EXIT_GRACE`].
-pub(crate) async fn await_kernel_gone(kernel_id: &str) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + EXIT_GRACE;
-    loop {
-        let left = proc::with_argument(kernel_id);
-        if left.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            proc::kill_all(&left);
-            bail!(
-                "kernel {kernel_id} left {} process(es) behind {EXIT_GRACE:?} after its shutdown: {left:?}",
-                left.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

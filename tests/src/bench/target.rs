@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::client::{self, WsClient, WsProtocol};
 use super::proc::{self, ChildGuard};
 use super::ssh::{self, SshAccess};
+use super::yarn::YarnAccess;
 
 /// The line both gateways print once they listen.
 const READY_LINE: &str = "is available at http";
@@ -94,6 +95,15 @@ pub(crate) struct Env {
     /// The launcher kernelspec placed on the SSH host [`ssh::HOST`] (`config.remote_hosts`): the
     /// same argv (the host is this machine, so the script's path is valid there).
     pub(crate) ssh_launcher: Spec,
+    /// The launcher as a YARN application master: this crate's stand-in `spark-submit` in
+    /// cluster mode (application name and tag = the kernel id, `waitAppCompletion=false`) with
+    /// EG's `YarnClusterProcessProxy` metadata; `env.HADOOP_CONF_DIR` = [`Env::hadoop_conf_dir`].
+    pub(crate) yarn_launcher: Spec,
+    /// Where the `yarn-site.xml` naming the RM emulator goes once it runs.
+    pub(crate) hadoop_conf_dir: PathBuf,
+    /// How gateways reach the RM emulator, while it runs (only when YARN workloads were
+    /// selected); every gateway started meanwhile gets it ([`YarnAccess::gateway_env`]).
+    pub(crate) yarn: Option<YarnAccess>,
     /// How gateways reach the SSH host, while it runs (only when SSH workloads were selected);
     /// gateways for the SSH workloads are started with it ([`Gateway::start`]'s `ssh`), the others
     /// without (ours would otherwise reach `localhost` over SSH as well).
@@ -107,7 +117,7 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    /// Writes the two kernelspecs under a fresh temp dir.
+    /// Writes the benchmark's kernelspecs under a fresh temp dir.
     pub(crate) fn new(
         root: &Path,
         bin_dir: &Path,
@@ -171,15 +181,53 @@ impl Env {
                 "config": {"remote_hosts": ssh::HOST},
             }}),
         };
+        let tmp = dir.path().join("tmp");
+        let hadoop_conf_dir = dir.path().join("hadoop-conf");
+        let mut yarn_argv = vec![bin_dir.join("spark-submit").to_string_lossy().into_owned()];
+        yarn_argv.extend(
+            [
+                "--master",
+                "yarn",
+                "--deploy-mode",
+                "cluster",
+                "--name",
+                "{kernel_id}",
+                "--conf",
+                "spark.yarn.submit.waitAppCompletion=false",
+                "--conf",
+                "spark.yarn.tags={kernel_id}",
+                "--conf",
+                "spark.yarn.maxAppAttempts=1",
+            ]
+            .map(str::to_owned),
+        );
+        for (key, value) in [("PYSPARK_PYTHON", &python_bin), ("TMPDIR", &tmp)] {
+            yarn_argv.push("--conf".into());
+            yarn_argv.push(format!(
+                "spark.yarn.appMasterEnv.{key}={}",
+                value.to_string_lossy()
+            ));
+        }
+        // The launcher script and its arguments (the AM runs it with PYSPARK_PYTHON).
+        yarn_argv.extend(launcher.argv.iter().skip(1).cloned());
+        yarn_argv.extend(["--spark-context-initialization-mode".into(), "none".into()]);
+        let yarn_launcher = Spec {
+            name: "bench_python_yarn",
+            argv: yarn_argv,
+            metadata: serde_json::json!({"process_proxy": {"class_name":
+                "enterprise_gateway.services.processproxies.yarn.YarnClusterProcessProxy"}}),
+        };
         // gateway_provisioners' launcher leaves its connection file in the temp dir when the
         // kernel is stopped by a signal: keep those in the benchmark's own.
-        let launcher_env = serde_json::json!({"TMPDIR": dir.path().join("tmp")});
+        let launcher_env = serde_json::json!({"TMPDIR": tmp});
+        let yarn_env = serde_json::json!({"TMPDIR": tmp, "HADOOP_CONF_DIR": hadoop_conf_dir});
         let no_env = serde_json::json!({});
         for (spec, language, kernel_env) in [
             (&python, "python", &no_env),
             (&test_kernel, "test", &no_env),
             (&launcher, "python", &launcher_env),
             (&ssh_launcher, "python", &launcher_env),
+            (&yarn_launcher, "python", &yarn_env),
         ] {
             let spec_dir = dir.path().join("kernels").join(spec.name);
             std::fs::create_dir_all(&spec_dir)?;
@@ -203,6 +251,9 @@ impl Env {
             test_kernel,
             launcher,
             ssh_launcher,
+            yarn_launcher,
+            hadoop_conf_dir,
+            yarn: None,
             ssh: None,
             ports: kernel_launcher::PortAllocator::for_this_host(),
             ws,
@@ -313,6 +364,10 @@ impl Gateway {
                 || k == "RUST_LIB_BACKTRACE"
                 // A session of the benchmark's own would hide whether kernels ran over SSH.
                 || k.starts_with("SSH_")
+                // The YARN kernelspec names its cluster itself (spark-submit would prefer these).
+                || k.starts_with("HADOOP_")
+                || k.starts_with("YARN_")
+                || k.starts_with("SPARK_")
             {
                 cmd.env_remove(&key);
             }
@@ -340,6 +395,9 @@ impl Gateway {
         if ssh {
             let access = env.ssh.as_ref().context("the SSH host is not running")?;
             cmd.envs(access.gateway_env());
+        }
+        if let Some(yarn) = &env.yarn {
+            cmd.envs(yarn.gateway_env());
         }
         let log = env.log_path(&format!("{}-{port}.log", kind.key()));
         let name = kind.label().to_owned();

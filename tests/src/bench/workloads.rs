@@ -1,8 +1,8 @@
 //! The workloads, each a named function of a target. Every workload returns a list of metrics;
 //! the same workload runs against the direct floor, our gateway and EG in turn.
 //!
-//! To add a row (say kernel start through YARN), add a [`Backend`] variant naming its kernelspec:
-//! [`Kind::Start`] and [`Kind::Execute`] are parameterised by it.
+//! To add a row (kernel start or execute on another backend), add a [`Backend`] variant naming its
+//! kernelspec: [`Kind::Start`] and [`Kind::Execute`] are parameterised by it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use super::proc;
 use super::ssh;
 use super::stats;
 use super::target::{self, Env, Gateway, Session, Spec};
+use super::yarn;
 
 /// One measured number.
 #[derive(Debug, Clone)]
@@ -42,6 +43,9 @@ pub(crate) enum Backend {
     /// The same launcher started over SSH on [`ssh::HOST`] (a real sshd on this machine): both
     /// gateways open an SSH session per launch. The floor is the kernel started directly.
     Ssh,
+    /// The launcher as the application master of a YARN application, submitted by the stand-in
+    /// `spark-submit` to the RM emulator ([`yarn`]). The floor is the kernel started directly.
+    Yarn,
 }
 
 impl Backend {
@@ -50,6 +54,7 @@ impl Backend {
             Backend::Local => "local",
             Backend::Launcher => "launcher",
             Backend::Ssh => "ssh",
+            Backend::Yarn => "yarn",
         }
     }
 
@@ -58,6 +63,7 @@ impl Backend {
             Backend::Local => &env.python,
             Backend::Launcher => &env.launcher,
             Backend::Ssh => &env.ssh_launcher,
+            Backend::Yarn => &env.yarn_launcher,
         }
     }
 
@@ -65,7 +71,7 @@ impl Backend {
     /// is the kernel itself.
     fn floor_spec(self, env: &Env) -> &Spec {
         match self {
-            Backend::Local | Backend::Launcher | Backend::Ssh => &env.python,
+            Backend::Local | Backend::Launcher | Backend::Ssh | Backend::Yarn => &env.python,
         }
     }
 }
@@ -137,6 +143,13 @@ impl Workload {
                 kind: Kind::Start(Backend::Ssh),
             },
             Workload {
+                id: format!("start_{}", Backend::Yarn.key()),
+                title: "kernel start → kernel_info_reply (ipykernel as a YARN application: \
+                        spark-submit stand-in, RM emulator)"
+                    .to_owned(),
+                kind: Kind::Start(Backend::Yarn),
+            },
+            Workload {
                 id: "execute_pass".to_owned(),
                 title: format!(
                     "execute `pass` round trip ({} requests)",
@@ -202,6 +215,14 @@ impl Workload {
         )
     }
 
+    /// Whether the workload launches kernels through YARN (the run then starts the RM emulator).
+    pub(crate) fn needs_yarn(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Start(Backend::Yarn) | Kind::Execute(Backend::Yarn)
+        )
+    }
+
     /// Whether the workload has a direct-floor variant.
     pub(crate) fn has_floor(&self) -> bool {
         !matches!(self.kind, Kind::Memory | Kind::Scale(_))
@@ -263,22 +284,44 @@ async fn start(env: &Env, gateway: Option<&Gateway>, backend: Backend) -> Result
     let mut session = target::start_session(env, gateway, spec_for(env, gateway, backend)).await?;
     let ready = t0.elapsed();
     let checked = check_backend(env, &mut session, backend).await;
-    close_checked(session, backend).await?;
+    close_checked(env, session, backend).await?;
     checked?;
     Ok(vec![metric("ready", "ms", ms(ready))])
 }
 
-/// For an SSH kernel behind a gateway: asks the kernel for its `SSH_CONNECTION`, which must name
-/// the SSH host (so neither gateway quietly launched it locally).
+/// Checks, for a gateway's kernel, that it runs where the backend says (so neither gateway
+/// quietly launched it locally). SSH: the kernel's `SSH_CONNECTION` must name the SSH host.
+/// YARN: the RM must list one RUNNING application named after the kernel, and the kernel must
+/// run in one of its containers (the NodeManager's `CONTAINER_ID`).
 async fn check_backend(env: &Env, session: &mut Session, backend: Backend) -> Result<()> {
-    if backend != Backend::Ssh || session.kernel_id().is_none() {
+    let Some(kernel_id) = session.kernel_id().map(str::to_owned) else {
         return Ok(());
+    };
+    match backend {
+        Backend::Local | Backend::Launcher => Ok(()),
+        Backend::Ssh => {
+            let access = env.ssh.as_ref().context("the SSH host is not running")?;
+            let printed = kernel_env_var(session, "SSH_CONNECTION").await?;
+            ssh::check_ssh_connection(&printed, access)
+        }
+        Backend::Yarn => {
+            let access = env
+                .yarn
+                .as_ref()
+                .context("the YARN emulator is not running")?;
+            let app_id = yarn::check_app_running(access, &kernel_id).await?;
+            let printed = kernel_env_var(session, "CONTAINER_ID").await?;
+            yarn::check_container(&printed, &app_id)
+        }
     }
-    let access = env.ssh.as_ref().context("the SSH host is not running")?;
+}
+
+/// Asks the kernel for one of its environment variables (empty when unset).
+async fn kernel_env_var(session: &mut Session, name: &str) -> Result<String> {
     let mut printed = String::new();
     session
         .execute(
-            "import os; print(os.environ.get('SSH_CONNECTION', ''), flush=True)",
+            &format!("import os; print(os.environ.get('{name}', ''), flush=True)"),
             Duration::from_secs(30),
             &mut |msg_type, msg, _| {
                 if msg_type == "stream"
@@ -289,17 +332,28 @@ async fn check_backend(env: &Env, session: &mut Session, backend: Backend) -> Re
             },
         )
         .await?;
-    ssh::check_ssh_connection(&printed, access)
+    Ok(printed)
 }
 
-/// Closes the session; for an SSH kernel behind a gateway, also waits until no process of the
-/// kernel is left (it is not the gateway's descendant, so nothing else would notice).
-async fn close_checked(session: Session, backend: Backend) -> Result<()> {
+/// Closes the session; for an SSH or YARN kernel behind a gateway, also waits until no process
+/// of the kernel is left (it is not the gateway's descendant, so nothing else would notice), and
+/// for YARN until its application has ended.
+async fn close_checked(env: &Env, session: Session, backend: Backend) -> Result<()> {
     let kernel_id = session.kernel_id().map(str::to_owned);
     session.close().await?;
-    match kernel_id {
-        Some(id) if backend == Backend::Ssh => ssh::await_kernel_gone(&id).await,
-        _ => Ok(()),
+    let Some(id) = kernel_id else {
+        return Ok(());
+    };
+    match backend {
+        Backend::Local | Backend::Launcher => Ok(()),
+        Backend::Ssh => proc::await_kernel_gone(&id).await,
+        Backend::Yarn => {
+            let access = env
+                .yarn
+                .as_ref()
+                .context("the YARN emulator is not running")?;
+            yarn::await_kernel_gone(access, &id).await
+        }
     }
 }
 
@@ -340,7 +394,7 @@ async fn execute(
         ])
     }
     .await;
-    close_checked(session, backend).await?;
+    close_checked(env, session, backend).await?;
     result
 }
 
