@@ -458,6 +458,7 @@ impl SshResourceManager {
             interrupt_signal: interrupt_signal_of(spec) as i32,
             slot: Mutex::new(Some(slot)),
             finished: AtomicBool::new(false),
+            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -635,6 +636,7 @@ impl SshResourceManager {
             interrupt_signal: interrupt_signal_of(spec) as i32,
             slot: Mutex::new(Some(slot)),
             finished: AtomicBool::new(false),
+            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -842,6 +844,7 @@ impl ResourceManager for SshResourceManager {
                 .unwrap_or(Signal::SIGINT) as i32,
             slot: Mutex::new(Some(slot)),
             finished: AtomicBool::new(false),
+            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -1078,6 +1081,10 @@ pub struct SshKernelProcess {
     interrupt_signal: i32,
     slot: Mutex<Option<HostSlot>>,
     finished: AtomicBool,
+    /// The launcher's listener was told to stop after `shutdown_request`: from then on a refusing
+    /// communication port means the kernel is gone, as EG treats it, even if a local launcher
+    /// process lingers (it is killed by `terminate`).
+    listener_stopped: AtomicBool,
     detached: AtomicBool,
 }
 
@@ -1236,6 +1243,11 @@ impl KernelProcess for SshKernelProcess {
 
     async fn poll(&self) -> ProcessState {
         match self.local_state() {
+            Some(ProcessState::Running)
+                if self.comm.is_some() && self.listener_stopped.load(Ordering::SeqCst) =>
+            {
+                self.poll_remote().await
+            }
             Some(state) => state,
             None => self.poll_remote().await,
         }
@@ -1322,6 +1334,11 @@ impl KernelProcess for SshKernelProcess {
             let term = comm.signal(Signal::SIGTERM as i32, timeout).await;
             let stop = comm.shutdown(timeout).await;
             tracing::debug!(kernel_id = %self.kernel_id, ?term, ?stop, "asked the launcher to stop the kernel");
+            // A launcher started here gets the signal directly too: its listener may already be
+            // gone (told to stop at shutdown_request) while the process lingers.
+            if self.launcher.is_some() {
+                self.kill_local(Signal::SIGTERM);
+            }
         } else if let Some(ssh) = &self.ssh {
             ssh.kill(None, Signal::SIGTERM as i32, &self.kernel_groups())
                 .await;
@@ -1361,6 +1378,7 @@ impl KernelProcess for SshKernelProcess {
         if let Some(comm) = &self.comm {
             let outcome = comm.shutdown(self.comm_timeout()).await;
             tracing::debug!(kernel_id = %self.kernel_id, ?outcome, "told the launcher's listener that the kernel is shutting down");
+            self.listener_stopped.store(true, Ordering::SeqCst);
         }
     }
 
