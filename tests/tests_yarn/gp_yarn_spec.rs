@@ -178,9 +178,24 @@ async fn gp_yarn_spec_launches_interrupts_and_shuts_down() {
     assert_eq!(out.stdout.trim(), "42");
     assert_eq!(kernel.process.poll().await, ProcessState::Running);
 
-    // Shutdown as the gateway does: shutdown_request, terminate, clean up.
+    // Shutdown as the gateway does: shutdown_request, the listener told to stop (as EG does),
+    // terminate, clean up. GP's launcher can linger as the application master after its kernel
+    // replied; once its listener refuses, the backend reports the kernel gone, as EG does.
     client.shutdown(false, 5 * SECOND).await.expect("shutdown");
     drop(client);
+    kernel.process.shutdown_requested().await;
+    let mut polled = kernel.process.poll().await;
+    for _ in 0..100 {
+        if matches!(polled, ProcessState::Exited { .. }) {
+            break;
+        }
+        tokio::time::sleep(SECOND / 10).await;
+        polled = kernel.process.poll().await;
+    }
+    assert!(
+        matches!(polled, ProcessState::Exited { .. }),
+        "still running 10 s after shutdown_request and the listener shutdown: {polled:?}"
+    );
     let state = kernel
         .process
         .terminate(5 * SECOND)

@@ -662,6 +662,7 @@ impl ResourceManager for YarnResourceManager {
             poll_interval: self.config.poll_interval,
             last_final: Mutex::new(None),
             finished: AtomicBool::new(false),
+            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -746,6 +747,7 @@ impl ResourceManager for YarnResourceManager {
             poll_interval: self.config.poll_interval,
             last_final: Mutex::new(None),
             finished: AtomicBool::new(false),
+            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -810,6 +812,10 @@ pub struct YarnKernelProcess {
     /// The final state once seen (it cannot change any more).
     last_final: Mutex<Option<ProcessState>>,
     finished: AtomicBool,
+    /// The launcher's listener was told to stop after `shutdown_request`: from then on a refusing
+    /// communication port means the kernel is gone (as EG treats it) and the application is
+    /// killed without waiting out the grace period (an application master can linger).
+    listener_stopped: AtomicBool,
     detached: AtomicBool,
 }
 
@@ -852,6 +858,16 @@ impl YarnKernelProcess {
     /// The RM client this kernel uses.
     pub fn client(&self) -> &YarnClient {
         &self.client
+    }
+
+    /// Whether the listener, told to stop after `shutdown_request`, now refuses connections.
+    async fn listener_gone(&self) -> bool {
+        match &self.comm {
+            Some(comm) if self.listener_stopped.load(Ordering::SeqCst) => {
+                comm.probe().await == CommOutcome::Refused
+            }
+            _ => false,
+        }
     }
 
     fn cached(&self) -> Option<ProcessState> {
@@ -942,7 +958,14 @@ impl KernelProcess for YarnKernelProcess {
     }
 
     async fn poll(&self) -> ProcessState {
-        self.app_state().await
+        let state = self.app_state().await;
+        if state == ProcessState::Running && self.listener_gone().await {
+            return ProcessState::Exited {
+                code: None,
+                signal: None,
+            };
+        }
+        state
     }
 
     async fn wait(&self) -> ProcessState {
@@ -991,10 +1014,16 @@ impl KernelProcess for YarnKernelProcess {
             self.finished.store(true, Ordering::SeqCst);
             return Ok(state);
         }
+        let mut grace = grace;
         if let Some(comm) = &self.comm {
             let term = comm.signal(Signal::SIGTERM as i32).await;
             let stop = comm.shutdown().await;
             tracing::debug!(kernel_id = %self.kernel_id, ?term, ?stop, "asked the launcher to stop the kernel");
+            if term == CommOutcome::Refused && self.listener_stopped.load(Ordering::SeqCst) {
+                // The kernel answered its shutdown_request and the listener is gone: nothing
+                // of it is left to wait for but the application itself.
+                grace = Duration::ZERO;
+            }
         }
         let state = match tokio::time::timeout(grace, self.wait_final()).await {
             Ok(state) => state,
@@ -1022,6 +1051,7 @@ impl KernelProcess for YarnKernelProcess {
         {
             let outcome = comm.shutdown().await;
             tracing::debug!(kernel_id = %self.kernel_id, ?outcome, "told the launcher's listener that the kernel is shutting down");
+            self.listener_stopped.store(true, Ordering::SeqCst);
         }
     }
 
