@@ -91,24 +91,10 @@ async fn fixture(configure: impl FnOnce(&mut YarnConfig)) -> Fixture {
 fn yarn_spec(root: &Path, name: &str, app: Option<&Path>) -> KernelSpec {
     let dir = root.join("kernels").join(name);
     std::fs::create_dir_all(&dir).expect("spec dir");
-    let mut argv: Vec<String> = [
-        env!("CARGO_BIN_EXE_spark-submit"),
-        "--master",
-        "yarn",
-        "--deploy-mode",
-        "cluster",
-        "--name",
-        "{kernel_id}",
-        "--conf",
-        "spark.yarn.submit.waitAppCompletion=false",
-        "--conf",
-        "spark.yarn.tags={kernel_id}",
-        "--conf",
-        "spark.yarn.maxAppAttempts=1",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    let mut argv: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_spark-submit"))
+        .chain(tests::yarn::CLUSTER_SUBMIT_ARGS.iter().copied())
+        .map(str::to_owned)
+        .collect();
     argv.push("--conf".into());
     argv.push(format!(
         "spark.yarn.appMasterEnv.PYSPARK_PYTHON={}",

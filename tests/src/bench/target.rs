@@ -185,21 +185,9 @@ impl Env {
         let hadoop_conf_dir = dir.path().join("hadoop-conf");
         let mut yarn_argv = vec![bin_dir.join("spark-submit").to_string_lossy().into_owned()];
         yarn_argv.extend(
-            [
-                "--master",
-                "yarn",
-                "--deploy-mode",
-                "cluster",
-                "--name",
-                "{kernel_id}",
-                "--conf",
-                "spark.yarn.submit.waitAppCompletion=false",
-                "--conf",
-                "spark.yarn.tags={kernel_id}",
-                "--conf",
-                "spark.yarn.maxAppAttempts=1",
-            ]
-            .map(str::to_owned),
+            tests::yarn::CLUSTER_SUBMIT_ARGS
+                .iter()
+                .map(|a| (*a).to_owned()),
         );
         for (key, value) in [("PYSPARK_PYTHON", &python_bin), ("TMPDIR", &tmp)] {
             yarn_argv.push("--conf".into());

@@ -74,6 +74,24 @@ use tokio::task::JoinHandle;
 
 pub use state::{AppSnapshot, RmAppState};
 
+/// The `spark-submit` arguments (after the program) of a YARN cluster-mode kernelspec as EG's
+/// and gateway_provisioners' specs write them: the kernel id as the application's name and tag,
+/// no waiting for the application, a single attempt. Shared by the YARN tests and the benchmark.
+pub const CLUSTER_SUBMIT_ARGS: &[&str] = &[
+    "--master",
+    "yarn",
+    "--deploy-mode",
+    "cluster",
+    "--name",
+    "{kernel_id}",
+    "--conf",
+    "spark.yarn.submit.waitAppCompletion=false",
+    "--conf",
+    "spark.yarn.tags={kernel_id}",
+    "--conf",
+    "spark.yarn.maxAppAttempts=1",
+];
+
 use state::{ClusterState, Shared, Termination};
 
 /// How a standby RM answers redirected paths.
