@@ -3,6 +3,7 @@
 //! Configuration is layered (CLI > environment > config file > defaults, see `options`) and
 //! validated once (`settings`); everything else lives in the library crates.
 
+mod auth;
 mod backends;
 mod listen;
 mod options;

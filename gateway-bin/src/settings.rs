@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use gateway_http::GatewayConfig;
-use gateway_http::config::{Cors, Culling};
+use gateway_http::config::{Cors, Culling, HttpLimits};
 use kernel_launcher::PortRange;
 use kernel_launcher::env::EnvPolicy;
 use kernel_launcher::response::ListenerOptions;
@@ -59,17 +59,17 @@ pub(crate) struct YarnSettings {
 }
 
 /// A typed reader over raw options; every error names the option.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     raw: &'a RawOptions,
 }
 
 impl Reader<'_> {
-    fn text(&self, name: &str) -> Option<String> {
+    pub(crate) fn text(&self, name: &str) -> Option<String> {
         let v = self.raw.get(name).trim();
         (!v.is_empty()).then(|| v.to_owned())
     }
 
-    fn bool(&self, name: &str) -> anyhow::Result<bool> {
+    pub(crate) fn bool(&self, name: &str) -> anyhow::Result<bool> {
         match self.raw.get(name).trim().to_ascii_lowercase().as_str() {
             "" | "false" | "0" | "no" | "off" | "n" | "f" => Ok(false),
             "true" | "1" | "yes" | "on" | "y" | "t" => Ok(true),
@@ -77,7 +77,7 @@ impl Reader<'_> {
         }
     }
 
-    fn number<T: std::str::FromStr>(&self, name: &str) -> anyhow::Result<Option<T>>
+    pub(crate) fn number<T: std::str::FromStr>(&self, name: &str) -> anyhow::Result<Option<T>>
     where
         T::Err: std::fmt::Display,
     {
@@ -90,7 +90,7 @@ impl Reader<'_> {
         }
     }
 
-    fn secs(&self, name: &str) -> anyhow::Result<Duration> {
+    pub(crate) fn secs(&self, name: &str) -> anyhow::Result<Duration> {
         let secs = self.number::<f64>(name)?.unwrap_or(0.0);
         if !secs.is_finite() || secs < 0.0 {
             bail!("--{name}: must be a non-negative number of seconds");
@@ -98,7 +98,7 @@ impl Reader<'_> {
         Ok(Duration::from_secs_f64(secs))
     }
 
-    fn list(&self, name: &str) -> Vec<String> {
+    pub(crate) fn list(&self, name: &str) -> Vec<String> {
         split_list(self.raw.get(name))
     }
 }
@@ -164,11 +164,31 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
     }
 
     let base_url = normalise_base_url(raw.get("base_url"));
-    let tls = tls(&r)?;
+    let (auth, client_certificate_optional) = crate::auth::build(&r)?;
+    let tls = tls(&r, client_certificate_optional)?;
+    let defaults = HttpLimits::default();
+    let limits = HttpLimits {
+        max_head_bytes: r
+            .number::<usize>("max_header_bytes")?
+            .unwrap_or(defaults.max_head_bytes),
+        max_body_bytes: r
+            .number::<usize>("max_body_bytes")?
+            .unwrap_or(defaults.max_body_bytes),
+        header_timeout: r.secs("header_timeout")?,
+        body_timeout: r.secs("body_timeout")?,
+        max_connections_per_client: r
+            .number::<usize>("max_connections_per_client")?
+            .unwrap_or(defaults.max_connections_per_client),
+        ..defaults
+    };
+    if limits.header_timeout.is_zero() || limits.body_timeout.is_zero() {
+        bail!("--header_timeout and --body_timeout must be positive");
+    }
 
     let gateway = GatewayConfig {
         base_url,
-        auth_token: r.text("auth_token"),
+        auth,
+        limits,
         cors: Cors {
             allow_origin: r.text("allow_origin"),
             allow_credentials: r.text("allow_credentials"),
@@ -189,6 +209,9 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         env_policy: EnvPolicy {
             client_envs: r.list("client_envs"),
             inherited_envs: r.list("inherited_envs"),
+            max_total_bytes: r
+                .number::<usize>("max_env_bytes")?
+                .unwrap_or(kernel_launcher::env::DEFAULT_MAX_ENV_BYTES),
         },
         gateway_env: env.clone(),
         gateway_user: gateway_user(env),
@@ -303,7 +326,10 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
     })
 }
 
-fn tls(r: &Reader<'_>) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+fn tls(
+    r: &Reader<'_>,
+    client_certificate_optional: bool,
+) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
     let cert = r.text("certfile");
     let key = r.text("keyfile");
     let ca = r.text("client_ca");
@@ -314,6 +340,7 @@ fn tls(r: &Reader<'_>) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerCon
                 Path::new(&cert),
                 Path::new(&key),
                 ca.as_deref().map(Path::new),
+                client_certificate_optional,
             )
             .with_context(|| "TLS configuration failed")?;
             Ok(Some(config))

@@ -8,6 +8,8 @@ use std::time::Duration;
 use kernel_launcher::PortRange;
 use kernel_launcher::env::EnvPolicy;
 
+use crate::auth::Authenticators;
+
 /// CORS header values, sent verbatim when set.
 #[derive(Debug, Clone, Default)]
 pub struct Cors {
@@ -40,13 +42,51 @@ pub struct Culling {
     pub busy_timeout: Duration,
 }
 
+/// Bounds at the HTTP edge. Every limit refuses with its own status and a clear body, before the
+/// request reaches a handler.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Largest request head (request line plus headers); more is answered 431.
+    pub max_head_bytes: usize,
+    /// Largest request body; a larger declared `Content-Length` is answered 413 before the body
+    /// is read, a chunked body that grows past it likewise.
+    pub max_body_bytes: usize,
+    /// Time from a connection's accept (or its previous response) to a complete request head;
+    /// past it the client gets 408 and the connection is closed.
+    pub header_timeout: Duration,
+    /// Longest pause while a request body is arriving; past it the client gets 408 and the
+    /// connection is closed.
+    pub body_timeout: Duration,
+    /// Most connections open at once from one client address (0 = no limit); more are answered
+    /// 503 and closed.
+    pub max_connections_per_client: usize,
+    /// Longest `session_id` a channels WebSocket may name (400 at the handshake).
+    pub max_session_id_len: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_head_bytes: 32 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connections_per_client: 512,
+            max_session_id_len: 256,
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Normalised base URL: starts and ends with `/` (default `/`).
     pub base_url: String,
-    /// Token required on API requests when set.
-    pub auth_token: Option<String>,
+    /// Who may use the API: the authenticators tried on every request and the role grants
+    /// (none configured: everyone is trusted, as Enterprise Gateway without `auth_token`).
+    pub auth: Authenticators,
+    /// Bounds on what a client may send and how slowly (the hardened HTTP edge).
+    pub limits: HttpLimits,
     /// CORS.
     pub cors: Cors,
     /// Allow `GET /api/kernels` and `GET /api/sessions`.
@@ -130,7 +170,8 @@ impl Default for GatewayConfig {
     fn default() -> GatewayConfig {
         GatewayConfig {
             base_url: "/".to_owned(),
-            auth_token: None,
+            auth: Authenticators::none(),
+            limits: HttpLimits::default(),
             cors: Cors::default(),
             list_kernels: false,
             max_kernels: None,

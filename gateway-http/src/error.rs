@@ -24,9 +24,9 @@ pub enum Error {
         /// Text for the `message` field.
         message: String,
     },
-    /// 401.
+    /// 401, with why (empty for Enterprise Gateway's shared token, which says nothing).
     #[error("unauthorized")]
-    Unauthorized,
+    Unauthorized(String),
     /// 403 with EG's reason text (limits, user authorization, listing disabled).
     #[error("{reason}")]
     Forbidden {
@@ -74,7 +74,7 @@ impl Error {
     pub fn fault(&self) -> Fault {
         match self {
             Error::BadRequest { .. }
-            | Error::Unauthorized
+            | Error::Unauthorized(_)
             | Error::Forbidden { .. }
             | Error::NoSuchKernel(_)
             | Error::NoSuchKernelSpec(_)
@@ -97,7 +97,7 @@ impl Error {
         use http::StatusCode;
         match self {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::NoSuchKernel(_) | Error::NoSuchKernelSpec(_) | Error::NotFound(_) => {
                 StatusCode::NOT_FOUND
@@ -129,7 +129,8 @@ impl Error {
             Error::Forbidden { reason, message } => (reason.clone(), message.clone()),
             Error::LaunchFailed { reason, .. } => (reason.clone(), String::new()),
             Error::Unsupported(reason) => (reason.clone(), String::new()),
-            Error::Unauthorized | Error::MethodNotAllowed => (phrase(), String::new()),
+            Error::MethodNotAllowed => (phrase(), String::new()),
+            Error::Unauthorized(message) => (phrase(), message.clone()),
             Error::BadRequest { message } | Error::NotFound(message) | Error::Internal(message) => {
                 (phrase(), message.clone())
             }

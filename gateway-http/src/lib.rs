@@ -25,6 +25,7 @@
 //! ```
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 mod io;
@@ -34,6 +35,7 @@ pub mod tls;
 pub mod ws;
 
 pub use api::router;
+pub use auth::{Authenticators, Identity};
 pub use config::GatewayConfig;
 pub use error::{Error, Fault};
 pub use manager::KernelManager;

@@ -13,7 +13,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tower::ServiceExt as _;
+
 use crate::KernelManager;
+use crate::auth::ConnectionInfo;
 use crate::io::{QUEUE_LIMIT, QueuedWriter};
 
 /// How long a client may take to finish the TLS handshake.
@@ -34,7 +37,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let config = Arc::clone(manager.config());
-    let service = TowerToHyperService::new(crate::api::router(Arc::clone(&manager)));
+    let service = crate::api::router(Arc::clone(&manager));
     let tls = config.tls.clone().map(TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -63,12 +66,24 @@ pub async fn serve(
         let (builder, service, tls, stop) =
             (builder.clone(), service.clone(), tls.clone(), stop.clone());
         connections.spawn(async move {
+            let mut info = ConnectionInfo {
+                peer,
+                client_certificate: None,
+            };
             match tls {
-                None => serve_connection(&builder, stream, service, &stop).await,
+                None => serve_connection(&builder, stream, service, info, &stop).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(stream)) => serve_connection(&builder, stream, service, &stop).await,
+                        Ok(Ok(stream)) => {
+                            info.client_certificate = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|leaf| Arc::new(leaf.clone().into_owned()));
+                            serve_connection(&builder, stream, service, info, &stop).await
+                        }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -93,17 +108,23 @@ pub async fn serve(
     Ok(())
 }
 
-type Service = TowerToHyperService<axum::Router>;
-
 /// One connection until it ends, or until shutdown asks it to finish its current request.
+/// Every request on it carries `info` in its extensions.
 async fn serve_connection<S>(
     builder: &auto::Builder<TokioExecutor>,
     stream: S,
-    service: Service,
+    router: axum::Router,
+    info: ConnectionInfo,
     stop: &CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let service = TowerToHyperService::new(router.map_request(
+        move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(info.clone());
+            request
+        },
+    ));
     // The queue sits outermost, so WebSocket writes on the upgraded connection go through it.
     let stream = QueuedWriter::new(stream, QUEUE_LIMIT);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

@@ -39,11 +39,14 @@ pub enum TlsError {
 const ALPN: &[&[u8]] = &[b"http/1.1"];
 
 /// Builds the server's TLS settings: `cert` (PEM chain, leaf first) and `key` (PEM, PKCS#8,
-/// PKCS#1 or SEC1); with `client_ca`, clients must present a certificate issued by one of its CAs.
+/// PKCS#1 or SEC1); with `client_ca`, a certificate a client presents must be issued by one of
+/// its CAs, and clients must present one unless `client_certificate_optional` (then the
+/// connection is accepted without, and other authenticators decide).
 pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
+    client_certificate_optional: bool,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = read_certificates(cert, "certificate chain")?;
@@ -60,8 +63,12 @@ pub fn server_config(
             for certificate in read_certificates(ca, "client CA")? {
                 roots.add(certificate)?;
             }
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if client_certificate_optional {
+                verifier.allow_unauthenticated().build()?
+            } else {
+                verifier.build()?
+            };
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

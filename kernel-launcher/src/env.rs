@@ -22,13 +22,32 @@ const REMOVED: [&str; 5] = [
     "PYTHONEXECUTABLE",
 ];
 
+/// The longest name (in bytes) a request env variable may have.
+pub const MAX_ENV_NAME_LEN: usize = 256;
+
+/// Default bound on a request env's total size (names plus values, in bytes).
+pub const DEFAULT_MAX_ENV_BYTES: usize = 256 * 1024;
+
 /// Which client and gateway variables may reach kernels.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EnvPolicy {
     /// Request variables accepted besides `KERNEL_*` (`["*"]` = all).
     pub client_envs: Vec<String>,
     /// Gateway process variables passed on.
     pub inherited_envs: Vec<String>,
+    /// Most bytes (names plus values) a request's `env` may hold, accepted or not; more is
+    /// refused before anything starts (the kernel's `exec` would fail with E2BIG).
+    pub max_total_bytes: usize,
+}
+
+impl Default for EnvPolicy {
+    fn default() -> EnvPolicy {
+        EnvPolicy {
+            client_envs: Vec::new(),
+            inherited_envs: Vec::new(),
+            max_total_bytes: DEFAULT_MAX_ENV_BYTES,
+        }
+    }
 }
 
 impl EnvPolicy {
@@ -42,14 +61,32 @@ impl EnvPolicy {
     }
 }
 
-/// Validates and filters a request's `env` object: non-`KERNEL_*` keys not allowed are dropped;
-/// non-string, oversized (> 4096) or values containing `$`, backtick, CR, LF, NUL are refused.
+/// Validates and filters a request's `env` object: names that cannot reach `exec` (empty, with
+/// `=`, NUL or control characters, over [`MAX_ENV_NAME_LEN`]) and an env larger than the policy's
+/// `max_total_bytes` are refused; non-`KERNEL_*` keys not allowed are dropped; non-string,
+/// oversized (> 4096) or values containing `$`, backtick, CR, LF, NUL are refused.
 pub fn filter_request_env(
     request: &serde_json::Map<String, serde_json::Value>,
     policy: &EnvPolicy,
 ) -> Result<BTreeMap<String, String>, Error> {
+    let total: usize = request
+        .iter()
+        .map(|(key, value)| key.len() + value.as_str().map_or(0, str::len))
+        .sum();
+    if total > policy.max_total_bytes {
+        return Err(Error::InvalidEnv(format!(
+            "The env object holds {total} bytes; at most {} are accepted",
+            policy.max_total_bytes
+        )));
+    }
     let mut accepted = BTreeMap::new();
     for (key, value) in request {
+        if let Err(why) = check_env_name(key) {
+            return Err(Error::InvalidEnv(format!(
+                "Environment variable name {} {why}",
+                printable(key)
+            )));
+        }
         if !policy.accepts_client(key) {
             tracing::debug!(
                 key,
@@ -75,6 +112,28 @@ pub fn filter_request_env(
         accepted.insert(key.clone(), text.clone());
     }
     Ok(accepted)
+}
+
+/// Why `name` cannot be an environment variable name, if it cannot.
+fn check_env_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("is empty")
+    } else if name.len() > MAX_ENV_NAME_LEN {
+        Err("is too long")
+    } else if name.contains('=') {
+        Err("contains '='")
+    } else if name.chars().any(char::is_control) {
+        Err("contains NUL or control characters")
+    } else {
+        Ok(())
+    }
+}
+
+/// A name for an error message: escaped, and cut short so an overlong one is not echoed whole.
+fn printable(name: &str) -> String {
+    let cut: String = name.chars().take(64).collect();
+    let suffix = if cut.len() < name.len() { "..." } else { "" };
+    format!("'{}{suffix}'", cut.escape_debug())
 }
 
 /// Inputs of [`compose`].
@@ -281,10 +340,12 @@ mod tests {
         let policy = EnvPolicy {
             client_envs: vec!["TEST_VAR".to_owned()],
             inherited_envs: vec![],
+            ..EnvPolicy::default()
         };
         let all = EnvPolicy {
             client_envs: vec!["*".to_owned()],
             inherited_envs: vec![],
+            ..EnvPolicy::default()
         };
 
         check_filter(
@@ -332,6 +393,36 @@ mod tests {
                 Err("Environment variable 'KERNEL_A' contains prohibited characters"),
             );
         }
+        // Names that cannot reach exec, whether or not the policy would accept them.
+        for (name, why) in [
+            ("KERNEL_\0X", "'KERNEL_\\0X' contains NUL or control characters"),
+            ("KERNEL_A=B", "'KERNEL_A=B' contains '='"),
+            ("", "'' is empty"),
+            ("OTHER\u{1b}[31m", "'OTHER\\u{1b}[31m' contains NUL or control characters"),
+        ] {
+            check_filter(
+                json!({ name: "v" }),
+                &policy,
+                Err(&format!("Environment variable name {why}")),
+            );
+        }
+        let long_name = format!("KERNEL_{}", "N".repeat(MAX_ENV_NAME_LEN));
+        let got = filter_request_env(
+            json!({ long_name: "v" }).as_object().unwrap_or(&serde_json::Map::new()),
+            &policy,
+        );
+        assert!(got.is_err_and(|e| e.to_string().ends_with("...' is too long")));
+        // The total bound counts every entry, dropped ones too.
+        let small = EnvPolicy {
+            max_total_bytes: 20,
+            ..EnvPolicy::default()
+        };
+        check_filter(json!({"KERNEL_A": "0123456789"}), &small, Ok(&[("KERNEL_A", "0123456789")]));
+        check_filter(
+            json!({"KERNEL_A": "0123456789", "OTHER": "12345678"}),
+            &small,
+            Err("The env object holds 31 bytes; at most 20 are accepted"),
+        );
     }
 
     #[track_caller]
@@ -385,6 +476,7 @@ mod tests {
                 "OTHER_VAR2".to_owned(),
             ],
             inherited_envs: vec!["PROCESS_VAR1".to_owned(), "PROCESS_VAR2".to_owned()],
+            ..EnvPolicy::default()
         };
         let gateway = map(&[
             ("PROCESS_VAR1", "process_var1_override"),
@@ -471,6 +563,7 @@ mod tests {
         let policy = EnvPolicy {
             client_envs: vec![],
             inherited_envs: vec!["HOME".to_owned(), "LS_COLORS".to_owned()],
+            ..EnvPolicy::default()
         };
         let gateway = map(&[
             ("HOME", "/home/gw"),

@@ -120,6 +120,7 @@ async fn gp_yarn_spec_launches_interrupts_and_shuts_down() {
     let policy = EnvPolicy {
         client_envs: Vec::new(),
         inherited_envs: gateway_env.keys().cloned().collect(),
+        ..EnvPolicy::default()
     };
     let request_env = BTreeMap::from([("KERNEL_USERNAME".to_owned(), "alice".to_owned())]);
     let env = compose(&EnvInputs {

@@ -1,4 +1,5 @@
-//! What runs before every API handler: route-id shape, token, origin, and the CORS and
+//! What runs before every API handler: route-id shape, authentication (the caller's
+//! [`Identity`] is put into the request for the handlers), origin, and the CORS and
 //! `nosniff` headers on whatever comes back (401s and errors included).
 use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{Query, RawPathParams, Request, State};
@@ -7,8 +8,14 @@ use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+
 use super::AppState;
 use crate::Error;
+use crate::auth::{ConnectionInfo, Credentials, Identity};
 use crate::config::Cors;
 
 /// The configured CORS headers, validated once.
@@ -85,15 +92,23 @@ async fn guard(
     }
     let mut response = if request.method() == Method::OPTIONS {
         StatusCode::OK.into_response()
-    } else if !token_ok(state.config.auth_token.as_deref(), &request) {
-        Error::Unauthorized.into_response()
-    } else if check_origin
-        && !origin_allowed(state.config.cors.allow_origin.as_deref(), request.headers())
-    {
-        tracing::debug!(path = request.uri().path(), "origin check failed");
-        Error::NotFound(String::new()).into_response()
     } else {
-        next.run(request).await
+        // The body is not `Sync`: authenticate on the head alone, so the future stays `Send`.
+        let (mut parts, body) = request.into_parts();
+        match authenticate(state, &parts).await {
+            Err(error) => error.into_response(),
+            Ok(_)
+                if check_origin
+                    && !origin_allowed(state.config.cors.allow_origin.as_deref(), &parts.headers) =>
+            {
+                tracing::debug!(path = parts.uri.path(), "origin check failed");
+                Error::NotFound(String::new()).into_response()
+            }
+            Ok(identity) => {
+                parts.extensions.insert(Caller(Arc::new(identity)));
+                next.run(Request::from_parts(parts, body)).await
+            }
+        }
     };
     state.cors.apply(response.headers_mut());
     response
@@ -106,6 +121,67 @@ async fn guard(
         );
     }
     response
+}
+
+/// The authenticated caller of a request, put there by the guard.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub(crate) Arc<Identity>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Error::Internal("a handler ran without the authentication guard".to_owned()))
+    }
+}
+
+/// Runs the authenticator chain on a request. A failure is logged for the audit trail (the
+/// client address and path, never the credential) and answered 401: with EG's empty message for
+/// the legacy shared token alone, with the reason otherwise.
+async fn authenticate(state: &AppState, request: &Parts) -> Result<Identity, Error> {
+    let auth = &state.config.auth;
+    if !auth.is_enabled() {
+        return Ok(Identity::anonymous());
+    }
+    let query_token = query_token(request);
+    let connection = request.extensions.get::<ConnectionInfo>();
+    let credentials = Credentials {
+        headers: &request.headers,
+        query_token: query_token.as_deref(),
+        client_certificate: connection.and_then(|c| c.client_certificate.as_deref()),
+    };
+    auth.authenticate(&credentials).await.map_err(|rejection| {
+        tracing::warn!(
+            target: "audit",
+            client = %connection.map(|c| c.peer.to_string()).unwrap_or_default(),
+            method = %request.method,
+            path = request.uri.path(),
+            reason = %rejection,
+            "authentication failed"
+        );
+        if auth.chain().len() == 1 && auth.chain().iter().all(|a| a.name() == "token") {
+            Error::Unauthorized(String::new())
+        } else {
+            Error::Unauthorized(rejection.message)
+        }
+    })
+}
+
+/// The `token` query argument (EG accepts `?token=` besides the header); the last one wins.
+fn query_token(request: &Parts) -> Option<String> {
+    Query::<Vec<(String, String)>>::try_from_uri(&request.uri)
+        .ok()
+        .and_then(|Query(pairs)| {
+            pairs
+                .into_iter()
+                .rev()
+                .find(|(key, _)| key == "token")
+                .map(|(_, value)| value)
+        })
 }
 
 /// Kernel and session ids must look like `\w+-\w+-\w+-\w+-\w+` (EG's route pattern).
@@ -123,43 +199,6 @@ pub(crate) fn is_route_id(value: &str) -> bool {
         && parts
             .iter()
             .all(|part| !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_'))
-}
-
-/// Token check (EG §2.2): the `token` query argument, else `Authorization: token <t>`.
-/// Nothing is required when no token is configured.
-fn token_ok(expected: Option<&str>, request: &Request) -> bool {
-    let Some(expected) = expected.filter(|t| !t.is_empty()) else {
-        return true;
-    };
-    let from_query = Query::<Vec<(String, String)>>::try_from_uri(request.uri())
-        .ok()
-        .and_then(|Query(pairs)| {
-            pairs
-                .into_iter()
-                .rev()
-                .find(|(key, _)| key == "token")
-                .map(|(_, value)| value)
-        });
-    let from_header = || {
-        request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("token "))
-            .map(str::to_owned)
-    };
-    match from_query.or_else(from_header) {
-        Some(given) => constant_time_eq(given.as_bytes(), expected.as_bytes()),
-        None => false,
-    }
-}
-
-/// Equality whose time does not depend on where the inputs differ (only on their lengths).
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// jupyter_server's origin check: pass when `allow_origin` is `*`, when `Origin` or `Host` is
@@ -234,13 +273,5 @@ mod tests {
         ] {
             assert!(!is_route_id(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn constant_time_eq_compares_bytes() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(constant_time_eq(b"", b""));
     }
 }

@@ -63,7 +63,7 @@ fn unauthorized() -> Value {
 
 #[tokio::test]
 async fn token_routes_and_errors() -> anyhow::Result<()> {
-    let gateway = Gateway::new(|c| c.auth_token = Some(TOKEN.to_owned()))?;
+    let gateway = Gateway::new(|c| c.auth = gateway_http::Authenticators::shared_token(TOKEN))?;
     let marker = gateway.dir.path().join("pwned");
     let hostile_name = format!(
         r#"{{"name": "echo; touch {0} $(touch {0}) `touch {0}`"}}"#,
@@ -500,7 +500,7 @@ async fn unsupported_provisioners_are_listed_as_unavailable() -> anyhow::Result<
 #[tokio::test]
 async fn cors_and_content_headers() -> anyhow::Result<()> {
     let gateway = Gateway::new(|c| {
-        c.auth_token = Some(TOKEN.to_owned());
+        c.auth = gateway_http::Authenticators::shared_token(TOKEN);
         c.cors = gateway_http::config::Cors {
             allow_origin: Some("https://notebooks.example".to_owned()),
             allow_credentials: Some("true".to_owned()),
@@ -668,7 +668,7 @@ async fn base_url_prefixes_every_route() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn swagger_documents() -> anyhow::Result<()> {
-    let gateway = Gateway::new(|c| c.auth_token = Some(TOKEN.to_owned()))?;
+    let gateway = Gateway::new(|c| c.auth = gateway_http::Authenticators::shared_token(TOKEN))?;
     let (status, doc) = gateway.check(Req::get("/api/swagger.json")).await;
     assert_eq!(status, StatusCode::OK);
     let paths = doc["paths"]
@@ -1162,7 +1162,7 @@ mod served {
         let key = pki.dir.path().join("server.key");
         let ca = pki.dir.path().join("ca.pem");
 
-        let tls = gateway_http::tls::server_config(&cert, &key, None)?;
+        let tls = gateway_http::tls::server_config(&cert, &key, None, false)?;
         let served = Served::start(|c| c.tls = Some(tls)).await?;
         let (status, body) = tls_get(served.addr, &pki, false).await?;
         assert_eq!(status, 200, "{body}");
@@ -1172,7 +1172,7 @@ mod served {
         assert!(request(&mut plain, "/api").await.is_err());
         served.shutdown().await?;
 
-        let mtls = gateway_http::tls::server_config(&cert, &key, Some(&ca))?;
+        let mtls = gateway_http::tls::server_config(&cert, &key, Some(&ca), false)?;
         let served = Served::start(|c| c.tls = Some(mtls)).await?;
         let (status, _) = tls_get(served.addr, &pki, true).await?;
         assert_eq!(status, 200);
@@ -1190,21 +1190,21 @@ mod served {
         let pki = pki()?;
         let dir = pki.dir.path();
         let missing =
-            gateway_http::tls::server_config(&dir.join("nope.pem"), &dir.join("server.key"), None);
+            gateway_http::tls::server_config(&dir.join("nope.pem"), &dir.join("server.key"), None, false);
         assert!(
             matches!(missing, Err(gateway_http::tls::TlsError::Pem { .. })),
             "{missing:?}"
         );
         std::fs::write(dir.join("empty.pem"), "")?;
         let empty =
-            gateway_http::tls::server_config(&dir.join("empty.pem"), &dir.join("server.key"), None);
+            gateway_http::tls::server_config(&dir.join("empty.pem"), &dir.join("server.key"), None, false);
         assert!(
             matches!(empty, Err(gateway_http::tls::TlsError::NoCertificates(_))),
             "{empty:?}"
         );
         // The CA's certificate does not match the server's key.
         let mismatched =
-            gateway_http::tls::server_config(&dir.join("ca.pem"), &dir.join("server.key"), None);
+            gateway_http::tls::server_config(&dir.join("ca.pem"), &dir.join("server.key"), None, false);
         assert!(mismatched.is_err());
         Ok(())
     }
@@ -1251,7 +1251,7 @@ mod served {
         use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
         let token = "ws-token";
-        let (manager, dir) = support::ipykernel_manager(|c| c.auth_token = Some(token.to_owned()))?;
+        let (manager, dir) = support::ipykernel_manager(|c| c.auth = gateway_http::Authenticators::shared_token(token))?;
         let served = Served::with_manager(manager, dir).await?;
         let mut http = TcpStream::connect(served.addr).await?;
         let auth = format!("Authorization: token {token}\r\n");

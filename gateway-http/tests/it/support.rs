@@ -34,7 +34,8 @@ pub(crate) fn config(kernelspec_dirs: Vec<PathBuf>, root: &Path) -> GatewayConfi
     .collect();
     GatewayConfig {
         base_url: "/".to_owned(),
-        auth_token: None,
+        auth: gateway_http::Authenticators::none(),
+        limits: gateway_http::config::HttpLimits::default(),
         cors: Cors::default(),
         list_kernels: false,
         max_kernels: None,
@@ -46,6 +47,7 @@ pub(crate) fn config(kernelspec_dirs: Vec<PathBuf>, root: &Path) -> GatewayConfi
         env_policy: EnvPolicy {
             client_envs: Vec::new(),
             inherited_envs: vec!["PATH".to_owned(), "HOME".to_owned()],
+            ..EnvPolicy::default()
         },
         gateway_env,
         gateway_user: "tester".to_owned(),
