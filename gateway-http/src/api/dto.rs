@@ -33,6 +33,9 @@ pub struct KernelModel {
     pub execution_state: String,
     /// Open WebSocket connections.
     pub connections: usize,
+    /// The user the kernel belongs to (its `KERNEL_USERNAME`); lists show a caller only their
+    /// own kernels, or everybody's to an admin.
+    pub owner: String,
     /// Why the kernel is not usable; omitted when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -59,6 +62,7 @@ impl From<KernelSnapshot> for KernelModel {
             name: snapshot.name,
             execution_state: snapshot.execution_state,
             connections: snapshot.connections,
+            owner: snapshot.username,
             reason: snapshot.reason.filter(|reason| !reason.is_empty()),
         }
     }

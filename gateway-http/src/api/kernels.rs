@@ -11,11 +11,17 @@ use serde_json::Value;
 use super::AppState;
 use super::dto::KernelModel;
 use super::extract::{JsonBody, PathParam, QueryParams};
-use crate::Error;
-use crate::manager::StartRequest;
+use super::guard::Caller;
+use crate::auth::validate_user_name;
+use crate::manager::{KernelSnapshot, StartRequest};
+use crate::{Error, Identity};
 
-/// `GET /api/kernels`: every kernel that finished starting, when listing is enabled.
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Vec<KernelModel>>, Error> {
+/// `GET /api/kernels`: the caller's kernels that finished starting (an admin's: everybody's),
+/// when listing is enabled.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<KernelModel>>, Error> {
     if !state.config.list_kernels {
         return Err(listing_disabled());
     }
@@ -24,9 +30,62 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Vec<Kerne
             .manager
             .list()
             .into_iter()
+            .filter(|kernel| caller.may_access(&kernel.username))
             .map(KernelModel::from)
             .collect(),
     ))
+}
+
+/// The kernel, if it exists and the caller may see it; a kernel of somebody else is answered
+/// exactly as an unknown id, so ids cannot be probed.
+pub(crate) fn visible(
+    state: &AppState,
+    caller: &Identity,
+    kernel_id: &str,
+) -> Result<KernelSnapshot, Error> {
+    let kernel = state.manager.get(kernel_id)?;
+    if caller.may_access(&kernel.username) {
+        Ok(kernel)
+    } else {
+        tracing::info!(target: "audit", user = %caller.user, %kernel_id, owner = %kernel.username, "refused access to another user's kernel");
+        Err(Error::NoSuchKernel(kernel_id.to_owned()))
+    }
+}
+
+/// The owner of a kernel the caller starts, from the authenticated identity and the request's
+/// `KERNEL_USERNAME`: a caller with the `impersonate` role may name anyone (EG's trust), anybody
+/// else only themselves (403 otherwise). A name that breaks the user-name rule is a 400.
+pub(crate) fn kernel_owner(
+    caller: &Identity,
+    env: Option<&serde_json::Map<String, Value>>,
+) -> Result<Option<String>, Error> {
+    let requested = match env.and_then(|env| env.get("KERNEL_USERNAME")) {
+        None => None,
+        Some(Value::String(name)) if name.is_empty() => None,
+        Some(Value::String(name)) => Some(name.as_str()),
+        // The env filter answers a non-string with EG's text.
+        Some(_) => return Ok(None),
+    };
+    if let Some(name) = requested {
+        validate_user_name(name).map_err(|why| Error::BadRequest {
+            message: format!("KERNEL_USERNAME is not an acceptable user name: {why}"),
+        })?;
+    }
+    match requested {
+        Some(name) if caller.roles.impersonate => Ok(Some(name.to_owned())),
+        None if caller.roles.impersonate => Ok(None),
+        Some(name) if name != caller.user => {
+            tracing::warn!(target: "audit", user = %caller.user, requested = name, "refused a start for another user");
+            Err(Error::Forbidden {
+                reason: format!(
+                    "User '{}' may not start kernels as user '{name}'. Leave KERNEL_USERNAME unset or set it to your own user name.",
+                    caller.user
+                ),
+                message: String::new(),
+            })
+        }
+        _ => Ok(Some(caller.user.clone())),
+    }
 }
 
 /// EG's answer when `list_kernels` is off.
@@ -40,16 +99,17 @@ pub(crate) fn listing_disabled() -> Error {
 /// `POST /api/kernels`: starts a kernel; 201 with `Location` and the model.
 pub(crate) async fn start(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Error> {
-    let request = start_request(body)?;
+    let mut request = start_request(body)?;
+    request.user = kernel_owner(&caller, request.env.as_ref())?;
+    request.groups = caller.groups.clone();
     tracing::debug!(name = ?request.name, "starting a kernel");
-    let snapshot = state
-        .manager
-        .start(request)
-        .await
-        .inspect_err(|error| tracing::warn!(%error, "kernel start failed"))?;
-    tracing::info!(kernel_id = %snapshot.id, name = %snapshot.name, "kernel started");
+    let snapshot = state.manager.start(request).await.inspect_err(|error| {
+        tracing::warn!(target: "audit", user = %caller.user, %error, "kernel start failed");
+    })?;
+    tracing::info!(target: "audit", user = %caller.user, owner = %snapshot.username, kernel_id = %snapshot.id, name = %snapshot.name, "kernel started");
     let location = format!("{}api/kernels/{}", state.base, snapshot.id);
     Ok((
         StatusCode::CREATED,
@@ -84,67 +144,76 @@ fn start_request(body: Option<Value>) -> Result<StartRequest, Error> {
         Some(Value::String(path)) => Some(path),
         Some(_) => return Err(bad("The path field must be a string")),
     };
-    Ok(StartRequest { name, env, path })
+    Ok(StartRequest {
+        name,
+        env,
+        path,
+        ..StartRequest::default()
+    })
 }
 
 /// `GET /api/kernels/{id}`.
 pub(crate) async fn get(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     PathParam(kernel_id): PathParam<String>,
 ) -> Result<Json<KernelModel>, Error> {
-    Ok(Json(state.manager.get(&kernel_id)?.into()))
+    Ok(Json(visible(&state, &caller, &kernel_id)?.into()))
 }
 
 /// `DELETE /api/kernels/{id}`: graceful shutdown, 204.
 pub(crate) async fn shutdown(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     PathParam(kernel_id): PathParam<String>,
 ) -> Result<StatusCode, Error> {
-    state
-        .manager
-        .shutdown(&kernel_id)
-        .await
-        .inspect_err(|error| tracing::warn!(%kernel_id, %error, "kernel shutdown failed"))?;
-    tracing::info!(%kernel_id, "kernel shut down");
+    let kernel = visible(&state, &caller, &kernel_id)?;
+    state.manager.shutdown(&kernel_id).await.inspect_err(|error| {
+        tracing::warn!(target: "audit", user = %caller.user, %kernel_id, %error, "kernel shutdown failed");
+    })?;
+    tracing::info!(target: "audit", user = %caller.user, owner = %kernel.username, %kernel_id, "kernel shut down");
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /api/kernels/{id}/interrupt`: 204 (the body is ignored).
 pub(crate) async fn interrupt(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     PathParam(kernel_id): PathParam<String>,
 ) -> Result<StatusCode, Error> {
-    state
-        .manager
-        .interrupt(&kernel_id)
-        .await
-        .inspect_err(|error| tracing::warn!(%kernel_id, %error, "kernel interrupt failed"))?;
+    let kernel = visible(&state, &caller, &kernel_id)?;
+    state.manager.interrupt(&kernel_id).await.inspect_err(|error| {
+        tracing::warn!(target: "audit", user = %caller.user, %kernel_id, %error, "kernel interrupt failed");
+    })?;
+    tracing::info!(target: "audit", user = %caller.user, owner = %kernel.username, %kernel_id, "kernel interrupted");
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /api/kernels/{id}/restart`: 200 with the model (the body is ignored).
 pub(crate) async fn restart(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     PathParam(kernel_id): PathParam<String>,
 ) -> Result<Json<KernelModel>, Error> {
-    let snapshot = state
-        .manager
-        .restart(&kernel_id)
-        .await
-        .inspect_err(|error| tracing::warn!(%kernel_id, %error, "kernel restart failed"))?;
-    tracing::info!(%kernel_id, "kernel restarted");
+    let kernel = visible(&state, &caller, &kernel_id)?;
+    let snapshot = state.manager.restart(&kernel_id).await.inspect_err(|error| {
+        tracing::warn!(target: "audit", user = %caller.user, %kernel_id, %error, "kernel restart failed");
+    })?;
+    tracing::info!(target: "audit", user = %caller.user, owner = %kernel.username, %kernel_id, "kernel restarted");
     Ok(Json(snapshot.into()))
 }
 
-/// `GET /api/kernels/{id}/channels`: token (guard), kernel exists, origin, then the WebSocket upgrade.
+/// `GET /api/kernels/{id}/channels`: authentication (guard), the kernel exists and is the
+/// caller's, origin, session id, then the WebSocket upgrade.
 pub(crate) async fn channels(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     PathParam(kernel_id): PathParam<String>,
     query: QueryParams,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
-    state.manager.get(&kernel_id)?;
+    let kernel = visible(&state, &caller, &kernel_id)?;
     if !super::guard::origin_allowed(state.config.cors.allow_origin.as_deref(), &headers) {
         return Err(Error::Forbidden {
             reason: "Forbidden".to_owned(),
@@ -161,6 +230,17 @@ pub(crate) async fn channels(
         .get("session_id")
         .filter(|id| !id.is_empty())
         .map(str::to_owned);
+    let limit = state.config.limits.max_session_id_len;
+    if let Some(id) = &session_id
+        && (id.len() > limit || id.chars().any(char::is_control))
+    {
+        return Err(Error::BadRequest {
+            message: format!(
+                "session_id must be at most {limit} bytes without control characters"
+            ),
+        });
+    }
+    tracing::info!(target: "audit", user = %caller.user, owner = %kernel.username, %kernel_id, "kernel channels opened");
     crate::ws::upgrade(state.manager.clone(), kernel_id, session_id, upgrade).await
 }
 

@@ -9,19 +9,37 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use super::AppState;
 use super::dto::{KernelSpecModel, KernelSpecsModel};
 use super::extract::{PathParam, QueryParams};
-use crate::Error;
+use super::guard::Caller;
+use crate::{Error, Identity};
+
+/// Whose view of the kernelspecs a request asks for: a trusted service (the `impersonate` role)
+/// names the user with `?user=` as in EG, or sees every spec without it; anybody else sees the
+/// specs they may use themselves, whatever `?user=` says.
+fn viewer<'a>(caller: &'a Identity, query: &'a QueryParams) -> Option<(&'a str, &'a [String])> {
+    if caller.roles.impersonate {
+        query
+            .get("user")
+            .filter(|user| !user.is_empty())
+            .map(|user| (user, &[][..]))
+    } else {
+        Some((caller.user.as_str(), caller.groups.as_slice()))
+    }
+}
 
 /// `GET /api/kernelspecs[?user=X]`: every spec (the user may use).
 pub(crate) async fn list(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     query: QueryParams,
 ) -> Json<KernelSpecsModel> {
     let specs = state.manager.kernelspecs();
-    let user = query.get("user").filter(|user| !user.is_empty());
+    let viewer = viewer(&caller, &query);
     let kernelspecs = specs
         .specs
         .values()
-        .filter(|spec| user.is_none_or(|user| state.manager.authorize(spec, user).is_ok()))
+        .filter(|spec| {
+            viewer.is_none_or(|(user, groups)| state.manager.authorize(spec, user, groups).is_ok())
+        })
         .map(|spec| (spec.name.clone(), KernelSpecModel::new(spec, &state.base)))
         .collect();
     Json(KernelSpecsModel {
@@ -33,15 +51,16 @@ pub(crate) async fn list(
 /// `GET /api/kernelspecs/{name}[?user=X]`.
 pub(crate) async fn get(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     PathParam(name): PathParam<String>,
     query: QueryParams,
 ) -> Result<Json<KernelSpecModel>, Error> {
     let specs = state.manager.kernelspecs();
     let spec = specs.get(&name).ok_or_else(|| spec_not_found(&name))?;
-    if let Some(user) = query.get("user").filter(|user| !user.is_empty()) {
+    if let Some((user, groups)) = viewer(&caller, &query) {
         state
             .manager
-            .authorize(spec, user)
+            .authorize(spec, user, groups)
             .map_err(|_| Error::Forbidden {
                 reason: "Forbidden".to_owned(),
                 message: format!("User {user} is not authorized to use kernel spec {name}"),

@@ -13,8 +13,9 @@ use serde_json::{Map, Value};
 use super::AppState;
 use super::dto::{KernelModel, NotebookModel, SessionModel};
 use super::extract::{JsonBody, PathParam};
+use super::guard::Caller;
 use crate::manager::StartRequest;
-use crate::{Error, KernelManager};
+use crate::{Error, Identity, KernelManager};
 
 /// One session row.
 #[derive(Debug, Clone)]
@@ -24,6 +25,15 @@ struct Row {
     name: Option<String>,
     kind: String,
     kernel_id: String,
+    /// The owner of the session's kernel when the session was made or last given a kernel.
+    owner: String,
+}
+
+impl Row {
+    /// Whether `caller` may see this row (as for its kernel).
+    fn visible_to(&self, caller: &Identity) -> bool {
+        caller.may_access(&self.owner)
+    }
 }
 
 /// The session table. Rows whose kernel is gone are dropped whenever the table is read.
@@ -43,15 +53,23 @@ impl Sessions {
         f(&mut rows)
     }
 
-    fn find(&self, manager: &KernelManager, id: &str) -> Option<Row> {
+    /// The row with `id`, if `caller` may see it.
+    fn find(&self, manager: &KernelManager, caller: &Identity, id: &str) -> Option<Row> {
         self.with_rows(manager, |rows| {
-            rows.iter().find(|row| row.id == id).cloned()
+            rows.iter()
+                .find(|row| row.id == id && row.visible_to(caller))
+                .cloned()
         })
     }
 
-    fn find_path(&self, manager: &KernelManager, path: &str) -> Option<Row> {
+    /// The session for `path` that a create by `caller` returns instead of making a new one.
+    /// Paths are per user: a trusted service sees every user's (EG's one table), anybody else
+    /// only their own.
+    fn find_path(&self, manager: &KernelManager, caller: &Identity, path: &str) -> Option<Row> {
         self.with_rows(manager, |rows| {
-            rows.iter().find(|row| row.path == path).cloned()
+            rows.iter()
+                .find(|row| row.path == path && same_owner(caller, row))
+                .cloned()
         })
     }
 }
@@ -70,6 +88,11 @@ fn model(manager: &KernelManager, row: Row) -> Result<SessionModel, Error> {
     })
 }
 
+/// Whether a create by `caller` for a path may return `row` (see [`Sessions::find_path`]).
+fn same_owner(caller: &Identity, row: &Row) -> bool {
+    caller.roles.impersonate || row.owner == caller.user
+}
+
 fn not_found(id: &str) -> Error {
     Error::NotFound(format!("Session not found: {id}"))
 }
@@ -81,13 +104,19 @@ fn bad(message: &str) -> Error {
 }
 
 /// `GET /api/sessions` (needs `list_kernels`).
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Vec<SessionModel>>, Error> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<SessionModel>>, Error> {
     if !state.config.list_kernels {
         return Err(super::kernels::listing_disabled());
     }
-    let rows = state
-        .sessions
-        .with_rows(&state.manager, |rows| rows.clone());
+    let rows = state.sessions.with_rows(&state.manager, |rows| {
+        rows.iter()
+            .filter(|row| row.visible_to(&caller))
+            .cloned()
+            .collect::<Vec<_>>()
+    });
     // A kernel that vanished between the purge and here simply drops out of the list.
     Ok(Json(
         rows.into_iter()
@@ -152,33 +181,37 @@ fn kernel_path(path: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Starts a kernel for a session (no env, as EG does), or attaches an existing one by id.
+/// Starts a kernel for a session (no env, as EG does; owned by the caller), or attaches an
+/// existing one by id when the caller may see it. Returns the kernel's id and owner.
 async fn kernel_for_session(
     state: &AppState,
+    caller: &Identity,
     body: &SessionBody,
     path: &str,
-) -> Result<String, Error> {
+) -> Result<(String, String), Error> {
     if let Some(id) = &body.kernel_id
-        && state.manager.get(id).is_ok()
+        && let Ok(kernel) = super::kernels::visible(state, caller, id)
     {
-        return Ok(id.clone());
+        return Ok((kernel.id, kernel.username));
     }
     let request = StartRequest {
         name: body.kernel_name.clone(),
-        env: None,
         path: kernel_path(path),
+        user: super::kernels::kernel_owner(caller, None)?,
+        groups: caller.groups.clone(),
+        ..StartRequest::default()
     };
-    let snapshot = state
-        .manager
-        .start(request)
-        .await
-        .inspect_err(|error| tracing::warn!(%error, "session kernel start failed"))?;
-    Ok(snapshot.id)
+    let snapshot = state.manager.start(request).await.inspect_err(|error| {
+        tracing::warn!(target: "audit", user = %caller.user, %error, "session kernel start failed");
+    })?;
+    tracing::info!(target: "audit", user = %caller.user, owner = %snapshot.username, kernel_id = %snapshot.id, "session kernel started");
+    Ok((snapshot.id, snapshot.username))
 }
 
 /// `POST /api/sessions`: 201 with the new (or the existing) session for the path.
 pub(crate) async fn create(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Error> {
     let body = parse_body(body)?;
@@ -190,20 +223,24 @@ pub(crate) async fn create(
         .kind
         .clone()
         .ok_or_else(|| bad("Missing field in JSON data: type"))?;
-    if let Some(existing) = state.sessions.find_path(&state.manager, &path) {
+    if let Some(existing) = state.sessions.find_path(&state.manager, &caller, &path) {
         return created(&state, existing);
     }
-    let kernel_id = kernel_for_session(&state, &body, &path).await?;
+    let (kernel_id, owner) = kernel_for_session(&state, &caller, &body, &path).await?;
     let row = Row {
         id: uuid::Uuid::new_v4().to_string(),
         path: path.clone(),
         name: body.name.clone(),
         kind,
         kernel_id: kernel_id.clone(),
+        owner,
     };
     // Another request may have created a session for this path while the kernel started.
     let winner = state.sessions.with_rows(&state.manager, |rows| {
-        match rows.iter().find(|r| r.path == path) {
+        match rows
+            .iter()
+            .find(|r| r.path == path && same_owner(&caller, r))
+        {
             Some(existing) => Err(existing.clone()),
             None => {
                 rows.push(row.clone());
@@ -242,11 +279,12 @@ fn shutdown_in_background(state: &AppState, kernel_id: String) {
 /// `GET /api/sessions/{id}`.
 pub(crate) async fn get(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<SessionModel>, Error> {
     let row = state
         .sessions
-        .find(&state.manager, &id)
+        .find(&state.manager, &caller, &id)
         .ok_or_else(|| not_found(&id))?;
     Ok(Json(model(&state.manager, row)?))
 }
@@ -255,25 +293,24 @@ pub(crate) async fn get(
 /// a replaced kernel is shut down).
 pub(crate) async fn update(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     PathParam(id): PathParam<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<SessionModel>, Error> {
     let body = parse_body(body)?;
     let before = state
         .sessions
-        .find(&state.manager, &id)
+        .find(&state.manager, &caller, &id)
         .ok_or_else(|| not_found(&id))?;
     let new_kernel = match (&body.kernel_id, &body.kernel_name) {
         (Some(kernel_id), _) => {
-            state
-                .manager
-                .get(kernel_id)
+            let kernel = super::kernels::visible(&state, &caller, kernel_id)
                 .map_err(|_| bad(&format!("No such kernel: {kernel_id}")))?;
-            Some(kernel_id.clone())
+            Some((kernel.id, kernel.username))
         }
         (None, Some(_)) => {
             let path = body.path.clone().unwrap_or_else(|| before.path.clone());
-            Some(kernel_for_session(&state, &body, &path).await?)
+            Some(kernel_for_session(&state, &caller, &body, &path).await?)
         }
         (None, None) => None,
     };
@@ -288,14 +325,15 @@ pub(crate) async fn update(
         if let Some(kind) = &body.kind {
             row.kind.clone_from(kind);
         }
-        if let Some(kernel_id) = &new_kernel {
+        if let Some((kernel_id, owner)) = &new_kernel {
             row.kernel_id.clone_from(kernel_id);
+            row.owner.clone_from(owner);
         }
         Some(row.clone())
     });
     let Some(updated) = updated else {
         // The session went away while a new kernel was starting: do not leak that kernel.
-        if let Some(kernel_id) = new_kernel.filter(|k| body.kernel_id.as_ref() != Some(k)) {
+        if let Some((kernel_id, _)) = new_kernel.filter(|(k, _)| body.kernel_id.as_ref() != Some(k)) {
             shutdown_in_background(&state, kernel_id);
         }
         return Err(not_found(&id));
@@ -309,11 +347,12 @@ pub(crate) async fn update(
 /// `DELETE /api/sessions/{id}`: shuts the kernel down and removes the row; 204.
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, Error> {
     let row = state
         .sessions
-        .find(&state.manager, &id)
+        .find(&state.manager, &caller, &id)
         .ok_or_else(|| not_found(&id))?;
     match state.manager.shutdown(&row.kernel_id).await {
         Ok(()) | Err(Error::NoSuchKernel(_)) => {}

@@ -31,6 +31,7 @@ use http::header;
 use rustls_pki_types::CertificateDer;
 
 pub mod mtls;
+pub mod token_file;
 
 
 /// What an identity may do beyond using its own kernels.
@@ -415,8 +416,9 @@ impl Authenticator for SharedToken {
     }
 
     async fn authenticate(&self, credentials: &Credentials<'_>) -> Outcome {
-        // Another authenticator may own a token that is not this one: pass rather than refuse.
-        match credentials.any_token() {
+        // EG's schemes only (`Authorization: token`, `?token=`). A token that is not this one
+        // is refused, but the chain still asks the authenticators after this one.
+        match credentials.token() {
             Some(given) if constant_time_eq(given.as_bytes(), self.token.as_bytes()) => {
                 Outcome::Accept(self.identity.clone())
             }

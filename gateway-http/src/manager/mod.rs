@@ -44,6 +44,12 @@ pub struct StartRequest {
     pub env: Option<serde_json::Map<String, serde_json::Value>>,
     /// Working directory relative to the root dir.
     pub path: Option<String>,
+    /// The kernel's owner, decided by the caller from the authenticated identity; it becomes
+    /// `KERNEL_USERNAME` whatever the env says. `None`: the env's `KERNEL_USERNAME`, else the
+    /// gateway's own user (Enterprise Gateway's behaviour for a trusted client).
+    pub user: Option<String>,
+    /// The owner's groups, for `group:<name>` entries of the user lists.
+    pub groups: Vec<String>,
 }
 
 /// A kernel's state as the manager sees it; the HTTP layer converts it to EG's kernel model.
@@ -135,10 +141,11 @@ impl KernelManager {
         }
         specs
     }
-    /// Whether `user` may use `spec` (EG §5.4: per-spec authorized list replaces the global one,
-    /// unauthorized lists add up; lists are split on commas). `Err(Forbidden)` with EG's texts.
-    pub fn authorize(&self, spec: &KernelSpec, user: &str) -> Result<(), Error> {
-        policy::authorize(&self.config, spec, user)
+    /// Whether `user` (a member of `groups`) may use `spec` (EG §5.4: per-spec authorized list
+    /// replaces the global one, unauthorized lists add up; lists are split on commas, and an
+    /// entry `group:<name>` stands for the group's members). `Err(Forbidden)` with EG's texts.
+    pub fn authorize(&self, spec: &KernelSpec, user: &str, groups: &[String]) -> Result<(), Error> {
+        policy::authorize(&self.config, spec, user, groups)
     }
     /// Starts a kernel: limits (counting starts in flight), env validation, authorization, launch.
     ///
@@ -167,12 +174,22 @@ impl KernelManager {
             })?),
             None => None,
         };
-        let username = filtered
-            .as_ref()
-            .and_then(|env| env.get("KERNEL_USERNAME"))
-            .filter(|u| !u.is_empty())
-            .cloned()
-            .unwrap_or_else(|| config.gateway_user.clone());
+        let mut filtered = filtered;
+        let username = match &request.user {
+            Some(user) => {
+                // The owner is the user the kernel is for; the env says nothing else.
+                if let Some(env) = filtered.as_mut() {
+                    env.insert("KERNEL_USERNAME".to_owned(), user.clone());
+                }
+                user.clone()
+            }
+            None => filtered
+                .as_ref()
+                .and_then(|env| env.get("KERNEL_USERNAME"))
+                .filter(|u| !u.is_empty())
+                .cloned()
+                .unwrap_or_else(|| config.gateway_user.clone()),
+        };
         {
             let (total, of_user) = lock(&self.table).counts(&username);
             policy::check_limits(config, total, &username, of_user)?;
@@ -202,7 +219,7 @@ impl KernelManager {
             Backend::Unsupported(msg) => return Err(Error::Unsupported(msg.clone())),
         };
         // Authorize before anything is allocated (EG leaves files behind when it does not).
-        self.authorize(&spec, &username)?;
+        policy::authorize(config, &spec, &username, &request.groups)?;
         let empty = BTreeMap::new();
         let timeout = policy::launch_timeout(config, filtered.as_ref().unwrap_or(&empty))?;
         let backend = self.registry.get(&backend_name).ok_or_else(|| {

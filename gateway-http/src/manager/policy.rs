@@ -20,14 +20,27 @@ fn user_set(lists: &[&[String]]) -> Vec<String> {
         .collect()
 }
 
+/// The prefix of a user-list entry that names a group.
+pub(crate) const GROUP_PREFIX: &str = "group:";
+
+/// Whether a user-list entry names `user` or one of `groups` (`group:<name>`).
+fn names(entry: &str, user: &str, groups: &[String]) -> bool {
+    match entry.strip_prefix(GROUP_PREFIX) {
+        Some(group) => groups.iter().any(|g| g == group),
+        None => entry == user,
+    }
+}
+
 /// EG §5.4.1: the per-spec authorized list replaces the global one; unauthorized lists add up.
+/// Entries are user names or `group:<name>`.
 pub(crate) fn authorize(
     config: &GatewayConfig,
     spec: &KernelSpec,
     user: &str,
+    groups: &[String],
 ) -> Result<(), Error> {
     let unauthorized = user_set(&[&config.unauthorized_users, &spec.config.unauthorized_users]);
-    if unauthorized.iter().any(|u| u == user) {
+    if unauthorized.iter().any(|u| names(u, user, groups)) {
         return Err(Error::Forbidden {
             reason: format!(
                 "User '{user}' is not authorized to start kernel '{}'. Ensure KERNEL_USERNAME is set to an appropriate value and retry the request.",
@@ -42,7 +55,7 @@ pub(crate) fn authorize(
     } else {
         spec_authorized
     };
-    if !authorized.is_empty() && !authorized.iter().any(|u| u == user) {
+    if !authorized.is_empty() && !authorized.iter().any(|u| names(u, user, groups)) {
         return Err(Error::Forbidden {
             reason: format!(
                 "User '{user}' is not in the set of users authorized to start kernel '{}'. Ensure KERNEL_USERNAME is set to an appropriate value and retry the request.",
@@ -181,6 +194,45 @@ mod tests {
         for (id, ok) in cases {
             assert_eq!(validate_kernel_id(id).is_ok(), ok, "{id}");
         }
+    }
+
+    #[test]
+    fn user_lists_accept_groups() {
+        let mut config = GatewayConfig {
+            authorized_users: vec!["alice,group:analysts".to_owned()],
+            unauthorized_users: vec!["root,group:interns".to_owned()],
+            ..GatewayConfig::default()
+        };
+        let spec = KernelSpec {
+            name: "python3".to_owned(),
+            resource_dir: PathBuf::from("/nonexistent"),
+            argv: vec!["python".to_owned()],
+            display_name: "Python 3".to_owned(),
+            language: "python".to_owned(),
+            env: BTreeMap::new(),
+            interrupt_mode: kernel_launcher::InterruptMode::Signal,
+            metadata: serde_json::Value::Null,
+            backend: kernel_launcher::Backend::Named("local".to_owned()),
+            config: kernel_launcher::kernelspec::SpecConfig::default(),
+        };
+        let groups = |names: &[&str]| names.iter().map(|g| (*g).to_owned()).collect::<Vec<_>>();
+        let cases: [(&str, &[&str], bool); 6] = [
+            ("alice", &[], true),
+            ("bob", &["analysts"], true),
+            ("bob", &[], false),
+            ("bob", &["analysts", "interns"], false),
+            ("root", &["analysts"], false),
+            ("group:analysts", &[], false),
+        ];
+        for (user, member_of, ok) in cases {
+            assert_eq!(
+                authorize(&config, &spec, user, &groups(member_of)).is_ok(),
+                ok,
+                "{user} in {member_of:?}"
+            );
+        }
+        config.authorized_users.clear();
+        assert!(authorize(&config, &spec, "anyone", &[]).is_ok());
     }
 
     #[test]

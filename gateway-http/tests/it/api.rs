@@ -711,7 +711,7 @@ async fn responses_have_eg_framing() -> anyhow::Result<()> {
 
 // === Kernels that really start (ipykernel from the repository's virtualenv) ===
 
-/// Checks EG's kernel model shape and returns its id.
+/// Checks EG's kernel model shape (plus the `owner` this gateway adds) and returns its id.
 fn assert_kernel_model(model: &Value) -> String {
     let mut keys: Vec<&String> = model
         .as_object()
@@ -725,7 +725,8 @@ fn assert_kernel_model(model: &Value) -> String {
             "execution_state",
             "id",
             "last_activity",
-            "name"
+            "name",
+            "owner"
         ],
         "{model}"
     );

@@ -109,7 +109,7 @@ pub(crate) fn request(name: Option<&str>, env: Option<Value>) -> StartRequest {
     StartRequest {
         name: name.map(str::to_owned),
         env: env.and_then(|e| e.as_object().cloned()),
-        path: None,
+        ..StartRequest::default()
     }
 }
 
