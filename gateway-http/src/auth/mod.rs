@@ -32,6 +32,7 @@ use rustls_pki_types::CertificateDer;
 
 pub mod mtls;
 pub mod token_file;
+pub mod token_file;
 
 
 /// What an identity may do beyond using its own kernels.
