@@ -241,7 +241,7 @@ pub(crate) async fn create(
             .iter()
             .find(|r| r.path == path && same_owner(&caller, r))
         {
-            Some(existing) => Err(existing.clone()),
+            Some(existing) => Err(Box::new(existing.clone())),
             None => {
                 rows.push(row.clone());
                 Ok(row)
@@ -251,6 +251,7 @@ pub(crate) async fn create(
     match winner {
         Ok(row) => created(&state, row),
         Err(existing) => {
+            let existing = *existing;
             if existing.kernel_id != kernel_id
                 && body.kernel_id.as_deref() != Some(kernel_id.as_str())
             {
@@ -333,7 +334,8 @@ pub(crate) async fn update(
     });
     let Some(updated) = updated else {
         // The session went away while a new kernel was starting: do not leak that kernel.
-        if let Some((kernel_id, _)) = new_kernel.filter(|(k, _)| body.kernel_id.as_ref() != Some(k)) {
+        if let Some((kernel_id, _)) = new_kernel.filter(|(k, _)| body.kernel_id.as_ref() != Some(k))
+        {
             shutdown_in_background(&state, kernel_id);
         }
         return Err(not_found(&id));

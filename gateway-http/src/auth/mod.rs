@@ -30,10 +30,9 @@ use http::HeaderMap;
 use http::header;
 use rustls_pki_types::CertificateDer;
 
+pub mod jwt;
 pub mod mtls;
 pub mod token_file;
-pub mod token_file;
-
 
 /// What an identity may do beyond using its own kernels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -323,7 +322,7 @@ impl Authenticators {
     }
 
     fn grant(&self, identity: &mut Identity) {
-        if self.admin_users.iter().any(|u| *u == identity.user)
+        if self.admin_users.contains(&identity.user)
             || self.admin_groups.iter().any(|g| identity.in_group(g))
         {
             identity.roles.admin = true;
@@ -349,9 +348,7 @@ pub fn validate_user_name(name: &str) -> Result<(), String> {
         return Err("it is empty".to_owned());
     }
     if name.len() > MAX_USER_NAME_LEN {
-        return Err(format!(
-            "it is longer than {MAX_USER_NAME_LEN} characters"
-        ));
+        return Err(format!("it is longer than {MAX_USER_NAME_LEN} characters"));
     }
     let (local, realm) = match name.split_once('@') {
         Some((local, realm)) => (local, Some(realm)),
@@ -371,7 +368,10 @@ pub fn validate_user_name(name: &str) -> Result<(), String> {
             || realm.ends_with(['-', '.'])
             || !realm.chars().all(realm_char)
         {
-            return Err("the part after '@' must be a realm or domain (letters, digits, '.', '-')".to_owned());
+            return Err(
+                "the part after '@' must be a realm or domain (letters, digits, '.', '-')"
+                    .to_owned(),
+            );
         }
     }
     Ok(())
@@ -496,7 +496,10 @@ mod tests {
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.insert(*name, value.parse().unwrap_or(http::HeaderValue::from_static("")));
+            map.insert(
+                *name,
+                value.parse().unwrap_or(http::HeaderValue::from_static("")),
+            );
         }
         map
     }
@@ -544,7 +547,10 @@ mod tests {
             client_certificate: None,
         };
         let ops = chain.authenticate(&creds(Some("s3cret"))).await;
-        assert!(ops.as_ref().is_ok_and(|i| i.user == "ops" && i.roles.admin && !i.roles.impersonate));
+        assert!(
+            ops.as_ref()
+                .is_ok_and(|i| i.user == "ops" && i.roles.admin && !i.roles.impersonate)
+        );
         let svc = chain.authenticate(&creds(Some("other"))).await;
         assert!(svc.is_ok_and(|i| i.user == "svc"));
         let wrong = chain.authenticate(&creds(Some("nope"))).await;

@@ -4,4 +4,5 @@ mod api;
 mod lifecycle;
 mod manager;
 mod support;
+mod tenancy;
 mod ws;
