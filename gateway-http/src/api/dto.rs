@@ -7,6 +7,7 @@ use serde::Serialize;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 
+use crate::Identity;
 use crate::manager::KernelSnapshot;
 
 /// `GET /api`.
@@ -18,6 +19,57 @@ pub struct VersionModel {
     pub gateway_version: &'static str,
     /// This implementation's own version.
     pub enterprise_gateway_rs: &'static str,
+}
+
+/// `GET /api/me`: jupyter_server's identity model with the gateway's additions.
+#[derive(Debug, Clone, Serialize)]
+pub struct MeModel {
+    /// jupyter_server's `identity` object.
+    pub identity: IdentityModel,
+    /// jupyter_server's `permissions` (none are asked for through this gateway).
+    pub permissions: BTreeMap<String, Vec<String>>,
+    /// The caller's groups.
+    pub groups: Vec<String>,
+    /// The caller's roles (`admin`, `impersonate`).
+    pub roles: Vec<&'static str>,
+    /// Which authenticator accepted the request (`none` when authentication is off).
+    pub authenticator: &'static str,
+}
+
+/// jupyter_server's `identity` fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityModel {
+    /// The user name kernels are started for.
+    pub username: String,
+    /// The same name (no display names are known).
+    pub name: String,
+    /// The same name.
+    pub display_name: String,
+    /// Unknown.
+    pub initials: Option<String>,
+    /// Unknown.
+    pub avatar_url: Option<String>,
+    /// Unknown.
+    pub color: Option<String>,
+}
+
+impl From<&Identity> for MeModel {
+    fn from(identity: &Identity) -> MeModel {
+        MeModel {
+            identity: IdentityModel {
+                username: identity.user.clone(),
+                name: identity.user.clone(),
+                display_name: identity.user.clone(),
+                initials: None,
+                avatar_url: None,
+                color: None,
+            },
+            permissions: BTreeMap::new(),
+            groups: identity.groups.clone(),
+            roles: identity.roles.names(),
+            authenticator: identity.method,
+        }
+    }
 }
 
 /// EG's kernel model.

@@ -99,7 +99,10 @@ async fn guard(
             Err(error) => error.into_response(),
             Ok(_)
                 if check_origin
-                    && !origin_allowed(state.config.cors.allow_origin.as_deref(), &parts.headers) =>
+                    && !origin_allowed(
+                        state.config.cors.allow_origin.as_deref(),
+                        &parts.headers,
+                    ) =>
             {
                 tracing::debug!(path = parts.uri.path(), "origin check failed");
                 Error::NotFound(String::new()).into_response()
@@ -131,11 +134,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(|| Error::Internal("a handler ran without the authentication guard".to_owned()))
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            Error::Internal("a handler ran without the authentication guard".to_owned())
+        })
     }
 }
 

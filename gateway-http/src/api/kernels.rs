@@ -235,9 +235,7 @@ pub(crate) async fn channels(
         && (id.len() > limit || id.chars().any(char::is_control))
     {
         return Err(Error::BadRequest {
-            message: format!(
-                "session_id must be at most {limit} bytes without control characters"
-            ),
+            message: format!("session_id must be at most {limit} bytes without control characters"),
         });
     }
     tracing::info!(target: "audit", user = %caller.user, owner = %kernel.username, %kernel_id, "kernel channels opened");

@@ -60,6 +60,7 @@ pub fn router(manager: Arc<KernelManager>) -> Router {
     // Routes behind the token / origin / CORS guard.
     let api = Router::new()
         .route(&at("api"), api_route(get(version)))
+        .route(&at("api/me"), api_route(get(me)))
         .route(
             &at("api/kernels"),
             api_route(get(kernels::list).post(kernels::start)),
@@ -166,6 +167,12 @@ async fn version() -> axum::Json<dto::VersionModel> {
         gateway_version: GATEWAY_VERSION,
         enterprise_gateway_rs: env!("CARGO_PKG_VERSION"),
     })
+}
+
+/// `GET /api/me`: who the gateway thinks the caller is, in jupyter_server's shape (`identity`,
+/// `permissions`), plus the groups, roles and authenticator behind it.
+async fn me(guard::Caller(caller): guard::Caller) -> axum::Json<dto::MeModel> {
+    axum::Json(dto::MeModel::from(caller.as_ref()))
 }
 
 /// One debug line per request; the query string is left out because it may carry the token.

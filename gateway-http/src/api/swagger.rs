@@ -26,12 +26,14 @@ pub(crate) fn document(base_url: &str) -> Value {
         "openapi": "3.0.3",
         "info": {
             "title": "Jupyter Enterprise Gateway API (enterprise-gateway-rs)",
-            "description": "Kernel lifecycle, kernelspecs and kernel channels. Send the token as `Authorization: token <t>` or `?token=<t>`.",
+            "description": "Kernel lifecycle, kernelspecs and kernel channels. Authenticate with the shared or a per-user token (`Authorization: token <t>` or `?token=<t>`), a bearer JWT or JupyterHub token (`Authorization: Bearer <t>`), or a TLS client certificate, as the gateway is configured; each user sees only their own kernels and sessions (admins see all).",
             "version": super::GATEWAY_VERSION,
         },
         "servers": [{"url": base_url}],
         "paths": {
             "/api": {"get": {"summary": "Versions", "responses": {"200": {"description": "Versions"}}}},
+            "/api/me": {"get": {"summary": "The authenticated caller: user name, groups, roles and authenticator",
+                "responses": {"200": {"description": "jupyter_server's identity model with groups, roles and authenticator"}, "401": error}}},
             "/api/kernelspecs": {"get": {"summary": "List kernelspecs", "parameters": [user],
                 "responses": {"200": {"description": "Default name and specs by name"}}}},
             "/api/kernelspecs/{kernel_name}": {"get": {"summary": "One kernelspec", "parameters": [kernel_name, user],

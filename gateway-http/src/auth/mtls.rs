@@ -35,7 +35,9 @@ impl FromStr for UserField {
             "email" | "rfc822" => Ok(UserField::Email),
             "dns" => Ok(UserField::Dns),
             "uri" => Ok(UserField::Uri),
-            other => Err(format!("unknown certificate field {other:?} (cn, email, dns or uri)")),
+            other => Err(format!(
+                "unknown certificate field {other:?} (cn, email, dns or uri)"
+            )),
         }
     }
 }
@@ -79,17 +81,18 @@ impl ClientCertificate {
                 .ok()
                 .flatten()
                 .and_then(|san| {
-                    san.value.general_names.iter().find_map(|name| match (field, name) {
-                        (UserField::Email, GeneralName::RFC822Name(v))
-                        | (UserField::Dns, GeneralName::DNSName(v))
-                        | (UserField::Uri, GeneralName::URI(v)) => Some((*v).to_owned()),
-                        _ => None,
-                    })
+                    san.value
+                        .general_names
+                        .iter()
+                        .find_map(|name| match (field, name) {
+                            (UserField::Email, GeneralName::RFC822Name(v))
+                            | (UserField::Dns, GeneralName::DNSName(v))
+                            | (UserField::Uri, GeneralName::URI(v)) => Some((*v).to_owned()),
+                            _ => None,
+                        })
                 }),
         };
-        found.ok_or_else(|| {
-            Rejection::new(format!("the client certificate has no {}", self.field))
-        })
+        found.ok_or_else(|| Rejection::new(format!("the client certificate has no {}", self.field)))
     }
 }
 
@@ -136,9 +139,21 @@ mod tests {
         let der = certificate(
             "alice",
             vec![
-                SanType::Rfc822Name("alice@example.com".try_into().unwrap_or_else(|_| unreachable!())),
-                SanType::DnsName("alice.clients.example".try_into().unwrap_or_else(|_| unreachable!())),
-                SanType::URI("spiffe://example/alice".try_into().unwrap_or_else(|_| unreachable!())),
+                SanType::Rfc822Name(
+                    "alice@example.com"
+                        .try_into()
+                        .unwrap_or_else(|_| unreachable!()),
+                ),
+                SanType::DnsName(
+                    "alice.clients.example"
+                        .try_into()
+                        .unwrap_or_else(|_| unreachable!()),
+                ),
+                SanType::URI(
+                    "spiffe://example/alice"
+                        .try_into()
+                        .unwrap_or_else(|_| unreachable!()),
+                ),
             ],
         );
         let cases = [
@@ -148,14 +163,22 @@ mod tests {
             (UserField::Uri, "spiffe://example/alice"),
         ];
         for (field, want) in cases {
-            assert_eq!(ClientCertificate::new(field).user_of(&der), Ok(want.to_owned()), "{field}");
+            assert_eq!(
+                ClientCertificate::new(field).user_of(&der),
+                Ok(want.to_owned()),
+                "{field}"
+            );
         }
         let bare = certificate("bob", Vec::new());
         assert_eq!(
             ClientCertificate::new(UserField::Email).user_of(&bare),
             Err(Rejection::new("the client certificate has no e-mail SAN"))
         );
-        assert!(ClientCertificate::new(UserField::CommonName).user_of(b"junk").is_err());
+        assert!(
+            ClientCertificate::new(UserField::CommonName)
+                .user_of(b"junk")
+                .is_err()
+        );
         assert_eq!("CN".parse::<UserField>(), Ok(UserField::CommonName));
         assert!("subject".parse::<UserField>().is_err());
     }

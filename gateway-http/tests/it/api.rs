@@ -1081,12 +1081,15 @@ mod served {
         Ok(())
     }
 
-    /// A CA, a server certificate for localhost and a client certificate, as PEM files.
+    /// A CA, a server certificate for localhost and client certificates for alice (the
+    /// default client) and bob, as PEM files.
     struct Pki {
         dir: tempfile::TempDir,
         ca: CertificateDer<'static>,
         client_chain: Vec<CertificateDer<'static>>,
         client_key: PrivatePkcs8KeyDer<'static>,
+        bob_chain: Vec<CertificateDer<'static>>,
+        bob_key: PrivatePkcs8KeyDer<'static>,
     }
 
     fn pki() -> anyhow::Result<Pki> {
@@ -1113,10 +1116,15 @@ mod served {
         server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = server_params.signed_by(&server_key, &issuer)?;
 
-        let client_key = KeyPair::generate()?;
-        let mut client_params = CertificateParams::new(vec!["client.example".to_owned()])?;
-        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let client_cert = client_params.signed_by(&client_key, &issuer)?;
+        let client = |cn: &str| -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::new(vec![format!("{cn}.clients.example")])?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            Ok((params.signed_by(&key, &issuer)?, key))
+        };
+        let (client_cert, client_key) = client("alice")?;
+        let (bob_cert, bob_key) = client("bob")?;
 
         std::fs::write(dir.path().join("ca.pem"), ca_cert.pem())?;
         std::fs::write(dir.path().join("server.pem"), server_cert.pem())?;
@@ -1126,6 +1134,8 @@ mod served {
             ca: ca_cert.der().clone(),
             client_chain: vec![client_cert.der().clone()],
             client_key: PrivatePkcs8KeyDer::from(client_key.serialize_der()),
+            bob_chain: vec![bob_cert.der().clone()],
+            bob_key: PrivatePkcs8KeyDer::from(bob_key.serialize_der()),
         })
     }
 
@@ -1134,26 +1144,87 @@ mod served {
         pki: &Pki,
         with_client_cert: bool,
     ) -> anyhow::Result<(u16, String)> {
+        let client = with_client_cert.then_some((&pki.client_chain, &pki.client_key));
+        tls_exchange(addr, pki, client, "/api", "").await
+    }
+
+    /// One GET over TLS, presenting `client`'s certificate if given, with extra headers.
+    async fn tls_exchange(
+        addr: SocketAddr,
+        pki: &Pki,
+        client: Option<(&Vec<CertificateDer<'static>>, &PrivatePkcs8KeyDer<'static>)>,
+        path: &str,
+        headers: &str,
+    ) -> anyhow::Result<(u16, String)> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(pki.ca.clone())?;
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
-        let config = if with_client_cert {
-            builder.with_client_auth_cert(
-                pki.client_chain.clone(),
-                PrivateKeyDer::Pkcs8(pki.client_key.clone_key()),
-            )?
-        } else {
-            builder.with_no_client_auth()
+        let config = match client {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain.clone(), PrivateKeyDer::Pkcs8(key.clone_key()))?,
+            None => builder.with_no_client_auth(),
         };
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(addr).await?;
         let mut tls = connector
             .connect(ServerName::try_from("localhost")?, tcp)
             .await?;
-        request(&mut tls, "/api").await
+        exchange(&mut tls, "GET", path, headers, "").await
+    }
+
+    /// mTLS as an authenticator: each client certificate is its own user; beside a token the
+    /// certificate is optional, and a connection without one needs the token.
+    #[tokio::test]
+    async fn client_certificates_name_users() -> anyhow::Result<()> {
+        use gateway_http::auth::mtls::{ClientCertificate, UserField};
+        use gateway_http::auth::{Authenticator, Roles, SharedToken};
+
+        let pki = pki()?;
+        let cert = pki.dir.path().join("server.pem");
+        let key = pki.dir.path().join("server.key");
+        let ca = pki.dir.path().join("ca.pem");
+        let tls = gateway_http::tls::server_config(&cert, &key, Some(&ca), true)?;
+        let chain: Vec<Arc<dyn Authenticator>> = vec![
+            Arc::new(ClientCertificate::new(UserField::CommonName)),
+            Arc::new(SharedToken::new("svc-token", "jupyter-server", Roles::ALL)),
+        ];
+        let served = Served::start(|c| {
+            c.tls = Some(tls);
+            c.auth = gateway_http::Authenticators::new(chain);
+        })
+        .await?;
+        let user_of = |body: &str| -> String {
+            serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["identity"]["username"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        for (client, want) in [
+            (Some((&pki.client_chain, &pki.client_key)), "alice"),
+            (Some((&pki.bob_chain, &pki.bob_key)), "bob"),
+        ] {
+            let (status, body) = tls_exchange(served.addr, &pki, client, "/api/me", "").await?;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(user_of(&body), want, "{body}");
+            assert!(body.contains(r#""authenticator":"mtls""#), "{body}");
+        }
+        let (status, body) = tls_exchange(
+            served.addr,
+            &pki,
+            None,
+            "/api/me",
+            "Authorization: token svc-token\r\n",
+        )
+        .await?;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(user_of(&body), "jupyter-server");
+        let (status, body) = tls_exchange(served.addr, &pki, None, "/api/me", "").await?;
+        assert_eq!(status, 401, "{body}");
+        served.shutdown().await?;
+        Ok(())
     }
 
     #[tokio::test]
@@ -1190,22 +1261,34 @@ mod served {
     fn tls_settings_errors() -> anyhow::Result<()> {
         let pki = pki()?;
         let dir = pki.dir.path();
-        let missing =
-            gateway_http::tls::server_config(&dir.join("nope.pem"), &dir.join("server.key"), None, false);
+        let missing = gateway_http::tls::server_config(
+            &dir.join("nope.pem"),
+            &dir.join("server.key"),
+            None,
+            false,
+        );
         assert!(
             matches!(missing, Err(gateway_http::tls::TlsError::Pem { .. })),
             "{missing:?}"
         );
         std::fs::write(dir.join("empty.pem"), "")?;
-        let empty =
-            gateway_http::tls::server_config(&dir.join("empty.pem"), &dir.join("server.key"), None, false);
+        let empty = gateway_http::tls::server_config(
+            &dir.join("empty.pem"),
+            &dir.join("server.key"),
+            None,
+            false,
+        );
         assert!(
             matches!(empty, Err(gateway_http::tls::TlsError::NoCertificates(_))),
             "{empty:?}"
         );
         // The CA's certificate does not match the server's key.
-        let mismatched =
-            gateway_http::tls::server_config(&dir.join("ca.pem"), &dir.join("server.key"), None, false);
+        let mismatched = gateway_http::tls::server_config(
+            &dir.join("ca.pem"),
+            &dir.join("server.key"),
+            None,
+            false,
+        );
         assert!(mismatched.is_err());
         Ok(())
     }
@@ -1252,7 +1335,9 @@ mod served {
         use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
         let token = "ws-token";
-        let (manager, dir) = support::ipykernel_manager(|c| c.auth = gateway_http::Authenticators::shared_token(token))?;
+        let (manager, dir) = support::ipykernel_manager(|c| {
+            c.auth = gateway_http::Authenticators::shared_token(token)
+        })?;
         let served = Served::with_manager(manager, dir).await?;
         let mut http = TcpStream::connect(served.addr).await?;
         let auth = format!("Authorization: token {token}\r\n");
