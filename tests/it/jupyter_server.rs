@@ -17,7 +17,14 @@ use crate::support::{
 #[test]
 fn e2e_jupyter_server_gateway_client() -> Result<()> {
     let started = Instant::now();
-    let mut gateway = Gateway::start(Impl::from_env()?, &GatewayConfig::default())?;
+    // Enterprise Gateway's shared token, as existing deployments use it: the server names its
+    // user with KERNEL_USERNAME and the gateway trusts it.
+    let gateway_token = uuid::Uuid::new_v4().simple().to_string();
+    let config = GatewayConfig {
+        env: vec![("EG_AUTH_TOKEN".to_owned(), gateway_token.clone())],
+        ..GatewayConfig::default()
+    };
+    let mut gateway = Gateway::start(Impl::from_env()?, &config)?;
     let venv = venv()?;
     let dir = tempfile::Builder::new()
         .prefix("jupyter-server-")
@@ -31,6 +38,7 @@ fn e2e_jupyter_server_gateway_client() -> Result<()> {
 
     let mut cmd = Command::new(venv.join("bin/jupyter-server"));
     cmd.arg(format!("--gateway-url={}", gateway.url()))
+        .arg(format!("--GatewayClient.auth_token={gateway_token}"))
         .arg(format!("--ServerApp.token={token}"))
         .arg("--ip=127.0.0.1")
         .arg(format!("--port={port}"))
