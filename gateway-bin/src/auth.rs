@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
+use gateway_http::auth::jwt::{Jwt, JwtSettings};
 use gateway_http::auth::mtls::{ClientCertificate, UserField};
 use gateway_http::auth::{Authenticator, Authenticators, Roles, SharedToken, validate_user_name};
 
@@ -72,6 +73,7 @@ pub(crate) fn build(r: &Reader<'_>) -> anyhow::Result<(Authenticators, bool)> {
                     .map_err(|e| anyhow!("--auth_token_roles: {e}"))?;
                 Arc::new(SharedToken::new(token, user, roles))
             }
+            "jwt" => Arc::new(jwt(r)?),
             other => bail!("the {other} authenticator is not available in this build"),
         });
     }
@@ -85,4 +87,29 @@ pub(crate) fn build(r: &Reader<'_>) -> anyhow::Result<(Authenticators, bool)> {
     let certificate_optional =
         kinds.iter().any(|k| k == "mtls") && kinds.iter().any(|k| k != "mtls");
     Ok((auth, certificate_optional))
+}
+
+/// The OIDC bearer-JWT authenticator from the `oidc_*` options.
+fn jwt(r: &Reader<'_>) -> anyhow::Result<Jwt> {
+    let issuer = r
+        .text("oidc_issuer")
+        .context("the jwt authenticator needs --oidc_issuer")?;
+    let audiences = r.list("oidc_audience");
+    if audiences.is_empty() {
+        bail!(
+            "--oidc_audience is required with --oidc_issuer: the `aud` values of tokens meant for \
+             this gateway (often its OIDC client id)"
+        );
+    }
+    let mut settings = JwtSettings::new(issuer, audiences);
+    settings.jwks_url = r.text("oidc_jwks_url");
+    if let Some(claim) = r.text("oidc_user_claim") {
+        settings.user_claim = claim;
+    }
+    if let Some(claim) = r.text("oidc_groups_claim") {
+        settings.groups_claim = claim;
+    }
+    settings.leeway = r.secs("oidc_leeway")?;
+    settings.refresh_interval = r.secs("oidc_jwks_refresh_interval")?;
+    Jwt::new(settings).map_err(|e| anyhow!("--oidc_issuer: {e}"))
 }

@@ -85,6 +85,7 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     opt!("oidc_user_claim", "CLAIM", "preferred_username", ["EG_OIDC_USER_CLAIM"], &[], "The JWT claim that names the user"),
     opt!("oidc_groups_claim", "CLAIM", "groups", ["EG_OIDC_GROUPS_CLAIM"], &[], "The JWT claim that lists the user's groups"),
     opt!("oidc_leeway", "SECS", "60", ["EG_OIDC_LEEWAY"], &[], "Clock skew allowed when checking exp and nbf"),
+    opt!("oidc_jwks_refresh_interval", "SECS", "10", ["EG_OIDC_JWKS_REFRESH_INTERVAL"], &[], "Least time between two fetches of the issuer's keys caused by tokens naming an unknown kid (the first one always happens)"),
     opt!("jupyterhub_api_url", "URL", "", ["EG_JUPYTERHUB_API_URL"], &[], "Accept JupyterHub API tokens, checked at <url>/user (e.g. http://hub:8081/hub/api)"),
     opt!("jupyterhub_cache_ttl", "SECS", "30", ["EG_JUPYTERHUB_CACHE_TTL"], &[], "How long a JupyterHub token's answer is reused (a revoked token works this long at most)"),
     opt!("mtls_user_field", "FIELD", "cn", ["EG_MTLS_USER_FIELD"], &[], "Which part of a client certificate names the user: cn, email, dns or uri (SANs); needs --client_ca"),

@@ -5,6 +5,7 @@
 //!   gateway, driven through Jupyter Server's REST API and kernel WebSocket.
 //! * [`eg_itests`] — Enterprise Gateway's own integration tests (from the 3.3.0 wheel),
 //!   unchanged, pointed at the gateway.
+//! * [`oidc`] — bearer JWTs from a test-run OIDC issuer (discovery, JWKS, key rotation).
 //!
 //! Tests named `e2e_*` start real processes and are limited to two at a time by the nextest
 //! `kernels` test group (`.config/nextest.toml`). They need `cargo xtask setup` (the venvs) and
@@ -13,5 +14,6 @@
 
 mod eg_itests;
 mod jupyter_server;
+mod oidc;
 mod smoke;
 mod support;
