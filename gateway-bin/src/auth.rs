@@ -74,6 +74,14 @@ pub(crate) fn build(r: &Reader<'_>) -> anyhow::Result<(Authenticators, bool)> {
                 Arc::new(SharedToken::new(token, user, roles))
             }
             "jwt" => Arc::new(jwt(r)?),
+            "token_file" => {
+                let path = r
+                    .text("token_file")
+                    .context("the token_file authenticator needs --token_file")?;
+                let file = gateway_http::auth::token_file::TokenFile::open(path)
+                    .map_err(|e| anyhow!("--token_file: {e}"))?;
+                Arc::new(file)
+            }
             other => bail!("the {other} authenticator is not available in this build"),
         });
     }

@@ -33,7 +33,8 @@ pub(crate) async fn bind(
     ))
 }
 
-/// Resolves on SIGTERM or SIGINT; SIGHUP is ignored, as EG does.
+/// Resolves on SIGTERM or SIGINT. SIGHUP never stops the gateway (EG ignores it; here it
+/// reloads the authenticators' files, see [`reload_on_hangup`]).
 pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -48,8 +49,35 @@ pub(crate) async fn shutdown_signal() {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => tracing::info!("SIGHUP ignored"),
+            _ = hup.recv() => {}
         }
     }
     tracing::info!("shutting down");
+}
+
+/// On every SIGHUP, re-reads the files the authenticators loaded (the token file); a file that
+/// fails to load is logged and its authenticator keeps what it had.
+pub(crate) async fn reload_on_hangup(auth: gateway_http::auth::Authenticators) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            tracing::error!(
+                "cannot listen for SIGHUP ({e}); authenticator files reload only when they change"
+            );
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the authenticators' files");
+        let auth = auth.clone();
+        match tokio::task::spawn_blocking(move || auth.reload()).await {
+            Ok(errors) => {
+                for error in errors {
+                    tracing::error!("reload failed, the previous state stays in force: {error}");
+                }
+            }
+            Err(e) => tracing::error!("the reload task failed: {e}"),
+        }
+    }
 }

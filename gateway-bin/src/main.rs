@@ -2,12 +2,14 @@
 //!
 //! Configuration is layered (CLI > environment > config file > defaults, see `options`) and
 //! validated once (`settings`); everything else lives in the library crates.
+//! `enterprise-gateway token add|list|revoke` manages the per-user token file (`token_cmd`).
 
 mod auth;
 mod backends;
 mod listen;
 mod options;
 mod settings;
+mod token_cmd;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -23,6 +25,9 @@ fn main() -> ExitCode {
     let env: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+        return token_cmd::main(std::env::args_os().skip(1), &env);
+    }
     let raw = match options::parse(std::env::args_os(), &env) {
         Ok(raw) => raw,
         Err(e) => {
@@ -86,6 +91,9 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
         "http"
     };
     let config = Arc::new(settings.gateway);
+    if config.auth.is_enabled() {
+        tokio::spawn(listen::reload_on_hangup(config.auth.clone()));
+    }
     let manager = KernelManager::new(config, registry);
 
     tracing::info!(

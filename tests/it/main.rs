@@ -6,6 +6,8 @@
 //! * [`eg_itests`] — Enterprise Gateway's own integration tests (from the 3.3.0 wheel),
 //!   unchanged, pointed at the gateway.
 //! * [`oidc`] — bearer JWTs from a test-run OIDC issuer (discovery, JWKS, key rotation).
+//! * [`token_file`] — per-user tokens: `enterprise-gateway token add|list|revoke` and the
+//!   gateway's token-file authenticator (file-change detection, SIGHUP).
 //!
 //! Tests named `e2e_*` start real processes and are limited to two at a time by the nextest
 //! `kernels` test group (`.config/nextest.toml`). They need `cargo xtask setup` (the venvs) and
@@ -17,3 +19,4 @@ mod jupyter_server;
 mod oidc;
 mod smoke;
 mod support;
+mod token_file;
