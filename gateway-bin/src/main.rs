@@ -41,6 +41,15 @@ fn main() -> ExitCode {
     };
     // One crypto provider for every TLS user in the process, installed before anything builds a config.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Logging first, so what reading the configuration warns about (and what authenticators
+    // log while loading their files) is not lost.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(settings::log_filter(raw.get("log_level")))
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let settings = match settings::build(&raw, &env) {
         Ok(s) => s,
         Err(e) => {
@@ -48,13 +57,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&settings.log_filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

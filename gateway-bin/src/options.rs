@@ -209,7 +209,9 @@ fn command() -> clap::Command {
         .after_help(
             "Every option can also be given as EG's traitlets spelling \
              (--EnterpriseGatewayApp.port=8889), as its environment variable, or as a key in \
-             the --config file (TOML, or EG's JSON config). Precedence: CLI > env > file > default.",
+             the --config file (TOML, or EG's JSON config). Precedence: CLI > env > file > default.\n\n\
+             Per-user tokens for --token_file are managed with `enterprise-gateway token \
+             add|list|revoke` (see `enterprise-gateway token --help`).",
         )
         .arg(
             clap::Arg::new("config")

@@ -32,8 +32,6 @@ pub(crate) struct Settings {
     pub(crate) port: u16,
     /// Further ports to try.
     pub(crate) port_retries: u16,
-    /// A tracing filter.
-    pub(crate) log_filter: String,
     /// Where the launcher callback listener binds, and how it behaves.
     pub(crate) response_bind: std::net::SocketAddr,
     /// Callback listener options.
@@ -322,7 +320,6 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         ip,
         port,
         port_retries,
-        log_filter: log_filter(raw.get("log_level")),
     })
 }
 
@@ -362,7 +359,8 @@ fn normalise_base_url(raw: &str) -> String {
 /// EG's log levels (numbers or names) as a tracing filter; anything else is taken as a filter.
 /// With a plain level, the zeromq crate's own reconnect chatter (every kernel that goes away) is
 /// kept to errors; the gateway logs what matters about kernels itself.
-fn log_filter(level: &str) -> String {
+/// The tracing filter for a `--log_level` value (EG's names and numbers, or a filter).
+pub(crate) fn log_filter(level: &str) -> String {
     let level = match level.trim().to_ascii_lowercase().as_str() {
         "" | "info" | "20" => "info",
         "debug" | "10" => "debug",

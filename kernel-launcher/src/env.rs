@@ -395,10 +395,16 @@ mod tests {
         }
         // Names that cannot reach exec, whether or not the policy would accept them.
         for (name, why) in [
-            ("KERNEL_\0X", "'KERNEL_\\0X' contains NUL or control characters"),
+            (
+                "KERNEL_\0X",
+                "'KERNEL_\\0X' contains NUL or control characters",
+            ),
             ("KERNEL_A=B", "'KERNEL_A=B' contains '='"),
             ("", "'' is empty"),
-            ("OTHER\u{1b}[31m", "'OTHER\\u{1b}[31m' contains NUL or control characters"),
+            (
+                "OTHER\u{1b}[31m",
+                "'OTHER\\u{1b}[31m' contains NUL or control characters",
+            ),
         ] {
             check_filter(
                 json!({ name: "v" }),
@@ -408,7 +414,9 @@ mod tests {
         }
         let long_name = format!("KERNEL_{}", "N".repeat(MAX_ENV_NAME_LEN));
         let got = filter_request_env(
-            json!({ long_name: "v" }).as_object().unwrap_or(&serde_json::Map::new()),
+            json!({ long_name: "v" })
+                .as_object()
+                .unwrap_or(&serde_json::Map::new()),
             &policy,
         );
         assert!(got.is_err_and(|e| e.to_string().ends_with("...' is too long")));
@@ -417,7 +425,11 @@ mod tests {
             max_total_bytes: 20,
             ..EnvPolicy::default()
         };
-        check_filter(json!({"KERNEL_A": "0123456789"}), &small, Ok(&[("KERNEL_A", "0123456789")]));
+        check_filter(
+            json!({"KERNEL_A": "0123456789"}),
+            &small,
+            Ok(&[("KERNEL_A", "0123456789")]),
+        );
         check_filter(
             json!({"KERNEL_A": "0123456789", "OTHER": "12345678"}),
             &small,
