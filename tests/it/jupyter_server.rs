@@ -29,38 +29,13 @@ fn e2e_jupyter_server_gateway_client() -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("jupyter-server-")
         .tempdir()?;
-    let root_dir = dir.path().join("notebooks");
-    for sub in ["notebooks", "config", "data", "runtime"] {
-        std::fs::create_dir_all(dir.path().join(sub))?;
-    }
-    let token = uuid::Uuid::new_v4().simple().to_string();
-    let port = free_port()?;
-
-    let mut cmd = Command::new(venv.join("bin/jupyter-server"));
-    cmd.arg(format!("--gateway-url={}", gateway.url()))
-        .arg(format!("--GatewayClient.auth_token={gateway_token}"))
-        .arg(format!("--ServerApp.token={token}"))
-        .arg("--ip=127.0.0.1")
-        .arg(format!("--port={port}"))
-        .arg("--port-retries=0")
-        .arg(format!("--ServerApp.root_dir={}", root_dir.display()))
-        .arg("--no-browser")
-        .arg("--allow-root")
-        .current_dir(dir.path());
-    clear_inherited_config(&mut cmd);
-    cmd.env("KERNEL_USERNAME", "bob")
-        .env("JUPYTER_CONFIG_DIR", dir.path().join("config"))
-        .env("JUPYTER_DATA_DIR", dir.path().join("data"))
-        .env("JUPYTER_RUNTIME_DIR", dir.path().join("runtime"))
-        .env("JUPYTER_GATEWAY_REQUEST_TIMEOUT", "60")
-        .env("PYTHONUNBUFFERED", "1");
-    let mut server = Proc::spawn(
-        "jupyter-server",
-        cmd,
-        &dir.path().join("jupyter-server.log"),
-        Some("is running at"),
-        Duration::from_secs(60),
+    let mut server = JupyterServer::start(
+        &gateway.url(),
+        &[format!("--GatewayClient.auth_token={gateway_token}")],
+        &[("KERNEL_USERNAME", "bob")],
+        dir.path(),
     )?;
+    let (port, token) = (server.port, server.token.clone());
 
     let mut driver = Command::new(venv.join("bin/python"));
     driver
@@ -83,14 +58,73 @@ fn e2e_jupyter_server_gateway_client() -> Result<()> {
     assert!(
         status.success(),
         "driver failed ({status}):\n{output}\n--- jupyter-server log tail ---\n{}\n--- gateway log tail ---\n{}",
-        server.log_tail(40),
+        server.proc.log_tail(40),
         gateway.proc.log_tail(40)
     );
     assert!(
         output.contains("OK: all steps passed"),
         "driver output:\n{output}"
     );
-    server.mark_passed();
+    server.proc.mark_passed();
     gateway.proc.mark_passed();
     Ok(())
+}
+
+/// A Jupyter Server (`.venv`) that is a gateway client, on a free loopback port, with its own
+/// config, data and runtime directories under `dir`; stopped when dropped.
+#[derive(Debug)]
+pub(crate) struct JupyterServer {
+    /// The process guard.
+    pub(crate) proc: Proc,
+    /// Its port on 127.0.0.1.
+    pub(crate) port: u16,
+    /// Its own API token (`--ServerApp.token`).
+    pub(crate) token: String,
+}
+
+impl JupyterServer {
+    /// Starts `jupyter-server --gateway-url=<gateway>` with `args` (e.g. the `GatewayClient`
+    /// credentials) and `env` added; `KERNEL_USERNAME` is only set when `env` sets it.
+    pub(crate) fn start(
+        gateway: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+        dir: &std::path::Path,
+    ) -> Result<JupyterServer> {
+        let root_dir = dir.join("notebooks");
+        for sub in ["notebooks", "config", "data", "runtime"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let port = free_port()?;
+        let mut cmd = Command::new(venv()?.join("bin/jupyter-server"));
+        cmd.arg(format!("--gateway-url={gateway}"))
+            .args(args)
+            .arg(format!("--ServerApp.token={token}"))
+            .arg("--ip=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg("--port-retries=0")
+            .arg(format!("--ServerApp.root_dir={}", root_dir.display()))
+            .arg("--no-browser")
+            .arg("--allow-root")
+            .current_dir(dir);
+        clear_inherited_config(&mut cmd);
+        cmd.env_remove("KERNEL_USERNAME")
+            .env("JUPYTER_CONFIG_DIR", dir.join("config"))
+            .env("JUPYTER_DATA_DIR", dir.join("data"))
+            .env("JUPYTER_RUNTIME_DIR", dir.join("runtime"))
+            .env("JUPYTER_GATEWAY_REQUEST_TIMEOUT", "60")
+            .env("PYTHONUNBUFFERED", "1");
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        let proc = Proc::spawn(
+            "jupyter-server",
+            cmd,
+            &dir.join("jupyter-server.log"),
+            Some("is running at"),
+            Duration::from_secs(60),
+        )?;
+        Ok(JupyterServer { proc, port, token })
+    }
 }

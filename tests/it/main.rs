@@ -20,3 +20,4 @@ mod oidc;
 mod smoke;
 mod support;
 mod token_file;
+mod two_users;

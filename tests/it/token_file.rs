@@ -49,7 +49,7 @@ fn token(args: &[&str]) -> Result<Output> {
 }
 
 /// `token add` for `user`: returns the token printed on stdout (its only output).
-fn add(file: &Path, user: &str) -> Result<String> {
+pub(crate) fn add(file: &Path, user: &str) -> Result<String> {
     let file = file.to_string_lossy();
     let out = token(&["add", "--file", &file, "--user", user, "--note", "e2e"])?;
     if !out.status.success() {
