@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
+use gateway_http::auth::jupyterhub::{JupyterHub, JupyterHubSettings};
 use gateway_http::auth::jwt::{Jwt, JwtSettings};
 use gateway_http::auth::mtls::{ClientCertificate, UserField};
 use gateway_http::auth::{Authenticator, Authenticators, Roles, SharedToken, validate_user_name};
@@ -82,6 +83,7 @@ pub(crate) fn build(r: &Reader<'_>) -> anyhow::Result<(Authenticators, bool)> {
                     .map_err(|e| anyhow!("--token_file: {e}"))?;
                 Arc::new(file)
             }
+            "jupyterhub" => Arc::new(jupyterhub(r)?),
             other => bail!("the {other} authenticator is not available in this build"),
         });
     }
@@ -95,6 +97,16 @@ pub(crate) fn build(r: &Reader<'_>) -> anyhow::Result<(Authenticators, bool)> {
     let certificate_optional =
         kinds.iter().any(|k| k == "mtls") && kinds.iter().any(|k| k != "mtls");
     Ok((auth, certificate_optional))
+}
+
+/// The JupyterHub authenticator from the `jupyterhub_*` options.
+fn jupyterhub(r: &Reader<'_>) -> anyhow::Result<JupyterHub> {
+    let api_url = r
+        .text("jupyterhub_api_url")
+        .context("the jupyterhub authenticator needs --jupyterhub_api_url")?;
+    let mut settings = JupyterHubSettings::new(api_url);
+    settings.cache_ttl = r.secs("jupyterhub_cache_ttl")?;
+    JupyterHub::new(settings).map_err(|e| anyhow!("the jupyterhub authenticator: {e}"))
 }
 
 /// The OIDC bearer-JWT authenticator from the `oidc_*` options.

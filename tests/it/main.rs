@@ -5,6 +5,8 @@
 //!   gateway, driven through Jupyter Server's REST API and kernel WebSocket.
 //! * [`eg_itests`] — Enterprise Gateway's own integration tests (from the 3.3.0 wheel),
 //!   unchanged, pointed at the gateway.
+//! * [`jupyterhub`] — JupyterHub API tokens checked against a real JupyterHub (users, groups,
+//!   owners, revocation, an unreachable Hub).
 //! * [`oidc`] — bearer JWTs from a test-run OIDC issuer (discovery, JWKS, key rotation).
 //! * [`token_file`] — per-user tokens: `enterprise-gateway token add|list|revoke` and the
 //!   gateway's token-file authenticator (file-change detection, SIGHUP).
@@ -16,6 +18,7 @@
 
 mod eg_itests;
 mod jupyter_server;
+mod jupyterhub;
 mod oidc;
 mod smoke;
 mod support;

@@ -30,6 +30,7 @@ use http::HeaderMap;
 use http::header;
 use rustls_pki_types::CertificateDer;
 
+pub mod jupyterhub;
 pub mod jwt;
 pub mod mtls;
 pub mod token_file;
