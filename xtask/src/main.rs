@@ -7,8 +7,9 @@
 //!   tests, and a quick smoke run of the benchmark harness. Stops at the first failing step and names it.
 //! * `fuzz [--seconds N]` — every cargo-fuzz target under `fuzz/`, each for a bounded time.
 //! * `bench [args]` — release build, then `gateway-bench` (see `bench/README.md`).
-//! * `serve [gateway args...]` — `setup`, build the release binary, and run it with the test
-//!   venv's kernelspecs visible, so a fresh clone gets a working gateway with one command.
+//! * `serve [gateway args...]` — only what serving a Python kernel needs: `.venv` with ipykernel
+//!   (`requirements/serve.txt`, its own stamp), the release binary, then the gateway with that
+//!   venv's kernelspecs visible. No system packages, no test venvs (see [`serve_plan`]).
 //!
 //! Dependencies are kept to `std` and `anyhow`; every tool is run with [`std::process::Command`].
 
@@ -34,7 +35,8 @@ tasks:
   bench [args]            build release and run gateway-bench: our gateway beside the direct
                           floor and, with --compare, Enterprise Gateway 3.3.0 (--quick, --help)
   serve [--] [gateway args]
-                          setup, build release, run target/release/enterprise-gateway with
+                          .venv with ipykernel only (requirements/serve.txt; no apt, no test
+                          venvs), build release, run target/release/enterprise-gateway with
                           JUPYTER_PATH including .venv/share/jupyter (and .venv/bin on PATH)
 ";
 
@@ -98,6 +100,7 @@ fn workspace_root() -> Result<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 
 /// A project-local virtual environment and the requirements file it is built from.
+#[derive(Debug, PartialEq)]
 struct Venv {
     /// Directory name under the workspace root.
     dir: &'static str,
@@ -105,6 +108,9 @@ struct Venv {
     requirements: &'static str,
     /// What the environment is for (printed).
     purpose: &'static str,
+    /// Name of the stamp file inside the venv; one per requirements file, so installing the
+    /// serve subset into `.venv` does not make the test requirements look installed (or stale).
+    stamp: &'static str,
 }
 
 const VENVS: [Venv; 2] = [
@@ -112,24 +118,70 @@ const VENVS: [Venv; 2] = [
         dir: ".venv",
         requirements: "requirements/test.txt",
         purpose: "kernels (ipykernel) and Jupyter Server's gateway client",
+        stamp: ".xtask-requirements.stamp",
     },
     Venv {
         dir: ".venv-eg",
         requirements: "requirements/eg-itests.txt",
         purpose: "Enterprise Gateway 3.3.0 and its integration tests",
+        stamp: ".xtask-requirements.stamp",
     },
 ];
 
-/// Name of the stamp file inside each venv.
-const STAMP: &str = ".xtask-requirements.stamp";
+/// The one environment `serve` needs: `.venv` with ipykernel, nothing for the tests.
+const SERVE_VENV: Venv = Venv {
+    dir: ".venv",
+    requirements: "requirements/serve.txt",
+    purpose: "the python3 kernel (ipykernel)",
+    stamp: ".xtask-serve.stamp",
+};
+
+/// One thing `setup` or `serve` does to the machine, listed before anything runs so the plan
+/// can be checked by a test.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Install missing Debian packages with apt-get ([`ensure_debian_packages`]).
+    DebianPackages,
+    /// Create or refresh a project-local venv from its requirements file.
+    Venv(&'static Venv),
+    /// `cargo build --release --bin enterprise-gateway`.
+    BuildRelease,
+}
+
+/// What `cargo xtask setup` (and so `ci`) does: Debian packages, then every test venv.
+fn setup_plan() -> Vec<Step> {
+    std::iter::once(Step::DebianPackages)
+        .chain(VENVS.iter().map(Step::Venv))
+        .collect()
+}
+
+/// What `cargo xtask serve` does before it execs the gateway: `.venv` with ipykernel and the
+/// release build. No apt-get, no test venvs.
+fn serve_plan() -> Vec<Step> {
+    vec![Step::Venv(&SERVE_VENV), Step::BuildRelease]
+}
 
 fn setup(root: &Path) -> Result<()> {
+    run_plan(root, &setup_plan())
+}
+
+/// Runs a plan: apt first, then the venvs side by side (pip is mostly waiting on I/O), then the
+/// build.
+fn run_plan(root: &Path, plan: &[Step]) -> Result<()> {
     let started = Instant::now();
-    ensure_debian_packages()?;
+    if plan.contains(&Step::DebianPackages) {
+        ensure_debian_packages()?;
+    }
+    let venvs: Vec<&Venv> = plan
+        .iter()
+        .filter_map(|step| match step {
+            Step::Venv(venv) => Some(*venv),
+            _ => None,
+        })
+        .collect();
     let python = host_python()?;
-    // The two venvs are independent: build them side by side (pip is mostly waiting on I/O).
     let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = VENVS
+        let handles: Vec<_> = venvs
             .iter()
             .map(|venv| scope.spawn(|| ensure_venv(root, &python, venv)))
             .collect();
@@ -145,6 +197,10 @@ fn setup(root: &Path) -> Result<()> {
         result?;
     }
     println!("setup: done in {:.1}s", started.elapsed().as_secs_f64());
+    if plan.contains(&Step::BuildRelease) {
+        println!("serve: building the release binary");
+        run_cmd(cargo(root).args(["build", "--release", "--bin", "enterprise-gateway"]))?;
+    }
     Ok(())
 }
 
@@ -212,7 +268,7 @@ fn ensure_venv(root: &Path, python_version: &str, venv: &Venv) -> Result<()> {
     let contents = std::fs::read(&requirements)
         .with_context(|| format!("reading {}", requirements.display()))?;
     let wanted = stamp_text(&contents, python_version);
-    let stamp = dir.join(STAMP);
+    let stamp = dir.join(venv.stamp);
     let venv_python = dir.join("bin/python");
 
     let python_works =
@@ -232,7 +288,10 @@ fn ensure_venv(root: &Path, python_version: &str, venv: &Venv) -> Result<()> {
             "setup: creating {} for {} (python3 -m venv)",
             venv.dir, venv.purpose
         );
-        run_cmd(Command::new("python3").arg("-m").arg("venv").arg(&dir))?;
+        run_cmd(Command::new("python3").arg("-m").arg("venv").arg(&dir)).context(
+            "python3 cannot create a virtual environment: install python3-venv (Debian) or run \
+             `cargo xtask setup`, which installs it",
+        )?;
     }
     println!("setup: installing {} into {}", venv.requirements, venv.dir);
     run_cmd(
@@ -434,9 +493,7 @@ fn serve(root: &Path, mut args: Vec<OsString>) -> Result<()> {
     if args.first().is_some_and(|a| a == "--") {
         args.remove(0);
     }
-    setup(root)?;
-    println!("serve: building the release binary");
-    run_cmd(cargo(root).args(["build", "--release", "--bin", "enterprise-gateway"]))?;
+    run_plan(root, &serve_plan())?;
     let target_dir = target_dir(root);
     let binary = target_dir.join("release/enterprise-gateway");
     let kernels = root.join(".venv/share/jupyter");
@@ -532,6 +589,63 @@ mod tests {
         assert_eq!(a, stamp_text(b"ipykernel==7.4.0\n", "3.11.7"));
         assert_ne!(a, stamp_text(b"ipykernel==7.4.1\n", "3.11.7"));
         assert_ne!(a, stamp_text(b"ipykernel==7.4.0\n", "3.12.1"));
+    }
+
+    #[test]
+    fn serve_installs_only_what_serving_needs() {
+        let plan = serve_plan();
+        assert!(
+            !plan.contains(&Step::DebianPackages),
+            "serve must not call apt-get"
+        );
+        let venvs: Vec<&Venv> = plan
+            .iter()
+            .filter_map(|s| match s {
+                Step::Venv(v) => Some(*v),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            venvs,
+            [&SERVE_VENV],
+            "serve builds .venv from serve.txt only"
+        );
+        assert_eq!(SERVE_VENV.dir, ".venv");
+        assert!(
+            VENVS
+                .iter()
+                .all(|v| v.stamp != SERVE_VENV.stamp || v.dir != SERVE_VENV.dir),
+            "the serve stamp is separate from the test stamp of .venv"
+        );
+        assert!(plan.contains(&Step::BuildRelease));
+        // `setup` (and so `ci`) still installs everything the tests need.
+        assert!(setup_plan().contains(&Step::DebianPackages));
+        assert!(!setup_plan().contains(&Step::BuildRelease));
+    }
+
+    #[test]
+    fn serve_requirements_are_a_pinned_subset_of_the_test_requirements() {
+        let root = workspace_root().expect("root");
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).expect("requirements");
+        let test = read(VENVS[0].requirements);
+        let serve = read(SERVE_VENV.requirements);
+        let pins: Vec<&str> = serve
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert!(
+            pins.iter().any(|p| p.starts_with("ipykernel==")),
+            "{pins:?}"
+        );
+        for pin in pins {
+            assert!(pin.contains("=="), "{pin} is not pinned");
+            // The same pin in both files, so one `.venv` satisfies both stamps.
+            assert!(
+                test.lines().any(|l| l.trim() == pin),
+                "{pin} differs from requirements/test.txt"
+            );
+        }
     }
 
     #[test]
