@@ -67,6 +67,15 @@ pub enum Error {
     /// 413: the request body is larger than the API accepts.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// 408: the request head or body did not arrive in time (the text says which).
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// 431: the request line and headers are larger than the gateway accepts.
+    #[error("request line and headers too large")]
+    HeaderFieldsTooLarge,
+    /// 503: this client address already holds as many connections as it may.
+    #[error("too many connections from this address")]
+    TooManyConnections,
 }
 
 impl Error {
@@ -81,7 +90,10 @@ impl Error {
             | Error::NotFound(_)
             | Error::KernelExists(_)
             | Error::MethodNotAllowed
-            | Error::PayloadTooLarge => Fault::Client,
+            | Error::PayloadTooLarge
+            | Error::RequestTimeout(_)
+            | Error::HeaderFieldsTooLarge => Fault::Client,
+            Error::TooManyConnections => Fault::Capacity,
             Error::LaunchFailed { fault, .. } => *fault,
             Error::Unsupported(_) => Fault::Kernel,
             Error::Internal(_) => Fault::Internal,
@@ -105,6 +117,9 @@ impl Error {
             Error::KernelExists(_) => StatusCode::CONFLICT,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Error::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             Error::LaunchFailed {
                 fault: Fault::Capacity,
                 ..
@@ -131,13 +146,16 @@ impl Error {
             Error::Unsupported(reason) => (reason.clone(), String::new()),
             Error::MethodNotAllowed => (phrase(), String::new()),
             Error::Unauthorized(message) => (phrase(), message.clone()),
-            Error::BadRequest { message } | Error::NotFound(message) | Error::Internal(message) => {
-                (phrase(), message.clone())
-            }
+            Error::BadRequest { message }
+            | Error::NotFound(message)
+            | Error::Internal(message)
+            | Error::RequestTimeout(message) => (phrase(), message.clone()),
             Error::NoSuchKernel(_)
             | Error::NoSuchKernelSpec(_)
             | Error::KernelExists(_)
-            | Error::PayloadTooLarge => (phrase(), self.to_string()),
+            | Error::PayloadTooLarge
+            | Error::HeaderFieldsTooLarge
+            | Error::TooManyConnections => (phrase(), self.to_string()),
         }
     }
 }

@@ -34,11 +34,25 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 fn body_error(rejection: BytesRejection) -> Error {
     if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
         Error::PayloadTooLarge
+    } else if timed_out(&rejection) {
+        Error::RequestTimeout(super::edge::BodyTimedOut.to_string())
     } else {
         Error::BadRequest {
             message: rejection.body_text(),
         }
     }
+}
+
+/// Whether reading the body failed because the edge's body timeout passed.
+fn timed_out(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = cause {
+        if error.is::<super::edge::BodyTimedOut>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Path parameters; a value that cannot be decoded means no route matched (catch-all 404).

@@ -17,6 +17,7 @@ use axum::routing::{MethodRouter, get, post};
 use crate::{Error, GatewayConfig, KernelManager};
 
 pub mod dto;
+pub(crate) mod edge;
 mod extract;
 mod guard;
 mod kernels;
@@ -24,7 +25,8 @@ mod kernelspecs;
 mod sessions;
 mod swagger;
 
-/// Largest request body the API reads (EG/Tornado allow 100 MB; start requests are tiny).
+/// The default largest request body (EG/Tornado allow 100 MB; start requests are tiny); the
+/// limit in force is [`crate::config::HttpLimits::max_body_bytes`].
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// The jupyter_server version reported by `GET /api` (clients only check the key exists).
@@ -126,7 +128,11 @@ pub fn router(manager: Arc<KernelManager>) -> Router {
     api.merge(channels)
         .merge(open)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.config.limits.clone(),
+            edge::edge,
+        ))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
