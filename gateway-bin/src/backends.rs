@@ -17,6 +17,9 @@ pub(crate) async fn registry(settings: &Settings) -> Registry {
     registry.register(Arc::new(LocalResourceManager::new(settings.local.clone())));
     match ResponseListener::bind(settings.response_bind, settings.response_options.clone()).await {
         Ok(response) => {
+            settings.gateway.readiness.register(Arc::new(
+                gateway_http::api::health::CallbackListenerCheck::new(&response),
+            ));
             let yarn = &settings.yarn;
             registry.register(Arc::new(YarnResourceManager::new(YarnConfig {
                 yarn_endpoint: yarn.endpoint.clone(),

@@ -86,6 +86,10 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     }
 
     warn_about_impersonation(&settings.gateway);
+    if settings.metrics_enabled {
+        gateway_http::metrics::install().context("cannot record metrics")?;
+        tokio::spawn(gateway_http::metrics::upkeep());
+    }
     let registry = backends::registry(&settings).await;
     let scheme = if settings.gateway.tls.is_some() {
         "https"
@@ -97,6 +101,11 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
         tokio::spawn(listen::reload_on_hangup(config.auth.clone()));
     }
     let manager = KernelManager::new(config, registry);
+    if let Some(port) = settings.metrics_port {
+        let metrics = listen::bind(&settings.ip, port, 0).await?;
+        tracing::info!("metrics are served at http://{}/metrics", metrics.local_addr()?);
+        tokio::spawn(gateway_http::metrics::serve(metrics, Arc::clone(&manager)));
+    }
 
     tracing::info!(
         "Jupyter Enterprise Gateway (Rust) {} is available at {scheme}://{addr}",

@@ -100,6 +100,9 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     opt!("max_env_bytes", "BYTES", "262144", ["EG_MAX_ENV_BYTES"], &[], "Largest `env` object of a start request, names plus values (400 beyond)"),
     opt!("ws_ping_interval", "SECS", "30", ["EG_WS_PING_INTERVAL_SECS"], APP, "WebSocket ping interval (0 disables)"),
     opt!("log_level", "LEVEL", "info", ["EG_LOG_LEVEL"], &["Application"], "Log level: error, warn, info, debug, trace (or a tracing filter)"),
+    opt!("log_format", "FORMAT", "text", ["EG_LOG_FORMAT"], &[], "Log lines as text (for people) or json (one object per line, kernel_id and user as fields)"),
+    opt!("metrics_enabled", "BOOL", "true", ["EG_METRICS_ENABLED"], &[], "Record Prometheus metrics and serve /metrics (false: nothing is recorded)"),
+    opt!("metrics_port", "PORT", "", ["EG_METRICS_PORT"], &[], "Serve /metrics without authentication on this port of --ip (default: on the API port, to admins only)"),
     // Kernels and policy.
     opt!("list_kernels", "BOOL", "false", ["EG_LIST_KERNELS", "KG_LIST_KERNELS"], APP, "Allow GET /api/kernels and /api/sessions"),
     opt!("max_kernels", "N", "", ["EG_MAX_KERNELS", "KG_MAX_KERNELS"], APP, "Most kernels at once, starts in progress included"),

@@ -44,6 +44,10 @@ pub(crate) struct Settings {
     pub(crate) ssh: SshOptions,
     /// YARN backend settings (the response listener is added at start-up).
     pub(crate) yarn: YarnSettings,
+    /// Record metrics (install the Prometheus recorder).
+    pub(crate) metrics_enabled: bool,
+    /// A separate, unauthenticated port for `/metrics`.
+    pub(crate) metrics_port: Option<u16>,
 }
 
 /// What the YARN backend needs from the configuration.
@@ -242,6 +246,12 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         buffer_ttl: r.secs("buffer_ttl")?,
         shutdown_kernels_on_exit: r.bool("shutdown_kernels_on_exit")?,
         tls,
+        metrics_access: if r.number::<u16>("metrics_port")?.is_some() {
+            gateway_http::config::MetricsAccess::Elsewhere
+        } else {
+            gateway_http::config::MetricsAccess::Admin
+        },
+        readiness: gateway_http::config::Readiness::default(),
     };
     if gateway.max_launch_timeout < gateway.launch_timeout {
         bail!("--max_launch_timeout must not be below --launch_timeout");
@@ -320,6 +330,8 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         ip,
         port,
         port_retries,
+        metrics_enabled: r.bool("metrics_enabled")?,
+        metrics_port: r.number::<u16>("metrics_port")?,
     })
 }
 

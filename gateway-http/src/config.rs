@@ -77,6 +77,51 @@ impl Default for HttpLimits {
     }
 }
 
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// On the API port, to callers with the admin role (everyone when authentication is off).
+    #[default]
+    Admin,
+    /// Somewhere else (the binary's `--metrics_port`, served by [`crate::metrics`]'s own router
+    /// without authentication); the API port answers `/metrics` with 404.
+    Elsewhere,
+}
+
+/// One named check `/readyz` runs; see [`crate::api`]'s health module.
+#[async_trait::async_trait]
+pub trait ReadinessCheck: Send + Sync + std::fmt::Debug {
+    /// A short name, shown in `/readyz` (`callback_listener`, `store`).
+    fn name(&self) -> &str;
+    /// `Err` with a short, secret-free reason when the component cannot serve.
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// The readiness checks beyond the gateway's own; shared by clones, so a component created
+/// after the configuration (a store, a listener) can still register its check.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    checks: Arc<std::sync::Mutex<Vec<Arc<dyn ReadinessCheck>>>>,
+}
+
+impl Readiness {
+    /// Adds a check; `/readyz` runs it from then on.
+    pub fn register(&self, check: Arc<dyn ReadinessCheck>) {
+        self.lock().push(check);
+    }
+
+    /// The registered checks, in registration order.
+    pub fn checks(&self) -> Vec<Arc<dyn ReadinessCheck>> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<dyn ReadinessCheck>>> {
+        self.checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -89,7 +134,8 @@ pub struct GatewayConfig {
     pub limits: HttpLimits,
     /// CORS.
     pub cors: Cors,
-    /// Allow `GET /api/kernels` and `GET /api/sessions`.
+    /// Allow `GET /api/kernels` and `GET /api/sessions`. On by default (EG: off): the lists
+    /// show a caller only their own kernels, and JupyterLab polls them.
     pub list_kernels: bool,
     /// Total kernel limit (running + starting).
     pub max_kernels: Option<usize>,
@@ -148,6 +194,10 @@ pub struct GatewayConfig {
     pub shutdown_kernels_on_exit: bool,
     /// TLS server settings, when TLS is on.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where `/metrics` is served.
+    pub metrics_access: MetricsAccess,
+    /// What `/readyz` checks beyond the gateway itself.
+    pub readiness: Readiness,
 }
 
 impl Default for Culling {
@@ -173,7 +223,7 @@ impl Default for GatewayConfig {
             auth: Authenticators::none(),
             limits: HttpLimits::default(),
             cors: Cors::default(),
-            list_kernels: false,
+            list_kernels: true,
             max_kernels: None,
             max_kernels_per_user: None,
             default_kernel_name: "python3".to_owned(),
@@ -200,6 +250,8 @@ impl Default for GatewayConfig {
             buffer_ttl: Duration::from_secs(600),
             shutdown_kernels_on_exit: true,
             tls: None,
+            metrics_access: MetricsAccess::Admin,
+            readiness: Readiness::default(),
         }
     }
 }

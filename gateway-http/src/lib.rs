@@ -30,6 +30,7 @@ pub mod config;
 pub mod error;
 mod io;
 pub mod manager;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -118,6 +118,7 @@ async fn serve(
         kick: lease.attached.kick.clone(),
         pending: std::mem::take(&mut lease.attached.replay),
         held: VecDeque::new(),
+        traffic: crate::metrics::Traffic::open(),
     };
     let stop = bridge.serve(&mut socket, &mut lease).await;
     if let Stop::Close(code, reason) = stop {
@@ -144,6 +145,8 @@ struct Bridge {
     pending: VecDeque<(Channel, Message)>,
     /// Client messages held while the kernel restarts, sent once the sockets are rebuilt.
     held: VecDeque<(Channel, Message)>,
+    /// This connection's message and byte counters.
+    traffic: crate::metrics::Traffic,
 }
 
 /// Why the loop stopped, and what to tell the client.
@@ -385,6 +388,7 @@ impl Bridge {
             (WsMessage::Ping(_) | WsMessage::Pong(_), _) => return None,
         };
         let (channel, msg) = decoded;
+        self.traffic.to_kernel(frame_len(&frame));
         if !matches!(channel, Channel::Shell | Channel::Control | Channel::Stdin) {
             tracing::info!(kernel_id = %self.kernel_id, channel = channel.as_str(), "dropping a client message for a channel clients cannot write");
             return None;
@@ -417,6 +421,7 @@ impl Bridge {
                 }
             },
         };
+        self.traffic.to_client(frame_len(&frame));
         // A client that stops reading must not hold this task forever: its queue overflows, the
         // supervisor kicks it, and the pending send is abandoned.
         // The send is polled first, so a healthy client still gets what is sent after a kick
@@ -437,6 +442,15 @@ impl Bridge {
             _ = self.kick.kicked() => false,
             () = self.manager.cancelled().cancelled() => false,
         }
+    }
+}
+
+/// The payload length of a data frame (zero for control frames).
+fn frame_len(frame: &WsMessage) -> usize {
+    match frame {
+        WsMessage::Text(text) => text.len(),
+        WsMessage::Binary(data) => data.len(),
+        _ => 0,
     }
 }
 

@@ -324,21 +324,40 @@ async fn handle_connection(shared: &Shared, mut stream: TcpStream, peer: SocketA
     match read {
         Err(_) => {
             tracing::warn!(%peer, "launcher response refused: not complete within {:?}", options.read_timeout);
+            refused();
             return;
         }
         Ok(Err(err)) => {
             tracing::warn!(%peer, "launcher response refused: read failed: {err}");
+            refused();
             return;
         }
         Ok(Ok(_)) => {}
     }
-    if data.len() > options.max_payload {
-        tracing::warn!(%peer, "launcher response refused: larger than {} bytes", options.max_payload);
+    if data.is_empty() {
+        // A connection that says nothing is a readiness probe (or a port scan): no payload.
+        tracing::trace!(%peer, "response listener: connection closed without a payload");
         return;
     }
-    if let Err(err) = deliver(shared, &data) {
-        tracing::warn!(%peer, "launcher response refused: {err}");
+    if data.len() > options.max_payload {
+        tracing::warn!(%peer, "launcher response refused: larger than {} bytes", options.max_payload);
+        refused();
+        return;
     }
+    match deliver(shared, &data) {
+        Ok(()) => metrics::counter!(CALLBACKS_METRIC, "outcome" => "accepted").increment(1),
+        Err(err) => {
+            tracing::warn!(%peer, "launcher response refused: {err}");
+            refused();
+        }
+    }
+}
+
+/// The counter of launcher callbacks (Prometheus, through the `metrics` facade), by `outcome`.
+pub const CALLBACKS_METRIC: &str = "eg_launcher_callbacks_total";
+
+fn refused() {
+    metrics::counter!(CALLBACKS_METRIC, "outcome" => "refused").increment(1);
 }
 
 /// Decrypts a payload and hands it to its pending launch.

@@ -120,6 +120,67 @@ impl From<KernelSnapshot> for KernelModel {
     }
 }
 
+/// One kernel as the admin page sees it (`GET /api/admin/kernels`, admin role only): EG's model
+/// plus where and how long it has been running. EG's own kernel model stays as it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminKernelModel {
+    /// EG's fields.
+    #[serde(flatten)]
+    pub kernel: KernelModel,
+    /// The resource manager that runs it.
+    pub backend: String,
+    /// The address in its connection info (empty while it starts).
+    pub host: String,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// When it was started, in `last_activity`'s format.
+    pub created: String,
+}
+
+impl From<KernelSnapshot> for AdminKernelModel {
+    fn from(snapshot: KernelSnapshot) -> AdminKernelModel {
+        AdminKernelModel {
+            backend: snapshot.backend.clone(),
+            host: snapshot.host.clone(),
+            restarts: snapshot.restarts,
+            created: format_last_activity(snapshot.created),
+            kernel: KernelModel::from(snapshot),
+        }
+    }
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadyModel {
+    /// Whether every check passed.
+    pub ready: bool,
+    /// Each check's verdict, the gateway's own first.
+    pub checks: Vec<CheckModel>,
+}
+
+/// One readiness check's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckModel {
+    /// The check's name.
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// Why not, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl CheckModel {
+    /// The model of one verdict.
+    pub fn new(name: &str, verdict: Result<(), String>) -> CheckModel {
+        CheckModel {
+            name: name.to_owned(),
+            ok: verdict.is_ok(),
+            reason: verdict.err(),
+        }
+    }
+}
+
 /// `GET /api/kernelspecs`.
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelSpecsModel {

@@ -143,7 +143,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 /// Runs the authenticator chain on a request. A failure is logged for the audit trail (the
 /// client address and path, never the credential) and answered 401: with EG's empty message for
 /// the legacy shared token alone, with the reason otherwise.
-async fn authenticate(state: &AppState, request: &Parts) -> Result<Identity, Error> {
+pub(crate) async fn authenticate(state: &AppState, request: &Parts) -> Result<Identity, Error> {
     let auth = &state.config.auth;
     if !auth.is_enabled() {
         return Ok(Identity::anonymous());

@@ -16,10 +16,12 @@ use axum::routing::{MethodRouter, get, post};
 
 use crate::{Error, GatewayConfig, KernelManager};
 
+mod admin;
 pub mod dto;
 pub(crate) mod edge;
 mod extract;
 mod guard;
+pub mod health;
 mod kernels;
 mod kernelspecs;
 mod sessions;
@@ -100,6 +102,8 @@ pub fn router(manager: Arc<KernelManager>) -> Router {
                     .delete(sessions::delete),
             ),
         )
+        .route(&at("api/admin/kernels"), api_route(get(admin::kernels)))
+        .route(&at("metrics"), api_route(get(admin::metrics)))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             guard::api_guard,
@@ -123,7 +127,11 @@ pub fn router(manager: Arc<KernelManager>) -> Router {
         .route(
             &at("api/swagger.yaml"),
             get(swagger::yaml).fallback(method_not_allowed),
-        );
+        )
+        .route(&at("healthz"), api_route(get(health::healthz)))
+        .route(&at("readyz"), api_route(get(health::readyz)))
+        .route(&at("admin"), api_route(get(admin::page)))
+        .route(&at("admin/{asset}"), api_route(get(admin::asset)));
 
     api.merge(channels)
         .merge(open)
@@ -133,6 +141,7 @@ pub fn router(manager: Arc<KernelManager>) -> Router {
             state.config.limits.clone(),
             edge::edge,
         ))
+        .layer(middleware::from_fn(crate::metrics::http))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }

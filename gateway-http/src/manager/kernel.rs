@@ -50,6 +50,10 @@ pub(crate) struct Status {
     pub(crate) connections: usize,
     /// Why the kernel is unusable, if it is.
     pub(crate) reason: Option<String>,
+    /// The current incarnation's address.
+    pub(crate) host: String,
+    /// Restarts so far.
+    pub(crate) restarts: u32,
 }
 
 /// What the manager's table, the supervisor and WebSocket handlers share about one kernel.
@@ -61,6 +65,10 @@ pub(crate) struct KernelShared {
     pub(crate) name: String,
     /// Effective user.
     pub(crate) username: String,
+    /// The backend's name.
+    pub(crate) backend: String,
+    /// When the start was requested.
+    pub(crate) created: time::OffsetDateTime,
     /// Status for snapshots.
     pub(crate) status: Mutex<Status>,
     /// The supervisor's event queue.
@@ -103,6 +111,10 @@ impl KernelShared {
             connections: status.connections,
             reason: status.reason.clone(),
             username: self.username.clone(),
+            backend: self.backend.clone(),
+            host: status.host.clone(),
+            restarts: status.restarts,
+            created: self.created,
         }
     }
 

@@ -69,6 +69,14 @@ pub struct KernelSnapshot {
     pub reason: Option<String>,
     /// The user that started it.
     pub username: String,
+    /// The resource manager that runs it (`local`, `ssh`, `yarn`).
+    pub backend: String,
+    /// Where it runs: the address in its connection info (empty until launched).
+    pub host: String,
+    /// Restarts so far, requested and automatic.
+    pub restarts: u32,
+    /// When the start was requested (UTC).
+    pub created: time::OffsetDateTime,
 }
 
 /// Extra time `shutdown_all` allows past `shutdown_wait_time`.
@@ -123,6 +131,10 @@ impl KernelManager {
             culler_started: std::sync::Once::new(),
         })
     }
+    /// How many resource managers are registered (readiness).
+    pub fn backend_count(&self) -> usize {
+        self.registry.names().count()
+    }
     /// The configuration.
     pub fn config(&self) -> &Arc<GatewayConfig> {
         &self.config
@@ -152,6 +164,22 @@ impl KernelManager {
     /// Returns once the kernel answered kernel_info (bounded by the launch timeout). The launch
     /// runs in its own task, so a caller that goes away does not leave a half-started kernel.
     pub async fn start(&self, request: StartRequest) -> Result<KernelSnapshot, Error> {
+        let began = Instant::now();
+        let asked = request.name.clone();
+        let result = self.start_kernel(request).await;
+        let kind = match &result {
+            Ok(kernel) => kernel.name.clone(),
+            // A label only ever holds a kernelspec that exists, never a client's invention.
+            Err(_) => asked
+                .or_else(|| Some(self.config.default_kernel_name.clone()))
+                .filter(|name| self.kernelspecs().specs.contains_key(name))
+                .unwrap_or_else(|| "unknown".to_owned()),
+        };
+        crate::metrics::record_start(&kind, result.as_ref().map(|_| ()), began.elapsed());
+        result
+    }
+
+    async fn start_kernel(&self, request: StartRequest) -> Result<KernelSnapshot, Error> {
         if self.cancel.is_cancelled() {
             return Err(Error::LaunchFailed {
                 reason: "the gateway is shutting down".to_owned(),
@@ -306,12 +334,16 @@ impl KernelManager {
             id: plan.kernel_id.clone(),
             name: plan.spec.name.clone(),
             username: plan.username.clone(),
+            backend: plan.backend.name().to_owned(),
+            created: time::OffsetDateTime::now_utc(),
             status: Mutex::new(Status {
                 execution_state: "starting".to_owned(),
                 last_activity: time::OffsetDateTime::now_utc(),
                 last_activity_at: Instant::now(),
                 connections: 0,
                 reason: None,
+                host: String::new(),
+                restarts: 0,
             }),
             events: events_tx,
             shutdown_claimed: AtomicBool::new(false),

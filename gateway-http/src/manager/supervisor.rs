@@ -184,11 +184,13 @@ impl Supervisor {
                     err
                 };
                 tracing::warn!(kernel_id = %self.plan.kernel_id, error = %err, "kernel start failed");
+                crate::metrics::backend_error(&self.shared.backend, "launch");
                 self.remove_from_table();
                 let _ = started.send(Err(err));
                 return;
             }
         };
+        self.shared.status().host.clone_from(&inc.connection.ip);
         self.inc = Some(inc);
         self.shared
             .started
@@ -442,6 +444,7 @@ impl Supervisor {
         if self.shared.shutdown_claimed.swap(true, Ordering::SeqCst) {
             return Exit::Continue;
         }
+        crate::metrics::cull(&self.shared.name, &reason);
         self.shutdown(ShutdownReason::Culled(reason)).await;
         Exit::Stop
     }
@@ -504,6 +507,7 @@ impl Supervisor {
     /// process publishes its own `starting`.
     async fn restart(&mut self) -> Result<(), Error> {
         tracing::info!(kernel_id = %self.shared.id, "restarting kernel");
+        crate::metrics::restart(&self.shared.name, "requested");
         self.shared.set_state("restarting");
         self.hub.suspend();
         self.stop_watching();
@@ -577,6 +581,7 @@ impl Supervisor {
             tracing::warn!(kernel_id = %self.shared.id, attempt, limit = self.config.restart_limit,
                 "kernel process ended ({how}); restarting it");
             self.publish_status("restarting", None);
+            crate::metrics::restart(&self.shared.name, "automatic");
             let shared = Arc::clone(&self.shared);
             let hub = &mut self.hub;
             let mut forward = |msg: Message| fan_out(&shared, hub, msg);
@@ -609,6 +614,11 @@ impl Supervisor {
     /// Makes a freshly launched incarnation current and points clients at it.
     fn install(&mut self, inc: Incarnation) {
         self.hub.rebuild(&inc.connection);
+        {
+            let mut status = self.shared.status();
+            status.host.clone_from(&inc.connection.ip);
+            status.restarts += 1;
+        }
         self.inc = Some(inc);
         self.shared.status().reason = None;
         self.watch_process();

@@ -74,6 +74,7 @@ pub(crate) fn config(kernelspec_dirs: Vec<PathBuf>, root: &Path) -> GatewayConfi
         buffer_ttl: Duration::from_secs(60),
         shutdown_kernels_on_exit: true,
         tls: None,
+        ..GatewayConfig::default()
     }
 }
 
