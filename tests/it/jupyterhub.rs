@@ -232,8 +232,8 @@ fn ids(list: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
-#[test]
-fn e2e_jupyterhub_tokens_are_hub_users_and_revocation_is_seen() -> Result<()> {
+#[tokio::test]
+async fn e2e_jupyterhub_tokens_are_hub_users_and_revocation_is_seen() -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("jupyterhub-")
         .tempdir()
@@ -418,7 +418,7 @@ fn e2e_jupyterhub_tokens_are_hub_users_and_revocation_is_seen() -> Result<()> {
         hub_says.status == 403,
         "the Hub still knows alice's token: {hub_says:?}"
     );
-    std::thread::sleep(Duration::from_secs_f64(CACHE_TTL_SECS + 0.5));
+    tokio::time::sleep(Duration::from_secs_f64(CACHE_TTL_SECS + 0.5)).await;
     let revoked = get(&gateway, "/api/kernels", &as_alice)?;
     ensure!(revoked.status == 401, "alice's revoked token: {revoked:?}");
     ensure!(
@@ -436,7 +436,7 @@ fn e2e_jupyterhub_tokens_are_hub_users_and_revocation_is_seen() -> Result<()> {
 
     // A Hub that is gone is a clear 401, not a hang (the gateway gives it 5 s at most).
     hub.proc.stop(Duration::from_secs(10));
-    std::thread::sleep(Duration::from_secs_f64(CACHE_TTL_SECS + 0.5));
+    tokio::time::sleep(Duration::from_secs_f64(CACHE_TTL_SECS + 0.5)).await;
     let gone = get(&gateway, "/api/kernels", &as_bob)?;
     ensure!(gone.status == 401, "bob with the Hub down: {gone:?}");
     let message = gone.body["message"].as_str().unwrap_or_default();
