@@ -97,7 +97,8 @@ impl Reader<'_> {
         if !secs.is_finite() || secs < 0.0 {
             bail!("--{name}: must be a non-negative number of seconds");
         }
-        Ok(Duration::from_secs_f64(secs))
+        Duration::try_from_secs_f64(secs)
+            .map_err(|_| anyhow!("--{name}: {secs} seconds is too long"))
     }
 
     pub(crate) fn list(&self, name: &str) -> Vec<String> {
