@@ -36,6 +36,78 @@ const KM: &[&str] = &[
     "MappingKernelManager",
     "AsyncMappingKernelManager",
 ];
+const KSM: &[&str] = &["KernelSpecManager", "EnterpriseGatewayApp"];
+const APP_KM: &[&str] = &[
+    "EnterpriseGatewayApp",
+    "RemoteMappingKernelManager",
+    "MappingKernelManager",
+    "AsyncMappingKernelManager",
+];
+
+/// Older or other trait names of an option, accepted in every class the option's classes name
+/// and as config-file keys (traitlets' deprecated spellings that EG's images still use).
+const TRAIT_ALIASES: &[(&str, &[&str])] = &[
+    ("allowed_kernelspecs", &["whitelist", "allowed_kernels"]),
+    ("client_envs", &["env_whitelist"]),
+    ("inherited_envs", &["env_process_whitelist"]),
+];
+
+#[rustfmt::skip]
+/// `EG_*`/`KG_*` variables and config keys of Enterprise Gateway that this gateway knowingly
+/// does not use, each with why; anything set from here is named in the one start-up warning.
+pub(crate) const UNSUPPORTED: &[(&[&str], &str)] = &[
+    (
+        &[
+            "EG_NAMESPACE", "EG_KERNEL_CLUSTER_ROLE", "EG_SHARED_NAMESPACE",
+            "EG_DEFAULT_KERNEL_SERVICE_ACCOUNT_NAME", "EG_KERNEL_IMAGE", "EG_KERNEL_EXECUTOR_IMAGE",
+            "EG_POD_TEMPLATE_DIR", "EG_KUBERNETES_LOG_LEVEL", "EG_MIRROR_WORKING_DIRS",
+            "EG_PROHIBITED_UIDS", "EG_PROHIBITED_GIDS", "EG_DOCKER_NETWORK", "EG_DOCKER_MODE",
+            "EG_DOCKER_LOG_LEVEL", "EG_CONDUCTOR_ENDPOINT",
+        ],
+        "for Kubernetes, Docker and Conductor kernels, which this gateway does not run yet",
+    ),
+    (
+        &[
+            "EG_KERNEL_SESSION_PERSISTENCE", "EG_PERSISTENCE_ROOT", "EG_AVAILABILITY_MODE",
+            "EG_WEBHOOK_URL", "EG_WEBHOOK_USERNAME", "EG_WEBHOOK_PASSWORD",
+        ],
+        "kernel session persistence and high availability are not supported",
+    ),
+    (
+        &["EG_SSH_LOG_LEVEL", "EG_YARN_LOG_LEVEL"],
+        "use a --log_level filter instead, e.g. info,resource_managers::ssh=debug",
+    ),
+    (
+        &["EG_REMOTE_GSS_SSH", "EG_YARN_MUTUAL_AUTHENTICATION"],
+        "Kerberos is not supported",
+    ),
+    (
+        &["EG_AUTHORIZER_CLASS", "EG_AUTH_TYPE"],
+        "Python classes cannot be loaded; see --authenticators",
+    ),
+    (
+        &["EG_AUTHORIZED_ORIGIN"],
+        "not supported; client certificates are checked with --client_ca and --mtls_user_field",
+    ),
+    (
+        &[
+            "EG_DYNAMIC_CONFIG_INTERVAL", "EG_KERNELSPEC_CACHE_ENABLED", "EG_ZMQ_IO_THREADS",
+            "EG_ZMQ_MAX_SOCKETS", "EG_MIN_PORT_RANGE_SIZE", "EG_MAX_PORT_RANGE_RETRIES",
+            "EG_POLL_INTERVAL", "EG_MAX_POLL_ATTEMPTS", "EG_RESTART_STATUS_POLL_INTERVAL",
+            "EG_YARN_SHUTDOWN_WAIT_TIME", "EG_PROHIBITED_LOCAL_IPS", "EG_SENSITIVE_ENV_KEYS",
+            "EG_REDACTION_MASK",
+        ],
+        "not configurable in this gateway",
+    ),
+    (
+        &["EG_ALTERNATE_SIGINT"],
+        "read from a kernelspec's env, not from the gateway's environment",
+    ),
+    (
+        &["EG_RESPONSE_ADDRESS", "EG_PUBLIC_KEY"],
+        "set by the gateway for the kernels it launches, not read from its own environment",
+    ),
+];
 
 macro_rules! opt {
     ($name:literal, $value:literal, $default:literal, [$($env:literal),*], $classes:expr, $help:literal) => {
@@ -104,11 +176,11 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     opt!("metrics_enabled", "BOOL", "true", ["EG_METRICS_ENABLED"], &[], "Record Prometheus metrics and serve /metrics (false: nothing is recorded)"),
     opt!("metrics_port", "PORT", "", ["EG_METRICS_PORT"], &[], "Serve /metrics without authentication on this port of --ip (default: on the API port, to admins only)"),
     // Kernels and policy.
-    opt!("list_kernels", "BOOL", "false", ["EG_LIST_KERNELS", "KG_LIST_KERNELS"], APP, "Allow GET /api/kernels and /api/sessions"),
+    opt!("list_kernels", "BOOL", "true", ["EG_LIST_KERNELS", "KG_LIST_KERNELS"], APP, "Allow GET /api/kernels and /api/sessions; each caller sees only their own kernels, admins all (EG defaults to false, when its list showed everyone's)"),
     opt!("max_kernels", "N", "", ["EG_MAX_KERNELS", "KG_MAX_KERNELS"], APP, "Most kernels at once, starts in progress included"),
     opt!("max_kernels_per_user", "N", "-1", ["EG_MAX_KERNELS_PER_USER"], APP, "Most kernels per KERNEL_USERNAME (-1 = no limit)"),
-    opt!("default_kernel_name", "NAME", "", ["EG_DEFAULT_KERNEL_NAME", "KG_DEFAULT_KERNEL_NAME"], APP, "Kernelspec used when a request names none (default python3)"),
-    opt!("allowed_kernelspecs", "LIST", "", ["EG_ALLOWED_KERNELSPECS"], &["KernelSpecManager"], None, "Only these kernelspecs are listed and started (comma list)"),
+    opt!("default_kernel_name", "NAME", "", ["EG_DEFAULT_KERNEL_NAME", "KG_DEFAULT_KERNEL_NAME"], APP_KM, "Kernelspec used when a request names none (default python3)"),
+    opt!("allowed_kernelspecs", "LIST", "", ["EG_ALLOWED_KERNELS", "EG_KERNEL_WHITELIST", "EG_ALLOWED_KERNELSPECS"], KSM, "Only these kernelspecs are listed and started (comma list; also `--KernelSpecManager.whitelist`, `allowed_kernels`)"),
     opt!("kernelspec_dirs", "LIST", "", ["EG_KERNELSPEC_DIRS"], &[], "Extra kernelspec directories searched after the Jupyter path (comma list of .../kernels dirs)"),
     opt!("authorized_users", "LIST", "", ["EG_AUTHORIZED_USERS", "GP_AUTHORIZED_USERS"], APP, "Users allowed to start kernels (empty = all not refused)"),
     opt!("unauthorized_users", "LIST", "root", ["EG_UNAUTHORIZED_USERS", "GP_UNAUTHORIZED_USERS"], APP, "Users refused"),
@@ -211,8 +283,9 @@ fn command() -> clap::Command {
         .about("Jupyter Enterprise Gateway, in Rust: runs Jupyter kernels for remote clients")
         .after_help(
             "Every option can also be given as EG's traitlets spelling \
-             (--EnterpriseGatewayApp.port=8889), as its environment variable, or as a key in \
-             the --config file (TOML, or EG's JSON config). Precedence: CLI > env > file > default.\n\n\
+             (--EnterpriseGatewayApp.port=8889), as one of its environment variables, or as a \
+             key in the --config file (TOML, EG's JSON config, or EG's Python config of literal \
+             assignments). Precedence: CLI > env > file > default.\n\n\
              Per-user tokens for --token_file are managed with `enterprise-gateway token \
              add|list|revoke` (see `enterprise-gateway token --help`).",
         )
@@ -220,30 +293,49 @@ fn command() -> clap::Command {
             clap::Arg::new("config")
                 .long("config")
                 .value_name("FILE")
-                .help("Config file: TOML (keys as the option names) or EG's traitlets JSON"),
+                .help(
+                    "Config file: TOML (keys as the option names), EG's traitlets JSON, or EG's \
+                     jupyter_enterprise_gateway_config.py (literal assignments only)",
+                ),
+        )
+        .arg(
+            clap::Arg::new("generate_config")
+                .long("generate-config")
+                .alias("generate_config")
+                .action(clap::ArgAction::SetTrue)
+                .help("Print a commented TOML config with every option and its default, and exit"),
+        )
+        .arg(
+            clap::Arg::new("convert_config")
+                .long("convert-config")
+                .alias("convert_config")
+                .value_name("FILE")
+                .help("Print EG's JSON or Python config FILE as this gateway's TOML, and exit"),
         );
     for def in OPTIONS {
         let mut help = def.help.to_owned();
         if !def.default.is_empty() {
             help.push_str(&format!(" [default: {}]", def.default));
         }
-        if let Some(var) = def.env.first() {
-            help.push_str(&format!(" [env: {var}]"));
+        if !def.env.is_empty() {
+            help.push_str(&format!(" [env: {}]", def.env.join(", ")));
         }
         let mut arg = clap::Arg::new(def.name)
             .long(def.name)
+    /// Variables and config keys that were set but are not used, each with why.
+    unsupported: Vec<String>,
+    /// Text to print instead of serving (`--generate-config`, `--convert-config`).
+    output: Option<String>,
             .value_name(def.value)
             .help(help);
         let dashed = def.name.replace('_', "-");
         if dashed != def.name {
             arg = arg.alias(dashed);
         }
-        let trait_name = def.trait_name.unwrap_or(def.name);
         for class in def.classes {
-            arg = arg.alias(format!("{class}.{trait_name}"));
-        }
-        if def.name == "allowed_kernelspecs" {
-            arg = arg.alias("KernelSpecManager.whitelist");
+            for trait_name in trait_names(def) {
+                arg = arg.alias(format!("{class}.{trait_name}"));
+            }
         }
         if def.name == "log_level" {
             arg = arg.alias("log-level");
@@ -253,6 +345,14 @@ fn command() -> clap::Command {
     cmd
 }
 
+    /// What was set but will not be used, for the one start-up warning (empty: nothing).
+    pub(crate) fn unsupported(&self) -> &[String] {
+        &self.unsupported
+    }
+    /// The text `--generate-config` or `--convert-config` asked for, to print instead of serving.
+    pub(crate) fn output(&self) -> Option<&str> {
+        self.output.as_deref()
+    }
 /// The `--help` text (for tests and docs).
 #[cfg(test)]
 pub(crate) fn help_text() -> String {
@@ -265,17 +365,39 @@ pub(crate) fn parse(
     env: &dyn EnvSource,
 ) -> Result<RawOptions, clap::Error> {
     let matches = command().try_get_matches_from(args)?;
-    let file = match matches.get_one::<String>("config") {
-        Some(path) => read_file(Path::new(path)).map_err(|e| {
-            command().error(clap::error::ErrorKind::ValueValidation, format!("{e:#}"))
-        })?,
-        None => BTreeMap::new(),
+    let file_error = |e: anyhow::Error| {
+        command().error(clap::error::ErrorKind::ValueValidation, format!("{e:#}"))
     };
+    /// Every variable name that is set.
+    fn names(&self) -> Vec<String>;
     let mut raw = RawOptions::default();
     for def in OPTIONS {
         let cli = matches.get_one::<String>(def.name).cloned();
-        let from_env = def.env.iter().find_map(|k| env.var(k));
-        let value = match (cli, from_env, file.get(def.name)) {
+        let from_env = def
+            .env
+            .iter()
+            .find_map(|k| env.var(k).filter(|v| !is_helm_null(def, v)));
+        let value = match (cli, from_env, file.values.get(def.name)) {
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
+}
+
+/// The trait names an option answers to: its own (or `trait_name`) and its older spellings.
+fn trait_names(def: &OptionDef) -> impl Iterator<Item = &'static str> {
+    let aliases = TRAIT_ALIASES
+        .iter()
+        .find(|(name, _)| *name == def.name)
+        .map(|(_, aliases)| *aliases)
+        .unwrap_or(&[]);
+    std::iter::once(def.trait_name.unwrap_or(def.name)).chain(aliases.iter().copied())
+}
+
+/// The option a config-file key names (our name, the trait name, or an older spelling).
+fn option_for_key(key: &str) -> Option<&'static OptionDef> {
+    OPTIONS
+        .iter()
+        .find(|d| d.name == key || trait_names(d).any(|t| t == key))
             (Some(v), _, _) => (v, Source::Cli),
             (None, Some(v), _) => (v, Source::Env),
             (None, None, Some(v)) => (v.clone(), Source::File),
@@ -288,49 +410,79 @@ pub(crate) fn parse(
 
 /// Reads a config file into option name → text value. TOML keys are option names, at the top
 /// level or inside tables named after EG's traitlets classes; JSON is EG's traitlets config
-/// (`{"EnterpriseGatewayApp": {"port": 8889}}`).
-fn read_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+/// (`{"EnterpriseGatewayApp": {"port": 8889}}`); `.py` is EG's Python config, literal
+/// assignments only ([`crate::egconfig`]). An unknown key in TOML is an error; in EG's formats,
+/// which carry many traits this gateway has no use for, it is named in the start-up warning.
+fn read_file(path: &Path) -> anyhow::Result<FileOptions> {
+    let shown = path.display();
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let is_json = path.extension().is_some_and(|e| e == "json");
-    let value: serde_json::Value = if is_json {
-        serde_json::from_str(&text)
-            .with_context(|| format!("config file {} is not valid JSON", path.display()))?
-    } else {
-        let table: toml::Table = toml::from_str(&text)
-            .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
-        serde_json::to_value(table).context("config file could not be converted")?
+        .with_context(|| format!("cannot read config file {shown}"))?;
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => Format::Json,
+        Some("py") => Format::Python,
+        _ => Format::Toml,
+    };
+    let value: serde_json::Value = match format {
+        Format::Json => serde_json::from_str(&text)
+            .with_context(|| format!("config file {shown} is not valid JSON"))?,
+        Format::Python => {
+            serde_json::Value::Object(crate::egconfig::parse(&text).with_context(|| {
+                format!(
+                    "config file {shown} is Enterprise Gateway's Python config and cannot be read \
+                     as it is; keep only literal assignments, or write the TOML by hand \
+                     (`enterprise-gateway --generate-config` lists every option), then \
+                     `enterprise-gateway --convert-config {shown}` prints it as TOML"
+                )
+            })?)
+        }
+        Format::Toml => {
+            let table: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("config file {shown} is not valid TOML"))?;
+            serde_json::to_value(table).context("config file could not be converted")?
+        }
     };
     let serde_json::Value::Object(top) = value else {
-        bail!("config file {} must hold a table", path.display());
+        bail!("config file {shown} must hold a table");
     };
-    let mut out = BTreeMap::new();
+    let strict = matches!(format, Format::Toml);
+    let mut out = FileOptions::default();
     for (key, value) in top {
         match value {
             serde_json::Value::Object(inner) => {
                 for (k, v) in inner {
-                    insert_known(&mut out, &k, v, path)?;
+                    insert_known(&mut out, &format!("{key}.{k}"), &k, v, path, strict)?;
                 }
             }
-            other => insert_known(&mut out, &key, other, path)?,
+            other => insert_known(&mut out, &key, &key, other, path, strict)?,
         }
     }
     Ok(out)
 }
 
 fn insert_known(
-    out: &mut BTreeMap<String, String>,
+    out: &mut FileOptions,
+    shown_key: &str,
     key: &str,
     value: serde_json::Value,
     path: &Path,
 ) -> anyhow::Result<()> {
-    let name = match key {
-        "whitelist" => "allowed_kernelspecs",
-        other => other,
+    let Some(def) = option_for_key(key) else {
+        let names = OPTIONS.iter().map(|d| d.name);
+        let hint = nearest(key, names)
+            .map(|near| format!(" (did you mean {near:?}?)"))
+            .unwrap_or_default();
+        if strict {
+            bail!(
+                "config file {}: unknown option {key:?}{hint}",
+                path.display()
+            );
+        }
+        out.ignored.push(format!(
+            "{shown_key} in {}: not an option of this gateway{hint}",
+            path.display()
+        ));
+        return Ok(());
     };
-    if !OPTIONS.iter().any(|d| d.name == name) {
-        bail!("config file {}: unknown option {key:?}", path.display());
-    }
     let text = match value {
         serde_json::Value::String(s) => s,
         serde_json::Value::Array(items) => items
@@ -344,7 +496,7 @@ fn insert_known(
         serde_json::Value::Null => String::new(),
         other => other.to_string(),
     };
-    out.insert(name.to_owned(), text);
+    out.values.insert(def.name.to_owned(), text);
     Ok(())
 }
 
@@ -361,6 +513,19 @@ mod tests {
 
     fn args(list: &[&str]) -> Vec<OsString> {
         std::iter::once("enterprise-gateway")
+    if matches.get_flag("generate_config") {
+        raw.output = Some(generate_config());
+        return Ok(raw);
+    }
+    if let Some(path) = matches.get_one::<String>("convert_config") {
+        let file = read_file(Path::new(path)).map_err(file_error)?;
+        raw.output = Some(convert_config(Path::new(path), &file));
+        return Ok(raw);
+    }
+    let file = match matches.get_one::<String>("config") {
+        Some(path) => read_file(Path::new(path)).map_err(file_error)?,
+        None => FileOptions::default(),
+    };
             .chain(list.iter().copied())
             .map(OsString::from)
             .collect()
@@ -391,11 +556,102 @@ mod tests {
             "port",
             "1",
             Source::Cli,
+    raw.unsupported = unsupported_env(env);
+    raw.unsupported.extend(file.ignored);
         );
         check(
             &["--EnterpriseGatewayApp.port=9"],
             &[],
             "port",
+/// EG's Helm chart renders an unset list as `toJson null`, i.e. the text `null`.
+fn is_helm_null(def: &OptionDef, value: &str) -> bool {
+    def.value == "LIST" && value.trim() == "null"
+}
+
+/// The `EG_*`/`KG_*` variables that are set but mean nothing to this gateway, grouped by why.
+fn unsupported_env(env: &dyn EnvSource) -> Vec<String> {
+    let known: Vec<&str> = OPTIONS.iter().flat_map(|d| d.env.iter().copied()).collect();
+    let mut by_reason: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for name in env.names() {
+        if !(name.starts_with("EG_") || name.starts_with("KG_")) || known.contains(&name.as_str()) {
+            continue;
+        }
+        let reason = match UNSUPPORTED
+            .iter()
+            .find(|(names, _)| names.contains(&name.as_str()))
+        {
+            Some((_, why)) => (*why).to_owned(),
+            None => match nearest(&name, known.iter().copied()) {
+                Some(near) => format!("unknown (did you mean {near}?)"),
+                None => "unknown".to_owned(),
+            },
+        };
+        by_reason.entry(reason).or_default().push(name);
+    }
+    by_reason
+        .into_iter()
+        .map(|(why, names)| format!("{}: {why}", names.join(", ")))
+        .collect()
+}
+
+/// The candidate closest to `word` by edit distance, when it is close enough to be a typo.
+pub(crate) fn nearest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).clamp(1, 3);
+    candidates
+        .map(|c| {
+            (
+                edit_distance(&word.to_ascii_lowercase(), &c.to_ascii_lowercase()),
+                c,
+            )
+        })
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Edit distance over chars where swapping two neighbours counts as one edit (optimal string
+/// alignment), so `prot` is one edit from `port`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// What a config file holds: option name → text value, and the keys it sets that we ignore.
+#[derive(Debug, Default)]
+struct FileOptions {
+    values: BTreeMap<String, String>,
+    ignored: Vec<String>,
+}
+
+/// The formats a config file can have, by its name.
+enum Format {
+    Toml,
+    Json,
+    Python,
+}
+
             "9",
             Source::Cli,
         );
@@ -477,13 +733,308 @@ mod tests {
         std::fs::write(&p, "prot = 1\n").expect("write");
         let err = parse(args(&["--config", p.to_str().expect("utf8")]), &env(&[]))
             .expect_err("unknown key");
-        assert!(err.to_string().contains("unknown option \"prot\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("unknown option \"prot\" (did you mean \"port\"?)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn eg_image_spellings_are_honoured() {
+        // EG's Helm chart: the allowed list as JSON, `null` when unset.
+        check(
+            &[],
+            &[("EG_ALLOWED_KERNELS", r#"["python3","ir"]"#)],
+            "allowed_kernelspecs",
+            r#"["python3","ir"]"#,
+            Source::Env,
+        );
+        check(
+            &[],
+            &[("EG_ALLOWED_KERNELS", "null")],
+            "allowed_kernelspecs",
+            "",
+            Source::Default,
+        );
+        check(
+            &[],
+            &[("EG_KERNEL_WHITELIST", "'a','b'")],
+            "allowed_kernelspecs",
+            "'a','b'",
+            Source::Env,
+        );
+        // EG's start-enterprise-gateway.sh.
+        for flag in [
+            "--KernelSpecManager.whitelist=[a]",
+            "--KernelSpecManager.allowed_kernelspecs=[a]",
+            "--EnterpriseGatewayApp.allowed_kernels=[a]",
+        ] {
+            check(&[flag], &[], "allowed_kernelspecs", "[a]", Source::Cli);
+        }
+        check(
+            &["--RemoteMappingKernelManager.default_kernel_name=python_docker"],
+            &[],
+            "default_kernel_name",
+            "python_docker",
+            Source::Cli,
+        );
+        check(
+            &["--EnterpriseGatewayApp.env_whitelist=A"],
+            &[],
+            "client_envs",
+            "A",
+            Source::Cli,
+        );
+    }
+
+    #[test]
+    fn unsupported_variables_are_named_once_with_why() {
+        let raw = parse(
+            args(&[]),
+            &env(&[
+                ("EG_PORT", "1"),
+                ("EG_NAMESPACE", "ns"),
+                ("EG_KERNEL_CLUSTER_ROLE", "r"),
+                ("EG_PROT", "2"),
+                ("EG_SOMETHING_ELSE_ENTIRELY", "3"),
+                ("HOME", "/x"),
+            ]),
+        )
+        .expect("parses");
+        let notes = raw.unsupported().join("; ");
+        assert!(
+            notes.contains("EG_KERNEL_CLUSTER_ROLE, EG_NAMESPACE: for Kubernetes"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("EG_PROT: unknown (did you mean EG_PORT?)"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("EG_SOMETHING_ELSE_ENTIRELY: unknown"),
+            "{notes}"
+        );
+        assert!(
+            !notes.contains("EG_PORT:") && !notes.contains("HOME"),
+            "{notes}"
+    strict: bool,
+        );
+        let raw = parse(args(&[]), &env(&[("EG_PORT", "1")])).expect("parses");
+        assert!(raw.unsupported().is_empty());
+    }
+
+    #[test]
+    fn eg_config_files_warn_about_what_they_set_that_we_ignore() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let py = dir.path().join("jupyter_enterprise_gateway_config.py");
+        std::fs::write(
+            &py,
+            "c = get_config()
+c.EnterpriseGatewayApp.port = 9001
+c.KernelSpecManager.whitelist = ['a', 'b']
+c.EnterpriseGatewayApp.kernel_spec_manager_class = 'x.Y'
+c.EnterpriseGatewayApp.prot = 1
+",
+        )
+        .expect("write");
+        let path = py.to_str().expect("utf8");
+        let raw = parse(args(&["--config", path]), &env(&[])).expect("parses");
+        assert_eq!(raw.get("port"), "9001");
+        assert_eq!(raw.get("allowed_kernelspecs"), "a,b");
+        let notes = raw.unsupported().join("; ");
+        assert!(
+            notes.contains("EnterpriseGatewayApp.kernel_spec_manager_class in "),
+            "{notes}"
+        );
+        assert!(notes.contains("(did you mean \"port\"?)"), "{notes}");
+
+        std::fs::write(
+            &py,
+            "import os
+c.EnterpriseGatewayApp.port = int(os.environ['P'])
+",
+        )
+        .expect("write");
+        let err = parse(args(&["--config", path]), &env(&[])).expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("Python config"), "{text}");
+        assert!(text.contains("line 1: "), "{text}");
+        assert!(text.contains("--convert-config"), "{text}");
+    }
+
+    #[test]
+    fn converted_and_generated_configs_are_accepted() {
+/// A TOML value for an option's text, typed by its placeholder: booleans and numbers bare,
+/// lists as arrays of strings, everything else a string.
+fn toml_value(def: &OptionDef, text: &str) -> String {
+    let text = text.trim();
+    let string = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    match def.value {
+        "BOOL" => match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => "true".to_owned(),
+            "false" | "0" | "no" | "off" | "" => "false".to_owned(),
+            _ => string(text),
+        },
+        "N" | "PORT" | "BYTES" | "SECS" if text.parse::<f64>().is_ok_and(f64::is_finite) => {
+            text.to_owned()
+        }
+        "LIST" => {
+            let items: Vec<String> = text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(string)
+                .collect();
+            format!("[{}]", items.join(", "))
+        }
+        _ => string(text),
+    }
+}
+
+/// `--generate-config`: every option, commented out at its default, with its help and
+/// environment variables. Uncommenting any line gives a valid setting.
+fn generate_config() -> String {
+    let mut out = String::from(
+        "# enterprise-gateway configuration (TOML). Pass it with --config FILE.\n\
+         # Every option is listed at its default, commented out; precedence is\n\
+         # command line > environment > this file > default.\n",
+    );
+    for def in OPTIONS {
+        out.push_str(&format!("\n# {}\n", def.help));
+        if !def.env.is_empty() {
+            out.push_str(&format!("# env: {}\n", def.env.join(", ")));
+        }
+        out.push_str(&format!(
+            "# {} = {}\n",
+            def.name,
+            toml_value(def, def.default)
+        ));
+    }
+    out
+}
+
+/// `--convert-config`: the options a config file sets, as this gateway's TOML; what it sets
+/// that this gateway ignores is listed in comments at the top.
+fn convert_config(path: &Path, file: &FileOptions) -> String {
+    let mut out = format!(
+        "# Converted from {} by enterprise-gateway --convert-config.\n",
+        path.display()
+    );
+    for ignored in &file.ignored {
+        out.push_str(&format!("# not converted: {ignored}\n"));
+    }
+    for def in OPTIONS {
+        if let Some(text) = file.values.get(def.name) {
+            out.push_str(&format!("{} = {}\n", def.name, toml_value(def, text)));
+        }
+    }
+    out
+}
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let py = dir.path().join("eg.py");
+        std::fs::write(
+            &py,
+            "c.EnterpriseGatewayApp.port = 9001
+c.EnterpriseGatewayApp.list_kernels = True
+c.KernelSpecManager.whitelist = ['a', 'b']
+c.EnterpriseGatewayApp.unknown_thing = 1
+c.MappingKernelManager.cull_idle_timeout = 60
+",
+        )
+        .expect("write");
+        let raw = parse(
+            args(&["--convert-config", py.to_str().expect("utf8")]),
+            &env(&[]),
+        )
+        .expect("converts");
+        let toml_text = raw.output().expect("output").to_owned();
+        assert!(toml_text.contains("port = 9001\n"), "{toml_text}");
+        assert!(toml_text.contains("list_kernels = true\n"), "{toml_text}");
+        assert!(
+            toml_text.contains("allowed_kernelspecs = [\"a\", \"b\"]\n"),
+            "{toml_text}"
+        );
+        assert!(
+            toml_text.contains("# not converted: EnterpriseGatewayApp.unknown_thing"),
+            "{toml_text}"
+        );
+        let converted = dir.path().join("converted.toml");
+        std::fs::write(&converted, &toml_text).expect("write");
+        let raw = parse(
+            args(&["--config", converted.to_str().expect("utf8")]),
+            &env(&[]),
+        )
+        .expect("the converted file is accepted");
+        assert_eq!(raw.get("port"), "9001");
+        assert_eq!(raw.get("cull_idle_timeout"), "60");
+        assert_eq!(raw.get("allowed_kernelspecs"), "a,b");
+
+        let generated = parse(args(&["--generate-config"]), &env(&[]))
+            .expect("generates")
+            .output()
+            .expect("output")
+            .to_owned();
+        for def in OPTIONS {
+            assert!(
+                generated.contains(&format!("\n# {} = ", def.name)),
+                "{}",
+                def.name
+            );
+        }
+        // Every line uncommented: still accepted, and every value is the default.
+        let uncommented: String = generated
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if OPTIONS
+                        .iter()
+                        .any(|d| rest.starts_with(&format!("{} = ", d.name))) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file = dir.path().join("all.toml");
+        std::fs::write(&file, uncommented).expect("write");
+        let raw = parse(args(&["--config", file.to_str().expect("utf8")]), &env(&[]))
+            .expect("the generated file is accepted");
+        for def in OPTIONS {
+            assert_eq!(raw.source(def.name), Source::File, "{}", def.name);
+            let want = if def.value == "BOOL" && def.default.is_empty() {
+                "false"
+            } else {
+                def.default
+            };
+            assert_eq!(raw.get(def.name), want, "{}", def.name);
+        }
+    }
+
+    #[test]
+    fn typos_get_the_nearest_name() {
+        assert_eq!(
+            nearest("prot", OPTIONS.iter().map(|d| d.name)),
+            Some("port")
+        );
+        assert_eq!(
+            nearest("list_kernel", OPTIONS.iter().map(|d| d.name)),
+            Some("list_kernels")
+        );
+        assert_eq!(nearest("zzzzzzzz", OPTIONS.iter().map(|d| d.name)), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("prot", "port"), 1);
     }
 
     #[test]
     fn help_names_env_vars_and_defaults() {
         let help = help_text();
-        assert!(help.contains("[env: EG_PORT]"));
+        assert!(help.contains("[env: EG_PORT, KG_PORT]"));
+        assert!(
+            help.contains("[env: EG_ALLOWED_KERNELS, EG_KERNEL_WHITELIST, EG_ALLOWED_KERNELSPECS]")
+        );
         assert!(help.contains("[default: 8888]"));
         assert!(help.contains("--max_kernels"));
     }

@@ -221,6 +221,16 @@ fn ensure_debian_packages() -> Result<()> {
     if !command_succeeds(Command::new("java").arg("-version")) {
         missing.push("default-jre-headless");
     }
+    // The operations tests: a real Prometheus scraping the gateway, the admin page in Chromium.
+    for (binary, package) in [
+        ("/usr/bin/prometheus", "prometheus"),
+        ("/usr/bin/chromium", "chromium"),
+        ("/usr/bin/chromedriver", "chromium-driver"),
+    ] {
+        if !Path::new(binary).exists() {
+            missing.push(package);
+        }
+    }
     if missing.is_empty() {
         println!("setup: Debian packages: nothing to install");
         return Ok(());

@@ -20,6 +20,8 @@ pub(crate) fn document(base_url: &str) -> Value {
     let session_id =
         json!({"name": "session_id", "in": "path", "required": true, "schema": {"type": "string"}});
     let kernel_name = json!({"name": "kernel_name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let ready = json!({"description": "Each check's verdict", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ready"}}}});
+    let html = json!({"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}});
     let user = json!({"name": "user", "in": "query", "required": false, "schema": {"type": "string"},
         "description": "Only kernelspecs this user may use"});
     json!({
@@ -29,7 +31,11 @@ pub(crate) fn document(base_url: &str) -> Value {
             "description": "Kernel lifecycle, kernelspecs and kernel channels. Authenticate with the shared or a per-user token (`Authorization: token <t>` or `?token=<t>`), a bearer JWT or JupyterHub token (`Authorization: Bearer <t>`), or a TLS client certificate, as the gateway is configured; each user sees only their own kernels and sessions (admins see all).",
             "version": super::GATEWAY_VERSION,
         },
-        "servers": [{"url": base_url}],
+        // Paths start with `/`, so the server URL has no trailing one (`/` alone for the root).
+        "servers": [{"url": match base_url.trim_end_matches('/') {
+            "" => "/",
+            trimmed => trimmed,
+        }}],
         "paths": {
             "/api": {"get": {"summary": "Versions", "responses": {"200": {"description": "Versions"}}}},
             "/api/me": {"get": {"summary": "The authenticated caller: user name, groups, roles and authenticator",
@@ -66,13 +72,48 @@ pub(crate) fn document(base_url: &str) -> Value {
                 "patch": {"summary": "Change a session", "parameters": [session_id], "responses": {"200": session, "400": error, "404": error}},
                 "delete": {"summary": "Delete a session and its kernel", "parameters": [session_id], "responses": {"204": {"description": "Deleted"}, "404": error}},
             },
+            "/api/admin/kernels": {"get": {"summary": "Every kernel with backend, host, restarts and start time (admin role)",
+                "responses": {"200": {"description": "Admin kernel models", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/AdminKernel"}}}}},
+                    "401": error, "403": error}}},
+            "/api/swagger.json": {"get": {"summary": "This document as JSON", "security": [],
+                "responses": {"200": {"description": "OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/api/swagger.yaml": {"get": {"summary": "This document as YAML", "security": [],
+                "responses": {"200": {"description": "OpenAPI document", "content": {"application/yaml": {"schema": {"type": "string"}}}}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics in the text exposition format (admin role; 404 when metrics are off or on their own port)",
+                "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}, "401": error, "403": error, "404": error}}},
+            "/healthz": {"get": {"summary": "Liveness: the process serves HTTP", "security": [],
+                "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string"}}}}}}}}},
+            "/readyz": {"get": {"summary": "Readiness: the listener, the resource managers, the launcher callback listener and any registered check (a kernel store)", "security": [],
+                "responses": {"200": ready.clone(), "503": ready}}},
+            "/admin": {"get": {"summary": "The admin page (HTML; its script signs in and uses this API)", "security": [],
+                "parameters": [{"name": "token", "in": "query", "required": false, "schema": {"type": "string"},
+                    "description": "Taken once into the tab's sessionStorage and removed from the address bar"}],
+                "responses": {"200": html.clone(), "403": html}}},
+            "/admin/{asset}": {"get": {"summary": "The admin page's script and style sheet", "security": [],
+                "parameters": [{"name": "asset", "in": "path", "required": true, "schema": {"type": "string", "enum": ["admin.js", "admin.css"]}}],
+                "responses": {"200": {"description": "The asset", "content": {"text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}}}, "404": error}}},
         },
-        "components": {"schemas": {
+        "security": [{"token": []}, {"bearer": []}, {}],
+        "components": {
+        "securitySchemes": {
+            "token": {"type": "apiKey", "in": "header", "name": "Authorization",
+                "description": "`token <t>`: the shared auth_token or a per-user token (also accepted as `?token=<t>`)"},
+            "bearer": {"type": "http", "scheme": "bearer", "description": "An OIDC JWT or a JupyterHub API token"},
+        },
+        "schemas": {
+            "AdminKernel": {"allOf": [{"$ref": "#/components/schemas/Kernel"}, {"type": "object",
+                "required": ["backend", "host", "restarts", "created"], "properties": {
+                "backend": {"type": "string"}, "host": {"type": "string"}, "restarts": {"type": "integer"},
+                "created": {"type": "string", "description": "UTC, YYYY-MM-DDTHH:MM:SS.ffffffZ"}}}]},
+            "Ready": {"type": "object", "required": ["ready", "checks"], "properties": {
+                "ready": {"type": "boolean"},
+                "checks": {"type": "array", "items": {"type": "object", "required": ["name", "ok"], "properties": {
+                    "name": {"type": "string"}, "ok": {"type": "boolean"}, "reason": {"type": "string"}}}}}},
             "Error": {"type": "object", "properties": {"reason": {"type": "string"}, "message": {"type": "string"}}},
             "Kernel": {"type": "object", "required": ["id", "name", "last_activity", "execution_state", "connections"], "properties": {
                 "id": {"type": "string"}, "name": {"type": "string"},
                 "last_activity": {"type": "string", "description": "UTC, YYYY-MM-DDTHH:MM:SS.ffffffZ"},
-                "execution_state": {"type": "string"}, "connections": {"type": "integer"}, "reason": {"type": "string"}}},
+                "execution_state": {"type": "string"}, "connections": {"type": "integer"}, "owner": {"type": "string"}, "reason": {"type": "string"}}},
             "StartRequest": {"type": "object", "properties": {
                 "name": {"type": "string", "nullable": true}, "path": {"type": "string"},
                 "env": {"type": "object", "additionalProperties": {"type": "string"}}}},
@@ -138,6 +179,35 @@ fn write_nested(out: &mut String, item: &Value, indent: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every route the router declares (each `at("...")` in the router's source), as the
+    /// document spells it: `{*path}` is a plain `{path}` parameter there.
+    fn router_paths() -> Vec<String> {
+        let source = include_str!("mod.rs");
+        source
+            .split("&at(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split_once('"').map(|(path, _)| path))
+            .map(|path| format!("/{}", path.replace("{*", "{")))
+            .collect()
+    }
+
+    #[test]
+    fn the_document_describes_every_route_of_the_router_and_no_other() {
+        let doc = document("/");
+        let paths = doc["paths"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect::<Vec<_>>());
+        let mut documented = paths.unwrap_or_default();
+        let mut routes = router_paths();
+        assert!(
+            routes.len() >= 20,
+            "the router's routes were not found: {routes:?}"
+        );
+        routes.sort();
+        documented.sort();
+        assert_eq!(routes, documented);
+    }
 
     #[test]
     fn yaml_is_block_style_with_quoted_strings() {

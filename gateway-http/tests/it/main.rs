@@ -4,6 +4,7 @@ mod api;
 mod edge;
 mod lifecycle;
 mod manager;
+mod operations;
 mod support;
 mod tenancy;
 mod ws;
