@@ -6,6 +6,7 @@
 
 mod auth;
 mod backends;
+mod egconfig;
 mod listen;
 mod options;
 mod settings;
@@ -30,32 +31,34 @@ fn main() -> ExitCode {
     }
     let raw = match options::parse(std::env::args_os(), &env) {
         Ok(raw) => raw,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EX_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
         }
+        Err(e) => return usage_error(clap_message(&e)),
     };
+    if let Some(text) = raw.output() {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    }
     // One crypto provider for every TLS user in the process, installed before anything builds a config.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // Logging first, so what reading the configuration warns about (and what authenticators
     // log while loading their files) is not lost.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(settings::log_filter(raw.get("log_level")))
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = match settings::log_filter(raw.get("log_level")) {
+        Ok(filter) => filter,
+        Err(e) => return usage_error(format!("{e:#}")),
+    };
+    init_logging(filter);
+    if !raw.unsupported().is_empty() {
+        tracing::warn!(
+            "ignoring settings this gateway does not support: {}",
+            raw.unsupported().join("; ")
+        );
+    }
     let settings = match settings::build(&raw, &env) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("enterprise-gateway: {e:#}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(e) => return usage_error(format!("{e:#}")),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -71,10 +74,37 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("enterprise-gateway: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A configuration error, in the one form every such error has, and EX_USAGE.
+fn usage_error(message: String) -> ExitCode {
+    eprintln!("enterprise-gateway: error: {message}");
+    ExitCode::from(EX_USAGE)
+}
+
+/// clap's message without its own `error: ` prefix (its tips and usage kept).
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let text = text.trim_end();
+    text.strip_prefix("error: ").unwrap_or(text).to_owned()
+}
+
+/// The log subscriber: the `--log_level` filter, then one output layer on stderr, coloured only
+/// when stderr is a terminal. Further layers (another output format) go next to `text`.
+fn init_logging(filter: tracing_subscriber::EnvFilter) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let text = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .init();
 }
 
 async fn run(settings: settings::Settings) -> anyhow::Result<()> {
@@ -106,6 +136,7 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
         tracing::info!("metrics are served at http://{}/metrics", metrics.local_addr()?);
         tokio::spawn(gateway_http::metrics::serve(metrics, Arc::clone(&manager)));
     }
+    warn_about_kernelspecs(&manager);
 
     tracing::info!(
         "Jupyter Enterprise Gateway (Rust) {} is available at {scheme}://{addr}",
@@ -114,6 +145,42 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     gateway_http::serve(listener, manager, listen::shutdown_signal())
         .await
         .context("server failed")
+}
+
+/// No kernelspec, or a default kernel that is not there, is said at start rather than found out
+/// by the first client.
+fn warn_about_kernelspecs(manager: &KernelManager) {
+    let config = manager.config();
+    let specs = manager.kernelspecs();
+    let looked_in = || {
+        config
+            .kernelspec_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if specs.specs.is_empty() {
+        let allowed = if config.allowed_kernelspecs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (only {} allowed by --allowed_kernelspecs)",
+                config.allowed_kernelspecs.join(", ")
+            )
+        };
+        tracing::warn!(
+            "no kernelspecs found{allowed}; looked in {}; set JUPYTER_PATH or --kernelspec_dirs",
+            looked_in()
+        );
+    } else if !specs.specs.contains_key(&config.default_kernel_name) {
+        tracing::warn!(
+            "the default kernel {:?} (--default_kernel_name) is not among the kernelspecs found \
+             ({}), so it is not advertised and start requests without a kernel name fail",
+            config.default_kernel_name,
+            specs.specs.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
 }
 
 /// EG's start-up warnings about impersonation.

@@ -247,6 +247,10 @@ pub(crate) enum Source {
 #[derive(Debug, Default)]
 pub(crate) struct RawOptions {
     values: BTreeMap<&'static str, (String, Source)>,
+    /// Variables and config keys that were set but are not used, each with why.
+    unsupported: Vec<String>,
+    /// Text to print instead of serving (`--generate-config`, `--convert-config`).
+    output: Option<String>,
 }
 
 impl RawOptions {
@@ -262,6 +266,14 @@ impl RawOptions {
             .map(|(_, s)| *s)
             .unwrap_or(Source::Default)
     }
+    /// What was set but will not be used, for the one start-up warning (empty: nothing).
+    pub(crate) fn unsupported(&self) -> &[String] {
+        &self.unsupported
+    }
+    /// The text `--generate-config` or `--convert-config` asked for, to print instead of serving.
+    pub(crate) fn output(&self) -> Option<&str> {
+        self.output.as_deref()
+    }
 }
 
 /// Read-only access to environment variables, so parsing is testable without touching the
@@ -269,12 +281,34 @@ impl RawOptions {
 pub(crate) trait EnvSource {
     /// The value of `key`, if set.
     fn var(&self, key: &str) -> Option<String>;
+    /// Every variable name that is set.
+    fn names(&self) -> Vec<String>;
 }
 
 impl EnvSource for BTreeMap<String, String> {
     fn var(&self, key: &str) -> Option<String> {
         self.get(key).cloned()
     }
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
+}
+
+/// The trait names an option answers to: its own (or `trait_name`) and its older spellings.
+fn trait_names(def: &OptionDef) -> impl Iterator<Item = &'static str> {
+    let aliases = TRAIT_ALIASES
+        .iter()
+        .find(|(name, _)| *name == def.name)
+        .map(|(_, aliases)| *aliases)
+        .unwrap_or(&[]);
+    std::iter::once(def.trait_name.unwrap_or(def.name)).chain(aliases.iter().copied())
+}
+
+/// The option a config-file key names (our name, the trait name, or an older spelling).
+fn option_for_key(key: &str) -> Option<&'static OptionDef> {
+    OPTIONS
+        .iter()
+        .find(|d| d.name == key || trait_names(d).any(|t| t == key))
 }
 
 fn command() -> clap::Command {
@@ -322,10 +356,6 @@ fn command() -> clap::Command {
         }
         let mut arg = clap::Arg::new(def.name)
             .long(def.name)
-    /// Variables and config keys that were set but are not used, each with why.
-    unsupported: Vec<String>,
-    /// Text to print instead of serving (`--generate-config`, `--convert-config`).
-    output: Option<String>,
             .value_name(def.value)
             .help(help);
         let dashed = def.name.replace('_', "-");
@@ -345,14 +375,6 @@ fn command() -> clap::Command {
     cmd
 }
 
-    /// What was set but will not be used, for the one start-up warning (empty: nothing).
-    pub(crate) fn unsupported(&self) -> &[String] {
-        &self.unsupported
-    }
-    /// The text `--generate-config` or `--convert-config` asked for, to print instead of serving.
-    pub(crate) fn output(&self) -> Option<&str> {
-        self.output.as_deref()
-    }
 /// The `--help` text (for tests and docs).
 #[cfg(test)]
 pub(crate) fn help_text() -> String {
@@ -368,151 +390,7 @@ pub(crate) fn parse(
     let file_error = |e: anyhow::Error| {
         command().error(clap::error::ErrorKind::ValueValidation, format!("{e:#}"))
     };
-    /// Every variable name that is set.
-    fn names(&self) -> Vec<String>;
     let mut raw = RawOptions::default();
-    for def in OPTIONS {
-        let cli = matches.get_one::<String>(def.name).cloned();
-        let from_env = def
-            .env
-            .iter()
-            .find_map(|k| env.var(k).filter(|v| !is_helm_null(def, v)));
-        let value = match (cli, from_env, file.values.get(def.name)) {
-    fn names(&self) -> Vec<String> {
-        self.keys().cloned().collect()
-    }
-}
-
-/// The trait names an option answers to: its own (or `trait_name`) and its older spellings.
-fn trait_names(def: &OptionDef) -> impl Iterator<Item = &'static str> {
-    let aliases = TRAIT_ALIASES
-        .iter()
-        .find(|(name, _)| *name == def.name)
-        .map(|(_, aliases)| *aliases)
-        .unwrap_or(&[]);
-    std::iter::once(def.trait_name.unwrap_or(def.name)).chain(aliases.iter().copied())
-}
-
-/// The option a config-file key names (our name, the trait name, or an older spelling).
-fn option_for_key(key: &str) -> Option<&'static OptionDef> {
-    OPTIONS
-        .iter()
-        .find(|d| d.name == key || trait_names(d).any(|t| t == key))
-            (Some(v), _, _) => (v, Source::Cli),
-            (None, Some(v), _) => (v, Source::Env),
-            (None, None, Some(v)) => (v.clone(), Source::File),
-            (None, None, None) => (def.default.to_owned(), Source::Default),
-        };
-        raw.values.insert(def.name, value);
-    }
-    Ok(raw)
-}
-
-/// Reads a config file into option name → text value. TOML keys are option names, at the top
-/// level or inside tables named after EG's traitlets classes; JSON is EG's traitlets config
-/// (`{"EnterpriseGatewayApp": {"port": 8889}}`); `.py` is EG's Python config, literal
-/// assignments only ([`crate::egconfig`]). An unknown key in TOML is an error; in EG's formats,
-/// which carry many traits this gateway has no use for, it is named in the start-up warning.
-fn read_file(path: &Path) -> anyhow::Result<FileOptions> {
-    let shown = path.display();
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {shown}"))?;
-    let format = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => Format::Json,
-        Some("py") => Format::Python,
-        _ => Format::Toml,
-    };
-    let value: serde_json::Value = match format {
-        Format::Json => serde_json::from_str(&text)
-            .with_context(|| format!("config file {shown} is not valid JSON"))?,
-        Format::Python => {
-            serde_json::Value::Object(crate::egconfig::parse(&text).with_context(|| {
-                format!(
-                    "config file {shown} is Enterprise Gateway's Python config and cannot be read \
-                     as it is; keep only literal assignments, or write the TOML by hand \
-                     (`enterprise-gateway --generate-config` lists every option), then \
-                     `enterprise-gateway --convert-config {shown}` prints it as TOML"
-                )
-            })?)
-        }
-        Format::Toml => {
-            let table: toml::Table = toml::from_str(&text)
-                .with_context(|| format!("config file {shown} is not valid TOML"))?;
-            serde_json::to_value(table).context("config file could not be converted")?
-        }
-    };
-    let serde_json::Value::Object(top) = value else {
-        bail!("config file {shown} must hold a table");
-    };
-    let strict = matches!(format, Format::Toml);
-    let mut out = FileOptions::default();
-    for (key, value) in top {
-        match value {
-            serde_json::Value::Object(inner) => {
-                for (k, v) in inner {
-                    insert_known(&mut out, &format!("{key}.{k}"), &k, v, path, strict)?;
-                }
-            }
-            other => insert_known(&mut out, &key, &key, other, path, strict)?,
-        }
-    }
-    Ok(out)
-}
-
-fn insert_known(
-    out: &mut FileOptions,
-    shown_key: &str,
-    key: &str,
-    value: serde_json::Value,
-    path: &Path,
-) -> anyhow::Result<()> {
-    let Some(def) = option_for_key(key) else {
-        let names = OPTIONS.iter().map(|d| d.name);
-        let hint = nearest(key, names)
-            .map(|near| format!(" (did you mean {near:?}?)"))
-            .unwrap_or_default();
-        if strict {
-            bail!(
-                "config file {}: unknown option {key:?}{hint}",
-                path.display()
-            );
-        }
-        out.ignored.push(format!(
-            "{shown_key} in {}: not an option of this gateway{hint}",
-            path.display()
-        ));
-        return Ok(());
-    };
-    let text = match value {
-        serde_json::Value::String(s) => s,
-        serde_json::Value::Array(items) => items
-            .into_iter()
-            .map(|i| match i {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(","),
-        serde_json::Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    out.values.insert(def.name.to_owned(), text);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    fn args(list: &[&str]) -> Vec<OsString> {
-        std::iter::once("enterprise-gateway")
     if matches.get_flag("generate_config") {
         raw.output = Some(generate_config());
         return Ok(raw);
@@ -526,43 +404,25 @@ mod tests {
         Some(path) => read_file(Path::new(path)).map_err(file_error)?,
         None => FileOptions::default(),
     };
-            .chain(list.iter().copied())
-            .map(OsString::from)
-            .collect()
+    for def in OPTIONS {
+        let cli = matches.get_one::<String>(def.name).cloned();
+        let from_env = def
+            .env
+            .iter()
+            .find_map(|k| env.var(k).filter(|v| !is_helm_null(def, v)));
+        let value = match (cli, from_env, file.values.get(def.name)) {
+            (Some(v), _, _) => (v, Source::Cli),
+            (None, Some(v), _) => (v, Source::Env),
+            (None, None, Some(v)) => (v.clone(), Source::File),
+            (None, None, None) => (def.default.to_owned(), Source::Default),
+        };
+        raw.values.insert(def.name, value);
     }
-
-    #[track_caller]
-    fn check(cli: &[&str], env_pairs: &[(&str, &str)], name: &str, want: &str, source: Source) {
-        let raw = parse(args(cli), &env(env_pairs)).expect("parses");
-        assert_eq!(raw.get(name), want, "value of {name}");
-        assert_eq!(raw.source(name), source, "source of {name}");
-    }
-
-    #[test]
-    fn layering_and_spellings() {
-        check(&[], &[], "port", "8888", Source::Default);
-        check(&[], &[("EG_PORT", "7")], "port", "7", Source::Env);
-        check(&[], &[("KG_PORT", "8")], "port", "8", Source::Env);
-        check(
-            &[],
-            &[("EG_PORT", "7"), ("KG_PORT", "8")],
-            "port",
-            "7",
-            Source::Env,
-        );
-        check(
-            &["--port", "1"],
-            &[("EG_PORT", "7")],
-            "port",
-            "1",
-            Source::Cli,
     raw.unsupported = unsupported_env(env);
     raw.unsupported.extend(file.ignored);
-        );
-        check(
-            &["--EnterpriseGatewayApp.port=9"],
-            &[],
-            "port",
+    Ok(raw)
+}
+
 /// EG's Helm chart renders an unset list as `toJson null`, i.e. the text `null`.
 fn is_helm_null(def: &OptionDef, value: &str) -> bool {
     def.value == "LIST" && value.trim() == "null"
@@ -652,6 +512,214 @@ enum Format {
     Python,
 }
 
+/// Reads a config file into option name → text value. TOML keys are option names, at the top
+/// level or inside tables named after EG's traitlets classes; JSON is EG's traitlets config
+/// (`{"EnterpriseGatewayApp": {"port": 8889}}`); `.py` is EG's Python config, literal
+/// assignments only ([`crate::egconfig`]). An unknown key in TOML is an error; in EG's formats,
+/// which carry many traits this gateway has no use for, it is named in the start-up warning.
+fn read_file(path: &Path) -> anyhow::Result<FileOptions> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {shown}"))?;
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => Format::Json,
+        Some("py") => Format::Python,
+        _ => Format::Toml,
+    };
+    let value: serde_json::Value = match format {
+        Format::Json => serde_json::from_str(&text)
+            .with_context(|| format!("config file {shown} is not valid JSON"))?,
+        Format::Python => {
+            serde_json::Value::Object(crate::egconfig::parse(&text).with_context(|| {
+                format!(
+                    "config file {shown} is Enterprise Gateway's Python config and cannot be read \
+                     as it is; keep only literal assignments, or write the TOML by hand \
+                     (`enterprise-gateway --generate-config` lists every option), then \
+                     `enterprise-gateway --convert-config {shown}` prints it as TOML"
+                )
+            })?)
+        }
+        Format::Toml => {
+            let table: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("config file {shown} is not valid TOML"))?;
+            serde_json::to_value(table).context("config file could not be converted")?
+        }
+    };
+    let serde_json::Value::Object(top) = value else {
+        bail!("config file {shown} must hold a table");
+    };
+    let strict = matches!(format, Format::Toml);
+    let mut out = FileOptions::default();
+    for (key, value) in top {
+        match value {
+            serde_json::Value::Object(inner) => {
+                for (k, v) in inner {
+                    insert_known(&mut out, &format!("{key}.{k}"), &k, v, path, strict)?;
+                }
+            }
+            other => insert_known(&mut out, &key, &key, other, path, strict)?,
+        }
+    }
+    Ok(out)
+}
+
+fn insert_known(
+    out: &mut FileOptions,
+    shown_key: &str,
+    key: &str,
+    value: serde_json::Value,
+    path: &Path,
+    strict: bool,
+) -> anyhow::Result<()> {
+    let Some(def) = option_for_key(key) else {
+        let names = OPTIONS.iter().map(|d| d.name);
+        let hint = nearest(key, names)
+            .map(|near| format!(" (did you mean {near:?}?)"))
+            .unwrap_or_default();
+        if strict {
+            bail!(
+                "config file {}: unknown option {key:?}{hint}",
+                path.display()
+            );
+        }
+        out.ignored.push(format!(
+            "{shown_key} in {}: not an option of this gateway{hint}",
+            path.display()
+        ));
+        return Ok(());
+    };
+    let text = match value {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|i| match i {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    out.values.insert(def.name.to_owned(), text);
+    Ok(())
+}
+
+/// A TOML value for an option's text, typed by its placeholder: booleans and numbers bare,
+/// lists as arrays of strings, everything else a string.
+fn toml_value(def: &OptionDef, text: &str) -> String {
+    let text = text.trim();
+    let string = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    match def.value {
+        "BOOL" => match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => "true".to_owned(),
+            "false" | "0" | "no" | "off" | "" => "false".to_owned(),
+            _ => string(text),
+        },
+        "N" | "PORT" | "BYTES" | "SECS" if text.parse::<f64>().is_ok_and(f64::is_finite) => {
+            text.to_owned()
+        }
+        "LIST" => {
+            let items: Vec<String> = text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(string)
+                .collect();
+            format!("[{}]", items.join(", "))
+        }
+        _ => string(text),
+    }
+}
+
+/// `--generate-config`: every option, commented out at its default, with its help and
+/// environment variables. Uncommenting any line gives a valid setting.
+fn generate_config() -> String {
+    let mut out = String::from(
+        "# enterprise-gateway configuration (TOML). Pass it with --config FILE.\n\
+         # Every option is listed at its default, commented out; precedence is\n\
+         # command line > environment > this file > default.\n",
+    );
+    for def in OPTIONS {
+        out.push_str(&format!("\n# {}\n", def.help));
+        if !def.env.is_empty() {
+            out.push_str(&format!("# env: {}\n", def.env.join(", ")));
+        }
+        out.push_str(&format!(
+            "# {} = {}\n",
+            def.name,
+            toml_value(def, def.default)
+        ));
+    }
+    out
+}
+
+/// `--convert-config`: the options a config file sets, as this gateway's TOML; what it sets
+/// that this gateway ignores is listed in comments at the top.
+fn convert_config(path: &Path, file: &FileOptions) -> String {
+    let mut out = format!(
+        "# Converted from {} by enterprise-gateway --convert-config.\n",
+        path.display()
+    );
+    for ignored in &file.ignored {
+        out.push_str(&format!("# not converted: {ignored}\n"));
+    }
+    for def in OPTIONS {
+        if let Some(text) = file.values.get(def.name) {
+            out.push_str(&format!("{} = {}\n", def.name, toml_value(def, text)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        std::iter::once("enterprise-gateway")
+            .chain(list.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    #[track_caller]
+    fn check(cli: &[&str], env_pairs: &[(&str, &str)], name: &str, want: &str, source: Source) {
+        let raw = parse(args(cli), &env(env_pairs)).expect("parses");
+        assert_eq!(raw.get(name), want, "value of {name}");
+        assert_eq!(raw.source(name), source, "source of {name}");
+    }
+
+    #[test]
+    fn layering_and_spellings() {
+        check(&[], &[], "port", "8888", Source::Default);
+        check(&[], &[("EG_PORT", "7")], "port", "7", Source::Env);
+        check(&[], &[("KG_PORT", "8")], "port", "8", Source::Env);
+        check(
+            &[],
+            &[("EG_PORT", "7"), ("KG_PORT", "8")],
+            "port",
+            "7",
+            Source::Env,
+        );
+        check(
+            &["--port", "1"],
+            &[("EG_PORT", "7")],
+            "port",
+            "1",
+            Source::Cli,
+        );
+        check(
+            &["--EnterpriseGatewayApp.port=9"],
+            &[],
+            "port",
             "9",
             Source::Cli,
         );
@@ -818,7 +886,6 @@ enum Format {
         assert!(
             !notes.contains("EG_PORT:") && !notes.contains("HOME"),
             "{notes}"
-    strict: bool,
         );
         let raw = parse(args(&[]), &env(&[("EG_PORT", "1")])).expect("parses");
         assert!(raw.unsupported().is_empty());
@@ -865,73 +932,6 @@ c.EnterpriseGatewayApp.port = int(os.environ['P'])
 
     #[test]
     fn converted_and_generated_configs_are_accepted() {
-/// A TOML value for an option's text, typed by its placeholder: booleans and numbers bare,
-/// lists as arrays of strings, everything else a string.
-fn toml_value(def: &OptionDef, text: &str) -> String {
-    let text = text.trim();
-    let string = |s: &str| toml::Value::String(s.to_owned()).to_string();
-    match def.value {
-        "BOOL" => match text.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => "true".to_owned(),
-            "false" | "0" | "no" | "off" | "" => "false".to_owned(),
-            _ => string(text),
-        },
-        "N" | "PORT" | "BYTES" | "SECS" if text.parse::<f64>().is_ok_and(f64::is_finite) => {
-            text.to_owned()
-        }
-        "LIST" => {
-            let items: Vec<String> = text
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(string)
-                .collect();
-            format!("[{}]", items.join(", "))
-        }
-        _ => string(text),
-    }
-}
-
-/// `--generate-config`: every option, commented out at its default, with its help and
-/// environment variables. Uncommenting any line gives a valid setting.
-fn generate_config() -> String {
-    let mut out = String::from(
-        "# enterprise-gateway configuration (TOML). Pass it with --config FILE.\n\
-         # Every option is listed at its default, commented out; precedence is\n\
-         # command line > environment > this file > default.\n",
-    );
-    for def in OPTIONS {
-        out.push_str(&format!("\n# {}\n", def.help));
-        if !def.env.is_empty() {
-            out.push_str(&format!("# env: {}\n", def.env.join(", ")));
-        }
-        out.push_str(&format!(
-            "# {} = {}\n",
-            def.name,
-            toml_value(def, def.default)
-        ));
-    }
-    out
-}
-
-/// `--convert-config`: the options a config file sets, as this gateway's TOML; what it sets
-/// that this gateway ignores is listed in comments at the top.
-fn convert_config(path: &Path, file: &FileOptions) -> String {
-    let mut out = format!(
-        "# Converted from {} by enterprise-gateway --convert-config.\n",
-        path.display()
-    );
-    for ignored in &file.ignored {
-        out.push_str(&format!("# not converted: {ignored}\n"));
-    }
-    for def in OPTIONS {
-        if let Some(text) = file.values.get(def.name) {
-            out.push_str(&format!("{} = {}\n", def.name, toml_value(def, text)));
-        }
-    }
-    out
-}
-
         let dir = tempfile::tempdir().expect("tempdir");
         let py = dir.path().join("eg.py");
         std::fs::write(

@@ -369,20 +369,40 @@ fn normalise_base_url(raw: &str) -> String {
     }
 }
 
-/// EG's log levels (numbers or names) as a tracing filter; anything else is taken as a filter.
+/// The tracing filter for a `--log_level` value: EG's level names and numbers (`DEBUG`, `10`,
+/// ...), or a tracing filter whose every directive names a level (`info,resource_managers=debug`).
 /// With a plain level, the zeromq crate's own reconnect chatter (every kernel that goes away) is
-/// kept to errors; the gateway logs what matters about kernels itself.
-/// The tracing filter for a `--log_level` value (EG's names and numbers, or a filter).
-pub(crate) fn log_filter(level: &str) -> String {
-    let level = match level.trim().to_ascii_lowercase().as_str() {
-        "" | "info" | "20" => "info",
-        "debug" | "10" => "debug",
-        "warn" | "warning" | "30" => "warn",
-        "error" | "critical" | "40" | "50" => "error",
-        "trace" | "0" => "trace",
-        _ => return level.trim().to_owned(),
+/// kept to errors; the gateway logs what matters about kernels itself. Anything else is an error,
+/// not a silent fall-back to `info`.
+pub(crate) fn log_filter(level: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    let given = level.trim();
+    let plain = |l: &str| match l.to_ascii_lowercase().as_str() {
+        "" | "info" | "20" => Some("info"),
+        "debug" | "10" => Some("debug"),
+        "warn" | "warning" | "30" => Some("warn"),
+        "error" | "critical" | "40" | "50" => Some("error"),
+        "trace" | "0" => Some("trace"),
+        "off" => Some("off"),
+        _ => None,
     };
-    format!("{level},zeromq=error")
+    let filter = match plain(given) {
+        Some(level) => format!("{level},zeromq=error"),
+        None => {
+            let directives_name_levels = given.split(',').all(|d| match d.rsplit_once('=') {
+                Some((target, l)) => !target.trim().is_empty() && plain(l.trim()).is_some(),
+                None => plain(d.trim()).is_some(),
+            });
+            if !directives_name_levels {
+                bail!(
+                    "--log_level: {given:?} is not a log level (error, warn, info, debug, trace, or \
+                     EG's 10-50) nor a filter like info,resource_managers=debug"
+                );
+            }
+            given.to_owned()
+        }
+    };
+    tracing_subscriber::EnvFilter::try_new(&filter)
+        .map_err(|e| anyhow!("--log_level: {given:?} is not a valid filter: {e}"))
 }
 
 fn gateway_user(env: &BTreeMap<String, String>) -> String {
@@ -434,7 +454,8 @@ mod tests {
         assert_eq!(s.port, 8888);
         assert_eq!(s.ip, "127.0.0.1");
         assert_eq!(s.gateway.base_url, "/");
-        assert!(!s.gateway.list_kernels);
+        // On, unlike EG: the list is per caller since kernels have owners.
+        assert!(s.gateway.list_kernels);
         assert_eq!(s.gateway.unauthorized_users, vec!["root"]);
         assert_eq!(s.gateway.max_kernels, None);
         assert_eq!(s.gateway.max_kernels_per_user, None);
@@ -477,6 +498,25 @@ mod tests {
     }
 
     #[test]
+    fn log_levels_are_eg_names_numbers_or_filters() {
+        for good in [
+            "",
+            "DEBUG",
+            "info",
+            "30",
+            "Warning",
+            "info,resource_managers=debug",
+            "off",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["verbose", "info,loud", "resource_managers=chatty", "=debug"] {
+            let err = log_filter(bad).expect_err(bad).to_string();
+            assert!(err.starts_with("--log_level: "), "{err}");
+        }
+    }
+
+    #[test]
     fn ssh_to_local_hosts_is_off_unless_asked_for() {
         let s = settings(&[], &[]).expect("valid");
         assert_eq!(
@@ -499,7 +539,7 @@ mod tests {
         let s = settings(
             &[
                 "--base_url=fake/path",
-                "--EnterpriseGatewayApp.list_kernels=True",
+                "--EnterpriseGatewayApp.list_kernels=False",
             ],
             &[
                 ("EG_MAX_KERNELS", "3"),
@@ -509,7 +549,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(s.gateway.base_url, "/fake/path/");
-        assert!(s.gateway.list_kernels);
+        assert!(!s.gateway.list_kernels);
         assert_eq!(s.gateway.max_kernels, Some(3));
         assert_eq!(s.gateway.max_kernels_per_user, Some(2));
         assert_eq!(s.gateway.env_policy.client_envs, vec!["A", "B"]);
