@@ -14,7 +14,11 @@ use crate::settings::Settings;
 /// Builds the registry of backends from the settings.
 pub(crate) async fn registry(settings: &Settings) -> Registry {
     let mut registry = Registry::new();
-    registry.register(Arc::new(LocalResourceManager::new(settings.local.clone())));
+    // With a store, local kernels must outlive the gateway so that its next start re-attaches.
+    registry.register(Arc::new(
+        LocalResourceManager::new(settings.local.clone())
+            .outliving_gateway(settings.store.is_some()),
+    ));
     match ResponseListener::bind(settings.response_bind, settings.response_options.clone()).await {
         Ok(response) => {
             settings.gateway.readiness.register(Arc::new(

@@ -10,6 +10,7 @@ mod egconfig;
 mod listen;
 mod options;
 mod settings;
+mod store;
 mod token_cmd;
 
 use std::collections::BTreeMap;
@@ -130,7 +131,7 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     if config.auth.is_enabled() {
         tokio::spawn(listen::reload_on_hangup(config.auth.clone()));
     }
-    let manager = KernelManager::new(config, registry);
+    let manager = store::manager(config, registry, settings.store.as_ref()).await?;
     if let Some(port) = settings.metrics_port {
         let metrics = listen::bind(&settings.ip, port, 0).await?;
         tracing::info!("metrics are served at http://{}/metrics", metrics.local_addr()?);

@@ -203,7 +203,10 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     opt!("buffer_max_bytes", "BYTES", "67108864", ["EG_BUFFER_MAX_BYTES"], &[], "Bytes kept for a disconnected client"),
     opt!("buffer_ttl", "SECS", "600", ["EG_BUFFER_TTL"], &[], "How long a disconnected client's messages are kept"),
     opt!("ws_max_message_size", "BYTES", "104857600", ["EG_WS_MAX_MESSAGE_SIZE"], &[], "Largest WebSocket message accepted"),
-    opt!("shutdown_kernels_on_exit", "BOOL", "true", ["EG_SHUTDOWN_KERNELS_ON_EXIT"], &[], "Shut kernels down when the gateway stops"),
+    opt!("shutdown_kernels_on_exit", "BOOL", "true", ["EG_SHUTDOWN_KERNELS_ON_EXIT"], &[], "Shut kernels down when the gateway stops (false: leave them running for the next gateway on the same store)"),
+    opt!("store", "LOCATION", "", ["EG_KERNEL_STORE"], &[], "Where kernels are recorded so they outlive the gateway: a SQLite file (default <JUPYTER_DATA_DIR>/kernels.sqlite), a postgres:// URL shared by several gateways, or none"),
+    opt!("gateway_id", "NAME", "", ["EG_GATEWAY_ID"], &[], "This gateway's name in the store's leases (default <hostname>:<port>); a gateway restarted under the same name takes its kernels back at once"),
+    opt!("lease_ttl", "SECS", "30", ["EG_LEASE_TTL"], &[], "How long a gateway's lease on its kernels holds unrenewed: the bound on how soon another gateway takes over a dead gateway's kernels"),
     // Remote kernels (launchers call back; EG's DistributedProcessProxy).
     opt!("remote_hosts", "LIST", "localhost", ["EG_REMOTE_HOSTS", "GP_REMOTE_HOSTS"], APP, "Hosts for distributed (ssh) kernelspecs; a kernelspec's config.remote_hosts replaces them"),
     opt!("load_balancing_algorithm", "NAME", "round-robin", ["EG_LOAD_BALANCING_ALGORITHM", "GP_LOAD_BALANCING_ALGORITHM"], APP, "How a remote host is chosen: round-robin or least-connection"),

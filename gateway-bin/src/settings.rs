@@ -48,6 +48,19 @@ pub(crate) struct Settings {
     pub(crate) metrics_enabled: bool,
     /// A separate, unauthenticated port for `/metrics`.
     pub(crate) metrics_port: Option<u16>,
+    /// The kernel store, unless `--store=none`.
+    pub(crate) store: Option<StoreSettings>,
+}
+
+/// Where kernels are recorded, and this gateway's lease on them.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreSettings {
+    /// A SQLite path or a `postgres://` URL (may hold a password: never logged).
+    pub(crate) location: String,
+    /// This gateway's name in leases.
+    pub(crate) gateway_id: String,
+    /// How long a lease holds unrenewed.
+    pub(crate) lease_ttl: Duration,
 }
 
 /// What the YARN backend needs from the configuration.
@@ -314,7 +327,9 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
     };
     let comm_timeout = r.secs("socket_timeout")?.max(Duration::from_millis(100));
 
+    let store = store_settings(&r, &data_dir, port)?;
     Ok(Settings {
+        store,
         ssh,
         yarn,
         response_bind,
@@ -428,6 +443,37 @@ fn python_prefixes(env: &BTreeMap<String, String>, path_dirs: &[PathBuf]) -> Vec
     }
     prefixes.dedup();
     prefixes
+}
+
+/// `--store`, `--gateway_id`, `--lease_ttl`: the SQLite file in the data directory unless told
+/// otherwise; `none` turns persistence off.
+fn store_settings(
+    r: &Reader<'_>,
+    data_dir: &std::path::Path,
+    port: u16,
+) -> anyhow::Result<Option<StoreSettings>> {
+    let location = match r.text("store") {
+        Some(text) if text.eq_ignore_ascii_case("none") => return Ok(None),
+        Some(text) => text,
+        None => data_dir.join("kernels.sqlite").display().to_string(),
+    };
+    let lease_ttl = r.secs("lease_ttl")?;
+    if lease_ttl < Duration::from_secs(1) {
+        bail!("--lease_ttl: must be at least 1 second");
+    }
+    let gateway_id = r.text("gateway_id").unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("{host}:{port}")
+    });
+    Ok(Some(StoreSettings {
+        location,
+        gateway_id,
+        lease_ttl,
+    }))
 }
 
 #[cfg(test)]

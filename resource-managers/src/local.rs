@@ -5,7 +5,8 @@
 //! `<runtime_dir>/kernel-<id>.json` with mode 0600, fills the kernelspec's `argv` template and
 //! starts the program directly (no shell) with exactly the composed environment plus
 //! `JPY_PARENT_PID`. The kernel gets its own process group, so signals reach the kernel and
-//! whatever it started; its stdout and stderr go to `<log_dir>/kernel-<id>.log`.
+//! whatever it started; its stdout and stderr go to `<log_dir>/kernel-<id>.log`, which is
+//! removed with the kernel (kept across restarts).
 //!
 //! Finding the program: when `argv[0]` is `python`, `python3` or `python3.X` and the kernelspec
 //! lives in `<prefix>/share/jupyter/kernels/<name>` next to `<prefix>/bin/<argv[0]>`, that
@@ -78,6 +79,8 @@ pub struct LocalResourceManager {
     config: LocalConfig,
     /// Ports stay reserved while a kernel holds them, so concurrent launches never share one.
     ports: PortAllocator,
+    /// Kernels are started to outlive the gateway (no `JPY_PARENT_PID`).
+    outlive: bool,
 }
 
 impl LocalResourceManager {
@@ -86,7 +89,17 @@ impl LocalResourceManager {
         LocalResourceManager {
             config,
             ports: PortAllocator::for_this_host(),
+            outlive: false,
         }
+    }
+
+    /// Starts kernels that survive the gateway's death (for a gateway that re-attaches to them
+    /// later): they get no `JPY_PARENT_PID`, so ipykernel does not exit when its parent goes, as
+    /// jupyter_client's `independent` kernels. They run in their own process group either way,
+    /// so no signal aimed at the gateway reaches them.
+    pub fn outliving_gateway(mut self, outlive: bool) -> LocalResourceManager {
+        self.outlive = outlive;
+        self
     }
 
     /// The settings.
@@ -174,7 +187,13 @@ impl ResourceManager for LocalResourceManager {
             .join(format!("kernel-{}.log", request.kernel_id));
         connection.write(&connection_file)?;
 
-        let spawned = spawn(&request, &program, &connection_file, &log_path);
+        let spawned = spawn(
+            &request,
+            &program,
+            &connection_file,
+            &log_path,
+            !self.outlive,
+        );
         let child = match spawned {
             Ok(child) => child,
             Err(err) => {
@@ -427,9 +446,13 @@ impl KernelProcess for LocalKernelProcess {
         Ok(state)
     }
 
+    /// The kernel's log goes with its connection file: a restart keeps both (the new process
+    /// appends), a kernel that is gone leaves neither behind. A failed start has already put the
+    /// log's tail into its error.
     async fn cleanup(&self, keep_connection_file: bool) {
         if !keep_connection_file {
             remove_quietly(&self.connection_file);
+            remove_quietly(&self.log_path);
         }
     }
 
@@ -500,6 +523,7 @@ fn spawn(
     program: &Path,
     connection_file: &Path,
     log_path: &Path,
+    parent_pid: bool,
 ) -> Result<tokio::process::Child, Error> {
     let spec = &request.spec;
     let mut vars: BTreeMap<&str, String> = BTreeMap::new();
@@ -524,11 +548,12 @@ fn spawn(
     if let Some(run_as) = &request.run_as {
         std::os::unix::fs::chown(connection_file, Some(run_as.uid), Some(run_as.gid))?;
     }
-    spawn_logged(request, program, &argv, log_path, "kernel")
+    spawn_logged(request, program, &argv, log_path, "kernel", parent_pid)
 }
 
 /// Starts `argv` (with `program` as the resolved `argv[0]`) the way every backend starts a local
-/// process: exactly the request's environment plus `JPY_PARENT_PID`, in its own process group,
+/// process: exactly the request's environment plus `JPY_PARENT_PID` (when `parent_pid`: a kernel
+/// that must outlive the gateway gets none), in its own process group,
 /// stdin closed, stdout and stderr appended to `log_path` (mode 0600), in the request's working
 /// directory, as the request's `run_as` account when set. `what` names the process in errors
 /// ("kernel", "launcher", "submit command").
@@ -538,6 +563,7 @@ pub(crate) fn spawn_logged(
     argv: &[String],
     log_path: &Path,
     what: &str,
+    parent_pid: bool,
 ) -> Result<tokio::process::Child, Error> {
     let name = &request.spec.name;
     let log = OpenOptions::new()
@@ -558,12 +584,14 @@ pub(crate) fn spawn_logged(
         .args(argv.iter().skip(1))
         .env_clear()
         .envs(&request.env)
-        .env("JPY_PARENT_PID", std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))
         .process_group(0)
         .kill_on_drop(false);
+    if parent_pid {
+        command.env("JPY_PARENT_PID", std::process::id().to_string());
+    }
     if let Some(cwd) = &request.cwd {
         command.current_dir(cwd);
     }

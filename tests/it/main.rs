@@ -8,6 +8,8 @@
 //! * [`jupyterhub`] — JupyterHub API tokens checked against a real JupyterHub (users, groups,
 //!   owners, revocation, an unreachable Hub).
 //! * [`oidc`] — bearer JWTs from a test-run OIDC issuer (discovery, JWKS, key rotation).
+//! * [`persistence`] — kernels that outlive the gateway: a SQLite kernel store, `kill -9` of the
+//!   gateway, re-attach on restart, a Jupyter Server client reading its state back.
 //! * [`token_file`] — per-user tokens: `enterprise-gateway token add|list|revoke` and the
 //!   gateway's token-file authenticator (file-change detection, SIGHUP).
 //!
@@ -20,6 +22,7 @@ mod eg_itests;
 mod jupyter_server;
 mod jupyterhub;
 mod oidc;
+mod persistence;
 mod smoke;
 mod support;
 mod token_file;

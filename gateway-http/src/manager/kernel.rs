@@ -141,7 +141,7 @@ struct StatusContent {
 }
 
 /// The `execution_state` of an iopub `status` message.
-fn execution_state_of(msg: &Message) -> Option<String> {
+pub(crate) fn execution_state_of(msg: &Message) -> Option<String> {
     let header = msg.parse_header().ok()?;
     if header.msg_type != "status" {
         return None;
@@ -502,4 +502,103 @@ async fn ready(
         }
     }
     Ok((session, session_id, iopub))
+}
+
+/// Re-attaches to a kernel a previous gateway (or this one, before a restart) launched: the
+/// backend rebuilds its process handle from `record`, then the kernel must answer a heartbeat and
+/// `kernel_info` (asked on control and shell, so a kernel busy with a long cell still answers on
+/// control) before `deadline`. iopub messages seen meanwhile go to `on_iopub`. The error says
+/// why the kernel cannot be kept; the caller decides what to do with a process that still runs.
+pub(crate) async fn reattach(
+    plan: &LaunchPlan,
+    record: &resource_managers::KernelRecord,
+    deadline: Instant,
+    on_iopub: &mut (dyn FnMut(Message) + Send),
+) -> Result<Incarnation, ReattachError> {
+    let launched = plan
+        .backend
+        .reattach(record)
+        .await
+        .map_err(|err| ReattachError::Gone(err.to_string()))?;
+    let process: Arc<dyn KernelProcess> = Arc::from(launched.process);
+    let info = launched.connection;
+    let unresponsive = |why: String| ReattachError::Unresponsive {
+        why,
+        process: Arc::clone(&process),
+    };
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let opts = socket_options(left());
+    let mut heartbeat = jupyter_protocol::sockets::Heartbeat::new(&info, &opts);
+    let mut answered = false;
+    while !answered && Instant::now() < deadline {
+        answered = heartbeat
+            .ping(left().min(Duration::from_secs(3)))
+            .await
+            .is_ok();
+    }
+    if !answered {
+        return Err(unresponsive("it does not answer heartbeats".to_owned()));
+    }
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let connect = async {
+        let iopub = IopubSubscription::connect(&info, &opts).await?;
+        let session = SessionChannels::connect(&info, &session_id, &opts).await?;
+        Ok::<_, jupyter_protocol::Error>((iopub, session))
+    };
+    let (mut iopub, mut session) = match timeout_at(deadline, connect).await {
+        Ok(Ok(sockets)) => sockets,
+        Ok(Err(err)) => return Err(unresponsive(format!("cannot connect to it: {err}"))),
+        Err(_) => return Err(unresponsive("connecting to it timed out".to_owned())),
+    };
+    let mut sent: HashSet<String> = HashSet::new();
+    for channel in [Channel::Control, Channel::Shell] {
+        let header = Header::new("kernel_info_request", &session_id, GATEWAY_USERNAME);
+        sent.insert(header.msg_id.clone());
+        let msg = Message::new(&header, &serde_json::json!({}));
+        if let Err(err) = session.sender.send(channel, msg).await {
+            return Err(unresponsive(format!(
+                "cannot send kernel_info_request: {err}"
+            )));
+        }
+    }
+    loop {
+        tokio::select! {
+            reply = session.replies.recv() => match reply {
+                Some((_, msg)) => {
+                    if msg_type(&msg) == "kernel_info_reply" && msg.parent_msg_id().is_some_and(|id| sent.contains(&id)) {
+                        break;
+                    }
+                }
+                None => return Err(unresponsive("its sockets closed".to_owned())),
+            },
+            msg = iopub.messages.recv() => match msg {
+                Some(msg) => on_iopub(msg),
+                None => return Err(unresponsive("its iopub socket closed".to_owned())),
+            },
+            state = process.wait() => return Err(ReattachError::Gone(format!("it ended ({})", describe_exit(&state)))),
+            () = sleep_until(deadline) => return Err(unresponsive("it did not answer kernel_info in time".to_owned())),
+        }
+    }
+    Ok(Incarnation {
+        connection: info,
+        process,
+        session,
+        session_id,
+        iopub,
+        ready_at: Instant::now(),
+    })
+}
+
+/// Why a stored kernel could not be re-attached.
+#[derive(Debug)]
+pub(crate) enum ReattachError {
+    /// Its process is gone (or its backend cannot find it).
+    Gone(String),
+    /// Its process was found but does not answer; the handle lets the caller stop it.
+    Unresponsive {
+        /// What did not answer.
+        why: String,
+        /// The re-attached process.
+        process: Arc<dyn KernelProcess>,
+    },
 }

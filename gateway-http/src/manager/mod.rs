@@ -9,6 +9,7 @@
 mod hub;
 mod identity;
 mod kernel;
+mod persist;
 mod policy;
 pub mod rules;
 mod supervisor;
@@ -27,11 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use hub::{Attached, ClientNotice, Handover, Kick, KickSignal};
-use hub::{BufferLimits, Hub};
 pub(crate) use kernel::socket_options;
 use kernel::{KernelShared, LaunchPlan, Status};
-use rules::RestartTracker;
-use supervisor::{KernelEvent, ShutdownReason, Supervisor};
+pub use persist::Persistence;
+use supervisor::{KernelEvent, ShutdownReason};
 
 use crate::{Error, Fault, GatewayConfig};
 
@@ -117,6 +117,8 @@ pub struct KernelManager {
     cancel: CancellationToken,
     tasks: TaskTracker,
     culler_started: std::sync::Once,
+    /// The kernel store, when kernels outlive the gateway.
+    persistence: Option<Arc<Persistence>>,
 }
 
 impl KernelManager {
@@ -129,6 +131,24 @@ impl KernelManager {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             culler_started: std::sync::Once::new(),
+            persistence: None,
+        })
+    }
+    /// A manager that records its kernels in a store, so that they outlive this gateway; call
+    /// [`KernelManager::recover`] before serving to re-attach to the kernels already there.
+    pub fn with_persistence(
+        config: Arc<GatewayConfig>,
+        registry: Registry,
+        persistence: Persistence,
+    ) -> Arc<KernelManager> {
+        Arc::new(KernelManager {
+            config,
+            registry,
+            table: Arc::new(Mutex::new(Table::default())),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            culler_started: std::sync::Once::new(),
+            persistence: Some(Arc::new(persistence)),
         })
     }
     /// How many resource managers are registered (readiness).
@@ -286,29 +306,23 @@ impl KernelManager {
             timeout,
             username,
         };
-        let (shared, events) = self.reserve(&plan)?;
-        let (reply, started) = oneshot::channel();
-        let supervisor = Supervisor {
-            hub: Hub::new(
-                kernel_id.clone(),
-                BufferLimits {
-                    max_messages: config.buffer_max_messages,
-                    max_bytes: config.buffer_max_bytes,
-                    ttl: config.buffer_ttl,
-                },
-            ),
-            shared,
-            plan,
-            config: Arc::clone(&self.config),
-            table: Arc::clone(&self.table),
-            cancel: self.cancel.clone(),
-            events,
-            inc: None,
-            generation: 0,
-            watchers: Vec::new(),
-            last_restart: None,
-            restarts: RestartTracker::new(config.restart_limit),
+        // The store's reservation counts the kernels of every gateway sharing it.
+        if let Some(persistence) = &self.persistence {
+            persist::reserve(persistence, config, &plan).await?;
+        }
+        let (shared, events) = match self.reserve(&plan) {
+            Ok(reserved) => reserved,
+            Err(err) => {
+                if let Some(persistence) = &self.persistence
+                    && !matches!(err, Error::KernelExists(_))
+                {
+                    let _ = persistence.store.remove(&plan.kernel_id).await;
+                }
+                return Err(err);
+            }
         };
+        let (reply, started) = oneshot::channel();
+        let supervisor = self.supervisor(shared, plan, events, self.persistence.clone());
         // The supervisor owns the launch, so a caller that goes away leaves no half-started kernel.
         self.tasks.spawn(supervisor.run(reply));
         let snapshot = started
@@ -479,6 +493,13 @@ impl KernelManager {
                 bound_secs = bound.as_secs_f64(),
                 "some kernels did not stop in time"
             );
+        }
+        // Kernels left running may be taken over by another gateway at once.
+        if let Some(persistence) = &self.persistence
+            && !self.config.shutdown_kernels_on_exit
+            && let Err(err) = persistence.store.release(&persistence.gateway_id).await
+        {
+            tracing::warn!(error = %err, "the leases of the kernels left running were not released");
         }
     }
     /// Registers a WebSocket client with a kernel's supervisor.

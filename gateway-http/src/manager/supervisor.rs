@@ -98,6 +98,9 @@ pub(crate) enum KernelEvent {
     },
     /// The culler's periodic look: the supervisor applies the culling rule to itself.
     CullTick,
+    /// Another gateway holds the kernel's lease now (this one could not renew it in time): stop
+    /// supervising it and leave the process alone.
+    LeaseLost,
 }
 
 /// How the supervisor loop ends.
@@ -126,6 +129,8 @@ pub(crate) struct Supervisor {
     pub(crate) last_restart: Option<(Instant, Instant)>,
     /// Consecutive automatic restarts.
     pub(crate) restarts: RestartTracker,
+    /// The kernel's row in the store, when the gateway has one.
+    pub(crate) persisted: Option<super::persist::Persisted>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -186,6 +191,7 @@ impl Supervisor {
                 tracing::warn!(kernel_id = %self.plan.kernel_id, error = %err, "kernel start failed");
                 crate::metrics::backend_error(&self.shared.backend, "launch");
                 self.remove_from_table();
+                self.forget().await;
                 let _ = started.send(Err(err));
                 return;
             }
@@ -196,8 +202,15 @@ impl Supervisor {
             .started
             .store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(kernel_id = %self.plan.kernel_id, "kernel started");
+        // Recorded before the start is answered: a kernel a client knows of survives a crash.
+        self.persist().await;
         // The caller may have gone away; the kernel is registered and stays, as in EG.
         let _ = started.send(Ok(self.shared.snapshot()));
+        self.supervise().await;
+    }
+
+    /// Supervises the current incarnation until the kernel is gone or the gateway exits.
+    pub(super) async fn supervise(mut self) {
         self.watch_process();
         loop {
             let expiry = self.hub.buffer_expiry();
@@ -229,6 +242,7 @@ impl Supervisor {
         }
         self.stop_watching();
         self.remove_from_table();
+        self.forget().await;
     }
 
     /// The error a start gets when its kernel was shut down (or the gateway stopped) meanwhile.
@@ -423,6 +437,11 @@ impl Supervisor {
                 Exit::Continue
             }
             KernelEvent::CullTick => self.on_cull_tick().await,
+            KernelEvent::LeaseLost => {
+                tracing::warn!(kernel_id = %self.shared.id, "another gateway supervises this kernel now; letting go of it");
+                self.let_go();
+                Exit::Stop
+            }
         }
     }
 
@@ -523,6 +542,7 @@ impl Supervisor {
         match launch(&self.plan, Some(previous), &mut forward, &self.cancel).await {
             Ok(inc) => {
                 self.install(inc);
+                self.persist().await;
                 tracing::info!(kernel_id = %self.shared.id, "kernel restarted");
                 Ok(())
             }
@@ -595,6 +615,7 @@ impl Supervisor {
             {
                 Ok(inc) => {
                     self.install(inc);
+                    self.persist().await;
                     self.last_restart = Some((began, Instant::now()));
                     return Exit::Continue;
                 }
@@ -677,12 +698,19 @@ impl Supervisor {
             self.shutdown(ShutdownReason::Requested).await;
         } else {
             tracing::info!(kernel_id = %self.shared.id, "leaving kernel running at gateway exit");
-            self.stop_watching();
-            if let Some(inc) = self.inc.take() {
-                inc.process.detach();
-            }
-            self.hub.close_all(Kick::GatewayExit);
+            self.let_go();
         }
+    }
+
+    /// Stops supervising without touching the process (and keeps its row for whoever
+    /// supervises it next); clients are disconnected and reconnect through any gateway.
+    fn let_go(&mut self) {
+        self.stop_watching();
+        if let Some(inc) = self.inc.take() {
+            inc.process.detach();
+        }
+        self.keep_record();
+        self.hub.close_all(Kick::GatewayExit);
     }
 }
 

@@ -380,7 +380,8 @@ impl SshResourceManager {
         let program = resolve_program(spec, argv0, &request.env, &self.config.search_path)?;
         create_private_dir(&self.config.log_dir)?;
         let log_path = self.log_path(&kernel_id);
-        let child = crate::local::spawn_logged(request, &program, argv, &log_path, "launcher")?;
+        let child =
+            crate::local::spawn_logged(request, &program, argv, &log_path, "launcher", true)?;
         let Some(pid) = child
             .id()
             .and_then(|id| i32::try_from(id).ok())

@@ -493,8 +493,14 @@ impl ResourceManager for YarnResourceManager {
             argv = with_proxy_user(argv, &user);
         }
         let launched_ms = now_ms();
-        let child =
-            crate::local::spawn_logged(&request, &program, &argv, &log_path, "submit command")?;
+        let child = crate::local::spawn_logged(
+            &request,
+            &program,
+            &argv,
+            &log_path,
+            "submit command",
+            true,
+        )?;
         let Some(pid) = child
             .id()
             .and_then(|id| i32::try_from(id).ok())
