@@ -163,12 +163,11 @@ impl Error {
 impl axum::response::IntoResponse for Error {
     fn into_response(self) -> axum::response::Response {
         let status = self.status();
+        // Handlers log kernel and capacity failures with their context (user, kernel) and the
+        // access log has every status, so only internal errors are logged here above debug.
         match self.fault() {
-            Fault::Client => {
+            Fault::Client | Fault::Kernel | Fault::Capacity => {
                 tracing::debug!(status = status.as_u16(), error = %self, "request refused")
-            }
-            Fault::Kernel | Fault::Capacity => {
-                tracing::warn!(status = status.as_u16(), error = %self, "request failed")
             }
             Fault::Internal => {
                 tracing::error!(status = status.as_u16(), error = %self, "request failed")

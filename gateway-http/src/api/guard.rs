@@ -108,8 +108,12 @@ async fn guard(
                 Error::NotFound(String::new()).into_response()
             }
             Ok(identity) => {
-                parts.extensions.insert(Caller(Arc::new(identity)));
-                next.run(Request::from_parts(parts, body)).await
+                let caller = Caller(Arc::new(identity));
+                parts.extensions.insert(caller.clone());
+                let mut response = next.run(Request::from_parts(parts, body)).await;
+                // For the access log, which sees only the response.
+                response.extensions_mut().insert(caller);
+                response
             }
         }
     };

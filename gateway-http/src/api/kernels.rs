@@ -105,9 +105,14 @@ pub(crate) async fn start(
     let mut request = start_request(body)?;
     request.user = kernel_owner(&caller, request.env.as_ref())?;
     request.groups = caller.groups.clone();
-    tracing::debug!(name = ?request.name, "starting a kernel");
+    let kernelspec = request
+        .name
+        .clone()
+        .unwrap_or_else(|| state.config.default_kernel_name.clone());
+    tracing::debug!(%kernelspec, "starting a kernel");
+    // The one line a failed start logs (the supervisor and the error response stay at debug).
     let snapshot = state.manager.start(request).await.inspect_err(|error| {
-        tracing::warn!(target: "audit", user = %caller.user, %error, "kernel start failed");
+        tracing::warn!(target: "audit", user = %caller.user, %kernelspec, %error, "kernel start failed");
     })?;
     tracing::info!(target: "audit", user = %caller.user, owner = %snapshot.username, kernel_id = %snapshot.id, name = %snapshot.name, "kernel started");
     let location = format!("{}api/kernels/{}", state.base, snapshot.id);

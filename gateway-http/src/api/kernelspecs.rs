@@ -34,7 +34,7 @@ pub(crate) async fn list(
 ) -> Json<KernelSpecsModel> {
     let specs = state.manager.kernelspecs();
     let viewer = viewer(&caller, &query);
-    let kernelspecs = specs
+    let kernelspecs: std::collections::BTreeMap<_, _> = specs
         .specs
         .values()
         .filter(|spec| {
@@ -42,8 +42,15 @@ pub(crate) async fn list(
         })
         .map(|spec| (spec.name.clone(), KernelSpecModel::new(spec, &state.base)))
         .collect();
+    // The default is advertised only when the caller can start it; clients (JupyterLab) then
+    // pick one of the listed kernelspecs themselves.
+    let default = &state.config.default_kernel_name;
     Json(KernelSpecsModel {
-        default: state.config.default_kernel_name.clone(),
+        default: if kernelspecs.contains_key(default) {
+            default.clone()
+        } else {
+            String::new()
+        },
         kernelspecs,
     })
 }

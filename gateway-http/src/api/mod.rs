@@ -190,13 +190,56 @@ async fn me(guard::Caller(caller): guard::Caller) -> axum::Json<dto::MeModel> {
     axum::Json(dto::MeModel::from(caller.as_ref()))
 }
 
-/// One debug line per request; the query string is left out because it may carry the token.
+/// The access log: one info line per request (target `access`, so `--log_level` can quiet it
+/// with `info,access=warn`): method, path, status, time to the response head, the client's
+/// address and, once the guard authenticated it, the user. The query string is left out because
+/// it may carry a token.
 async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let client = request
+        .extensions()
+        .get::<crate::auth::ConnectionInfo>()
+        .map(|c| c.peer.to_string())
+        .unwrap_or_else(|| "-".to_owned());
     let started = tokio::time::Instant::now();
     let response = next.run(request).await;
-    let elapsed: Duration = started.elapsed();
-    tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request");
+    let elapsed = Millis(started.elapsed());
+    let user = response
+        .extensions()
+        .get::<guard::Caller>()
+        .map(|caller| caller.0.user.as_str())
+        .unwrap_or("-");
+    let status = response.status().as_u16();
+    tracing::info!(target: "access", %client, user, "{method} {path} {status} {elapsed}");
     response.into_response()
+}
+
+/// A duration in milliseconds with about three significant digits (`0.42ms`, `3.1ms`, `250ms`).
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_secs_f64() * 1000.0;
+        match ms {
+            ms if ms < 10.0 => write!(f, "{ms:.2}ms"),
+            ms if ms < 100.0 => write!(f, "{ms:.1}ms"),
+            ms => write!(f, "{ms:.0}ms"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_keep_about_three_digits() {
+        let shown = |micros| Millis(Duration::from_micros(micros)).to_string();
+        assert_eq!(shown(420), "0.42ms");
+        assert_eq!(shown(3_140), "3.14ms");
+        assert_eq!(shown(31_400), "31.4ms");
+        assert_eq!(shown(250_400), "250ms");
+        assert_eq!(shown(12_345_678), "12346ms");
+    }
 }

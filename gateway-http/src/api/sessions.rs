@@ -194,6 +194,10 @@ async fn kernel_for_session(
     {
         return Ok((kernel.id, kernel.username));
     }
+    let kernelspec = body
+        .kernel_name
+        .clone()
+        .unwrap_or_else(|| state.config.default_kernel_name.clone());
     let request = StartRequest {
         name: body.kernel_name.clone(),
         path: kernel_path(path),
@@ -202,7 +206,7 @@ async fn kernel_for_session(
         ..StartRequest::default()
     };
     let snapshot = state.manager.start(request).await.inspect_err(|error| {
-        tracing::warn!(target: "audit", user = %caller.user, %error, "session kernel start failed");
+        tracing::warn!(target: "audit", user = %caller.user, %kernelspec, %error, "session kernel start failed");
     })?;
     tracing::info!(target: "audit", user = %caller.user, owner = %snapshot.username, kernel_id = %snapshot.id, "session kernel started");
     Ok((snapshot.id, snapshot.username))

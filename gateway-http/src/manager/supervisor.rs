@@ -188,7 +188,8 @@ impl Supervisor {
                 } else {
                     err
                 };
-                tracing::warn!(kernel_id = %self.plan.kernel_id, error = %err, "kernel start failed");
+                // Debug: the API logs the failure once, with the user who asked.
+                tracing::debug!(kernel_id = %self.plan.kernel_id, error = %err, "kernel start failed");
                 crate::metrics::backend_error(&self.shared.backend, "launch");
                 self.remove_from_table();
                 self.forget().await;

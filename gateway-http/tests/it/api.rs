@@ -376,10 +376,15 @@ async fn token_routes_and_errors() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn kernelspecs_model() -> anyhow::Result<()> {
+    // The default is advertised only when it is there (EG names it even when it is not).
     let gateway = Gateway::new(|_| {})?;
     let (status, body) = gateway.check(Req::get("/api/kernelspecs")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["default"], "python3");
+    assert_eq!(body["default"], "", "python3 is not among this gateway's kernelspecs");
+    let gateway = Gateway::new(|c| c.default_kernel_name = "echo".to_owned())?;
+    let (status, body) = gateway.check(Req::get("/api/kernelspecs")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["default"], "echo");
     let echo = &body["kernelspecs"]["echo"];
     assert_eq!(echo["name"], "echo");
     let spec = echo["spec"]
@@ -571,17 +576,17 @@ async fn origin_check() -> anyhow::Result<()> {
         case(
             with("http://localhost:8888"),
             200,
-            json!({"default": "python3"}),
+            json!({"kernelspecs": {"echo": {"name": "echo"}}}),
         ),
         case(
             with("HTTP://LOCALHOST:8888"),
             200,
-            json!({"default": "python3"}),
+            json!({"kernelspecs": {"echo": {"name": "echo"}}}),
         ),
         case(
             Req::get("/api/kernelspecs").header("origin", "http://fake.com"),
             200,
-            json!({"default": "python3"}),
+            json!({"kernelspecs": {"echo": {"name": "echo"}}}),
         ),
         // Preflights are not origin-checked.
         case(
@@ -608,7 +613,7 @@ async fn origin_check() -> anyhow::Result<()> {
         vec![case(
             with("fake.com:8888"),
             200,
-            json!({"default": "python3"}),
+            json!({"kernelspecs": {"echo": {"name": "echo"}}}),
         )],
     )
     .await;

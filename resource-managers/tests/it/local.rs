@@ -354,6 +354,10 @@ async fn restart_keeps_ports_and_key_and_cleanup_removes_the_file() -> anyhow::R
     first.process.terminate(5 * SECOND).await?;
     first.process.cleanup(true).await;
     assert!(file.exists(), "kept for the restart");
+    assert!(
+        fx.log_file(&kernel_id).exists(),
+        "the log is kept for the restart"
+    );
 
     let mut second_request = request(spec);
     second_request.kernel_id = kernel_id.clone();
@@ -368,6 +372,10 @@ async fn restart_keeps_ports_and_key_and_cleanup_removes_the_file() -> anyhow::R
     second.process.cleanup(false).await;
     second.process.cleanup(false).await;
     assert!(!file.exists());
+    assert!(
+        !fx.log_file(&kernel_id).exists(),
+        "the log goes with the kernel"
+    );
     Ok(())
 }
 
