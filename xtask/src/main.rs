@@ -226,6 +226,9 @@ fn ensure_debian_packages() -> Result<()> {
         ("/usr/bin/prometheus", "prometheus"),
         ("/usr/bin/chromium", "chromium"),
         ("/usr/bin/chromedriver", "chromium-driver"),
+        // The kernel store tests: PostgreSQL started by the harness, HAProxy in front of gateways.
+        ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
+        ("/usr/sbin/haproxy", "haproxy"),
     ] {
         if !Path::new(binary).exists() {
             missing.push(package);
