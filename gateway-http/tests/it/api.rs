@@ -73,6 +73,12 @@ async fn token_routes_and_errors() -> anyhow::Result<()> {
         r#"{{"name": "echo", "env": {{"KERNEL_USERNAME": "$(touch {})"}}}}"#,
         marker.display()
     );
+    let oversized_env = {
+        let env: serde_json::Map<String, Value> = (0..64)
+            .map(|i| (format!("K_{i:02}"), json!("v".repeat(4096))))
+            .collect();
+        json!({"name": "echo", "env": env}).to_string()
+    };
     let forbidden = json!({"reason": "Forbidden", "message": "Forbidden"});
     let method_not_allowed = json!({"reason": "Method Not Allowed", "message": ""});
     let cases = vec![
@@ -242,6 +248,33 @@ async fn token_routes_and_errors() -> anyhow::Result<()> {
             auth(Req::post("/api/kernels", &hostile_env)),
             400,
             json!({"reason": "Bad Request"}),
+        ),
+        // Env names that cannot reach exec, and an env too large for it: 400 before anything starts.
+        case(
+            auth(Req::post(
+                "/api/kernels",
+                r#"{"name": "echo", "env": {"KERNEL_A\u0000B": "x"}}"#,
+            )),
+            400,
+            bad_request(
+                "Environment variable name 'KERNEL_A\\0B' contains NUL or control characters",
+            ),
+        ),
+        case(
+            auth(Req::post(
+                "/api/kernels",
+                r#"{"name": "echo", "env": {"KERNEL_A=B": "x"}}"#,
+            )),
+            400,
+            bad_request("Environment variable name 'KERNEL_A=B' contains '='"),
+        ),
+        case(
+            auth(Req::post("/api/kernels", &oversized_env)),
+            400,
+            bad_request(&format!(
+                "The env object holds {} bytes; at most 262144 are accepted",
+                64 * (4 + 4096)
+            )),
         ),
         case(
             auth(Req::post("/api/kernels", r#"{"name": "nope"}"#)),
