@@ -10,6 +10,9 @@
 //! * [`oidc`] — bearer JWTs from a test-run OIDC issuer (discovery, JWKS, key rotation).
 //! * [`persistence`] — kernels that outlive the gateway: a SQLite kernel store, `kill -9` of the
 //!   gateway, re-attach on restart, a Jupyter Server client reading its state back.
+//! * [`store_postgres`] — the PostgreSQL kernel store (Debian's PostgreSQL, started by
+//!   [`postgres`]): kernels survive a crash; while the database is down starts answer 503 and
+//!   running kernels keep working; the gateway reconnects by itself.
 //! * [`token_file`] — per-user tokens: `enterprise-gateway token add|list|revoke` and the
 //!   gateway's token-file authenticator (file-change detection, SIGHUP).
 //!
@@ -23,7 +26,9 @@ mod jupyter_server;
 mod jupyterhub;
 mod oidc;
 mod persistence;
+mod postgres;
 mod smoke;
+mod store_postgres;
 mod support;
 mod token_file;
 mod two_users;

@@ -132,13 +132,21 @@ pub(crate) fn listed(port: u16) -> Result<Vec<String>> {
     Ok(ids)
 }
 
-fn driver(dir: &Path, server: &JupyterServer, args: &[String], log: &str) -> Result<String> {
+/// Runs `persistence_driver.py <command> <url> <token> <args>`; fails unless it exits 0.
+pub(crate) fn driver(
+    dir: &Path,
+    url: &str,
+    token: &str,
+    args: &[&str],
+    log: &str,
+) -> Result<String> {
+    let (command, rest) = args.split_first().context("no driver command")?;
     let mut cmd = Command::new(venv()?.join("bin/python"));
     cmd.arg(fixture("persistence_driver.py"))
-        .arg(args.first().context("no driver command")?)
-        .arg(format!("http://127.0.0.1:{}", server.port))
-        .arg(&server.token)
-        .args(&args[1..])
+        .arg(command)
+        .arg(url)
+        .arg(token)
+        .args(rest)
         .env("PYTHONUNBUFFERED", "1");
     let (status, output) = run_bounded(log, cmd, &dir.join(log), Duration::from_secs(150))?;
     println!("{output}");
@@ -146,6 +154,17 @@ fn driver(dir: &Path, server: &JupyterServer, args: &[String], log: &str) -> Res
         bail!("{log} failed ({status}):\n{output}");
     }
     Ok(output)
+}
+
+/// The ids a driver `start` printed.
+pub(crate) fn started_ids(output: &str) -> Result<Vec<String>> {
+    Ok(output
+        .lines()
+        .find_map(|l| l.strip_prefix("KERNELS "))
+        .context("the driver printed no kernel ids")?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect())
 }
 
 #[tokio::test]
@@ -167,19 +186,17 @@ async fn e2e_kernels_survive_kill_9_of_the_gateway_sqlite() -> Result<()> {
         &server_dir,
     )?;
 
+    let server_url = format!("http://127.0.0.1:{}", server.port);
     let output = driver(
         dir.path(),
-        &server,
-        &["start".to_owned(), "2".to_owned()],
+        &server_url,
+        &server.token,
+        &["start", "2"],
         "driver-start.log",
     )?;
-    let mut ids: Vec<String> = output
-        .lines()
-        .find_map(|l| l.strip_prefix("KERNELS "))
-        .context("the driver printed no kernel ids")?
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let mut ids = started_ids(&output)?;
+    // The variable was set in the first kernel the driver started.
+    let first_id = ids.first().context("no kernel started")?.clone();
     let _reaper = KernelReaper(ids.clone());
     let before = kernel_pids(&ids);
     assert!(
@@ -207,17 +224,15 @@ async fn e2e_kernels_survive_kill_9_of_the_gateway_sqlite() -> Result<()> {
         ids,
         "the restarted gateway lists the same kernels"
     );
-    let mut check = vec!["check".to_owned()];
-    check.extend(ids.iter().cloned());
-    // The variable was set in the first kernel the driver started.
-    let first_id = output
-        .lines()
-        .find_map(|l| l.strip_prefix("KERNELS "))
-        .and_then(|l| l.split_whitespace().next())
-        .context("no first kernel id")?
-        .to_owned();
-    check[1..].sort_by_key(|id| *id != first_id);
-    let checked = driver(dir.path(), &server, &check, "driver-check.log")?;
+    let mut check = vec!["check", first_id.as_str()];
+    check.extend(ids.iter().filter(|id| **id != first_id).map(String::as_str));
+    let checked = driver(
+        dir.path(),
+        &server_url,
+        &server.token,
+        &check,
+        "driver-check.log",
+    )?;
     assert!(checked.contains("OK: state survived"), "{checked}");
     assert_eq!(
         kernel_pids(&ids),
