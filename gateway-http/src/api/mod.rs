@@ -211,7 +211,7 @@ async fn log_request(request: Request, next: Next) -> Response {
         .map(|caller| caller.0.user.as_str())
         .unwrap_or("-");
     let status = response.status().as_u16();
-    tracing::info!(target: "access", %client, user, "{method} {path} {status} {elapsed}");
+    tracing::info!(target: "access", %client, user = %user, "{method} {path} {status} {elapsed}");
     response.into_response()
 }
 
