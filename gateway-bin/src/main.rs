@@ -50,7 +50,14 @@ fn main() -> ExitCode {
         Ok(filter) => filter,
         Err(e) => return usage_error(format!("{e:#}")),
     };
-    init_logging(filter);
+    let json = match raw.get("log_format").trim() {
+        "" | "text" => false,
+        "json" => true,
+        other => {
+            return usage_error(format!("--log_format: {other:?} is neither text nor json"));
+        }
+    };
+    init_logging(filter, json);
     if !raw.unsupported().is_empty() {
         tracing::warn!(
             "ignoring settings this gateway does not support: {}",
@@ -93,19 +100,29 @@ fn clap_message(e: &clap::Error) -> String {
     text.strip_prefix("error: ").unwrap_or(text).to_owned()
 }
 
-/// The log subscriber: the `--log_level` filter, then one output layer on stderr, coloured only
-/// when stderr is a terminal. Further layers (another output format) go next to `text`.
-fn init_logging(filter: tracing_subscriber::EnvFilter) {
+/// The log subscriber: the `--log_level` filter, then one output layer on stderr: text,
+/// coloured only when stderr is a terminal, or (`--log_format=json`) one JSON object per line
+/// whose event fields (`kernel_id`, `user`, ...) sit at the top level beside `timestamp`,
+/// `level`, `target` and `message`.
+fn init_logging(filter: tracing_subscriber::EnvFilter, json: bool) {
     use std::io::IsTerminal as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let text = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(text)
-        .init();
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        let json = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr);
+        registry.with(json).init();
+    } else {
+        let text = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal());
+        registry.with(text).init();
+    }
 }
 
 async fn run(settings: settings::Settings) -> anyhow::Result<()> {
@@ -134,7 +151,10 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     let manager = store::manager(config, registry, settings.store.as_ref()).await?;
     if let Some(port) = settings.metrics_port {
         let metrics = listen::bind(&settings.ip, port, 0).await?;
-        tracing::info!("metrics are served at http://{}/metrics", metrics.local_addr()?);
+        tracing::info!(
+            "metrics are served at http://{}/metrics",
+            metrics.local_addr()?
+        );
         tokio::spawn(gateway_http::metrics::serve(metrics, Arc::clone(&manager)));
     }
     warn_about_kernelspecs(&manager);

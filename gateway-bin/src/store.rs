@@ -26,6 +26,11 @@ pub(crate) async fn manager(
         .context("cannot open the kernel store")?;
     tracing::info!(store = %store.describe(), gateway_id = %settings.gateway_id,
         lease_ttl_secs = settings.lease_ttl.as_secs_f64(), "kernel store opened");
+    config
+        .readiness
+        .register(Arc::new(gateway_http::api::health::StoreCheck::new(
+            Arc::clone(&store),
+        )));
     let manager = KernelManager::with_persistence(
         config,
         registry,

@@ -8,6 +8,8 @@
 //! * [`jupyterhub`] — JupyterHub API tokens checked against a real JupyterHub (users, groups,
 //!   owners, revocation, an unreachable Hub).
 //! * [`oidc`] — bearer JWTs from a test-run OIDC issuer (discovery, JWKS, key rotation).
+//! * [`operations`] — a real Prometheus scraping `/metrics`, the metrics port, `/readyz`, and
+//!   the admin page in headless Chromium (screenshots under `target/test-artifacts/`).
 //! * [`persistence`] — kernels that outlive the gateway: a SQLite kernel store, `kill -9` of the
 //!   gateway, re-attach on restart, a Jupyter Server client reading its state back.
 //! * [`store_postgres`] — the PostgreSQL kernel store (Debian's PostgreSQL, started by
@@ -25,6 +27,7 @@ mod eg_itests;
 mod jupyter_server;
 mod jupyterhub;
 mod oidc;
+mod operations;
 mod persistence;
 mod postgres;
 mod smoke;

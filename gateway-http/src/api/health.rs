@@ -6,7 +6,8 @@
 //! through the bound listener), `shutdown` (not draining) and `backends` (at least one resource
 //! manager registered); whatever the embedding program registers on
 //! [`Readiness`](crate::config::Readiness) comes after them (the binary registers the launcher
-//! callback listener, [`CallbackListenerCheck`]; a kernel store registers its own). Each check has
+//! callback listener's, [`CallbackListenerCheck`], and the kernel store's, [`StoreCheck`]). Each
+//! check has
 //! [`CHECK_TIMEOUT`] to answer; checks run concurrently.
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -123,6 +124,39 @@ impl ReadinessCheck for CallbackListenerCheck {
                 "the launcher callback listener on {} does not accept connections: {error}",
                 self.addr
             )),
+        }
+    }
+}
+
+/// Readiness of the kernel store: it answers a lookup of an id no kernel has.
+#[derive(Debug, Clone)]
+pub struct StoreCheck {
+    store: std::sync::Arc<dyn crate::store::KernelStore>,
+}
+
+impl StoreCheck {
+    /// A check of `store`.
+    pub fn new(store: std::sync::Arc<dyn crate::store::KernelStore>) -> StoreCheck {
+        StoreCheck { store }
+    }
+}
+
+/// The id the store check looks up (the route shape of a kernel id, never issued).
+const PROBE_ID: &str = "00000000-0000-0000-0000-000000000000";
+
+#[async_trait::async_trait]
+impl ReadinessCheck for StoreCheck {
+    fn name(&self) -> &str {
+        "store"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match self.store.get(PROBE_ID).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                crate::metrics::store_error("readiness");
+                Err(format!("the kernel store does not answer: {error}"))
+            }
         }
     }
 }

@@ -43,6 +43,8 @@ usage: gateway-bench [options]
 
   --quick               smoke run: every workload once at small sizes, no EG, no files written
   --compare             also run Enterprise Gateway 3.3.0 (.venv-eg) on every workload
+  --metrics-off         also run our gateway with --metrics_enabled=false (what metrics cost;
+                        e.g. with --only execute,iopub)
   --repeats N           rounds (default 3; the target order rotates every round)
   --only IDS            comma-separated workload id prefixes (start,execute,iopub,display,
                         concurrent,memory,scale; e.g. start_ssh,execute_ssh for the SSH rows,
@@ -68,6 +70,7 @@ usage: gateway-bench [options]
 struct Options {
     quick: bool,
     compare: bool,
+    metrics_off: bool,
     repeats: usize,
     only: Vec<String>,
     sizes: Sizes,
@@ -105,6 +108,7 @@ fn parse_options(args: &[String]) -> Result<Option<Options>> {
     let mut o = Options {
         quick,
         compare: false,
+        metrics_off: false,
         repeats: if quick { 1 } else { 3 },
         only: Vec::new(),
         sizes: Sizes {
@@ -153,6 +157,7 @@ fn parse_options(args: &[String]) -> Result<Option<Options>> {
                 return Ok(None);
             }
             "--compare" => o.compare = true,
+            "--metrics-off" => o.metrics_off = true,
             "--no-write" => no_write = true,
             "--repeats" => o.repeats = value()?.parse()?,
             "--only" => o.only = value()?.split(',').map(str::to_owned).collect(),
@@ -323,6 +328,9 @@ async fn run(options: Options) -> Result<bool> {
 
     let mut env = Env::new(&options.root, &options.bin_dir, options.ws, gateway_nofile)?;
     let mut gateway_kinds = vec![TargetKind::Ours];
+    if options.metrics_off {
+        gateway_kinds.push(TargetKind::OursNoMetrics);
+    }
     if options.compare {
         gateway_kinds.push(TargetKind::Eg);
     }

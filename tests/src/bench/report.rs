@@ -211,6 +211,10 @@ impl Report {
         if has_floor {
             header.push("ours/floor".to_owned());
         }
+        let has_off = self.targets.contains(&TargetKind::OursNoMetrics);
+        if has_off {
+            header.push("metrics on/off".to_owned());
+        }
         header.push("target".to_owned());
         let mut body = Vec::new();
         for row in &self.rows {
@@ -224,6 +228,9 @@ impl Report {
             }
             if has_floor {
                 cells.push(ratio(row.ratio(TargetKind::Ours, TargetKind::Direct)));
+            }
+            if has_off {
+                cells.push(ratio(row.ratio(TargetKind::Ours, TargetKind::OursNoMetrics)));
             }
             cells.push(Report::goal_cell(row));
             body.push(cells);

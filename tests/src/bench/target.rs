@@ -38,6 +38,8 @@ pub(crate) enum TargetKind {
     Direct,
     /// Our gateway (release build).
     Ours,
+    /// Our gateway with `--metrics_enabled=false` (`--metrics-off`): what metrics cost.
+    OursNoMetrics,
     /// Enterprise Gateway 3.3.0 from `.venv-eg`.
     Eg,
 }
@@ -47,6 +49,7 @@ impl TargetKind {
         match self {
             TargetKind::Direct => "direct",
             TargetKind::Ours => "ours",
+            TargetKind::OursNoMetrics => "ours-no-metrics",
             TargetKind::Eg => "eg",
         }
     }
@@ -55,6 +58,7 @@ impl TargetKind {
         match self {
             TargetKind::Direct => "direct floor",
             TargetKind::Ours => "ours",
+            TargetKind::OursNoMetrics => "ours, metrics off",
             TargetKind::Eg => "EG 3.3.0",
         }
     }
@@ -259,7 +263,7 @@ impl Env {
                 "build it: cargo build --release -p tests --bins",
             ),
         ];
-        if targets.contains(&TargetKind::Ours) {
+        if targets.contains(&TargetKind::Ours) || targets.contains(&TargetKind::OursNoMetrics) {
             need.push((
                 &self.gateway_bin,
                 "build it: cargo build --release -p gateway-bin",
@@ -327,10 +331,13 @@ impl Gateway {
         let port = proc::free_port()?;
         let response_port = proc::free_port()?;
         let mut cmd = match kind {
-            TargetKind::Ours => {
+            TargetKind::Ours | TargetKind::OursNoMetrics => {
                 let mut cmd = proc::with_nofile(&env.gateway_bin, env.gateway_nofile);
                 cmd.args(["--ip", "127.0.0.1", "--port", &port.to_string()])
                     .arg("--port_retries=0");
+                if kind == TargetKind::OursNoMetrics {
+                    cmd.arg("--metrics_enabled=false");
+                }
                 cmd
             }
             TargetKind::Eg => {
