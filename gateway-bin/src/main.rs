@@ -93,11 +93,22 @@ fn usage_error(message: String) -> ExitCode {
     ExitCode::from(EX_USAGE)
 }
 
-/// clap's message without its own `error: ` prefix (its tips and usage kept).
+/// clap's message without its own `error: ` prefix (its usage kept), an unknown option with
+/// the nearest real one.
 fn clap_message(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let text = text.trim_end();
-    text.strip_prefix("error: ").unwrap_or(text).to_owned()
+    let text = text.strip_prefix("error: ").unwrap_or(text);
+    let unknown = e
+        .get(clap::error::ContextKind::InvalidArg)
+        .map(|arg| arg.to_string());
+    match unknown.as_deref().and_then(options::nearest_flag) {
+        Some(near) => match text.split_once('\n') {
+            Some((first, rest)) => format!("{first} (did you mean {near}?)\n{rest}"),
+            None => format!("{text} (did you mean {near}?)"),
+        },
+        None => text.to_owned(),
+    }
 }
 
 /// The log subscriber: the `--log_level` filter, then one output layer on stderr: text,

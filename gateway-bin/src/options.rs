@@ -475,6 +475,13 @@ pub(crate) fn nearest<'a>(
         .map(|(_, c)| c)
 }
 
+/// The option flag nearest to an unknown `--flag[=value]` from the command line.
+pub(crate) fn nearest_flag(arg: &str) -> Option<String> {
+    let name = arg.trim_start_matches('-').split('=').next().unwrap_or_default();
+    let name = name.replace('-', "_");
+    nearest(&name, OPTIONS.iter().map(|d| d.name)).map(|near| format!("--{near}"))
+}
+
 /// Edit distance over chars where swapping two neighbours counts as one edit (optimal string
 /// alignment), so `prot` is one edit from `port`.
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -1029,6 +1036,11 @@ c.MappingKernelManager.cull_idle_timeout = 60
         assert_eq!(nearest("zzzzzzzz", OPTIONS.iter().map(|d| d.name)), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("prot", "port"), 1);
+        assert_eq!(
+            nearest_flag("--list_kernel=true").as_deref(),
+            Some("--list_kernels")
+        );
+        assert_eq!(nearest_flag("--prot").as_deref(), Some("--port"));
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! * [`oidc`] — bearer JWTs from a test-run OIDC issuer (discovery, JWKS, key rotation).
 //! * [`operations`] — a real Prometheus scraping `/metrics`, the metrics port, `/readyz`, and
 //!   the admin page in headless Chromium (screenshots under `target/test-artifacts/`).
+//! * [`operator`] — what an EG operator meets first: the Helm chart's environment-only
+//!   deployment, EG's Python config (read, converted, or refused), `--generate-config`, the
+//!   one warning about unsupported settings, configuration errors, the access log.
 //! * [`persistence`] — kernels that outlive the gateway: a SQLite kernel store, `kill -9` of the
 //!   gateway, re-attach on restart, a Jupyter Server client reading its state back.
 //! * [`store_postgres`] — the PostgreSQL kernel store (Debian's PostgreSQL, started by
@@ -28,6 +31,7 @@ mod jupyter_server;
 mod jupyterhub;
 mod oidc;
 mod operations;
+mod operator;
 mod persistence;
 mod postgres;
 mod smoke;
