@@ -477,7 +477,11 @@ pub(crate) fn nearest<'a>(
 
 /// The option flag nearest to an unknown `--flag[=value]` from the command line.
 pub(crate) fn nearest_flag(arg: &str) -> Option<String> {
-    let name = arg.trim_start_matches('-').split('=').next().unwrap_or_default();
+    let name = arg
+        .trim_start_matches('-')
+        .split('=')
+        .next()
+        .unwrap_or_default();
     let name = name.replace('-', "_");
     nearest(&name, OPTIONS.iter().map(|d| d.name)).map(|near| format!("--{near}"))
 }
