@@ -65,7 +65,7 @@ pub async fn upgrade(
     session_id: Option<String>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Error> {
-    manager.get(&kernel_id)?;
+    manager.find(&kernel_id).await?;
     let max = manager.config().ws_max_message_size;
     let ws = ws
         .read_buffer_size(WS_READ_BUFFER)

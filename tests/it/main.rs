@@ -1,5 +1,7 @@
 //! Cross-crate integration tests: the built `enterprise-gateway` binary driven by real clients.
 //!
+//! * [`active_active`] — two gateways on one PostgreSQL store behind HAProxy (round robin), a
+//!   Jupyter Server client through it; one gateway killed, its kernels taken over.
 //! * [`smoke`] — the binary alone: `GET /api` over a hand-written HTTP request, SIGTERM exit.
 //! * [`jupyter_server`] — Jupyter Server's own gateway client (`--gateway-url`) in front of the
 //!   gateway, driven through Jupyter Server's REST API and kernel WebSocket.
@@ -26,6 +28,7 @@
 //! `cargo build --workspace --bins` (the binaries); `cargo xtask ci` does both. Set
 //! `GATEWAY_UNDER_TEST=eg` to run them against Enterprise Gateway 3.3.0 instead of ours.
 
+mod active_active;
 mod eg_itests;
 mod jupyter_server;
 mod jupyterhub;

@@ -28,7 +28,8 @@ pub(crate) async fn list(
     Ok(Json(
         state
             .manager
-            .list()
+            .list_all()
+            .await
             .into_iter()
             .filter(|kernel| caller.may_access(&kernel.username))
             .map(KernelModel::from)
@@ -43,7 +44,23 @@ pub(crate) fn visible(
     caller: &Identity,
     kernel_id: &str,
 ) -> Result<KernelSnapshot, Error> {
-    let kernel = state.manager.get(kernel_id)?;
+    owned(caller, kernel_id, state.manager.get(kernel_id)?)
+}
+
+/// [`visible`] for a kernel any gateway sharing the kernel store supervises.
+pub(crate) async fn reachable(
+    state: &AppState,
+    caller: &Identity,
+    kernel_id: &str,
+) -> Result<KernelSnapshot, Error> {
+    owned(caller, kernel_id, state.manager.find(kernel_id).await?)
+}
+
+fn owned(
+    caller: &Identity,
+    kernel_id: &str,
+    kernel: KernelSnapshot,
+) -> Result<KernelSnapshot, Error> {
     if caller.may_access(&kernel.username) {
         Ok(kernel)
     } else {
@@ -163,7 +180,7 @@ pub(crate) async fn get(
     Caller(caller): Caller,
     PathParam(kernel_id): PathParam<String>,
 ) -> Result<Json<KernelModel>, Error> {
-    Ok(Json(visible(&state, &caller, &kernel_id)?.into()))
+    Ok(Json(reachable(&state, &caller, &kernel_id).await?.into()))
 }
 
 /// `DELETE /api/kernels/{id}`: graceful shutdown, 204.
@@ -172,7 +189,7 @@ pub(crate) async fn shutdown(
     Caller(caller): Caller,
     PathParam(kernel_id): PathParam<String>,
 ) -> Result<StatusCode, Error> {
-    let kernel = visible(&state, &caller, &kernel_id)?;
+    let kernel = reachable(&state, &caller, &kernel_id).await?;
     state.manager.shutdown(&kernel_id).await.inspect_err(|error| {
         tracing::warn!(target: "audit", user = %caller.user, %kernel_id, %error, "kernel shutdown failed");
     })?;
@@ -186,7 +203,7 @@ pub(crate) async fn interrupt(
     Caller(caller): Caller,
     PathParam(kernel_id): PathParam<String>,
 ) -> Result<StatusCode, Error> {
-    let kernel = visible(&state, &caller, &kernel_id)?;
+    let kernel = reachable(&state, &caller, &kernel_id).await?;
     state.manager.interrupt(&kernel_id).await.inspect_err(|error| {
         tracing::warn!(target: "audit", user = %caller.user, %kernel_id, %error, "kernel interrupt failed");
     })?;
@@ -200,7 +217,7 @@ pub(crate) async fn restart(
     Caller(caller): Caller,
     PathParam(kernel_id): PathParam<String>,
 ) -> Result<Json<KernelModel>, Error> {
-    let kernel = visible(&state, &caller, &kernel_id)?;
+    let kernel = reachable(&state, &caller, &kernel_id).await?;
     let snapshot = state.manager.restart(&kernel_id).await.inspect_err(|error| {
         tracing::warn!(target: "audit", user = %caller.user, %kernel_id, %error, "kernel restart failed");
     })?;
@@ -218,7 +235,7 @@ pub(crate) async fn channels(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
-    let kernel = visible(&state, &caller, &kernel_id)?;
+    let kernel = reachable(&state, &caller, &kernel_id).await?;
     if !super::guard::origin_allowed(state.config.cors.allow_origin.as_deref(), &headers) {
         return Err(Error::Forbidden {
             reason: "Forbidden".to_owned(),

@@ -388,6 +388,14 @@ impl KernelManager {
             .cloned()
             .ok_or_else(|| Error::NoSuchKernel(kernel_id.to_owned()))
     }
+    /// A kernel of the table or, when another gateway sharing the store supervises it, adopted
+    /// into the table (see [`KernelManager::find`] for a snapshot only).
+    async fn reach(&self, kernel_id: &str) -> Result<Arc<KernelShared>, Error> {
+        match self.lookup(kernel_id) {
+            Err(Error::NoSuchKernel(_)) if self.persistence.is_some() => self.adopt(kernel_id).await,
+            found => found,
+        }
+    }
     /// One kernel; a start in flight answers with `execution_state: "starting"`.
     pub fn get(&self, kernel_id: &str) -> Result<KernelSnapshot, Error> {
         self.lookup(kernel_id).map(|k| k.snapshot())
@@ -412,7 +420,7 @@ impl KernelManager {
         kernel_id: &str,
         event: impl FnOnce(oneshot::Sender<T>) -> KernelEvent,
     ) -> Result<T, Error> {
-        let kernel = self.lookup(kernel_id)?;
+        let kernel = self.reach(kernel_id).await?;
         if kernel.shutdown_claimed.load(Ordering::SeqCst) {
             return Err(Error::NoSuchKernel(kernel_id.to_owned()));
         }
@@ -447,9 +455,14 @@ impl KernelManager {
     ///
     /// Of two concurrent shutdowns of one kernel, the second gets `NoSuchKernel`.
     pub async fn shutdown(&self, kernel_id: &str) -> Result<(), Error> {
-        let kernel = self.lookup(kernel_id)?;
+        let kernel = self.reach(kernel_id).await?;
         if kernel.shutdown_claimed.swap(true, Ordering::SeqCst) {
             return Err(Error::NoSuchKernel(kernel_id.to_owned()));
+        }
+        // Another gateway's kernel: its lease first, so that gateway does not restart it.
+        if let Err(err) = self.take_lease(kernel_id).await {
+            kernel.shutdown_claimed.store(false, Ordering::SeqCst);
+            return Err(err);
         }
         if !kernel.is_started() {
             tracing::info!(%kernel_id, "shutting down a kernel that is still starting");
@@ -508,7 +521,7 @@ impl KernelManager {
         kernel_id: &str,
         session_id: &str,
     ) -> Result<ClientLease, Error> {
-        let kernel = self.lookup(kernel_id)?;
+        let kernel = self.reach(kernel_id).await?;
         let session_id = session_id.to_owned();
         let attached = self
             .ask(kernel_id, |reply| KernelEvent::Attach { session_id, reply })

@@ -29,7 +29,7 @@ use super::hub::{BufferLimits, Hub};
 use super::kernel::{self, Incarnation, KernelShared, LaunchPlan, ReattachError, Status};
 use super::rules::RestartTracker;
 use super::supervisor::{KernelEvent, Supervisor};
-use super::{KernelManager, identity, lock, policy};
+use super::{KernelManager, KernelSnapshot, identity, lock, policy};
 use crate::store::{Activity, KernelStore, Limits, Reservation, StoreError, StoredKernel};
 use crate::{Error, Fault, GatewayConfig};
 
@@ -108,6 +108,9 @@ pub(crate) struct Persisted {
     persistence: Arc<Persistence>,
     /// The row stays when the supervisor ends (the kernel is left running for a later gateway).
     keep: bool,
+    /// Another gateway holds the lease: this supervisor only serves this gateway's clients
+    /// (WebSockets, interrupts); it neither restarts, culls nor writes the kernel.
+    follower: bool,
 }
 
 impl Persisted {
@@ -115,7 +118,41 @@ impl Persisted {
         Persisted {
             persistence: Arc::clone(persistence),
             keep: false,
+            follower: false,
         }
+    }
+
+    fn follower(persistence: &Arc<Persistence>) -> Persisted {
+        Persisted {
+            persistence: Arc::clone(persistence),
+            keep: true,
+            follower: true,
+        }
+    }
+}
+
+/// A kernel as the store shows it, for a kernel another gateway supervises.
+fn row_snapshot(row: &StoredKernel) -> KernelSnapshot {
+    KernelSnapshot {
+        id: row.id.clone(),
+        name: row.kernelspec.clone(),
+        last_activity: row.last_activity,
+        execution_state: row.execution_state.clone(),
+        connections: 0,
+        reason: None,
+        username: row.username.clone(),
+        backend: row
+            .record
+            .as_ref()
+            .map(|r| r.resource_manager.clone())
+            .unwrap_or_default(),
+        host: row
+            .record
+            .as_ref()
+            .map(|r| r.connection.ip.clone())
+            .unwrap_or_default(),
+        restarts: row.restart_count,
+        created: row.created,
     }
 }
 
@@ -139,12 +176,76 @@ impl Supervisor {
         }
     }
 
+    /// Whether another gateway supervises this kernel (this one only serves its clients).
+    pub(super) fn is_follower(&self) -> bool {
+        self.persisted.as_ref().is_some_and(|p| p.follower)
+    }
+
+    /// Whether this supervisor may still act on the kernel's process (restart it after an
+    /// exit): not when it follows, nor when the store says another gateway took the lease or the
+    /// row is gone (the kernel was restarted or shut down through another gateway). A store that
+    /// does not answer leaves the decision with this supervisor.
+    pub(super) async fn still_holder(&self) -> bool {
+        let Some(persisted) = &self.persisted else {
+            return true;
+        };
+        if persisted.follower {
+            return false;
+        }
+        let p = &persisted.persistence;
+        match p.store.get(&self.shared.id).await {
+            Ok(Some(row)) => row.gateway == p.gateway_id,
+            Ok(None) => false,
+            Err(err) => {
+                tracing::warn!(kernel_id = %self.shared.id, error = %err, "cannot check the kernel's lease; acting as its supervisor");
+                true
+            }
+        }
+    }
+
+    /// Makes this gateway the kernel's supervisor, taking the lease from whoever holds it, before
+    /// a restart or shutdown asked of this gateway; the previous holder lets go of it.
+    pub(super) async fn become_holder(&mut self) -> Result<(), Error> {
+        let Some(persisted) = self.persisted.as_mut() else {
+            return Ok(());
+        };
+        if !persisted.follower {
+            return Ok(());
+        }
+        let p = Arc::clone(&persisted.persistence);
+        match p.store.take(&self.shared.id, &p.gateway_id, p.lease_ttl).await {
+            Ok(true) => {}
+            Ok(false) => return Err(Error::NoSuchKernel(self.shared.id.clone())),
+            Err(err) => return Err(store_error(err)),
+        }
+        persisted.follower = false;
+        persisted.keep = false;
+        tracing::info!(kernel_id = %self.shared.id, "this gateway supervises the kernel now (asked to restart or shut it down)");
+        Ok(())
+    }
+
+    /// A follower's claim on an expired lease succeeded: it supervises the kernel from now on.
+    pub(super) async fn lease_gained(&mut self) {
+        let Some(persisted) = self.persisted.as_mut() else {
+            return;
+        };
+        if persisted.follower {
+            persisted.follower = false;
+            persisted.keep = false;
+            tracing::info!(kernel_id = %self.shared.id, "took over the kernel of a gateway that stopped renewing its lease");
+            self.persist().await;
+        }
+    }
+
     /// Writes the kernel's row after a launch, a restart or a re-attach. A failure is logged:
     /// the kernel keeps working, it just could not be re-attached after a gateway restart.
     pub(super) async fn persist(&self) {
         let (Some(persisted), Some(inc)) = (&self.persisted, &self.inc) else {
             return;
         };
+        if persisted.follower {
+            return;
+        }
         let row = self.stored(&persisted.persistence, inc);
         match persisted.persistence.store.save(&row).await {
             Ok(true) => {}
@@ -230,7 +331,23 @@ impl KernelManager {
         for row in rows {
             let mine = row.gateway == persistence.gateway_id;
             let wanted = if mine { ours } else { row.lease_until < now };
-            if !wanted || lock(&self.table).kernels.contains_key(&row.id) {
+            if !wanted {
+                continue;
+            }
+            let local = lock(&self.table).kernels.get(&row.id).cloned();
+            if let Some(kernel) = local {
+                // A follower here: claim the lease and let it supervise.
+                if !mine {
+                    let persistence = Arc::clone(persistence);
+                    tasks.spawn(async move {
+                        let claimed = persistence
+                            .store
+                            .claim(&kernel.id, &persistence.gateway_id, persistence.lease_ttl)
+                            .await
+                            .unwrap_or(false);
+                        claimed && kernel.events.send(KernelEvent::LeaseGained).is_ok()
+                    });
+                }
                 continue;
             }
             let manager = Arc::clone(self);
@@ -310,6 +427,125 @@ impl KernelManager {
                 kernel::teardown(process.as_ref(), UNRESPONSIVE_GRACE, false).await;
                 self.unregister(&shared);
                 forget(format!("it was found but {why}; it was shut down")).await
+            }
+        }
+    }
+
+    /// One kernel, from this gateway's table or, for a kernel another gateway supervises, from
+    /// the store.
+    pub async fn find(&self, kernel_id: &str) -> Result<KernelSnapshot, Error> {
+        match self.get(kernel_id) {
+            Err(Error::NoSuchKernel(_)) => {}
+            found => return found,
+        }
+        let Some(persistence) = &self.persistence else {
+            return Err(Error::NoSuchKernel(kernel_id.to_owned()));
+        };
+        match persistence.store.get(kernel_id).await {
+            Ok(Some(row)) if row.record.is_some() => Ok(row_snapshot(&row)),
+            _ => Err(Error::NoSuchKernel(kernel_id.to_owned())),
+        }
+    }
+
+    /// Every started kernel: this gateway's and, from the store, those other gateways supervise
+    /// (the same list from every gateway). A store that does not answer leaves this gateway's.
+    pub async fn list_all(&self) -> Vec<KernelSnapshot> {
+        let mut kernels = self.list();
+        let Some(persistence) = &self.persistence else {
+            return kernels;
+        };
+        match persistence.store.load().await {
+            Ok(rows) => {
+                let local: std::collections::HashSet<String> =
+                    lock(&self.table).kernels.keys().cloned().collect();
+                kernels.extend(
+                    rows.iter()
+                        .filter(|row| row.record.is_some() && !local.contains(&row.id))
+                        .map(row_snapshot),
+                );
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "listing only this gateway's kernels: the store does not answer");
+            }
+        }
+        kernels
+    }
+
+    /// A kernel another gateway supervises, made reachable here: its backend handle is rebuilt
+    /// from the stored record and a follower supervisor connects to its channels, serving this
+    /// gateway's clients. Unknown ids (and starts still in flight elsewhere) are `NoSuchKernel`.
+    pub(super) async fn adopt(&self, kernel_id: &str) -> Result<Arc<KernelShared>, Error> {
+        let unknown = || Error::NoSuchKernel(kernel_id.to_owned());
+        let Some(persistence) = &self.persistence else {
+            return Err(unknown());
+        };
+        let row = match persistence.store.get(kernel_id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(unknown()),
+            Err(err) => return Err(store_error(err)),
+        };
+        let Some(record) = row.record.clone() else {
+            return Err(unknown());
+        };
+        let unreachable = |why: String| Error::LaunchFailed {
+            reason: format!(
+                "kernel {kernel_id} is supervised by gateway {} and cannot be reached from this one: {why}",
+                row.gateway
+            ),
+            fault: Fault::Kernel,
+        };
+        let plan = self.plan_for(&row, &record).map_err(unreachable)?;
+        let Some((shared, events)) = self.register_stored(&row, &plan) else {
+            // Adopted meanwhile by another request.
+            return self.lookup(kernel_id);
+        };
+        let observed = Arc::clone(&shared);
+        let mut observe = move |msg: jupyter_protocol::Message| {
+            if let Some(state) = kernel::execution_state_of(&msg) {
+                observed.set_state(&state);
+            }
+        };
+        let deadline = Instant::now() + self.config.launch_timeout;
+        match kernel::reattach(&plan, &record, deadline, &mut observe).await {
+            Ok(inc) => {
+                tracing::info!(kernel_id, supervisor = %row.gateway, "serving a kernel another gateway supervises");
+                let mut supervisor = self.supervisor(Arc::clone(&shared), plan, events, None);
+                supervisor.persisted = Some(Persisted::follower(persistence));
+                self.tasks.spawn(supervisor.run_reattached(inc));
+                Ok(shared)
+            }
+            Err(err) => {
+                self.unregister(&shared);
+                match err {
+                    ReattachError::Gone(_) => Err(unknown()),
+                    ReattachError::Unresponsive { why, process } => {
+                        // Not this gateway's to stop: only the handle is dropped.
+                        process.detach();
+                        Err(unreachable(why))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the lease of a kernel another gateway supervises (before shutting it down from
+    /// here). A store that does not answer is logged and does not stop the shutdown.
+    pub(super) async fn take_lease(&self, kernel_id: &str) -> Result<(), Error> {
+        let Some(p) = &self.persistence else {
+            return Ok(());
+        };
+        match p.store.get(kernel_id).await {
+            Ok(Some(row)) if row.gateway != p.gateway_id => {
+                p.store
+                    .take(kernel_id, &p.gateway_id, p.lease_ttl)
+                    .await
+                    .map_err(store_error)?;
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(err) => {
+                tracing::warn!(kernel_id, error = %err, "shutting a kernel down without checking its lease: the store does not answer");
+                Ok(())
             }
         }
     }

@@ -101,6 +101,8 @@ pub(crate) enum KernelEvent {
     /// Another gateway holds the kernel's lease now (this one could not renew it in time): stop
     /// supervising it and leave the process alone.
     LeaseLost,
+    /// This gateway claimed the expired lease of a kernel it followed: supervise it.
+    LeaseGained,
 }
 
 /// How the supervisor loop ends.
@@ -397,6 +399,11 @@ impl Supervisor {
                     let _ = reply.send(Ok(()));
                     return Exit::Continue;
                 }
+                // Asked of a gateway that only follows the kernel: it supervises it from now on.
+                if let Err(err) = self.become_holder().await {
+                    let _ = reply.send(Err(err));
+                    return Exit::Continue;
+                }
                 let result = self.restart().await;
                 self.last_restart = Some((requested_at, Instant::now()));
                 let stop = result.is_err();
@@ -408,6 +415,10 @@ impl Supervisor {
                 Exit::Continue
             }
             KernelEvent::Shutdown { reason, reply } => {
+                // The manager took the lease already; this only stops following.
+                if let Err(err) = self.become_holder().await {
+                    tracing::warn!(kernel_id = %self.shared.id, error = %err, "shutting down a kernel whose lease could not be taken");
+                }
                 self.shutdown(reason).await;
                 let _ = reply.send(());
                 Exit::Stop
@@ -438,16 +449,26 @@ impl Supervisor {
                 Exit::Continue
             }
             KernelEvent::CullTick => self.on_cull_tick().await,
+            // A follower never held the lease.
+            KernelEvent::LeaseLost if self.is_follower() => Exit::Continue,
             KernelEvent::LeaseLost => {
                 tracing::warn!(kernel_id = %self.shared.id, "another gateway supervises this kernel now; letting go of it");
                 self.let_go();
                 Exit::Stop
+            }
+            KernelEvent::LeaseGained => {
+                self.lease_gained().await;
+                Exit::Continue
             }
         }
     }
 
     /// Applies the culling rule; a kernel already being shut down by someone else is left alone.
     async fn on_cull_tick(&mut self) -> Exit {
+        // Only the kernel's supervisor culls it.
+        if self.is_follower() {
+            return Exit::Continue;
+        }
         let verdict = {
             let status = self.shared.status();
             let idle = Instant::now().saturating_duration_since(status.last_activity_at);
@@ -559,6 +580,13 @@ impl Supervisor {
     /// consecutive times, else the kernel is dead. A remote kernel nobody is connected to is not
     /// restarted (EG does the same).
     async fn on_unexpected_exit(&mut self, state: ProcessState) -> Exit {
+        // Restarted only by its supervisor, and only once: another gateway that took the lease
+        // (or shut the kernel down) deals with the exit.
+        if !self.still_holder().await {
+            tracing::info!(kernel_id = %self.shared.id, "the kernel's process ended and another gateway supervises it, or it was shut down through another gateway; letting go");
+            self.let_go();
+            return Exit::Stop;
+        }
         let how = describe_exit(&state);
         let ran_for = self.inc.as_ref().map(|inc| inc.ready_at.elapsed());
         self.stop_watching();
@@ -695,7 +723,7 @@ impl Supervisor {
 
     /// The gateway is exiting: shut the kernel down, or leave it running, per configuration.
     async fn gateway_exit(&mut self) {
-        if self.config.shutdown_kernels_on_exit {
+        if self.config.shutdown_kernels_on_exit && !self.is_follower() {
             self.shutdown(ShutdownReason::Requested).await;
         } else {
             tracing::info!(kernel_id = %self.shared.id, "leaving kernel running at gateway exit");

@@ -378,6 +378,21 @@ impl KernelStore for PostgresStore {
         Ok(changed == 1)
     }
 
+    async fn take(&self, kernel_id: &str, gateway: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let ttl = ttl_ms(ttl);
+        let changed = client
+            .execute(
+                &format!(
+                    "UPDATE kernels SET gateway = $2, lease_until_ms = {NOW_MS} + $3 WHERE id = $1"
+                ),
+                &[&kernel_id, &gateway, &ttl],
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(changed == 1)
+    }
+
     async fn release(&self, gateway: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client

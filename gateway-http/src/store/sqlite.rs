@@ -393,6 +393,18 @@ impl KernelStore for SqliteStore {
         .await
     }
 
+    async fn take(&self, kernel_id: &str, gateway: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let (id, gateway) = (kernel_id.to_owned(), gateway.to_owned());
+        self.with(move |conn| {
+            let changed = conn.execute(
+                "UPDATE kernels SET gateway = ?2, lease_until_ms = ?3 WHERE id = ?1",
+                params![id, gateway, now_ms().saturating_add(ttl_ms(ttl))],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     async fn release(&self, gateway: &str) -> Result<(), StoreError> {
         let gateway = gateway.to_owned();
         self.with(move |conn| {
