@@ -423,7 +423,35 @@ pub(crate) fn parse(
     }
     raw.unsupported = unsupported_env(env);
     raw.unsupported.extend(file.ignored);
+    if matches.get_one::<String>("config").is_none() {
+        raw.unsupported
+            .extend(eg_config_files(env).into_iter().map(|path| {
+            format!(
+                "{}: Enterprise Gateway reads this file by itself, this gateway only with --config",
+                path.display()
+            )
+        }));
+    }
     Ok(raw)
+}
+
+/// EG's config files where EG looks for them on its own (the Jupyter config path), which this
+/// gateway does not read unless `--config` names one.
+fn eg_config_files(env: &dyn EnvSource) -> Vec<std::path::PathBuf> {
+    let user_dir = env
+        .var("JUPYTER_CONFIG_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| env.var("HOME").map(|h| Path::new(&h).join(".jupyter")));
+    let dirs = user_dir.into_iter().chain(
+        ["/usr/local/etc/jupyter", "/etc/jupyter"]
+            .into_iter()
+            .map(std::path::PathBuf::from),
+    );
+    dirs.flat_map(|dir| {
+        ["py", "json"].map(|ext| dir.join(format!("jupyter_enterprise_gateway_config.{ext}")))
+    })
+    .filter(|path| path.is_file())
+    .collect()
 }
 
 /// EG's Helm chart renders an unset list as `toJson null`, i.e. the text `null`.
@@ -942,6 +970,29 @@ c.EnterpriseGatewayApp.port = int(os.environ['P'])
         assert!(text.contains("Python config"), "{text}");
         assert!(text.contains("line 1: "), "{text}");
         assert!(text.contains("--convert-config"), "{text}");
+    }
+
+    #[test]
+    fn eg_config_files_on_the_jupyter_path_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("jupyter_enterprise_gateway_config.py");
+        std::fs::write(&file, "c.EnterpriseGatewayApp.port = 1\n").expect("write");
+        let jupyter = dir.path().to_str().expect("utf8");
+        let raw = parse(args(&[]), &env(&[("JUPYTER_CONFIG_DIR", jupyter)])).expect("parses");
+        let notes = raw.unsupported().join("; ");
+        assert!(
+            notes.contains(&format!("{}: Enterprise Gateway reads", file.display())),
+            "{notes}"
+        );
+        assert_eq!(raw.get("port"), "8888", "not read without --config");
+        let path = file.to_str().expect("utf8");
+        let raw = parse(
+            args(&["--config", path]),
+            &env(&[("JUPYTER_CONFIG_DIR", jupyter)]),
+        )
+        .expect("parses");
+        assert!(raw.unsupported().is_empty(), "{:?}", raw.unsupported());
+        assert_eq!(raw.get("port"), "1");
     }
 
     #[test]

@@ -289,6 +289,33 @@ fn e2e_eg_python_config_is_read_or_refused() -> Result<()> {
     gateway.stop(Duration::from_secs(10));
     gateway.mark_passed();
 
+    // Where EG would find it by itself (the Jupyter config dir), it is named, not read.
+    let found = site.path("config/jupyter_enterprise_gateway_config.py");
+    std::fs::copy(&config, &found)?;
+    let other_port = free_port()?;
+    let args = [
+        format!("--port={other_port}"),
+        "--port_retries=0".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut gateway = site.start("py-found", site.command(&args)?)?;
+    let specs = get_json(other_port, "/api/kernelspecs", 200)?;
+    assert_eq!(
+        kernelspec_names(&specs),
+        ["python3", "r_like", "spark_like"]
+    );
+    gateway.stop(Duration::from_secs(10));
+    let log = gateway.log_text();
+    let warnings = lines_with(&log, UNSUPPORTED_WARNING);
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains(&format!("{}: Enterprise Gateway reads", found.display())),
+        "{}",
+        warnings[0]
+    );
+    std::fs::remove_file(&found)?;
+    gateway.mark_passed();
+
     // A config that is a program is refused: what it is, the line, how to convert; said once.
     std::fs::write(
         &config,
