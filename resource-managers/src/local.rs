@@ -226,6 +226,7 @@ impl ResourceManager for LocalResourceManager {
             connection: connection.clone(),
             connection_file,
             log_path,
+            start_time: start_time(pid),
             pid,
             pgid: pid,
             interrupt_signal,
@@ -260,11 +261,19 @@ impl ResourceManager for LocalResourceManager {
                 record.kernel_id, info.pid
             )));
         }
+        // A pid the system gave to another process since is not the kernel.
+        if info.start_time.is_some() && start_time(pid) != info.start_time {
+            return Err(Error::NotRunning(format!(
+                "kernel {} is no longer running (its pid {} belongs to a process started later)",
+                record.kernel_id, info.pid
+            )));
+        }
         let process = LocalKernelProcess {
             kernel_id: record.kernel_id.clone(),
             connection: record.connection.clone(),
             connection_file: info.connection_file,
             log_path: info.log_path,
+            start_time: info.start_time,
             pid,
             pgid,
             interrupt_signal: info.interrupt_signal,
@@ -289,6 +298,8 @@ pub struct LocalKernelProcess {
     connection: ConnectionInfo,
     connection_file: PathBuf,
     log_path: PathBuf,
+    /// When the process started (clock ticks since boot), so a re-attach recognises its pid.
+    start_time: Option<u64>,
     pid: Pid,
     pgid: Pid,
     interrupt_signal: Signal,
@@ -391,6 +402,7 @@ impl KernelProcess for LocalKernelProcess {
                 "log_path": self.log_path,
                 "connection_file": self.connection_file,
                 "interrupt_signal": self.interrupt_signal.as_str(),
+                "start_time": self.start_time,
             }),
         }
     }
@@ -485,6 +497,7 @@ struct LocalRecord {
     log_path: PathBuf,
     connection_file: PathBuf,
     interrupt_signal: Signal,
+    start_time: Option<u64>,
 }
 
 impl LocalRecord {
@@ -513,6 +526,7 @@ impl LocalRecord {
             log_path: path("log_path")?,
             connection_file: path("connection_file")?,
             interrupt_signal,
+            start_time: value.get("start_time").and_then(serde_json::Value::as_u64),
         })
     }
 }
@@ -759,6 +773,14 @@ pub(crate) fn is_alive(pid: Pid, pgid: Pid) -> bool {
     !is_zombie(pid)
 }
 
+/// The start time of `pid` (field 22 of `/proc/<pid>/stat`, clock ticks since boot), if known.
+fn start_time(pid: Pid) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw())).ok()?;
+    // After the parenthesised command name: state is field 3, so start time is the 20th here.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Reads the state letter of `/proc/<pid>/stat` (Linux); other systems report "not a zombie".
 fn is_zombie(pid: Pid) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw())) else {
@@ -850,5 +872,48 @@ mod tests {
         );
         assert!(LocalRecord::from_json(&serde_json::json!({"pid": -1, "pgid": 1, "log_path": "/l", "connection_file": "/c"})).is_none());
         assert!(LocalRecord::from_json(&serde_json::json!({"pid": 1})).is_none());
+    }
+
+    #[tokio::test]
+    async fn reattach_refuses_a_reused_pid() {
+        let me = Pid::this();
+        let group = nix::unistd::getpgrp();
+        let started = start_time(me);
+        assert!(started.is_some(), "/proc/self/stat has a start time");
+        let backend = LocalResourceManager::new(LocalConfig {
+            runtime_dir: PathBuf::from("/nonexistent"),
+            log_dir: PathBuf::from("/nonexistent"),
+            ip: "127.0.0.1".to_owned(),
+            search_path: Vec::new(),
+        });
+        let record = |start: Option<u64>| KernelRecord {
+            resource_manager: NAME.to_owned(),
+            kernel_id: "k".to_owned(),
+            connection: ConnectionInfo {
+                transport: Transport::Tcp,
+                ip: "127.0.0.1".to_owned(),
+                shell_port: 1,
+                iopub_port: 2,
+                stdin_port: 3,
+                control_port: 4,
+                hb_port: 5,
+                key: String::new(),
+                signature_scheme: "hmac-sha256".to_owned(),
+                kernel_name: String::new(),
+            },
+            process: serde_json::json!({"pid": me.as_raw(), "pgid": group.as_raw(),
+                "log_path": "/l", "connection_file": "/c", "start_time": start}),
+        };
+        let reused = backend.reattach(&record(started.map(|t| t + 1))).await;
+        assert!(
+            matches!(&reused, Err(Error::NotRunning(why)) if why.contains("started later")),
+            "{reused:?}"
+        );
+        let same = backend.reattach(&record(started)).await;
+        assert!(same.is_ok(), "{same:?}");
+        if let Ok(kernel) = same {
+            // This test process must survive the handle.
+            kernel.process.detach();
+        }
     }
 }
