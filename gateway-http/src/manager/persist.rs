@@ -51,6 +51,7 @@ pub struct Persistence {
 
 /// A store failure as the API reports it: 503 with the store's text.
 pub(crate) fn store_error(err: StoreError) -> Error {
+    crate::metrics::store_error("request");
     Error::LaunchFailed {
         reason: err.to_string(),
         fault: Fault::Capacity,
@@ -213,7 +214,11 @@ impl Supervisor {
             return Ok(());
         }
         let p = Arc::clone(&persisted.persistence);
-        match p.store.take(&self.shared.id, &p.gateway_id, p.lease_ttl).await {
+        match p
+            .store
+            .take(&self.shared.id, &p.gateway_id, p.lease_ttl)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return Err(Error::NoSuchKernel(self.shared.id.clone())),
             Err(err) => return Err(store_error(err)),
@@ -253,6 +258,7 @@ impl Supervisor {
                 tracing::warn!(kernel_id = %self.shared.id, "the kernel's row is gone from the store or another gateway holds it");
             }
             Err(err) => {
+                crate::metrics::store_error("save");
                 tracing::warn!(kernel_id = %self.shared.id, error = %err, "the kernel's record was not written; it cannot be re-attached after a gateway restart");
             }
         }
@@ -484,7 +490,12 @@ impl KernelManager {
             Ok(None) => return Err(unknown()),
             Err(err) => return Err(store_error(err)),
         };
-        let Some(record) = row.record.clone() else {
+        // This gateway's own row missing from its table is a kernel being removed.
+        let Some(record) = row
+            .record
+            .clone()
+            .filter(|_| row.gateway != persistence.gateway_id)
+        else {
             return Err(unknown());
         };
         let unreachable = |why: String| Error::LaunchFailed {
@@ -707,6 +718,7 @@ async fn lease_loop(
             }
             Ok(()) => {}
             Err(err) if !down => {
+                crate::metrics::store_error("lease");
                 down = true;
                 tracing::warn!(error = %err, "the kernel store is unavailable; running kernels keep working, starts are refused until it is back");
             }
