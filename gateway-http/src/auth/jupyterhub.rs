@@ -36,7 +36,9 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Authenticator, Credentials, Identity, Outcome, Rejection, Roles, token_hash};
+use super::{
+    Authenticator, Credentials, Identity, Outcome, Rejection, Roles, error_chain, token_hash,
+};
 
 /// The default for [`JupyterHubSettings::cache_ttl`].
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -448,21 +450,6 @@ impl Cache {
             self.entries.remove(&key);
         }
     }
-}
-
-/// An error and its sources, joined (reqwest's own message alone rarely says what failed).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let message = cause.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

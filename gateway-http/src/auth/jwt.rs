@@ -35,7 +35,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use super::{Authenticator, Credentials, Identity, Outcome, Rejection, Roles};
+use super::{Authenticator, Credentials, Identity, Outcome, Rejection, Roles, error_chain};
 
 /// The default for [`JwtSettings::refresh_interval`].
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
@@ -826,21 +826,6 @@ fn check_url(what: &str, url: &str) -> Result<(), JwtError> {
             "{what} {url:?} is not a URL: {e}"
         ))),
     }
-}
-
-/// An error and its sources, joined (reqwest's own message alone rarely says what failed).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let message = cause.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -438,6 +438,22 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// An error and its sources, joined (an HTTP client's own message alone rarely
+/// says what failed); the authenticators that ask a server over HTTP explain failures with it.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// SHA-256 of a token as lower-case hex: how token files store tokens and caches key them.
 pub fn token_hash(token: &str) -> String {
     use sha2::Digest as _;
