@@ -28,7 +28,7 @@
 //! | `http_request_duration_seconds` | histogram | `method`, `handler` (route template), `status_code` |
 //! | `eg_launcher_callbacks_total` | counter (recorded by `kernel-launcher`) | `outcome` (`accepted`, `refused`) |
 //! | `eg_backend_errors_total` | counter | `backend`, `operation` |
-//! | `eg_store_errors_total` | counter | `operation` |
+//! | `eg_store_errors_total` | counter | `operation` (`request`, `save`, `lease` when the store goes down, `readiness`) |
 //!
 //! The forwarding path pays one atomic add per message and one per byte count: a WebSocket
 //! connection takes its [`Traffic`] handles once, when it opens.
@@ -224,7 +224,6 @@ pub(crate) fn render(kernels: &[KernelSnapshot]) -> Option<String> {
         }
         for (series, count) in &counts {
             // Counts of kernels are far below 2^52; the conversion is exact.
-            #[allow(clippy::cast_precision_loss)]
             kernel_gauge(series).set(*count as f64);
             seen.insert(series.clone());
         }
