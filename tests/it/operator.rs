@@ -99,6 +99,25 @@ fn get_json(port: u16, path: &str, want: u16) -> Result<Value> {
     serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
 }
 
+/// `POST path` with a JSON body; the status code (the body is not needed here).
+fn post_status(port: u16, path: &str, body: &str) -> Result<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("POST {path}: no status line in {raw:?}"))
+}
+
 fn kernelspec_names(listing: &Value) -> Vec<String> {
     listing["kernelspecs"]
         .as_object()
@@ -164,8 +183,50 @@ fn e2e_helm_style_environment_only_deployment() -> Result<()> {
         get_json(port, "/gw/api/kernels?token=helm-secret", 200)?,
         serde_json::json!([])
     );
+    // A refused start and a failed launch: one warn line each, naming the user and the
+    // kernelspec (not one each from the API, the supervisor and the error response).
+    let refused = r#"{"name": "python3", "env": {"KERNEL_USERNAME": "root"}}"#;
+    assert_eq!(
+        post_status(port, "/gw/api/kernels?token=helm-secret", refused)?,
+        403
+    );
+    let failing = r#"{"name": "r_like", "env": {"KERNEL_USERNAME": "alice"}}"#;
+    let status = post_status(port, "/gw/api/kernels?token=helm-secret", failing)?;
+    assert!(
+        (500..600).contains(&status),
+        "a kernel that exits at once: {status}"
+    );
     gateway.stop(Duration::from_secs(10));
     let log = gateway.log_text();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("start failed"))
+        .collect();
+    assert_eq!(failures.len(), 2, "{log}");
+    assert!(
+        failures[0].contains("user=gateway-service") && failures[0].contains("kernelspec=python3"),
+        "{}",
+        failures[0]
+    );
+    assert!(failures[0].contains("'root'"), "{}", failures[0]);
+    assert!(failures[1].contains("kernelspec=r_like"), "{}", failures[1]);
+    let others: Vec<&str> = log
+        .lines()
+        .filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("start failed"))
+        .filter(|l| !l.contains(UNSUPPORTED_WARNING) && !l.contains("authentication failed"))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "unexpected warnings:\n{}",
+        others.join("\n")
+    );
+    // The failed kernel's log went with it.
+    let logs: Vec<_> = std::fs::read_dir(site.path("runtime"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.path())
+        .collect();
+    assert!(logs.is_empty(), "kernel logs left behind: {logs:?}");
     // EG_LOG_LEVEL=DEBUG, and an access line per request with client and user.
     assert!(log.contains(" DEBUG "), "no debug lines:\n{log}");
     let access = lines_with(&log, "GET /gw/api/kernels 200");
