@@ -166,8 +166,11 @@ impl axum::response::IntoResponse for Error {
         // Handlers log kernel and capacity failures with their context (user, kernel) and the
         // access log has every status, so only internal errors are logged here above debug.
         match self.fault() {
-            Fault::Client | Fault::Kernel | Fault::Capacity => {
+            Fault::Client => {
                 tracing::debug!(status = status.as_u16(), error = %self, "request refused")
+            }
+            Fault::Kernel | Fault::Capacity => {
+                tracing::debug!(status = status.as_u16(), error = %self, "request failed")
             }
             Fault::Internal => {
                 tracing::error!(status = status.as_u16(), error = %self, "request failed")
