@@ -274,6 +274,26 @@ fn e2e_helm_style_environment_only_deployment() -> Result<()> {
     assert!(lines_with(&gateway.log_text(), UNSUPPORTED_WARNING).is_empty());
     gateway.mark_passed();
 
+    // The command line etc/docker/enterprise-gateway/start-enterprise-gateway.sh builds.
+    let port = free_port()?;
+    let mut cmd = site.command(&[
+        "--log-level=DEBUG",
+        "--KernelSpecManager.whitelist=['python3','spark_like']",
+        "--RemoteMappingKernelManager.cull_idle_timeout=43200",
+        "--RemoteMappingKernelManager.cull_interval=60",
+        "--RemoteMappingKernelManager.cull_connected=False",
+        "--RemoteMappingKernelManager.default_kernel_name=spark_like",
+        "--RemoteMappingKernelManager.kernel_info_timeout=60",
+    ])?;
+    cmd.env("EG_PORT", port.to_string())
+        .env("EG_PORT_RETRIES", "0");
+    let mut gateway = site.start("docker-script", cmd)?;
+    let specs = get_json(port, "/api/kernelspecs", 200)?;
+    assert_eq!(kernelspec_names(&specs), ["python3", "spark_like"]);
+    assert_eq!(specs["default"], "spark_like");
+    gateway.stop(Duration::from_secs(10));
+    gateway.mark_passed();
+
     // Every chart variable that has no API-visible effect is still read: a bad value is refused,
     // naming the option.
     for (var, option) in [
