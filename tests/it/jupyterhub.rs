@@ -7,8 +7,6 @@
 //! servers do through `JUPYTERHUB_API_URL`. The test's service `eg-test` holds the token that
 //! creates the users, a group and the users' tokens, and revokes one of them.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -17,7 +15,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Gateway, GatewayConfig, Impl, Proc, clear_inherited_config, fixture, free_port, path_with, venv,
+    Gateway, GatewayConfig, Impl, Proc, clear_inherited_config, fixture, free_port, http_request,
+    path_with, venv,
 };
 
 /// What the Hub prints once its API is listening.
@@ -44,74 +43,19 @@ fn request(
     authorization: Option<&str>,
     body: Option<&Value>,
 ) -> Result<Answer> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connecting")?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
     let payload = body.map(Value::to_string).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\n\
-         Connection: close\r\nContent-Length: {}\r\n",
-        payload.len()
-    );
+    let mut headers = Vec::new();
     if body.is_some() {
-        head.push_str("Content-Type: application/json\r\n");
+        headers.push(("Content-Type", "application/json"));
     }
     if let Some(authorization) = authorization {
-        head.push_str(&format!("Authorization: {authorization}\r\n"));
+        headers.push(("Authorization", authorization));
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(payload.as_bytes())?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading the answer to {method} {path}"))?;
-    parse_answer(&raw).with_context(|| format!("{method} {path}"))
-}
-
-fn parse_answer(raw: &[u8]) -> Result<Answer> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("the answer has no end of headers")?;
-    let head = String::from_utf8_lossy(raw.get(..split).unwrap_or_default()).into_owned();
-    let mut rest = raw.get(split + 4..).unwrap_or_default().to_vec();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("no status line in {head:?}"))?;
-    let chunked = head.lines().any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("transfer-encoding")
-                && value.trim().eq_ignore_ascii_case("chunked")
-        })
-    });
-    if chunked {
-        rest = dechunk(&rest)?;
-    }
-    let body = serde_json::from_slice(&rest).unwrap_or(Value::Null);
-    Ok(Answer { status, body })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("a chunk size line is not terminated")?;
-        let line = String::from_utf8_lossy(data.get(..eol).unwrap_or_default()).into_owned();
-        let size_text = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .with_context(|| format!("bad chunk size {size_text:?}"))?;
-        data = data.get(eol + 2..).unwrap_or_default();
-        if size == 0 {
-            return Ok(body);
-        }
-        body.extend_from_slice(data.get(..size).context("truncated chunk")?);
-        data = data.get(size + 2..).unwrap_or_default();
-    }
+    let response = http_request(port, method, path, &headers, payload.as_bytes())?;
+    Ok(Answer {
+        status: response.status,
+        body: response.json(),
+    })
 }
 
 /// A random token (two v4 UUIDs, 64 hex digits).

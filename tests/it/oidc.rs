@@ -24,7 +24,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
-use crate::support::{Gateway, GatewayConfig, Impl};
+use crate::support::{Gateway, GatewayConfig, Impl, http_request};
 
 /// The audience the gateway is configured with and [`Issuer::mint`] puts into `aud`.
 pub(crate) const AUDIENCE: &str = "eg-test";
@@ -315,50 +315,12 @@ fn answer(mut stream: TcpStream, url: &str, shared: &Shared) -> std::io::Result<
 
 /// `GET path` with an optional `Authorization` header value; the status and the body.
 fn get(gateway: &Gateway, path: &str, authorization: Option<&str>) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).context("connecting")?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let auth = authorization.map_or(String::new(), |v| format!("Authorization: {v}\r\n"));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\n{auth}Connection: close\r\n\r\n",
-        gateway.host()
-    )?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .context("reading the response")?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no end of headers in {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut data: &str) -> String {
-    let mut body = String::new();
-    while let Some((size, rest)) = data.split_once("\r\n") {
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or_default().trim(), 16)
-            .unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        body.push_str(rest.get(..size).unwrap_or(rest));
-        data = rest.get(size + 2..).unwrap_or_default();
-    }
-    body
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|value| ("Authorization", value))
+        .into_iter()
+        .collect();
+    let response = http_request(gateway.port, "GET", path, &headers, b"")?;
+    Ok((response.status, response.text()))
 }
 
 /// Sends `token` as a bearer token and expects a 401 whose message contains `expected`.

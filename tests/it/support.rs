@@ -285,6 +285,11 @@ impl Proc {
     }
 
     /// Sends a signal to the process itself.
+    /// The process id.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
     pub(crate) fn signal(&self, signal: Signal) -> Result<()> {
         kill(Pid::from_raw(self.pid), signal)
             .with_context(|| format!("sending {signal} to {} ({})", self.name, self.pid))
@@ -550,19 +555,51 @@ pub(crate) struct HttpResponse {
 
 /// Sends one `GET path` with `Connection: close` and reads the whole response.
 pub(crate) fn http_get(port: u16, path: &str) -> Result<HttpResponse> {
+    http_request(port, "GET", path, &[], b"")
+}
+
+/// Sends one request to 127.0.0.1:`port` with `Connection: close`, the given extra headers and
+/// body (with its `Content-Length`), and reads the whole response (bounded by 30 s of silence).
+pub(crate) fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connecting")?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\n\
-         Connection: close\r\n\r\n"
-    )?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\n\
+         Connection: close\r\n"
+    );
+    if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .context("reading the response")?;
-    parse_http_response(&raw)
+        .with_context(|| format!("reading the response to {method} {path}"))?;
+    parse_http_response(&raw).with_context(|| format!("{method} {path}"))
+}
+
+impl HttpResponse {
+    /// The body as JSON (`Null` when it is empty or not JSON).
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The body as text.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
 }
 
 fn parse_http_response(raw: &[u8]) -> Result<HttpResponse> {

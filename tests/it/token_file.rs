@@ -2,8 +2,6 @@
 //! built gateway started with `--token_file` authenticates by it, notices a revocation by
 //! itself, and takes a new token on SIGHUP.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -15,7 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::support::{
-    Gateway, GatewayConfig, Impl, built_binary, clear_inherited_config, http_get,
+    Gateway, GatewayConfig, Impl, built_binary, clear_inherited_config, http_get, http_request,
 };
 
 /// Bound on one run of the `token` sub-command (it does not wait for anything but a file lock).
@@ -92,23 +90,7 @@ fn id_of(file: &Path, user: &str) -> Result<String> {
 
 /// `GET path` with an `Authorization` header; the status code.
 fn status_with(port: u16, path: &str, authorization: &str) -> Result<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connecting")?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {authorization}\r\n\
-         Accept: application/json\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .context("reading the response")?;
-    let head = String::from_utf8_lossy(&raw);
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("no status line in {head:?}"))
+    Ok(http_request(port, "GET", path, &[("Authorization", authorization)], b"")?.status)
 }
 
 fn kernels_status(gateway: &Gateway, token: &str) -> Result<u16> {
