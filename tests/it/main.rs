@@ -20,6 +20,8 @@
 //! * [`store_postgres`] — the PostgreSQL kernel store (Debian's PostgreSQL, started by
 //!   [`postgres`]): kernels survive a crash; while the database is down starts answer 503 and
 //!   running kernels keep working; the gateway reconnects by itself.
+//! * [`store_yarn`] — a YARN kernel (the RM emulator, GP's launcher as the AM) re-attached after
+//!   a `kill -9` of its gateway: same application, state kept.
 //! * [`token_file`] — per-user tokens: `enterprise-gateway token add|list|revoke` and the
 //!   gateway's token-file authenticator (file-change detection, SIGHUP).
 //!
@@ -39,6 +41,7 @@ mod persistence;
 mod postgres;
 mod smoke;
 mod store_postgres;
+mod store_yarn;
 mod support;
 mod token_file;
 mod two_users;
