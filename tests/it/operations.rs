@@ -35,6 +35,33 @@ fn extra_kernelspecs(dir: &Path) -> Result<PathBuf> {
     Ok(root)
 }
 
+/// One request with `Connection: close`: the status and the body (the gateway's JSON answers
+/// carry a `Content-Length`, so no chunked decoding is needed).
+fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    Ok((status, raw[split + 4..].to_vec()))
+}
+
 /// Waits (bounded) until `port` answers `path` with 200.
 async fn wait_for_http(port: u16, path: &str, within: Duration) -> Result<()> {
     let deadline = std::time::Instant::now() + within;
@@ -188,6 +215,47 @@ async fn e2e_metrics_port_serves_metrics_without_a_token() -> Result<()> {
             "callback_listener",
             "store"
         ]
+    );
+    gateway.proc.mark_passed();
+    Ok(())
+}
+
+#[test]
+fn e2e_json_logs_are_one_object_per_line_with_kernel_fields() -> Result<()> {
+    let config = GatewayConfig {
+        args: vec!["--log_format=json".to_owned()],
+        ..GatewayConfig::default()
+    };
+    let mut gateway = Gateway::start(Impl::Ours, &config)?;
+    let (status, body) = http(
+        gateway.port,
+        "POST",
+        "/api/kernels",
+        r#"{"name": "python3", "env": {"KERNEL_USERNAME": "alice"}}"#,
+    )?;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let kernel: serde_json::Value = serde_json::from_slice(&body)?;
+    let id = kernel["id"].as_str().context("no kernel id")?.to_owned();
+    let (status, _) = http(gateway.port, "DELETE", &format!("/api/kernels/{id}"), "")?;
+    assert_eq!(status, 204);
+    let log = gateway.proc.log_text();
+    let mut with_kernel = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("a log line that is not one JSON object: {line}"))?;
+        for field in ["timestamp", "level", "target"] {
+            assert!(object.get(field).is_some(), "no {field}: {line}");
+        }
+        if object["kernel_id"] == id.as_str() {
+            with_kernel += 1;
+            if object["message"] == "starting kernel" {
+                assert_eq!(object["user"], "alice", "{line}");
+            }
+        }
+    }
+    assert!(
+        with_kernel >= 2,
+        "no lines with kernel_id {id} as a field:\n{log}"
     );
     gateway.proc.mark_passed();
     Ok(())

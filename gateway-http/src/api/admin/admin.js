@@ -254,9 +254,9 @@
   }
 
   const ACTIONS = {
-    interrupt: { title: "Interrupt kernel", verb: "Interrupt", method: "POST", path: (id) => "api/kernels/" + id + "/interrupt" },
-    restart: { title: "Restart kernel", verb: "Restart", method: "POST", path: (id) => "api/kernels/" + id + "/restart" },
-    shutdown: { title: "Shut down kernel", verb: "Shut down", method: "DELETE", path: (id) => "api/kernels/" + id },
+    interrupt: { title: "Interrupt kernel", verb: "Interrupt", done: "interrupted", method: "POST", path: (id) => "api/kernels/" + id + "/interrupt" },
+    restart: { title: "Restart kernel", verb: "Restart", done: "restarted", method: "POST", path: (id) => "api/kernels/" + id + "/restart" },
+    shutdown: { title: "Shut down kernel", verb: "Shut down", done: "shut down", method: "DELETE", path: (id) => "api/kernels/" + id },
   };
 
   function confirmAction(kernel, action) {
@@ -287,7 +287,7 @@
     const spec = ACTIONS[pending.action];
     try {
       await api(spec.method, spec.path(pending.kernel.id));
-      toast(spec.verb + ": " + pending.kernel.id.slice(0, 8) + " done");
+      toast("Kernel " + pending.kernel.id.slice(0, 8) + " " + spec.done);
     } catch (error) {
       toast(spec.verb + " failed: " + error.message, true);
     }
