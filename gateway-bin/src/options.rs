@@ -973,6 +973,19 @@ c.EnterpriseGatewayApp.port = int(os.environ['P'])
     }
 
     #[test]
+    fn the_unsupported_list_names_no_option_variable() {
+        let known: Vec<&str> = OPTIONS.iter().flat_map(|d| d.env.iter().copied()).collect();
+        for (names, why) in UNSUPPORTED {
+            for name in *names {
+                assert!(
+                    !known.contains(name),
+                    "{name} is an option's variable, not {why:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn eg_config_files_on_the_jupyter_path_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("jupyter_enterprise_gateway_config.py");
