@@ -15,7 +15,7 @@
 //!
 //! | name | kind | labels |
 //! |---|---|---|
-//! | `kernel_currently_running_total` | gauge, set at each scrape | `type` (kernelspec), `state`, `backend` |
+//! | `kernel_currently_running_total` | gauge, set at each scrape from this gateway's started kernels | `type` (kernelspec), `state`, `backend` |
 //! | `eg_kernel_starts_total` | counter | `type`, `outcome` (`started` or `failed`) |
 //! | `eg_kernel_start_failures_total` | counter | `type`, `reason` (a class, see [`failure_class`]) |
 //! | `eg_kernel_start_duration_seconds` | histogram (successful starts) | `type` |
@@ -29,6 +29,8 @@
 //! | `eg_launcher_callbacks_total` | counter (recorded by `kernel-launcher`) | `outcome` (`accepted`, `refused`) |
 //! | `eg_backend_errors_total` | counter | `backend`, `operation` |
 //! | `eg_store_errors_total` | counter | `operation` (`request`, `save`, `lease` when the store goes down, `readiness`) |
+//! | `eg_pool_kernels` | gauge | `type`, `profile` (empty for none): ready kernels of a warm pool |
+//! | `eg_pool_starts_total` | counter | `type`, `profile`, `outcome` (`hit`: served from the pool, `miss`: a pool exists but the start was cold) |
 //!
 //! The forwarding path pays one atomic add per message and one per byte count: a WebSocket
 //! connection takes its [`Traffic`] handles once, when it opens.
@@ -292,6 +294,20 @@ pub(crate) fn cull(kind: &str, reason: &crate::manager::rules::CullReason) {
         CullReason::Busy(_) => "busy",
     };
     counter!("eg_kernel_culls_total", "type" => kind.to_owned(), "reason" => reason).increment(1);
+}
+
+/// Sets the number of ready kernels in the warm pool of `kind` under `profile` (profile names
+/// come from the configuration, so they bound the series).
+pub(crate) fn pool_size(kind: &str, profile: &str, ready: usize) {
+    gauge!("eg_pool_kernels", "type" => kind.to_owned(), "profile" => profile.to_owned())
+        .set(ready as f64);
+}
+
+/// Counts a start that had a warm pool: served from it (`hit`) or started cold (`miss`).
+pub(crate) fn pool_start(kind: &str, profile: &str, hit: bool) {
+    let outcome = if hit { "hit" } else { "miss" };
+    counter!("eg_pool_starts_total", "type" => kind.to_owned(), "profile" => profile.to_owned(), "outcome" => outcome)
+        .increment(1);
 }
 
 /// Counts a failed call into a resource manager.

@@ -104,8 +104,9 @@ pub(crate) async fn asset(Path(asset): Path<String>) -> Result<Response, Error> 
         .into_response())
 }
 
-/// `GET /api/admin/kernels`: every kernel, with backend, host, restarts and start time; admins
-/// only, whatever `list_kernels` says (it governs EG's own listing).
+/// `GET /api/admin/kernels`: every kernel (with a shared store, those of every gateway, as
+/// `GET /api/kernels` lists them), with backend, host, restarts and start time; admins only,
+/// whatever `list_kernels` says (it governs EG's own listing).
 pub(crate) async fn kernels(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -114,7 +115,8 @@ pub(crate) async fn kernels(
     Ok(Json(
         state
             .manager
-            .list()
+            .list_all()
+            .await
             .into_iter()
             .map(AdminKernelModel::from)
             .collect(),
