@@ -20,6 +20,8 @@
 //! * [`store_postgres`] — the PostgreSQL kernel store (Debian's PostgreSQL, started by
 //!   [`postgres`]): kernels survive a crash; while the database is down starts answer 503 and
 //!   running kernels keep working; the gateway reconnects by itself.
+//! * [`store_ssh`] — an SSH kernel (a real sshd on 127.0.0.2, GP's launcher) re-attached after a
+//!   `kill -9` of its gateway, state kept.
 //! * [`store_yarn`] — a YARN kernel (the RM emulator, GP's launcher as the AM) re-attached after
 //!   a `kill -9` of its gateway: same application, state kept.
 //! * [`token_file`] — per-user tokens: `enterprise-gateway token add|list|revoke` and the
@@ -41,6 +43,7 @@ mod persistence;
 mod postgres;
 mod smoke;
 mod store_postgres;
+mod store_ssh;
 mod store_yarn;
 mod support;
 mod token_file;

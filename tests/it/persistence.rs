@@ -40,6 +40,14 @@ impl Place {
             .args(args)
             .current_dir(&self.dir);
         clear_inherited_config(&mut cmd);
+        // Cargo's and nextest's test variables (`CARGO_BIN_EXE_<name-with-dashes>`) are no names
+        // a remote kernel's environment may carry.
+        for (key, _) in std::env::vars_os() {
+            let name = key.to_string_lossy();
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                cmd.env_remove(&key);
+            }
+        }
         for sub in ["config", "data", "runtime"] {
             std::fs::create_dir_all(self.dir.join(sub))?;
         }
