@@ -99,3 +99,108 @@ async fn e2e_kernel_store_postgres_down_and_back() -> Result<()> {
     pg.mark_passed();
     Ok(())
 }
+
+/// The PostgreSQL store's own guarantees against a real server: of two gateways claiming the
+/// same expired leases at once exactly one wins each, limits are counted across both, a row a
+/// foreign program wrote is skipped, and a schema from a newer gateway is refused.
+#[tokio::test]
+async fn e2e_postgres_store_claims_limits_bad_rows_and_newer_schema() -> Result<()> {
+    use gateway_http::store::{KernelStore, Limits, PostgresStore, Reservation, StoredKernel};
+
+    let mut pg = Postgres::start()?;
+    let a = PostgresStore::connect(&pg.url()).await?;
+    let b = PostgresStore::connect(&pg.url()).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let row = |user: &str| StoredKernel {
+        id: uuid::Uuid::new_v4().to_string(),
+        kernelspec: "python3".to_owned(),
+        username: user.to_owned(),
+        record: None,
+        env: std::collections::BTreeMap::new(),
+        cwd: None,
+        restart_count: 0,
+        created: now,
+        last_activity: now,
+        execution_state: "idle".to_owned(),
+        gateway: "gw-dead".to_owned(),
+        lease_until: now,
+    };
+    // Twenty kernels of a dead gateway, their leases already expired.
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let kernel = row("alice");
+        assert_eq!(
+            a.reserve(&kernel, Limits::default(), Duration::ZERO)
+                .await?,
+            Reservation::Reserved
+        );
+        ids.push(kernel.id);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let race = |store: PostgresStore, name: &'static str, ids: Vec<String>| {
+        tokio::spawn(async move {
+            let mut won = Vec::new();
+            for id in ids {
+                if store.claim(&id, name, Duration::from_secs(60)).await? {
+                    won.push(id);
+                }
+            }
+            anyhow::Ok(won)
+        })
+    };
+    let mut reversed = ids.clone();
+    reversed.reverse();
+    let (won_a, won_b) = (
+        race(a.clone(), "gw-a", ids.clone()),
+        race(b.clone(), "gw-b", reversed),
+    );
+    let (won_a, won_b) = (won_a.await??, won_b.await??);
+    assert_eq!(
+        won_a.len() + won_b.len(),
+        ids.len(),
+        "every lease taken exactly once"
+    );
+    assert!(won_a.iter().all(|id| !won_b.contains(id)));
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM kernels WHERE gateway = 'gw-dead'")?,
+        "0"
+    );
+
+    // Limits across gateways: 20 of alice's exist; a limit of 21 admits one more, from either.
+    let limits = Limits {
+        max_total: Some(21),
+        max_per_user: None,
+    };
+    assert_eq!(
+        a.reserve(&row("bob"), limits, Duration::from_secs(60))
+            .await?,
+        Reservation::Reserved
+    );
+    assert!(matches!(
+        b.reserve(&row("carol"), limits, Duration::from_secs(60))
+            .await?,
+        Reservation::Full { total: 21, .. }
+    ));
+
+    // A foreign row is skipped with a log line; the others load.
+    pg.psql(
+        "INSERT INTO kernels (id, kernelspec, username, record, env, cwd, restart_count, created_ms, \
+         last_activity_ms, execution_state, gateway, lease_until_ms) \
+         VALUES ('not-a-uuid', 's', 'u', '{', '{}', NULL, 0, 0, 0, 'idle', 'x', 0)",
+    )?;
+    assert_eq!(b.load().await?.len(), 21);
+
+    // A newer schema is refused with a message naming both versions.
+    pg.psql("UPDATE schema_version SET version = 7")?;
+    let refused = PostgresStore::connect(&pg.url())
+        .await
+        .err()
+        .map(|e| e.to_string());
+    let refused = refused.unwrap_or_default();
+    assert!(
+        refused.contains("schema version 7") && refused.contains("newer than the version 1"),
+        "{refused}"
+    );
+    pg.mark_passed();
+    Ok(())
+}
