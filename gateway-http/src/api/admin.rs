@@ -1,9 +1,11 @@
 //! The operator's view: the admin page (`/admin` and its two assets), its data route
 //! (`GET /api/admin/kernels`) and `/metrics` on the API port.
 //!
-//! The page is a server-rendered HTML shell that holds no data: its script fetches everything
-//! from the JSON API with the signed-in user's credentials, so it sees exactly what that user's
-//! API calls may see. `GET /api/admin/kernels` and `/metrics` answer admins only (403 to anybody
+//! The page is server-rendered: a request that authenticates as an admin (a `?token=`, a client
+//! certificate, or no authentication configured) gets the kernel table filled in; any other
+//! gets the shell with nothing in it. From then on its script fetches everything from the JSON
+//! API with the signed-in user's credentials, so it sees exactly what that user's API calls may
+//! see. `GET /api/admin/kernels` and `/metrics` answer admins only (403 to anybody
 //! else); interrupt, restart and shutdown go through the ordinary kernel routes.
 //!
 //! How the browser authenticates: a TLS client certificate or a proxy needs nothing more; with
@@ -50,24 +52,100 @@ pub(crate) async fn page(State(state): State<AppState>, request: Request) -> Res
             .extensions
             .get::<ConnectionInfo>()
             .is_some_and(|c| c.client_certificate.is_some());
+    let mut admin = false;
     if has_credential || !state.config.auth.is_enabled() {
         // A refused credential still gets the page: its sign-in form says why.
-        if let Ok(identity) = guard::authenticate(&state, &parts).await
-            && !identity.roles.admin
-        {
-            tracing::info!(target: "audit", user = %identity.user, "refused the admin page to a user without the admin role");
-            return html(
-                StatusCode::FORBIDDEN,
-                FORBIDDEN_PAGE
-                    .replace("{{base}}", &escape(&state.base))
-                    .replace("{{user}}", &escape(&identity.user)),
-            );
+        if let Ok(identity) = guard::authenticate(&state, &parts).await {
+            if !identity.roles.admin {
+                tracing::info!(target: "audit", user = %identity.user, "refused the admin page to a user without the admin role");
+                return html(
+                    StatusCode::FORBIDDEN,
+                    FORBIDDEN_PAGE
+                        .replace("{{base}}", &escape(&state.base))
+                        .replace("{{user}}", &escape(&identity.user)),
+                );
+            }
+            admin = true;
         }
     }
+    let kernels = if admin {
+        state.manager.list_all().await
+    } else {
+        Vec::new()
+    };
+    let count = |state: &str| {
+        kernels
+            .iter()
+            .filter(|k| k.execution_state == state)
+            .count()
+            .to_string()
+    };
+    let users: std::collections::BTreeSet<&str> =
+        kernels.iter().map(|k| k.username.as_str()).collect();
+    let hidden = |hide: bool| if hide { " hidden" } else { "" };
     let body = PAGE
         .replace("{{base}}", &escape(&state.base))
-        .replace("{{version}}", env!("CARGO_PKG_VERSION"));
+        .replace("{{version}}", env!("CARGO_PKG_VERSION"))
+        .replace("{{loading_hidden}}", hidden(admin))
+        .replace("{{dashboard_hidden}}", hidden(!admin))
+        .replace("{{empty_hidden}}", hidden(!kernels.is_empty()))
+        .replace("{{stat_kernels}}", &kernels.len().to_string())
+        .replace("{{stat_busy}}", &count("busy"))
+        .replace("{{stat_idle}}", &count("idle"))
+        .replace(
+            "{{stat_connections}}",
+            &kernels
+                .iter()
+                .map(|k| k.connections)
+                .sum::<usize>()
+                .to_string(),
+        )
+        .replace("{{stat_users}}", &users.len().to_string())
+        .replace("{{kernel_rows}}", &kernel_rows(&kernels));
     html(StatusCode::OK, body)
+}
+
+/// The kernel table's rows as the script renders them, newest first (actions come with the
+/// script).
+fn kernel_rows(kernels: &[crate::manager::KernelSnapshot]) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let mut sorted: Vec<&crate::manager::KernelSnapshot> = kernels.iter().collect();
+    sorted.sort_by(|a, b| b.created.cmp(&a.created));
+    let mut rows = String::new();
+    for k in sorted {
+        let host = if k.host.is_empty() { "—" } else { &k.host };
+        rows.push_str(&format!(
+            "<tr data-kernel-id=\"{id}\"><td class=\"mono\" title=\"{id}\">{short}</td><td>{owner}</td>\
+             <td>{name}</td><td>{backend}</td><td class=\"mono\">{host}</td>\
+             <td><span class=\"badge state-{state}\">{state}</span></td>\
+             <td class=\"num\">{age}</td><td class=\"num\">{idle} ago</td>\
+             <td class=\"num\">{connections}</td><td class=\"num\">{restarts}</td><td class=\"actions\"></td></tr>",
+            id = escape(&k.id),
+            short = escape(k.id.get(..8).unwrap_or(&k.id)),
+            owner = escape(&k.username),
+            name = escape(&k.name),
+            backend = escape(&k.backend),
+            host = escape(host),
+            state = escape(&k.execution_state),
+            age = duration(now - k.created),
+            idle = duration(now - k.last_activity),
+            connections = k.connections,
+            restarts = k.restarts,
+        ));
+    }
+    rows
+}
+
+/// `3s`, `4m 10s`, `2h 5m`, `1d 3h`, as the script writes durations.
+fn duration(elapsed: time::Duration) -> String {
+    let s = elapsed.whole_seconds().max(0);
+    let (m, h) = (s / 60, s / 3600);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{m}m {}s", s % 60),
+        3600..86400 => format!("{h}h {}m", m % 60),
+        _ => format!("{}d {}h", h / 24, h % 24),
+    }
 }
 
 fn html(status: StatusCode, body: String) -> Response {
@@ -175,6 +253,16 @@ mod tests {
             escape(r#"<a href="x">'&'</a>"#),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
+    }
+
+    #[test]
+    fn durations_read_like_the_script_writes_them() {
+        let d = time::Duration::seconds;
+        assert_eq!(duration(d(-3)), "0s");
+        assert_eq!(duration(d(59)), "59s");
+        assert_eq!(duration(d(250)), "4m 10s");
+        assert_eq!(duration(d(7500)), "2h 5m");
+        assert_eq!(duration(d(97_200)), "1d 3h");
     }
 
     #[test]
