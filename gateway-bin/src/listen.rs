@@ -81,3 +81,40 @@ pub(crate) async fn reload_on_hangup(auth: gateway_http::auth::Authenticators) {
         }
     }
 }
+
+/// On every SIGHUP, re-reads the profiles file and puts its profiles and pool sizes in force;
+/// running kernels keep what they were started with. A file that does not validate is logged
+/// and the profiles in force stay.
+pub(crate) async fn reload_profiles_on_hangup(
+    manager: std::sync::Arc<gateway_http::KernelManager>,
+    path: std::path::PathBuf,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGHUP ({e}); profiles will not be reloaded");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let policy = manager.config().env_policy.clone();
+        let file = path.clone();
+        match tokio::task::spawn_blocking(move || crate::profiles::load(&file, &policy)).await {
+            Ok(Ok(set)) => {
+                tracing::info!(
+                    profiles = set.profiles.len(),
+                    pools = set.pools.len(),
+                    "SIGHUP: kernel profiles reloaded"
+                );
+                manager.set_profiles(set);
+            }
+            Ok(Err(error)) => {
+                tracing::error!(
+                    "profiles reload failed, the previous profiles stay in force: {error:#}"
+                );
+            }
+            Err(e) => tracing::error!("the profiles reload task failed: {e}"),
+        }
+    }
+}

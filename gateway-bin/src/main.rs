@@ -9,6 +9,7 @@ mod backends;
 mod egconfig;
 mod listen;
 mod options;
+mod profiles;
 mod settings;
 mod store;
 mod token_cmd;
@@ -160,6 +161,13 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
         tokio::spawn(listen::reload_on_hangup(config.auth.clone()));
     }
     let manager = store::manager(config, registry, settings.store.as_ref()).await?;
+    manager.set_profiles(settings.profiles);
+    if let Some(path) = settings.profiles_file {
+        tokio::spawn(listen::reload_profiles_on_hangup(
+            Arc::clone(&manager),
+            path,
+        ));
+    }
     if let Some(port) = settings.metrics_port {
         let metrics = listen::bind(&settings.ip, port, 0).await?;
         tracing::info!(

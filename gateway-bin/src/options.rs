@@ -208,6 +208,7 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     opt!("gateway_id", "NAME", "", ["EG_GATEWAY_ID"], &[], "This gateway's name in the store's leases (default <hostname>:<port>); a gateway restarted under the same name takes its kernels back at once"),
     opt!("lease_ttl", "SECS", "30", ["EG_LEASE_TTL"], &[], "How long a gateway's lease on its kernels holds unrenewed: the bound on how soon another gateway takes over a dead gateway's kernels"),
     // Remote kernels (launchers call back; EG's DistributedProcessProxy).
+    opt!("profiles_file", "PATH", "", ["EG_PROFILES_FILE"], &[], "TOML file of kernel profiles ([[profiles]]) and warm pools ([[pools]]); re-read on SIGHUP"),
     opt!("remote_hosts", "LIST", "localhost", ["EG_REMOTE_HOSTS", "GP_REMOTE_HOSTS"], APP, "Hosts for distributed (ssh) kernelspecs; a kernelspec's config.remote_hosts replaces them"),
     opt!("load_balancing_algorithm", "NAME", "round-robin", ["EG_LOAD_BALANCING_ALGORITHM", "GP_LOAD_BALANCING_ALGORITHM"], APP, "How a remote host is chosen: round-robin or least-connection"),
     opt!("response_ip", "ADDR", "", ["EG_RESPONSE_IP", "GP_RESPONSE_IP"], &[], "Address launchers call back to (default: this machine's primary address)"),

@@ -48,6 +48,10 @@ pub(crate) struct Settings {
     pub(crate) metrics_enabled: bool,
     /// A separate, unauthenticated port for `/metrics`.
     pub(crate) metrics_port: Option<u16>,
+    /// The profiles file, re-read on SIGHUP.
+    pub(crate) profiles_file: Option<std::path::PathBuf>,
+    /// Kernel profiles and pool sizes read from it.
+    pub(crate) profiles: gateway_http::profiles::ProfileSet,
     /// The kernel store, unless `--store=none`.
     pub(crate) store: Option<StoreSettings>,
 }
@@ -328,6 +332,11 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
     let comm_timeout = r.secs("socket_timeout")?.max(Duration::from_millis(100));
 
     let store = store_settings(&r, &data_dir, port)?;
+    let profiles_file = r.text("profiles_file").map(std::path::PathBuf::from);
+    let profiles = match &profiles_file {
+        Some(path) => crate::profiles::load(path, &gateway.env_policy)?,
+        None => Default::default(),
+    };
     Ok(Settings {
         store,
         ssh,
@@ -348,6 +357,8 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         port_retries,
         metrics_enabled: r.bool("metrics_enabled")?,
         metrics_port: r.number::<u16>("metrics_port")?,
+        profiles,
+        profiles_file,
     })
 }
 

@@ -31,6 +31,7 @@ pub mod error;
 mod io;
 pub mod manager;
 pub mod metrics;
+pub mod profiles;
 pub mod server;
 pub mod store;
 pub mod tls;

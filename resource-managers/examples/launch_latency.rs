@@ -38,6 +38,7 @@ fn request(spec: &KernelSpec) -> LaunchRequest {
         previous: None,
         username: "bench".to_owned(),
         run_as: None,
+        placement: Default::default(),
     }
 }
 

@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
             previous: None,
             username: "example".to_owned(),
             run_as: None,
+            placement: Default::default(),
         })
         .await?;
     println!(

@@ -59,6 +59,7 @@
 //!         previous: None,
 //!         username: "alice".into(),
 //!         run_as: None,
+//!         placement: Default::default(),
 //!     })
 //!     .await?;
 //! println!("shell port {}", kernel.connection.shell_port);
@@ -149,6 +150,74 @@ pub struct LaunchRequest {
     /// The OS account to run the kernel as (impersonation), when not the gateway's own. Only the
     /// local backend applies it; others leave impersonation to their launch scripts.
     pub run_as: Option<RunAs>,
+    /// Where and how big the kernel should be (a kernel profile's backend settings); the default
+    /// asks for nothing beyond the kernelspec.
+    pub placement: Placement,
+}
+
+/// What a kernel profile asks of the backend; each backend applies the part that is its own and
+/// ignores the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Limits the local backend puts on the kernel process.
+    pub limits: ProcessLimits,
+    /// The `ssh` backend's host group: replaces the kernelspec's and the configured remote hosts.
+    pub hosts: Vec<String>,
+    /// Spark settings the `yarn` backend adds to a `spark-submit` command.
+    pub spark: SparkSettings,
+}
+
+/// Resource limits of a local kernel process, applied by `prlimit` and `taskset` (util-linux)
+/// in front of the kernel's argv, so the kernel's own process gets them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// Address-space limit in bytes (`RLIMIT_AS`): an allocation past it fails in the kernel.
+    pub memory_bytes: Option<u64>,
+    /// CPU-time limit in seconds (`RLIMIT_CPU`): the kernel is stopped by SIGXCPU past it.
+    pub cpu_seconds: Option<u64>,
+    /// How many CPUs the kernel may run on (its affinity is set to CPUs `0..cpus`).
+    pub cpus: Option<u32>,
+}
+
+impl ProcessLimits {
+    /// Whether any limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.cpu_seconds.is_none() && self.cpus.is_none()
+    }
+}
+
+/// `spark-submit` arguments of a profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SparkSettings {
+    /// `--queue`.
+    pub queue: Option<String>,
+    /// `--driver-memory` (Spark's size syntax, e.g. `4g`).
+    pub driver_memory: Option<String>,
+    /// `--executor-memory`.
+    pub executor_memory: Option<String>,
+    /// `--num-executors`.
+    pub executor_count: Option<u32>,
+    /// `--executor-cores`.
+    pub executor_cores: Option<u32>,
+}
+
+impl SparkSettings {
+    /// The settings as `spark-submit` arguments, in a fixed order.
+    pub fn arguments(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut push = |flag: &str, value: Option<String>| {
+            if let Some(value) = value {
+                out.push(flag.to_owned());
+                out.push(value);
+            }
+        };
+        push("--queue", self.queue.clone());
+        push("--driver-memory", self.driver_memory.clone());
+        push("--executor-memory", self.executor_memory.clone());
+        push("--num-executors", self.executor_count.map(|n| n.to_string()));
+        push("--executor-cores", self.executor_cores.map(|n| n.to_string()));
+        out
+    }
 }
 
 /// An OS account a kernel process runs as.

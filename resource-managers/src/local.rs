@@ -193,6 +193,7 @@ impl ResourceManager for LocalResourceManager {
             &connection_file,
             &log_path,
             !self.outlive,
+            &self.config.search_path,
         );
         let child = match spawned {
             Ok(child) => child,
@@ -538,6 +539,7 @@ fn spawn(
     connection_file: &Path,
     log_path: &Path,
     parent_pid: bool,
+    search_path: &[PathBuf],
 ) -> Result<tokio::process::Child, Error> {
     let spec = &request.spec;
     let mut vars: BTreeMap<&str, String> = BTreeMap::new();
@@ -558,11 +560,69 @@ fn spawn(
         vars.insert("prefix", prefix.to_string_lossy().into_owned());
     }
     let argv = template::substitute(&spec.argv, &vars);
+    let (program, argv) = with_limits(&request.placement.limits, program, argv, search_path)?;
 
     if let Some(run_as) = &request.run_as {
         std::os::unix::fs::chown(connection_file, Some(run_as.uid), Some(run_as.gid))?;
     }
-    spawn_logged(request, program, &argv, log_path, "kernel", parent_pid)
+    spawn_logged(request, &program, &argv, log_path, "kernel", parent_pid)
+}
+
+/// The program and argv that start the kernel under `limits`: util-linux's `prlimit` (for the
+/// memory and CPU-time rlimits) and `taskset` (for the CPU count) in front of the kernel's own
+/// argv. Both set the limit on themselves and `exec` the rest, so the kernel's process (same pid)
+/// carries the limits and nothing else does; the gateway needs no code between `fork` and `exec`.
+/// Without limits, the kernel's program and argv unchanged.
+fn with_limits(
+    limits: &crate::ProcessLimits,
+    program: &Path,
+    argv: Vec<String>,
+    search_path: &[PathBuf],
+) -> Result<(PathBuf, Vec<String>), Error> {
+    if limits.is_empty() {
+        return Ok((program.to_path_buf(), argv));
+    }
+    let tool = |name: &str| -> Result<PathBuf, Error> {
+        search_path
+            .iter()
+            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")].iter())
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+            .ok_or_else(|| {
+                Error::Spawn(format!(
+                    "the kernel's profile sets resource limits, which need util-linux's {name}, \
+                     not found in the gateway's search path"
+                ))
+            })
+    };
+    let mut prefix: Vec<String> = Vec::new();
+    let mut first: Option<PathBuf> = None;
+    if limits.memory_bytes.is_some() || limits.cpu_seconds.is_some() {
+        let prlimit = tool("prlimit")?;
+        prefix.push(prlimit.to_string_lossy().into_owned());
+        if let Some(bytes) = limits.memory_bytes {
+            prefix.push(format!("--as={bytes}"));
+        }
+        if let Some(secs) = limits.cpu_seconds {
+            prefix.push(format!("--cpu={secs}"));
+        }
+        prefix.push("--".to_owned());
+        first = Some(prlimit);
+    }
+    if let Some(cpus) = limits.cpus.filter(|n| *n > 0) {
+        let taskset = tool("taskset")?;
+        let last = cpus.saturating_sub(1);
+        prefix.push(taskset.to_string_lossy().into_owned());
+        prefix.push("--cpu-list".to_owned());
+        prefix.push(format!("0-{last}"));
+        first.get_or_insert(taskset);
+    }
+    let Some(first) = first else {
+        return Ok((program.to_path_buf(), argv));
+    };
+    prefix.push(program.to_string_lossy().into_owned());
+    prefix.extend(argv.into_iter().skip(1));
+    Ok((first, prefix))
 }
 
 /// Starts `argv` (with `program` as the resolved `argv[0]`) the way every backend starts a local

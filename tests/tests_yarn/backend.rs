@@ -154,6 +154,7 @@ fn request(spec: KernelSpec, conf_dir: Option<&Path>, timeout: Duration) -> Laun
         previous: None,
         username: "alice".into(),
         run_as: None,
+        placement: Default::default(),
     }
 }
 

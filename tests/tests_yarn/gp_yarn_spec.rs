@@ -143,6 +143,7 @@ async fn gp_yarn_spec_launches_interrupts_and_shuts_down() {
         previous: None,
         username: "alice".into(),
         run_as: None,
+        placement: Default::default(),
     };
 
     let kernel = backend.launch(launch).await.expect("launch");

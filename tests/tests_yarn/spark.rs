@@ -221,6 +221,7 @@ async fn spark_standalone_session_from_a_gateway_launched_kernel_runs_a_job() {
             previous: None,
             username: "alice".into(),
             run_as: None,
+            placement: Default::default(),
         })
         .await
         .expect("kernel launch");

@@ -91,6 +91,59 @@ pub struct KernelModel {
     /// Why the kernel is not usable; omitted when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The kernel profile it runs under; omitted when none, so EG's model is unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+/// A kernel profile as `GET /api/profiles` shows it (who may use it and the backend settings
+/// stay with the administrator).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileModel {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Kernelspecs it applies to (empty: all).
+    pub kernelspecs: Vec<String>,
+    /// Its resources.
+    pub resources: ResourcesModel,
+    /// Whether the caller's groups make it their default.
+    pub default: bool,
+}
+
+/// A profile's resources; unset ones are omitted.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourcesModel {
+    /// Memory in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// CPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// GPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+}
+
+impl ProfileModel {
+    /// The model of `profile` for a member of `groups`.
+    pub fn new(profile: &crate::profiles::Profile, groups: &[String]) -> ProfileModel {
+        ProfileModel {
+            name: profile.name.clone(),
+            description: profile.description.clone(),
+            kernelspecs: profile.kernelspecs.clone(),
+            resources: ResourcesModel {
+                memory: profile.resources.memory,
+                cpus: profile.resources.cpus,
+                gpus: profile.resources.gpus,
+            },
+            default: profile
+                .default_for_groups
+                .iter()
+                .any(|g| groups.contains(g)),
+        }
+    }
 }
 
 /// `last_activity`'s format: UTC, six fractional digits, `Z`.
@@ -116,6 +169,7 @@ impl From<KernelSnapshot> for KernelModel {
             connections: snapshot.connections,
             owner: snapshot.username,
             reason: snapshot.reason.filter(|reason| !reason.is_empty()),
+            profile: snapshot.profile,
         }
     }
 }

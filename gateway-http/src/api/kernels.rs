@@ -166,10 +166,16 @@ fn start_request(body: Option<Value>) -> Result<StartRequest, Error> {
         Some(Value::String(path)) => Some(path),
         Some(_) => return Err(bad("The path field must be a string")),
     };
+    let profile = match fields.remove("profile") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(profile)) => Some(profile),
+        Some(_) => return Err(bad("The profile field must be a string")),
+    };
     Ok(StartRequest {
         name,
         env,
         path,
+        profile,
         ..StartRequest::default()
     })
 }

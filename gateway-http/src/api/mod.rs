@@ -65,6 +65,7 @@ pub fn router(manager: Arc<KernelManager>) -> Router {
     let api = Router::new()
         .route(&at("api"), api_route(get(version)))
         .route(&at("api/me"), api_route(get(me)))
+        .route(&at("api/profiles"), api_route(get(profiles)))
         .route(
             &at("api/kernels"),
             api_route(get(kernels::list).post(kernels::start)),
@@ -182,6 +183,19 @@ async fn version() -> axum::Json<dto::VersionModel> {
         gateway_version: GATEWAY_VERSION,
         enterprise_gateway_rs: env!("CARGO_PKG_VERSION"),
     })
+}
+
+/// `GET /api/profiles`: the kernel profiles the caller may use, in file order.
+async fn profiles(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    guard::Caller(caller): guard::Caller,
+) -> axum::Json<Vec<dto::ProfileModel>> {
+    let set = state.manager.profile_set();
+    let models = set
+        .usable_by(&caller.user, &caller.groups)
+        .map(|profile| dto::ProfileModel::new(profile, &caller.groups))
+        .collect();
+    axum::Json(models)
 }
 
 /// `GET /api/me`: who the gateway thinks the caller is, in jupyter_server's shape (`identity`,

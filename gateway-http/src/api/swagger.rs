@@ -40,6 +40,8 @@ pub(crate) fn document(base_url: &str) -> Value {
             "/api": {"get": {"summary": "Versions", "responses": {"200": {"description": "Versions"}}}},
             "/api/me": {"get": {"summary": "The authenticated caller: user name, groups, roles and authenticator",
                 "responses": {"200": {"description": "jupyter_server's identity model with groups, roles and authenticator"}, "401": error}}},
+            "/api/profiles": {"get": {"summary": "The kernel profiles the caller may use (name, description, kernelspecs, resources, whether it is the caller's default)",
+                "responses": {"200": {"description": "Profile models", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Profile"}}}}}, "401": error}}},
             "/api/kernelspecs": {"get": {"summary": "List kernelspecs", "parameters": [user],
                 "responses": {"200": {"description": "Default name and specs by name"}}}},
             "/api/kernelspecs/{kernel_name}": {"get": {"summary": "One kernelspec", "parameters": [kernel_name, user],
@@ -113,9 +115,16 @@ pub(crate) fn document(base_url: &str) -> Value {
             "Kernel": {"type": "object", "required": ["id", "name", "last_activity", "execution_state", "connections"], "properties": {
                 "id": {"type": "string"}, "name": {"type": "string"},
                 "last_activity": {"type": "string", "description": "UTC, YYYY-MM-DDTHH:MM:SS.ffffffZ"},
-                "execution_state": {"type": "string"}, "connections": {"type": "integer"}, "owner": {"type": "string"}, "reason": {"type": "string"}}},
+                "execution_state": {"type": "string"}, "connections": {"type": "integer"}, "owner": {"type": "string"}, "reason": {"type": "string"},
+                "profile": {"type": "string", "description": "The kernel profile, present only when the kernel has one"}}},
+            "Profile": {"type": "object", "required": ["name", "description", "kernelspecs", "default"], "properties": {
+                "name": {"type": "string"}, "description": {"type": "string"},
+                "kernelspecs": {"type": "array", "items": {"type": "string"}, "description": "Empty: every kernelspec"},
+                "resources": {"type": "object", "properties": {"memory": {"type": "integer"}, "cpus": {"type": "integer"}, "gpus": {"type": "integer"}}},
+                "default": {"type": "boolean", "description": "The caller's groups get it when a start names no profile"}}},
             "StartRequest": {"type": "object", "properties": {
                 "name": {"type": "string", "nullable": true}, "path": {"type": "string"},
+                "profile": {"type": "string", "description": "A kernel profile (KERNEL_PROFILE in env asks too)"},
                 "env": {"type": "object", "additionalProperties": {"type": "string"}}}},
             "Session": {"type": "object", "properties": {
                 "id": {"type": "string"}, "path": {"type": "string"}, "name": {"type": "string", "nullable": true}, "type": {"type": "string"},

@@ -69,6 +69,8 @@ pub(crate) struct KernelShared {
     pub(crate) backend: String,
     /// When the start was requested.
     pub(crate) created: time::OffsetDateTime,
+    /// The kernel profile it was started under.
+    pub(crate) profile: Option<String>,
     /// Status for snapshots.
     pub(crate) status: Mutex<Status>,
     /// The supervisor's event queue.
@@ -115,6 +117,7 @@ impl KernelShared {
             host: status.host.clone(),
             restarts: status.restarts,
             created: self.created,
+            profile: self.profile.clone(),
         }
     }
 
@@ -180,6 +183,10 @@ pub(crate) struct LaunchPlan {
     pub(crate) remote: bool,
     /// The OS account a local kernel runs as (impersonation), if not the gateway's.
     pub(crate) run_as: Option<resource_managers::RunAs>,
+    /// What the kernel's profile asks of the backend.
+    pub(crate) placement: resource_managers::Placement,
+    /// The kernel's profile, if any.
+    pub(crate) profile: Option<String>,
 }
 
 /// One running process of a kernel with the gateway's own sockets to it.
@@ -329,6 +336,7 @@ async fn launch_once(
         previous,
         username: plan.username.clone(),
         run_as: plan.run_as.clone(),
+        placement: plan.placement.clone(),
     };
     let launched = match timeout_at(deadline + BACKEND_GRACE, plan.backend.launch(request)).await {
         Ok(Ok(launched)) => launched,

@@ -11,12 +11,13 @@ mod identity;
 mod kernel;
 mod persist;
 mod policy;
+mod pool;
 pub mod rules;
 mod supervisor;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use kernel_launcher::env::{EnvInputs, compose, filter_request_env};
@@ -31,8 +32,10 @@ pub(crate) use hub::{Attached, ClientNotice, Handover, Kick, KickSignal};
 pub(crate) use kernel::socket_options;
 use kernel::{KernelShared, LaunchPlan, Status};
 pub use persist::Persistence;
+pub use pool::PoolInfo;
 use supervisor::{KernelEvent, ShutdownReason};
 
+use crate::profiles::{Profile, ProfileSet};
 use crate::{Error, Fault, GatewayConfig};
 
 /// A start request as the HTTP layer parsed it (EG reads only these fields).
@@ -50,6 +53,9 @@ pub struct StartRequest {
     pub user: Option<String>,
     /// The owner's groups, for `group:<name>` entries of the user lists.
     pub groups: Vec<String>,
+    /// The kernel profile asked for by the body's `profile` field (the env's `KERNEL_PROFILE`
+    /// asks too; this one wins).
+    pub profile: Option<String>,
 }
 
 /// A kernel's state as the manager sees it; the HTTP layer converts it to EG's kernel model.
@@ -77,6 +83,8 @@ pub struct KernelSnapshot {
     pub restarts: u32,
     /// When the start was requested (UTC).
     pub created: time::OffsetDateTime,
+    /// The kernel profile it was started under, if any.
+    pub profile: Option<String>,
 }
 
 /// Extra time `shutdown_all` allows past `shutdown_wait_time`.
@@ -119,12 +127,18 @@ pub struct KernelManager {
     culler_started: std::sync::Once,
     /// The kernel store, when kernels outlive the gateway.
     persistence: Option<Arc<Persistence>>,
+    /// This manager, for the tasks it spawns (they must not keep it alive).
+    me: Weak<KernelManager>,
+    /// Kernel profiles and pool sizes, replaced whole on reload.
+    profiles: RwLock<Arc<ProfileSet>>,
+    /// Warm pools.
+    pools: pool::Pools,
 }
 
 impl KernelManager {
     /// A manager over the given backends. Spawns nothing until kernels start.
     pub fn new(config: Arc<GatewayConfig>, registry: Registry) -> Arc<KernelManager> {
-        Arc::new(KernelManager {
+        Arc::new_cyclic(|me| KernelManager {
             config,
             registry,
             table: Arc::new(Mutex::new(Table::default())),
@@ -132,6 +146,9 @@ impl KernelManager {
             tasks: TaskTracker::new(),
             culler_started: std::sync::Once::new(),
             persistence: None,
+            me: me.clone(),
+            profiles: RwLock::default(),
+            pools: pool::Pools::default(),
         })
     }
     /// A manager that records its kernels in a store, so that they outlive this gateway; call
@@ -141,7 +158,7 @@ impl KernelManager {
         registry: Registry,
         persistence: Persistence,
     ) -> Arc<KernelManager> {
-        Arc::new(KernelManager {
+        Arc::new_cyclic(|me| KernelManager {
             config,
             registry,
             table: Arc::new(Mutex::new(Table::default())),
@@ -149,7 +166,66 @@ impl KernelManager {
             tasks: TaskTracker::new(),
             culler_started: std::sync::Once::new(),
             persistence: Some(Arc::new(persistence)),
+            me: me.clone(),
+            profiles: RwLock::default(),
+            pools: pool::Pools::default(),
         })
+    }
+    /// Puts kernel profiles and pool sizes in force (at start and on every reload). Running
+    /// kernels keep what they were started with; pools grow or shrink to their new sizes, and
+    /// pools no longer configured are emptied.
+    pub fn set_profiles(&self, profiles: ProfileSet) {
+        let sizes = profiles.pools.clone();
+        *self
+            .profiles
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(profiles);
+        pool::stop_all(self.pools.resize(&sizes));
+        if !sizes.is_empty() && !self.cancel.is_cancelled() {
+            self.pools
+                .start_filler(self.me.clone(), &self.tasks, self.cancel.clone());
+        }
+    }
+    /// The profiles in force.
+    pub fn profile_set(&self) -> Arc<ProfileSet> {
+        Arc::clone(
+            &self
+                .profiles
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+    /// The profile a start gets: the one asked for (unknown: 400; not the user's: 403; not for
+    /// this kernelspec: 400), else the default of one of the user's groups, else none.
+    fn choose_profile(
+        &self,
+        asked: Option<&str>,
+        user: &str,
+        groups: &[String],
+        spec: &str,
+    ) -> Result<Option<Profile>, Error> {
+        let set = self.profile_set();
+        let Some(name) = asked.map(str::trim).filter(|n| !n.is_empty()) else {
+            return Ok(set.default_for(user, groups, spec).cloned());
+        };
+        let profile = set.get(name).ok_or_else(|| Error::BadRequest {
+            message: format!("Unknown kernel profile '{name}'"),
+        })?;
+        if !profile.allows(user, groups) {
+            return Err(Error::Forbidden {
+                reason: format!("User '{user}' is not allowed to use the kernel profile '{name}'"),
+                message: format!("User '{user}' is not allowed to use the kernel profile '{name}'"),
+            });
+        }
+        if !profile.fits(spec) {
+            return Err(Error::BadRequest {
+                message: format!(
+                    "The kernel profile '{name}' does not apply to kernelspec '{spec}' (it applies to: {})",
+                    profile.kernelspecs.join(", ")
+                ),
+            });
+        }
+        Ok(Some(profile.clone()))
     }
     /// How many resource managers are registered (readiness).
     pub fn backend_count(&self) -> usize {
@@ -268,6 +344,25 @@ impl KernelManager {
         };
         // Authorize before anything is allocated (EG leaves files behind when it does not).
         policy::authorize(config, &spec, &username, &request.groups)?;
+        let asked = request.profile.clone().or_else(|| {
+            filtered
+                .as_ref()
+                .and_then(|env| env.get("KERNEL_PROFILE"))
+                .cloned()
+        });
+        let profile =
+            self.choose_profile(asked.as_deref(), &username, &request.groups, &spec.name)?;
+        if let Some(profile) = &profile {
+            // The administrator's settings win over the client's.
+            filtered
+                .get_or_insert_with(BTreeMap::new)
+                .extend(profile.kernel_env());
+        } else if let Some(env) = filtered.as_mut() {
+            env.remove("KERNEL_PROFILE");
+        }
+        let asked_id = filtered
+            .as_ref()
+            .is_some_and(|env| env.contains_key("KERNEL_ID"));
         let empty = BTreeMap::new();
         let timeout = policy::launch_timeout(config, filtered.as_ref().unwrap_or(&empty))?;
         let backend = self.registry.get(&backend_name).ok_or_else(|| {
@@ -291,7 +386,7 @@ impl KernelManager {
         } else {
             None
         };
-        let plan = LaunchPlan {
+        let mut plan = LaunchPlan {
             remote,
             run_as,
             backend,
@@ -305,7 +400,14 @@ impl KernelManager {
             env,
             timeout,
             username,
+            placement: profile
+                .as_ref()
+                .map(|p| p.placement.clone())
+                .unwrap_or_default(),
+            profile: profile.as_ref().map(|p| p.name.clone()),
         };
+        let prelaunched = self.take_from_pool(&mut plan, asked_id).await;
+        let kernel_id = plan.kernel_id.clone();
         // The store's reservation counts the kernels of every gateway sharing it.
         if let Some(persistence) = &self.persistence {
             persist::reserve(persistence, config, &plan).await?;
@@ -313,6 +415,9 @@ impl KernelManager {
         let (shared, events) = match self.reserve(&plan) {
             Ok(reserved) => reserved,
             Err(err) => {
+                if let Some(inc) = prelaunched {
+                    kernel::teardown(inc.process.as_ref(), Duration::from_secs(2), false).await;
+                }
                 if let Some(persistence) = &self.persistence
                     && !matches!(err, Error::KernelExists(_))
                 {
@@ -322,7 +427,8 @@ impl KernelManager {
             }
         };
         let (reply, started) = oneshot::channel();
-        let supervisor = self.supervisor(shared, plan, events, self.persistence.clone());
+        let mut supervisor = self.supervisor(shared, plan, events, self.persistence.clone());
+        supervisor.inc = prelaunched;
         // The supervisor owns the launch, so a caller that goes away leaves no half-started kernel.
         self.tasks.spawn(supervisor.run(reply));
         let snapshot = started
@@ -350,6 +456,7 @@ impl KernelManager {
             username: plan.username.clone(),
             backend: plan.backend.name().to_owned(),
             created: time::OffsetDateTime::now_utc(),
+            profile: plan.profile.clone(),
             status: Mutex::new(Status {
                 execution_state: "starting".to_owned(),
                 last_activity: time::OffsetDateTime::now_utc(),
@@ -497,6 +604,8 @@ impl KernelManager {
         );
         self.tasks.close();
         self.cancel.cancel();
+        // Pool kernels are nobody's: they never outlive the gateway.
+        pool::stop_now(self.pools.drain()).await;
         let bound = self.config.shutdown_wait_time + SHUTDOWN_ALL_SLACK;
         if tokio::time::timeout(bound, self.tasks.wait())
             .await

@@ -154,6 +154,7 @@ fn row_snapshot(row: &StoredKernel) -> KernelSnapshot {
             .unwrap_or_default(),
         restarts: row.restart_count,
         created: row.created,
+        profile: row.env.get("KERNEL_PROFILE").cloned(),
     }
 }
 
@@ -599,6 +600,13 @@ impl KernelManager {
             env: row.env.clone(),
             timeout: self.config.launch_timeout,
             username: row.username.clone(),
+            // The profile's name is in the kernel's env; its settings are today's.
+            placement: row
+                .env
+                .get("KERNEL_PROFILE")
+                .and_then(|name| self.profile_set().get(name).map(|p| p.placement.clone()))
+                .unwrap_or_default(),
+            profile: row.env.get("KERNEL_PROFILE").cloned(),
         })
     }
 
@@ -624,6 +632,7 @@ impl KernelManager {
             username: row.username.clone(),
             backend: plan.backend.name().to_owned(),
             created: row.created,
+            profile: plan.profile.clone(),
             status: Mutex::new(Status {
                 execution_state: row.execution_state.clone(),
                 last_activity: row.last_activity,

@@ -181,7 +181,11 @@ impl Supervisor {
         let shared = Arc::clone(&self.shared);
         let mut observe = move |msg: Message| shared.observe_iopub(&msg);
         let abort = self.shared.abort_start.clone();
-        let launched = launch(&self.plan, None, &mut observe, &abort).await;
+        // A kernel from a warm pool comes launched and ready.
+        let launched = match self.inc.take() {
+            Some(inc) => Ok(inc),
+            None => launch(&self.plan, None, &mut observe, &abort).await,
+        };
         let inc = match launched {
             Ok(inc) => inc,
             Err(err) => {

@@ -5,6 +5,7 @@ mod edge;
 mod lifecycle;
 mod manager;
 mod operations;
+mod profiles;
 mod support;
 mod tenancy;
 mod ws;

@@ -262,19 +262,24 @@ impl SshResourceManager {
         self.balancer.active(host)
     }
 
-    /// The hosts of a launch in the order they will be tried: `KERNEL_REMOTE_HOST` alone, else
-    /// the kernelspec's hosts or the configured ones (`localhost` when both are empty), ordered
-    /// by the load-balancing algorithm. Advances the round-robin counter.
+    /// The hosts of a launch in the order they will be tried: `KERNEL_REMOTE_HOST` alone (when
+    /// a profile's host group is set, only if it is one of the group), else the profile's host
+    /// group, the kernelspec's hosts or the configured ones (`localhost` when all are empty),
+    /// ordered by the load-balancing algorithm. Advances the round-robin counter.
     pub fn candidates(&self, request: &LaunchRequest) -> Vec<String> {
+        let group = &request.placement.hosts;
         if let Some(pinned) = request
             .env
             .get("KERNEL_REMOTE_HOST")
             .map(|h| h.trim())
             .filter(|h| !h.is_empty())
+            .filter(|h| group.is_empty() || group.iter().any(|g| g == h))
         {
             return vec![pinned.to_owned()];
         }
-        let hosts = if request.spec.config.remote_hosts.is_empty() {
+        let hosts = if !group.is_empty() {
+            group
+        } else if request.spec.config.remote_hosts.is_empty() {
             &self.config.remote_hosts
         } else {
             &request.spec.config.remote_hosts

@@ -346,6 +346,25 @@ pub fn with_proxy_user(argv: Vec<String>, user: &str) -> Vec<String> {
 }
 
 /// Milliseconds since the epoch (wall clock: the RM compares with its own).
+/// A profile's Spark settings (`--queue`, driver and executor memory, executor count and cores)
+/// inserted right after `spark-submit`, before the kernelspec's own arguments; a submit command
+/// that is not `spark-submit` (a `run.sh`) is left as it is.
+pub fn with_spark_settings(argv: Vec<String>, spark: &crate::SparkSettings) -> Vec<String> {
+    let extra = spark.arguments();
+    let is_submit = argv
+        .first()
+        .is_some_and(|a| a.ends_with("spark-submit"));
+    if extra.is_empty() || !is_submit {
+        return argv;
+    }
+    let mut out = Vec::with_capacity(argv.len() + extra.len());
+    let mut items = argv.into_iter();
+    out.extend(items.next());
+    out.extend(extra);
+    out.extend(items);
+    out
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -489,6 +508,7 @@ impl ResourceManager for YarnResourceManager {
             vars.insert("prefix", prefix.to_string_lossy().into_owned());
         }
         let mut argv = template::substitute(&spec.argv, &vars);
+        argv = with_spark_settings(argv, &request.placement.spark);
         if impersonation_enabled(&request.env) {
             argv = with_proxy_user(argv, &user);
         }

@@ -92,6 +92,7 @@ pub(crate) fn request(spec: KernelSpec) -> LaunchRequest {
         previous: None,
         username: "tester".to_owned(),
         run_as: None,
+        placement: Default::default(),
     }
 }
 
