@@ -110,7 +110,7 @@ pub(crate) async fn page(State(state): State<AppState>, request: Request) -> Res
 fn kernel_rows(kernels: &[crate::manager::KernelSnapshot]) -> String {
     let now = time::OffsetDateTime::now_utc();
     let mut sorted: Vec<&crate::manager::KernelSnapshot> = kernels.iter().collect();
-    sorted.sort_by(|a, b| b.created.cmp(&a.created));
+    sorted.sort_by_key(|k| std::cmp::Reverse(k.created));
     let mut rows = String::new();
     for k in sorted {
         let host = if k.host.is_empty() { "—" } else { &k.host };
