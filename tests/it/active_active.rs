@@ -162,7 +162,12 @@ async fn e2e_two_gateways_behind_haproxy_one_killed() -> Result<()> {
 
     // The client's reconnect lands on the survivor, with the kernel's state.
     let mut check = vec!["check", first.as_str()];
-    check.extend(of_server.iter().filter(|id| **id != first).map(String::as_str));
+    check.extend(
+        of_server
+            .iter()
+            .filter(|id| **id != first)
+            .map(String::as_str),
+    );
     let checked = driver(d, &server_url, &server.token, &check, "check.log")?;
     assert!(checked.contains("OK: state survived"), "{checked}");
     assert_eq!(

@@ -191,7 +191,8 @@ pub trait KernelStore: Send + Sync + Debug {
     /// of a gateway that does not supervise the kernel); the previous holder lets go of it when
     /// its next renewal or its next look at the row shows the lease is gone. `false`: no such
     /// row.
-    async fn take(&self, kernel_id: &str, gateway: &str, ttl: Duration) -> Result<bool, StoreError>;
+    async fn take(&self, kernel_id: &str, gateway: &str, ttl: Duration)
+    -> Result<bool, StoreError>;
     /// Lets the leases of `gateway` expire now (a clean stop that leaves kernels running), so
     /// another gateway may take them over without waiting.
     async fn release(&self, gateway: &str) -> Result<(), StoreError>;

@@ -378,7 +378,12 @@ impl KernelStore for PostgresStore {
         Ok(changed == 1)
     }
 
-    async fn take(&self, kernel_id: &str, gateway: &str, ttl: Duration) -> Result<bool, StoreError> {
+    async fn take(
+        &self,
+        kernel_id: &str,
+        gateway: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let ttl = ttl_ms(ttl);
         let changed = client

@@ -393,7 +393,12 @@ impl KernelStore for SqliteStore {
         .await
     }
 
-    async fn take(&self, kernel_id: &str, gateway: &str, ttl: Duration) -> Result<bool, StoreError> {
+    async fn take(
+        &self,
+        kernel_id: &str,
+        gateway: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let (id, gateway) = (kernel_id.to_owned(), gateway.to_owned());
         self.with(move |conn| {
             let changed = conn.execute(
