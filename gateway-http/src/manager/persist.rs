@@ -449,7 +449,9 @@ impl KernelManager {
             return Err(Error::NoSuchKernel(kernel_id.to_owned()));
         };
         match persistence.store.get(kernel_id).await {
-            Ok(Some(row)) if row.record.is_some() => Ok(row_snapshot(&row)),
+            Ok(Some(row)) if row.record.is_some() && row.gateway != persistence.gateway_id => {
+                Ok(row_snapshot(&row))
+            }
             _ => Err(Error::NoSuchKernel(kernel_id.to_owned())),
         }
     }
@@ -467,7 +469,11 @@ impl KernelManager {
                     lock(&self.table).kernels.keys().cloned().collect();
                 kernels.extend(
                     rows.iter()
-                        .filter(|row| row.record.is_some() && !local.contains(&row.id))
+                        .filter(|row| {
+                            row.record.is_some()
+                                && row.gateway != persistence.gateway_id
+                                && !local.contains(&row.id)
+                        })
                         .map(row_snapshot),
                 );
             }
@@ -774,6 +780,33 @@ async fn lease_round(
     written.retain(|id, _| held.contains(id));
     store.touch(&persistence.gateway_id, &activity).await?;
     let rows = store.load().await?;
+    let rows = forget_stale(manager, persistence, rows).await;
     manager.take_over_all(persistence, rows, false).await;
     Ok(())
+}
+
+/// Removes this gateway's rows that no kernel of its table stands for: a start whose caller went
+/// away while it was being reserved (older than the longest launch), or a kernel whose removal
+/// could not be written while the store was down. Returns the other rows.
+async fn forget_stale(
+    manager: &KernelManager,
+    persistence: &Persistence,
+    rows: Vec<StoredKernel>,
+) -> Vec<StoredKernel> {
+    let oldest_start = OffsetDateTime::now_utc() - manager.config.max_launch_timeout;
+    let mut kept = Vec::with_capacity(rows.len());
+    for row in rows {
+        let stale = row.gateway == persistence.gateway_id
+            && !lock(&manager.table).kernels.contains_key(&row.id)
+            && (row.record.is_some() || row.created < oldest_start);
+        if !stale {
+            kept.push(row);
+            continue;
+        }
+        tracing::info!(kernel_id = %row.id, "removing a row of this gateway that no kernel stands for");
+        if let Err(err) = persistence.store.remove(&row.id).await {
+            tracing::warn!(kernel_id = %row.id, error = %err, "the row could not be removed");
+        }
+    }
+    kept
 }
