@@ -16,6 +16,7 @@
 //! | name | kind | labels |
 //! |---|---|---|
 //! | `kernel_currently_running_total` | gauge, set at each scrape from this gateway's started kernels | `type` (kernelspec), `state`, `backend` |
+//! | `eg_kernel_starts_in_flight` | gauge, set at each scrape | |
 //! | `eg_kernel_starts_total` | counter | `type`, `outcome` (`started` or `failed`) |
 //! | `eg_kernel_start_failures_total` | counter | `type`, `reason` (a class, see [`failure_class`]) |
 //! | `eg_kernel_start_duration_seconds` | histogram (successful starts) | `type` |
@@ -47,7 +48,6 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::manager::KernelSnapshot;
 use crate::{Error, Fault, KernelManager};
 
 /// Buckets of `eg_kernel_start_duration_seconds`: kernels take from a fraction of a second
@@ -134,6 +134,10 @@ fn describe() {
         "kernel_currently_running_total",
         "Kernels the gateway manages, by kernelspec (type), state and backend"
     );
+    describe_gauge!(
+        "eg_kernel_starts_in_flight",
+        "Kernel starts under way (launched, not yet answering kernel_info)"
+    );
     describe_counter!(
         "eg_kernel_starts_total",
         "Kernel starts that reached the launch or were refused, by kernelspec and outcome"
@@ -201,12 +205,15 @@ fn describe() {
     }
 }
 
-/// The text exposition, with the kernel gauges set from `kernels` first; `None` when no recorder
-/// is installed.
-pub(crate) fn render(kernels: &[KernelSnapshot]) -> Option<String> {
+/// The text exposition, with the kernel gauges set from `manager`'s kernels first; `None` when
+/// no recorder is installed.
+pub(crate) fn render(manager: &KernelManager) -> Option<String> {
     let handle = HANDLE.get()?;
+    let kernels = manager.list();
+    // `list` has the started kernels; the table also holds the starts in flight.
+    gauge!("eg_kernel_starts_in_flight").set(manager.count().saturating_sub(kernels.len()) as f64);
     let mut counts: BTreeMap<(String, String, String), usize> = BTreeMap::new();
-    for kernel in kernels {
+    for kernel in &kernels {
         *counts
             .entry((
                 kernel.name.clone(),
@@ -390,7 +397,7 @@ pub fn router(manager: Arc<KernelManager>) -> axum::Router {
             axum::routing::get(move || {
                 let manager = Arc::clone(&manager);
                 async move {
-                    match render(&manager.list()) {
+                    match render(&manager) {
                         Some(text) => {
                             ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
                         }

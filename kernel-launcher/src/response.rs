@@ -490,6 +490,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_without_a_payload_is_a_probe_that_disturbs_nothing() -> Result<(), Error>
+    {
+        let listener = listener().await?;
+        let pending = listener.register(ID)?;
+        // What the gateway's readiness check does: connect and close.
+        for _ in 0..3 {
+            drop(TcpStream::connect(listener.local_addr()).await?);
+        }
+        send(listener.local_addr(), b"").await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(listener.pending_count(), 1);
+        let wire = encrypt_v1(listener.public_key_b64(), json_for(ID).as_bytes())?;
+        send(listener.local_addr(), &wire).await?;
+        let response = tokio::time::timeout(Duration::from_secs(10), pending)
+            .await
+            .map_err(|_| Error::Listener("timeout".into()))??;
+        assert_eq!(response.comm_port, Some(9));
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn dropping_an_old_registration_keeps_the_new_one() -> Result<(), Error> {
         let listener = listener().await?;
         let first = listener.register(ID)?;

@@ -211,7 +211,7 @@ pub(crate) async fn metrics(
         return Err(Error::NotFound(String::new()));
     }
     require_admin(&caller, "metrics")?;
-    crate::metrics::render(&state.manager.list())
+    crate::metrics::render(&state.manager)
         .map(|text| ([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
         .ok_or_else(|| Error::NotFound(String::new()))
 }
