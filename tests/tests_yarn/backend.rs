@@ -600,3 +600,69 @@ async fn yarn_configuration_errors_fail_before_anything_runs() {
     );
     assert_eq!(fx.listener.pending_count(), 0);
 }
+
+/// A kernel under a "large" profile: `spark-submit` gets the profile's queue, driver and
+/// executor settings, and the application lands in that queue of the RM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_yarn_kernel_under_a_large_profile_is_submitted_with_its_queue_and_executors() {
+    let config = EmulatorConfig {
+        queues: vec![
+            tests::yarn::QueueSpec {
+                name: "default".into(),
+                capacity: 50.0,
+            },
+            tests::yarn::QueueSpec {
+                name: "large".into(),
+                capacity: 50.0,
+            },
+        ],
+        ..fast_config()
+    };
+    let emu = YarnEmulator::start_with(config, &[any_port()])
+        .await
+        .expect("emulator");
+    let work = Workdir::new(&[emu.url()]);
+    let url = emu.url();
+    let fx = fixture(|c| c.yarn_endpoint = Some(format!("{url}/ws/v1/cluster"))).await;
+    let spec = yarn_spec(fx.dir.path(), "yarn_python", None);
+    let mut launch = request(spec, Some(work.path()), 60 * SECOND);
+    launch.placement.spark = resource_managers::SparkSettings {
+        queue: Some("large".into()),
+        driver_memory: Some("2g".into()),
+        executor_memory: Some("8g".into()),
+        executor_count: Some(4),
+        executor_cores: Some(2),
+    };
+    let kernel_id = launch.kernel_id.clone();
+    let kernel = fx.backend.launch(launch).await.expect("launch");
+    let app = emu.app(&app_id_of(&kernel)).expect("the app");
+    assert_eq!(
+        app.queue, "large",
+        "the application is in the profile's queue"
+    );
+    let log = std::fs::read_to_string(
+        fx.dir
+            .path()
+            .join("logs")
+            .join(format!("kernel-{kernel_id}.log")),
+    )
+    .expect("the submit command's log");
+    for (name, value) in [
+        ("queue", "large"),
+        ("driverMemory", "2g"),
+        ("executorMemory", "8g"),
+        ("numExecutors", "4"),
+        ("executorCores", "2"),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.split_whitespace().eq([name, value].into_iter())),
+            "spark-submit got {name} {value}:\n{log}"
+        );
+    }
+    let client = KernelClient::connect(&kernel.connection, &SocketOptions::default())
+        .await
+        .ok();
+    shut_down(kernel, client).await;
+    finish(emu).await;
+}

@@ -6,7 +6,9 @@
 //! and submits the application through the RM's REST API with the AM command = the app file
 //! and its arguments, run by the emulator's NodeManager. The app gets `--name`, `--queue`
 //! (`spark.yarn.queue`), `spark.yarn.tags`, type `SPARK`, `--proxy-user` as its owner, and the
-//! `spark.yarn.appMasterEnv.*` variables. It prints Spark-like log lines on stderr, including
+//! `spark.yarn.appMasterEnv.*` variables. It prints Spark-like log lines on stderr: first its
+//! parsed arguments as Spark's `--verbose` does (queue, driver and executor memory, executor
+//! count and cores), so tests read what a submit asked for from its log, then
 //! `Submitted application <id>`, and exits 0 at once when
 //! `spark.yarn.submit.waitAppCompletion=false`; otherwise it waits for the app to end and exits
 //! non-zero unless it SUCCEEDED. Submission failures exit 1 with the reason on stderr.
@@ -34,10 +36,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "--py-files",
     "--archives",
     "--driver-memory",
-    "--executor-memory",
     "--driver-cores",
-    "--executor-cores",
-    "--num-executors",
     "--principal",
     "--keytab",
     "--properties-file",
@@ -60,6 +59,9 @@ struct Submit {
     proxy_user: Option<String>,
     driver_memory: Option<String>,
     driver_cores: Option<String>,
+    executor_memory: Option<String>,
+    executor_cores: Option<String>,
+    num_executors: Option<String>,
     conf: BTreeMap<String, String>,
     app: Option<String>,
     app_args: Vec<String>,
@@ -94,6 +96,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Submit> 
             "--proxy-user" => s.proxy_user = Some(value("--proxy-user")?),
             "--driver-memory" => s.driver_memory = Some(value("--driver-memory")?),
             "--driver-cores" => s.driver_cores = Some(value("--driver-cores")?),
+            "--executor-memory" => s.executor_memory = Some(value("--executor-memory")?),
+            "--executor-cores" => s.executor_cores = Some(value("--executor-cores")?),
+            "--num-executors" => s.num_executors = Some(value("--num-executors")?),
             "--conf" | "-c" => {
                 let kv = value("--conf")?;
                 match kv.split_once('=') {
@@ -207,7 +212,29 @@ fn client_config() -> anyhow::Result<YarnClientConfig> {
     Ok(YarnClientConfig::from_site(&dir)?)
 }
 
+/// The arguments as Spark's `--verbose` prints them (`Parsed arguments:`, one per line), so a
+/// test can read from the submit command's log what it was asked for.
+fn print_parsed(s: &Submit) {
+    let none = || "null".to_owned();
+    eprintln!("Parsed arguments:");
+    for (name, value) in [
+        ("master", s.master.clone()),
+        ("deployMode", s.deploy_mode.clone()),
+        ("queue", s.queue.clone()),
+        ("driverMemory", s.driver_memory.clone()),
+        ("driverCores", s.driver_cores.clone()),
+        ("executorMemory", s.executor_memory.clone()),
+        ("executorCores", s.executor_cores.clone()),
+        ("numExecutors", s.num_executors.clone()),
+        ("name", s.name.clone()),
+        ("proxyUser", s.proxy_user.clone()),
+    ] {
+        eprintln!("  {name:<24}{}", value.unwrap_or_else(none));
+    }
+}
+
 async fn run(s: Submit) -> anyhow::Result<ExitCode> {
+    print_parsed(&s);
     let master = s
         .master
         .clone()
