@@ -224,6 +224,48 @@ async fn kernels_land_round_robin_then_by_least_connection() -> anyhow::Result<(
     Ok(())
 }
 
+/// A kernel profile's host group replaces the configured hosts: kernels go round robin over the
+/// group only, and a `KERNEL_REMOTE_HOST` outside the group does not take a kernel out of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_profiles_host_group_replaces_the_configured_hosts() -> anyhow::Result<()> {
+    let remote = Remote::start(3).await?;
+    let names = remote.hosts.names();
+    let spec = agent_spec(remote.dir.path(), "sleeper", &["/bin/sleep", "60"])?;
+    let backend = SshResourceManager::with_options(
+        SshConfig {
+            remote_hosts: vec![names[0].clone()],
+            log_dir: remote.dir.path().join("logs"),
+            response: remote.listener.clone(),
+            search_path: vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")],
+            comm_timeout: SECOND,
+        },
+        remote.options(),
+    );
+    let group = vec![names[1].clone(), names[2].clone()];
+    let under_profile = |pinned: Option<&str>| {
+        let mut launch = request(spec.clone());
+        launch.placement.hosts = group.clone();
+        if let Some(host) = pinned {
+            launch.env.insert("KERNEL_REMOTE_HOST".into(), host.into());
+        }
+        launch
+    };
+    let mut kernels = Vec::new();
+    kernels.push(backend.launch(under_profile(None)).await?);
+    kernels.push(backend.launch(under_profile(None)).await?);
+    kernels.push(backend.launch(under_profile(Some(&names[0]))).await?);
+    kernels.push(backend.launch(under_profile(Some(&names[2]))).await?);
+    let placed: Vec<String> = kernels.iter().map(host_of).collect();
+    assert_eq!(placed, [names[1].as_str(), &names[2], &names[1], &names[2]]);
+    // Without a profile, the configured host.
+    kernels.push(backend.launch(request(spec.clone())).await?);
+    assert_eq!(host_of(&kernels[4]), names[0]);
+    for kernel in kernels.drain(..) {
+        stop_and_check_gone(&kernel).await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_host_is_skipped_and_all_down_is_a_clear_error() -> anyhow::Result<()> {
     let mut remote = Remote::start(2).await?;
