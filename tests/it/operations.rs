@@ -319,6 +319,8 @@ fn e2e_admin_page_in_headless_chromium() -> Result<()> {
         let token = crate::token_file::add(&tokens_file, user)?;
         tokens.insert(user.to_owned(), token.into());
     }
+    let issuer = crate::oidc::Issuer::start()?;
+    tokens.insert("carol".to_owned(), issuer.mint("carol", &[])?.into());
     let tokens_json = dir.path().join("tokens.json");
     std::fs::write(&tokens_json, serde_json::Value::Object(tokens).to_string())?;
     let config = GatewayConfig {
@@ -328,7 +330,9 @@ fn e2e_admin_page_in_headless_chromium() -> Result<()> {
         ],
         args: vec![
             format!("--token_file={}", tokens_file.display()),
-            "--admin_users=ops".to_owned(),
+            format!("--oidc_issuer={}", issuer.url()),
+            format!("--oidc_audience={}", crate::oidc::AUDIENCE),
+            "--admin_users=ops,carol".to_owned(),
         ],
         ..GatewayConfig::default()
     };

@@ -11,7 +11,8 @@
 //! How the browser authenticates: a TLS client certificate or a proxy needs nothing more; with
 //! tokens the page shows a sign-in form, or takes `?token=` from its own URL once (the script
 //! then removes it from the address bar). The token is kept in the tab's `sessionStorage` and
-//! sent as `Authorization: token <t>` on every API call; it is gone when the tab closes. A page
+//! sent on every API call as `Authorization: Bearer <t>` when it is JWT-shaped (an OIDC
+//! issuer's), as `Authorization: token <t>` otherwise; it is gone when the tab closes. A page
 //! request that carries a non-admin's credential is answered 403 with nothing but a notice.
 //!
 //! Assets are compiled in (`include_str!`) and the page's Content-Security-Policy allows only

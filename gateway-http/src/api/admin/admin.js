@@ -29,9 +29,13 @@
     token = sessionStorage.getItem(TOKEN_KEY);
   }
 
+  // A JWT (an OIDC issuer's) goes as a bearer token, anything else with EG's `token` scheme
+  // (the shared token, a token-file token; JupyterHub accepts either).
+  const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+
   async function api(method, path) {
     const headers = { Accept: "application/json" };
-    if (token) headers.Authorization = "token " + token;
+    if (token) headers.Authorization = (JWT_SHAPE.test(token) ? "Bearer " : "token ") + token;
     const response = await fetch(base + path, { method, headers, credentials: "same-origin", cache: "no-store" });
     if (!response.ok) {
       let reason = response.statusText;
