@@ -69,6 +69,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return usage_error(format!("{e:#}")),
     };
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,6 +86,22 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, as servers commonly do: the gateway caps its
+/// connections at the soft limit less `--fd_reserve`, and a default soft limit of 1024 would
+/// leave room for few.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open-file limit"),
     }
 }
 

@@ -199,6 +199,18 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         max_connections_per_client: r
             .number::<usize>("max_connections_per_client")?
             .unwrap_or(defaults.max_connections_per_client),
+        max_connections: r
+            .number::<usize>("max_connections")?
+            .unwrap_or(defaults.max_connections),
+        fd_reserve: r
+            .number::<usize>("fd_reserve")?
+            .unwrap_or(defaults.fd_reserve),
+        client_memory_budget: r
+            .number::<usize>("client_memory_budget")?
+            .unwrap_or(defaults.client_memory_budget),
+        client_memory_share: r
+            .number::<usize>("client_memory_share")?
+            .unwrap_or(defaults.client_memory_share),
         ..defaults
     };
     if limits.header_timeout.is_zero() || limits.body_timeout.is_zero() {
@@ -248,6 +260,10 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         kernel_info_timeout: r.secs("kernel_info_timeout")?,
         shutdown_wait_time: r.secs("shutdown_wait_time")?,
         restart_limit: r.number::<u32>("restart_limit")?.unwrap_or(5),
+        restart_backoff: gateway_http::config::RestartBackoff {
+            initial: r.secs("restart_backoff_initial")?,
+            max: r.secs("restart_backoff_max")?,
+        },
         culling: Culling {
             idle_timeout: r.secs("cull_idle_timeout")?,
             interval: cull_interval,
@@ -544,6 +560,17 @@ mod tests {
         assert_eq!(ours.kernel_info_timeout, lib.kernel_info_timeout);
         assert_eq!(ours.shutdown_wait_time, lib.shutdown_wait_time);
         assert_eq!(ours.restart_limit, lib.restart_limit);
+        assert_eq!(ours.restart_backoff, lib.restart_backoff);
+        assert_eq!(ours.limits.max_connections, lib.limits.max_connections);
+        assert_eq!(ours.limits.fd_reserve, lib.limits.fd_reserve);
+        assert_eq!(
+            ours.limits.client_memory_budget,
+            lib.limits.client_memory_budget
+        );
+        assert_eq!(
+            ours.limits.client_memory_share,
+            lib.limits.client_memory_share
+        );
         assert_eq!(ours.culling.idle_timeout, lib.culling.idle_timeout);
         assert_eq!(ours.culling.interval, lib.culling.interval);
         assert_eq!(ours.ws_ping_interval, lib.ws_ping_interval);

@@ -42,6 +42,40 @@ pub struct Culling {
     pub busy_timeout: Duration,
 }
 
+/// How long a kernel that died waits before each automatic relaunch: the first relaunch after
+/// a crash comes at once, the next after `initial`, each further one after twice the previous
+/// wait, never more than `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartBackoff {
+    /// The wait before the second relaunch of a series.
+    pub initial: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl Default for RestartBackoff {
+    fn default() -> RestartBackoff {
+        RestartBackoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RestartBackoff {
+    /// The wait before relaunch `attempt` (1-based) of a series.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        if attempt <= 1 {
+            return Duration::ZERO;
+        }
+        let doublings = attempt.saturating_sub(2).min(31);
+        self.initial
+            .checked_mul(1u32 << doublings)
+            .unwrap_or(self.max)
+            .min(self.max)
+    }
+}
+
 /// Bounds at the HTTP edge. Every limit refuses with its own status and a clear body, before the
 /// request reaches a handler.
 #[derive(Debug, Clone)]
@@ -60,6 +94,19 @@ pub struct HttpLimits {
     /// Most connections open at once from one client address (0 = no limit); more are answered
     /// 503 and closed.
     pub max_connections_per_client: usize,
+    /// Most connections open at once in all (0 = no limit besides the file descriptors); more are
+    /// answered 503 and closed, and beyond a few hundred refusals in flight closed at accept.
+    pub max_connections: usize,
+    /// File descriptors kept free for everything but client connections (kernel sockets and
+    /// processes, log files, the store, the launcher callbacks): connections are also capped at
+    /// the process's open-file limit (`RLIMIT_NOFILE`, read at start) minus this.
+    pub fd_reserve: usize,
+    /// Bytes the gateway may hold for all clients together (queues, reconnect buffers, write
+    /// queues; 0 = no gateway-wide bound); past it the largest holders are disconnected.
+    pub client_memory_budget: usize,
+    /// Bytes the gateway may hold for one client (0 = no bound); a client past it is
+    /// disconnected (close code 1008) and what was queued for it is dropped.
+    pub client_memory_share: usize,
     /// Longest `session_id` a channels WebSocket may name (400 at the handshake).
     pub max_session_id_len: usize,
 }
@@ -72,6 +119,10 @@ impl Default for HttpLimits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             max_connections_per_client: 512,
+            max_connections: 10_000,
+            fd_reserve: 256,
+            client_memory_budget: 512 << 20,
+            client_memory_share: 64 << 20,
             max_session_id_len: 256,
         }
     }
@@ -176,6 +227,8 @@ pub struct GatewayConfig {
     pub shutdown_wait_time: Duration,
     /// Consecutive auto-restart limit (5; 0 disables auto-restart).
     pub restart_limit: u32,
+    /// Waits between the automatic relaunches of a kernel that keeps dying.
+    pub restart_backoff: RestartBackoff,
     /// Culling.
     pub culling: Culling,
     /// Server WebSocket ping interval; zero disables pings.
@@ -242,6 +295,7 @@ impl Default for GatewayConfig {
             kernel_info_timeout: Duration::from_secs(60),
             shutdown_wait_time: Duration::from_secs(5),
             restart_limit: 5,
+            restart_backoff: RestartBackoff::default(),
             culling: Culling::default(),
             ws_ping_interval: Duration::from_secs(30),
             ws_max_message_size: 100 << 20,
@@ -253,5 +307,21 @@ impl Default for GatewayConfig {
             metrics_access: MetricsAccess::Admin,
             readiness: Readiness::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_waits_double_from_the_second_relaunch_up_to_the_cap() {
+        let backoff = RestartBackoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(3),
+        };
+        let waits: Vec<u128> = (1..=6).map(|n| backoff.delay(n).as_millis()).collect();
+        assert_eq!(waits, vec![0, 500, 1000, 2000, 3000, 3000]);
+        assert_eq!(backoff.delay(u32::MAX), Duration::from_secs(3));
     }
 }

@@ -76,6 +76,9 @@ pub enum Error {
     /// 503: this client address already holds as many connections as it may.
     #[error("too many connections from this address")]
     TooManyConnections,
+    /// 503: the gateway holds as many connections as it may in all.
+    #[error("the gateway holds as many connections as it can; try again later")]
+    GatewayBusy,
 }
 
 impl Error {
@@ -93,7 +96,7 @@ impl Error {
             | Error::PayloadTooLarge
             | Error::RequestTimeout(_)
             | Error::HeaderFieldsTooLarge => Fault::Client,
-            Error::TooManyConnections => Fault::Capacity,
+            Error::TooManyConnections | Error::GatewayBusy => Fault::Capacity,
             Error::LaunchFailed { fault, .. } => *fault,
             Error::Unsupported(_) => Fault::Kernel,
             Error::Internal(_) => Fault::Internal,
@@ -119,7 +122,7 @@ impl Error {
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Error::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Error::TooManyConnections | Error::GatewayBusy => StatusCode::SERVICE_UNAVAILABLE,
             Error::LaunchFailed {
                 fault: Fault::Capacity,
                 ..
@@ -155,7 +158,8 @@ impl Error {
             | Error::KernelExists(_)
             | Error::PayloadTooLarge
             | Error::HeaderFieldsTooLarge
-            | Error::TooManyConnections => (phrase(), self.to_string()),
+            | Error::TooManyConnections
+            | Error::GatewayBusy => (phrase(), self.to_string()),
         }
     }
 }

@@ -9,12 +9,15 @@
 //!
 //! Bytes always leave in the order they were written; a caller's `flush` returns only when the
 //! queue is empty and the socket flushed. Past the bound, writes wait like a full socket would.
+//! What the queue holds is charged to the connection's [`Account`] of the client memory budget.
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::budget::Account;
 
 /// How much a connection may hold beyond what its socket accepted.
 pub(crate) const QUEUE_LIMIT: usize = 16 * 1024 * 1024;
@@ -26,15 +29,26 @@ pub(crate) struct QueuedWriter<S> {
     /// Accepted but not yet written, oldest first.
     queue: BytesMut,
     limit: usize,
+    /// Charged with the queue's length.
+    account: Option<Account>,
 }
 
 impl<S> QueuedWriter<S> {
-    /// Wraps `inner`, holding at most `limit` unsent bytes.
-    pub(crate) fn new(inner: S, limit: usize) -> QueuedWriter<S> {
+    /// Wraps `inner`, holding at most `limit` unsent bytes, charged to `account`.
+    pub(crate) fn new(inner: S, limit: usize, account: Option<Account>) -> QueuedWriter<S> {
         QueuedWriter {
             inner,
             queue: BytesMut::new(),
             limit,
+            account,
+        }
+    }
+}
+
+impl<S> Drop for QueuedWriter<S> {
+    fn drop(&mut self) {
+        if let Some(account) = &self.account {
+            account.release(self.queue.len());
         }
     }
 }
@@ -49,6 +63,9 @@ impl<S: AsyncWrite + Unpin> QueuedWriter<S> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.queue.advance(written);
+            if let Some(account) = &self.account {
+                account.release(written);
+            }
         }
         if self.queue.capacity() > self.limit {
             // Do not keep a large message's worth of memory for an idle connection.
@@ -66,6 +83,9 @@ impl<S: AsyncWrite + Unpin> QueuedWriter<S> {
         }
         self.queue
             .extend_from_slice(buf.get(..take).unwrap_or_default());
+        if let Some(account) = &self.account {
+            account.charge(take);
+        }
         Poll::Ready(Ok(take))
     }
 }
@@ -134,7 +154,7 @@ mod tests {
     async fn check(chunks: Vec<Vec<u8>>, pipe: usize, limit: usize) {
         let expected: Vec<u8> = chunks.concat();
         let (near, mut far) = tokio::io::duplex(pipe);
-        let mut writer = QueuedWriter::new(near, limit);
+        let mut writer = QueuedWriter::new(near, limit, None);
         let total = expected.len();
         let reader = tokio::spawn(async move {
             let mut got = Vec::with_capacity(total);
@@ -196,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_makes_writers_wait_for_the_socket() {
         let (near, mut far) = tokio::io::duplex(1024);
-        let mut writer = QueuedWriter::new(near, 4096);
+        let mut writer = QueuedWriter::new(near, 4096, None);
         // The pipe takes 1 KiB and the queue 4 KiB; the rest must wait for the reader.
         let big = pattern(64 * 1024, 7);
         let write = writer.write_all(&big);
@@ -209,5 +229,23 @@ mod tests {
         let mut first = vec![0u8; 1024];
         far.read_exact(&mut first).await.expect("read");
         assert!(first == big.get(..1024).unwrap_or_default());
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_charged_to_its_account_until_sent_or_dropped() {
+        let budget = crate::budget::MemoryBudget::unbounded();
+        let account = budget.open();
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut writer = QueuedWriter::new(near, 1 << 20, Some(account.clone()));
+        writer.write_all(&pattern(10_000, 3)).await.expect("write");
+        assert_eq!(account.held(), writer.queue.len());
+        assert!(account.held() >= 10_000 - 1024);
+        // The pipe held 1 KiB; once read, the next write drains the queue into it.
+        let mut got = vec![0u8; 1024];
+        far.read_exact(&mut got).await.expect("read");
+        writer.write_all(b"x").await.expect("write");
+        assert_eq!(account.held(), writer.queue.len());
+        drop(writer);
+        assert_eq!((account.held(), budget.used()), (0, 0));
     }
 }

@@ -28,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+mod budget;
 mod io;
 pub mod manager;
 pub mod metrics;

@@ -3,18 +3,26 @@
 //! is [`crate::api`]'s edge middleware).
 //!
 //! Per connection, against [`HttpLimits`]:
+//! * beyond `max_connections` open connections in all, or beyond the process's open-file limit
+//!   less `fd_reserve` (so that the gateway keeps descriptors for its kernels, its store and the
+//!   connections it already has), a new connection gets a minimal 503 and is closed; while more
+//!   than [`MAX_REFUSING`] refusals are still being written, further connections are closed at
+//!   accept without an answer;
 //! * a client address holding `max_connections_per_client` connections gets a minimal 503 on
 //!   any further one, which is then closed;
 //! * hyper's read buffer is bounded by `max_head_bytes`: hyper answers a longer head 431 (with
 //!   an empty body) and closes. An overlong URI is one way to a long head, so it gets 431 too:
 //!   hyper's own 414 is only for a URI over 64 KiB, so only a limit above that can give it.
 //!   The buffer cannot go below 8 KiB; the middleware enforces smaller limits;
-//! * a request head must be complete within `header_timeout` of the accept or of the previous
-//!   response: `EdgeIo` keeps that deadline below hyper (hyper's own timer only closes, and does
+//! * a request head must be complete within `header_timeout` of the accept (a TLS handshake
+//!   included) or of the previous response: `EdgeIo` keeps that deadline below hyper (hyper's own timer only closes, and does
 //!   not run while hyper-util waits for a connection's first bytes), answers a partial head 408
 //!   and closes, and closes a connection that sent nothing;
 //! * each raw HTTP/1 head is followed by a `HeadScanner`, whose count of framing fields goes
-//!   with the request (see [`crate::api`]'s edge middleware).
+//!   with the request (see [`crate::api`]'s edge middleware);
+//! * each connection has an account of the client memory budget (`client_memory_budget`,
+//!   `client_memory_share`; see the `budget` module): its write queue is charged to it, and a
+//!   WebSocket on the connection charges its queue at the kernel's hub to it too.
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::convert::Infallible;
@@ -43,12 +51,17 @@ use tower::ServiceExt as _;
 
 use crate::api::edge::{HeadFraming, HeadScanner};
 use crate::auth::ConnectionInfo;
+use crate::budget::{Account, MemoryBudget};
 use crate::config::HttpLimits;
 use crate::io::{QUEUE_LIMIT, QueuedWriter};
 use crate::{Error, KernelManager};
 
-/// How long a client may take to finish the TLS handshake.
+/// How long a client may take to finish the TLS handshake when there is no head deadline.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Refused connections being answered at once; beyond this, new ones are closed at accept.
+/// These are part of the `fd_reserve`.
+const MAX_REFUSING: usize = 64;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -88,11 +101,15 @@ pub async fn serve(
         .max_buf_size(limits.max_head_bytes.max(HYPER_MIN_BUF));
     let limiter = (limits.max_connections_per_client > 0)
         .then(|| Arc::new(ClientLimiter::new(limits.max_connections_per_client)));
+    let gate = Arc::new(ConnectionGate::new(connection_cap(&limits)));
+    let budget = MemoryBudget::new(limits.client_memory_budget, limits.client_memory_share);
+    let refusing = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
+            biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -103,16 +120,34 @@ pub async fn serve(
                 }
             },
         };
+        let accepted = Instant::now();
         // Without this, small request/reply exchanges wait on Nagle + delayed ACK (~40 ms).
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
+        let Some(open) = gate.enter() else {
+            gate.refused();
+            refuse(
+                &connections,
+                &refusing,
+                stream,
+                tls.clone(),
+                Error::GatewayBusy,
+            );
+            continue;
+        };
         let slot = match &limiter {
             None => None,
             Some(limiter) => match limiter.acquire(peer.ip()) {
                 Some(slot) => Some(slot),
                 None => {
-                    connections.spawn(refuse_connection(stream, tls.clone()));
+                    refuse(
+                        &connections,
+                        &refusing,
+                        stream,
+                        tls.clone(),
+                        Error::TooManyConnections,
+                    );
                     continue;
                 }
             },
@@ -124,17 +159,37 @@ pub async fn serve(
             stop.clone(),
             limits.clone(),
         );
+        let account = budget.open();
         connections.spawn(async move {
             // Counted until the connection ends, however it ends.
-            let _slot = slot;
+            let _slots = (open, slot);
             let mut info = ConnectionInfo {
                 peer,
                 client_certificate: None,
             };
+            let head_deadline = accepted + limits.header_timeout;
             match tls {
-                None => serve_connection(&builder, stream, service, info, &limits, &stop).await,
+                None => {
+                    serve_connection(
+                        &builder,
+                        stream,
+                        service,
+                        info,
+                        &limits,
+                        head_deadline,
+                        account,
+                        &stop,
+                    )
+                    .await
+                }
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    // The handshake is part of the time allowed from accept to a request head.
+                    let handshake_deadline = if limits.header_timeout.is_zero() {
+                        accepted + TLS_HANDSHAKE_TIMEOUT
+                    } else {
+                        head_deadline
+                    };
+                    match tokio::time::timeout_at(handshake_deadline, acceptor.accept(stream)).await
                     {
                         Ok(Ok(stream)) => {
                             info.client_certificate = stream
@@ -143,7 +198,17 @@ pub async fn serve(
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
                                 .map(|leaf| Arc::new(leaf.clone().into_owned()));
-                            serve_connection(&builder, stream, service, info, &limits, &stop).await
+                            serve_connection(
+                                &builder,
+                                stream,
+                                service,
+                                info,
+                                &limits,
+                                head_deadline,
+                                account,
+                                &stop,
+                            )
+                            .await
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -170,13 +235,17 @@ pub async fn serve(
 }
 
 /// One connection until it ends, or until shutdown asks it to finish its current request.
-/// Every request on it carries `info` in its extensions, and the [`HeadFraming`] its raw head had.
+/// Every request on it carries `info` and the connection's budget `account` in its extensions,
+/// and the [`HeadFraming`] its raw head had. The first head is due by `head_deadline`.
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<S>(
     builder: &auto::Builder<TokioExecutor>,
     stream: S,
     router: axum::Router,
     info: ConnectionInfo,
     limits: &HttpLimits,
+    head_deadline: Instant,
+    account: Account,
     stop: &CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -185,9 +254,11 @@ async fn serve_connection<S>(
     let peer = info.peer;
     let service = {
         let clock = Arc::clone(&clock);
+        let account = account.clone();
         hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             let in_flight = InFlight::begin(&clock);
             request.extensions_mut().insert(info.clone());
+            request.extensions_mut().insert(account.clone());
             if let Some(framing) = clock.take_framing() {
                 request.extensions_mut().insert(framing);
             }
@@ -207,10 +278,15 @@ async fn serve_connection<S>(
     };
     // The queue sits below the edge, so a 408 the edge writes follows what hyper queued, and
     // WebSocket writes on the upgraded connection go through it.
+    let queue_limit = match limits.client_memory_share {
+        0 => QUEUE_LIMIT,
+        share => QUEUE_LIMIT.min(share),
+    };
     let stream = EdgeIo::new(
-        QueuedWriter::new(stream, QUEUE_LIMIT),
+        QueuedWriter::new(stream, queue_limit, Some(account)),
         clock,
         limits.header_timeout,
+        head_deadline,
         peer,
     );
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -338,18 +414,19 @@ struct EdgeIo<S> {
 }
 
 impl<S> EdgeIo<S> {
-    /// The head deadline starts now (the accept, or the end of the TLS handshake).
+    /// The first head is due by `first_deadline` (the accept plus the header timeout).
     fn new(
         inner: S,
         clock: Arc<HeadClock>,
         header_timeout: Duration,
+        first_deadline: Instant,
         peer: SocketAddr,
     ) -> EdgeIo<S> {
         EdgeIo {
             inner,
             clock,
             header_timeout,
-            deadline: Box::pin(tokio::time::sleep(header_timeout)),
+            deadline: Box::pin(tokio::time::sleep_until(first_deadline)),
             epoch: 0,
             scanner: HeadScanner::default(),
             state: IoState::Open,
@@ -603,15 +680,126 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Answers a connection beyond its client's cap with a 503 and closes it (after a TLS handshake
-/// when the listener speaks TLS, so the client can read the answer).
-async fn refuse_connection(stream: tokio::net::TcpStream, tls: Option<TlsAcceptor>) {
+// === Connections in all ===
+
+/// The cap on open connections: `max_connections`, and the open-file limit less `fd_reserve`.
+fn connection_cap(limits: &HttpLimits) -> usize {
+    let configured = match limits.max_connections {
+        0 => usize::MAX,
+        max => max,
+    };
+    let files = match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) if soft != nix::sys::resource::RLIM_INFINITY => {
+            usize::try_from(soft).unwrap_or(usize::MAX)
+        }
+        Ok(_) => usize::MAX,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-file limit; connections are capped by max_connections only");
+            usize::MAX
+        }
+    };
+    let by_files = files.saturating_sub(limits.fd_reserve).max(1);
+    if by_files < configured {
+        tracing::info!(
+            open_file_limit = files,
+            fd_reserve = limits.fd_reserve,
+            max_connections = by_files,
+            "connections are capped by the open-file limit (raise it with ulimit -n)"
+        );
+    }
+    configured.min(by_files)
+}
+
+/// Open connections in all, capped.
+#[derive(Debug)]
+struct ConnectionGate {
+    max: usize,
+    open: AtomicUsize,
+    /// Refused since the last warning, and when that was.
+    warned: Mutex<(u64, Option<Instant>)>,
+}
+
+/// One open connection; uncounted on drop.
+#[derive(Debug)]
+struct OpenConnection(Arc<ConnectionGate>);
+
+impl ConnectionGate {
+    fn new(max: usize) -> ConnectionGate {
+        ConnectionGate {
+            max,
+            open: AtomicUsize::new(0),
+            warned: Mutex::new((0, None)),
+        }
+    }
+
+    /// Counts a new connection; `None` at the cap.
+    fn enter(self: &Arc<Self>) -> Option<OpenConnection> {
+        self.open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| OpenConnection(Arc::clone(self)))
+    }
+
+    /// Logs a refusal at the cap (a warning at most every [`CAP_WARN_INTERVAL`]).
+    fn refused(&self) {
+        let mut warned = self
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        warned.0 += 1;
+        let now = Instant::now();
+        if warned
+            .1
+            .is_none_or(|at| now.duration_since(at) >= CAP_WARN_INTERVAL)
+        {
+            tracing::warn!(
+                limit = self.max,
+                refused = warned.0,
+                "the gateway holds as many connections as allowed: refusing more with 503"
+            );
+            *warned = (0, Some(now));
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers a refused connection with `error` in its own task, or closes it at once when
+/// [`MAX_REFUSING`] refusals are already being answered.
+fn refuse(
+    connections: &TaskTracker,
+    refusing: &Arc<AtomicUsize>,
+    stream: tokio::net::TcpStream,
+    tls: Option<TlsAcceptor>,
+    error: Error,
+) {
+    if refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSING {
+        refusing.fetch_sub(1, Ordering::SeqCst);
+        drop(stream);
+        return;
+    }
+    let refusing = Arc::clone(refusing);
+    connections.spawn(async move {
+        refuse_connection(stream, tls, &error).await;
+        refusing.fetch_sub(1, Ordering::SeqCst);
+    });
+}
+
+/// Answers a refused connection with `error` (a 503) and closes it (after a TLS handshake when
+/// the listener speaks TLS, so the client can read the answer).
+async fn refuse_connection(stream: tokio::net::TcpStream, tls: Option<TlsAcceptor>, error: &Error) {
     let peer = stream.peer_addr().ok();
     let answered = match tls {
-        None => answer_and_close(stream, &Error::TooManyConnections).await,
+        None => answer_and_close(stream, error).await,
         Some(acceptor) => {
             match tokio::time::timeout(REFUSAL_GRACE, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => answer_and_close(stream, &Error::TooManyConnections).await,
+                Ok(Ok(stream)) => answer_and_close(stream, error).await,
                 Ok(Err(error)) => Err(error),
                 Err(_) => Err(io::ErrorKind::TimedOut.into()),
             }

@@ -13,6 +13,13 @@
 //! a message whose send failed) and its DEALERs go to the connection that replaced it (same
 //! `session_id`), or back to the supervisor, which keeps them for a reconnect of that session
 //! when this was the kernel's last client (see the `hub` module of the manager).
+//!
+//! Each connection's queue at the hub and its write queue are charged to the connection's
+//! account of the client memory budget. When the account is evicted (the client holds more than
+//! its share, or is the largest holder while the budget is used up), the bridge drops what it
+//! still had to deliver and closes with 1008 and a reason naming the amount; a client that reads
+//! nothing at all never sees that frame, and its connection is dropped after [`CLOSE_GRACE`].
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +36,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 
 use crate::Error;
+use crate::budget::{Account, MemoryBudget};
 use crate::manager::{
     ClientLease, ClientNotice, Handover, KernelManager, Kick, KickSignal, socket_options,
 };
@@ -47,6 +55,9 @@ const WRITE_BATCH: usize = 64;
 /// was the largest single cost of forwarding a small message. Large client frames still arrive
 /// whole (the buffer grows to the frame's length), in reads of this size.
 const WS_READ_BUFFER: usize = 16 * 1024;
+/// How long the gateway tries to deliver its close frame (behind whatever the socket has not
+/// taken yet) before it drops the connection.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// The framing a connection negotiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,13 +69,27 @@ enum Mode {
 }
 
 /// Upgrades a request to the kernel's channels WebSocket. The HTTP layer calls this after its
-/// token and origin checks. Unknown kernels are refused before the upgrade (404).
+/// token and origin checks. Unknown kernels are refused before the upgrade (404). What the
+/// connection holds is not bounded by a memory budget (see [`crate::serve`] for that).
 pub async fn upgrade(
     manager: Arc<KernelManager>,
     kernel_id: String,
     session_id: Option<String>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Error> {
+    upgrade_charged(manager, kernel_id, session_id, ws, None).await
+}
+
+/// [`upgrade`], charging what the connection holds to `account` (the connection's account of
+/// the server's client memory budget, when it was served by [`crate::serve`]).
+pub(crate) async fn upgrade_charged(
+    manager: Arc<KernelManager>,
+    kernel_id: String,
+    session_id: Option<String>,
+    ws: WebSocketUpgrade,
+    account: Option<Account>,
+) -> Result<Response, Error> {
+    let account = account.unwrap_or_else(|| MemoryBudget::unbounded().open());
     manager.find(&kernel_id).await?;
     let max = manager.config().ws_max_message_size;
     let ws = ws
@@ -89,7 +114,7 @@ pub async fn upgrade(
         .on_failed_upgrade(move |err| {
             tracing::warn!(kernel_id = %failed_kernel, error = %err, "WebSocket upgrade failed");
         })
-        .on_upgrade(move |socket| serve(manager, kernel_id, session_id, mode, socket)))
+        .on_upgrade(move |socket| serve(manager, kernel_id, session_id, mode, account, socket)))
 }
 
 /// Runs one connection until either side goes away.
@@ -98,13 +123,22 @@ async fn serve(
     kernel_id: String,
     session_id: String,
     mode: Mode,
+    account: Account,
     mut socket: WebSocket,
 ) {
-    let mut lease = match manager.attach(&kernel_id, &session_id).await {
+    let mut lease = match manager
+        .attach(&kernel_id, &session_id, account.clone())
+        .await
+    {
         Ok(lease) => lease,
         Err(err) => {
             tracing::info!(%kernel_id, error = %err, "WebSocket for a kernel that is gone");
-            close(&mut socket, close_code::AWAY, "kernel is gone").await;
+            close(
+                &mut socket,
+                close_code::AWAY,
+                Cow::Borrowed("kernel is gone"),
+            )
+            .await;
             return;
         }
     };
@@ -119,8 +153,14 @@ async fn serve(
         pending: std::mem::take(&mut lease.attached.replay),
         held: VecDeque::new(),
         traffic: crate::metrics::Traffic::open(),
+        account,
     };
     let stop = bridge.serve(&mut socket, &mut lease).await;
+    if bridge.account.is_evicted() {
+        // Dropped first, before the close frame waits behind the write queue.
+        bridge.pending.clear();
+        drop(lease.attached.queue.take());
+    }
     if let Stop::Close(code, reason) = stop {
         close(&mut socket, code, reason).await;
     }
@@ -147,6 +187,8 @@ struct Bridge {
     held: VecDeque<(Channel, Message)>,
     /// This connection's message and byte counters.
     traffic: crate::metrics::Traffic,
+    /// Its part of the client memory budget.
+    account: Account,
 }
 
 /// Why the loop stopped, and what to tell the client.
@@ -154,7 +196,46 @@ enum Stop {
     /// The client closed or the socket failed: nothing more to send.
     Silent,
     /// Close with this code and reason.
-    Close(u16, &'static str),
+    Close(u16, Cow<'static, str>),
+}
+
+impl Stop {
+    fn close(code: u16, reason: &'static str) -> Stop {
+        Stop::Close(code, Cow::Borrowed(reason))
+    }
+}
+
+/// The close frame's reason text is at most 123 bytes.
+const CLOSE_REASON_MAX: usize = 123;
+
+/// `text` cut to fit a close frame, at a character boundary.
+fn close_reason(mut text: String) -> Cow<'static, str> {
+    if text.len() > CLOSE_REASON_MAX {
+        let mut end = CLOSE_REASON_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    Cow::Owned(text)
+}
+
+/// What to tell a client the gateway disconnected for `why`.
+fn kicked(why: Option<Kick>, detail: Option<Arc<str>>) -> Stop {
+    match why {
+        Some(Kick::Replaced) => Stop::close(close_code::NORMAL, "replaced by a newer connection"),
+        Some(Kick::TooSlow) => Stop::close(close_code::POLICY, "client too slow"),
+        Some(Kick::KernelDied) => match detail {
+            Some(detail) => Stop::Close(
+                close_code::AWAY,
+                close_reason(format!("kernel died: {detail}")),
+            ),
+            None => Stop::close(close_code::AWAY, "kernel died"),
+        },
+        Some(Kick::KernelGone) | None => Stop::close(close_code::NORMAL, "kernel shut down"),
+        Some(Kick::Culled) => Stop::close(close_code::NORMAL, "kernel culled"),
+        Some(Kick::GatewayExit) => Stop::close(close_code::AWAY, "gateway shutting down"),
+    }
 }
 
 /// The next reply of the connection's session, pending forever when there is none.
@@ -275,10 +356,14 @@ impl Bridge {
                             return Stop::Silent;
                         }
                     }
-                    None => return Stop::Close(close_code::NORMAL, "kernel shut down"),
+                    // The supervisor dropped this client: it was kicked just before.
+                    None => return kicked(kick.reason(), kick.detail()),
                 },
+                () = self.account.evicted() => {
+                    return Stop::Close(close_code::POLICY, close_reason(self.account.close_reason()));
+                }
                 why = kick.kicked() => {
-                    if matches!(why, Kick::KernelGone | Kick::Culled | Kick::GatewayExit) {
+                    if matches!(why, Kick::KernelGone | Kick::KernelDied | Kick::Culled | Kick::GatewayExit) {
                         // Deliver what was queued before the kick (e.g. the final `dead` status).
                         while let Some(notice) = lease.attached.queue.try_recv() {
                             if let Some(stop) = self.on_notice(socket, notice).await {
@@ -289,24 +374,18 @@ impl Bridge {
                             return Stop::Silent;
                         }
                     }
-                    return match why {
-                        Kick::Replaced => Stop::Close(close_code::NORMAL, "replaced by a newer connection"),
-                        Kick::TooSlow => Stop::Close(close_code::POLICY, "client too slow"),
-                        Kick::KernelGone => Stop::Close(close_code::NORMAL, "kernel shut down"),
-                        Kick::Culled => Stop::Close(close_code::NORMAL, "kernel culled"),
-                        Kick::GatewayExit => Stop::Close(close_code::AWAY, "gateway shutting down"),
-                    };
+                    return kicked(Some(why), kick.detail());
                 }
                 _ = ping.tick(), if !ping_every.is_zero() => {
                     if last_seen.elapsed() > pong_timeout {
                         tracing::info!(kernel_id = %self.kernel_id, session_id = %self.session_id, "WebSocket client stopped answering pings");
-                        return Stop::Close(close_code::AWAY, "ping timeout");
+                        return Stop::close(close_code::AWAY, "ping timeout");
                     }
                     if socket.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
                         return Stop::Silent;
                     }
                 }
-                () = cancel.cancelled() => return Stop::Close(close_code::AWAY, "gateway shutting down"),
+                () = cancel.cancelled() => return Stop::close(close_code::AWAY, "gateway shutting down"),
             }
         }
     }
@@ -319,6 +398,7 @@ impl Bridge {
         match SessionChannels::connect(connection, &self.session_id, &opts).await {
             Ok(channels) => {
                 for (channel, msg) in self.held.drain(..) {
+                    self.account.release(msg.size());
                     if let Err(err) = channels.sender.send(channel, msg).await {
                         tracing::warn!(kernel_id = %self.kernel_id, error = %err, "cannot forward a held client message to the kernel");
                     }
@@ -328,7 +408,7 @@ impl Bridge {
             }
             Err(err) => {
                 tracing::warn!(kernel_id = %self.kernel_id, error = %err, "cannot connect to the kernel");
-                Err(Stop::Close(
+                Err(Stop::close(
                     close_code::ERROR,
                     "cannot connect to the kernel",
                 ))
@@ -377,7 +457,7 @@ impl Bridge {
                     Ok(decoded) => decoded,
                     Err(err) => {
                         tracing::warn!(kernel_id = %self.kernel_id, error = %err, "closing on a malformed binary frame");
-                        return Some(Stop::Close(
+                        return Some(Stop::close(
                             close_code::UNSUPPORTED,
                             "malformed binary frame",
                         ));
@@ -396,8 +476,12 @@ impl Bridge {
         let Some(channels) = &self.channels else {
             if self.held.len() >= HELD_WHILE_RESTARTING {
                 tracing::warn!(kernel_id = %self.kernel_id, "too many client messages while the kernel restarts; dropping the oldest");
-                self.held.pop_front();
+                if let Some((_, old)) = self.held.pop_front() {
+                    self.account.release(old.size());
+                }
             }
+            // Held messages count against the client's share like what is queued for it.
+            self.account.charge(msg.size());
             self.held.push_back((channel, msg));
             return None;
         };
@@ -430,6 +514,7 @@ impl Bridge {
             biased;
             sent = socket.feed(frame) => sent.is_ok(),
             _ = self.kick.kicked() => false,
+            () = self.account.evicted() => false,
             () = self.manager.cancelled().cancelled() => false,
         }
     }
@@ -440,6 +525,7 @@ impl Bridge {
             biased;
             flushed = socket.flush() => flushed.is_ok(),
             _ = self.kick.kicked() => false,
+            () = self.account.evicted() => false,
             () = self.manager.cancelled().cancelled() => false,
         }
     }
@@ -454,11 +540,13 @@ fn frame_len(frame: &WsMessage) -> usize {
     }
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+/// Sends a close frame, giving up after [`CLOSE_GRACE`] (a client that reads nothing never
+/// takes it).
+async fn close(socket: &mut WebSocket, code: u16, reason: Cow<'static, str>) {
     let frame = CloseFrame {
         code,
-        reason: reason.into(),
+        reason: reason.as_ref().into(),
     };
-    // The peer may already be gone; nothing to do about it then.
-    let _ = socket.send(WsMessage::Close(Some(frame))).await;
+    // The peer may already be gone, or not reading; nothing to do about it then.
+    let _ = timeout(CLOSE_GRACE, socket.send(WsMessage::Close(Some(frame)))).await;
 }

@@ -239,6 +239,7 @@ pub(crate) async fn channels(
     PathParam(kernel_id): PathParam<String>,
     query: QueryParams,
     headers: HeaderMap,
+    account: Option<axum::Extension<crate::budget::Account>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
     let kernel = reachable(&state, &caller, &kernel_id).await?;
@@ -267,7 +268,15 @@ pub(crate) async fn channels(
         });
     }
     tracing::info!(target: "audit", user = %caller.user, owner = %kernel.username, %kernel_id, "kernel channels opened");
-    crate::ws::upgrade(state.manager.clone(), kernel_id, session_id, upgrade).await
+    let account = account.map(|axum::Extension(account)| account);
+    crate::ws::upgrade_charged(
+        state.manager.clone(),
+        kernel_id,
+        session_id,
+        upgrade,
+        account,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -11,6 +11,10 @@
 //!   order, once; any other client, or the time running out, discards it.
 //! * A connection replaced by a newer one with the same session id hands its queued messages and
 //!   its sockets over to the newer one ([`Handover`]).
+//! * Every message held here is charged to an [`Account`] of the gateway's client memory budget:
+//!   the client's own (its queue, what it missed after falling behind) or the reconnect buffer's.
+//!   A client whose account is evicted leaves no reconnect buffer behind, and an evicted buffer
+//!   is dropped.
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::kernel::GATEWAY_USERNAME;
+use crate::budget::Account;
 
 /// A client queue holds at least this many messages, even when buffering is disabled.
 const MIN_QUEUE_MESSAGES: usize = 1024;
@@ -48,8 +53,11 @@ pub(crate) enum Kick {
     Replaced,
     /// Its queue overflowed.
     TooSlow,
-    /// The kernel was shut down or died.
+    /// The kernel was shut down.
     KernelGone,
+    /// The kernel died (its restarts failed, or it could not be restarted); the signal's
+    /// [`KickSignal::detail`] says why.
+    KernelDied,
     /// The kernel was culled.
     Culled,
     /// The gateway is shutting down.
@@ -62,6 +70,7 @@ pub(crate) struct KickSignal {
     token: CancellationToken,
     reason: Arc<Mutex<Option<Kick>>>,
     successor: Arc<Mutex<Option<oneshot::Sender<Handover>>>>,
+    detail: Arc<Mutex<Option<Arc<str>>>>,
 }
 
 impl KickSignal {
@@ -73,6 +82,21 @@ impl KickSignal {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         reason.get_or_insert(why);
         self.token.cancel();
+    }
+    /// Disconnects the client, saying why in a few words (the first reason wins).
+    fn kick_with(&self, why: Kick, detail: &Arc<str>) {
+        self.detail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(|| Arc::clone(detail));
+        self.kick(why);
+    }
+    /// What the kick said beyond its reason, if anything.
+    pub(crate) fn detail(&self) -> Option<Arc<str>> {
+        self.detail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
     /// Disconnects the client because a newer one took its session; its leftovers go to `to`.
     fn replace(&self, to: oneshot::Sender<Handover>) {
@@ -115,6 +139,19 @@ struct Gauge {
 pub(crate) struct ClientQueue {
     rx: mpsc::UnboundedReceiver<ClientNotice>,
     gauge: Arc<Gauge>,
+    /// Charged with the queued messages.
+    account: Option<Account>,
+}
+
+impl Drop for ClientQueue {
+    fn drop(&mut self) {
+        // What is still queued is freed with the channel: return it to the budget. Closing first
+        // makes later sends fail, and a failed send uncounts itself.
+        self.rx.close();
+        while let Ok(notice) = self.rx.try_recv() {
+            self.taken(&notice);
+        }
+    }
 }
 
 impl ClientQueue {
@@ -122,6 +159,9 @@ impl ClientQueue {
         if let ClientNotice::Iopub(msg) = notice {
             self.gauge.messages.fetch_sub(1, Ordering::Relaxed);
             self.gauge.bytes.fetch_sub(msg.size(), Ordering::Relaxed);
+            if let Some(account) = &self.account {
+                account.release(msg.size());
+            }
         }
     }
     /// The next notice; `None` once the supervisor dropped this client.
@@ -138,6 +178,7 @@ impl ClientQueue {
             ClientQueue {
                 rx,
                 gauge: Arc::new(Gauge::default()),
+                account: None,
             },
         )
     }
@@ -214,17 +255,38 @@ impl BufferLimits {
     }
 }
 
-/// A bounded FIFO of messages that drops (and counts) the oldest when full.
+/// A bounded FIFO of messages that drops (and counts) the oldest when full; what it holds is
+/// charged to its account.
 #[derive(Debug, Default)]
 pub(crate) struct Spill {
     messages: VecDeque<(Channel, Message)>,
     bytes: usize,
     dropped: usize,
+    account: Option<Account>,
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        if let Some(account) = &self.account {
+            account.release(self.bytes);
+        }
+    }
 }
 
 impl Spill {
+    /// An empty spill charged to `account`.
+    fn charged_to(account: Account) -> Spill {
+        Spill {
+            messages: VecDeque::new(),
+            bytes: 0,
+            dropped: 0,
+            account: Some(account),
+        }
+    }
+
     /// Appends, dropping the oldest beyond the limits.
     pub(crate) fn push(&mut self, item: (Channel, Message), max_messages: usize, max_bytes: usize) {
+        let before = self.bytes;
         self.bytes += item.1.size();
         self.messages.push_back(item);
         while self.messages.len() > max_messages || self.bytes > max_bytes {
@@ -234,6 +296,17 @@ impl Spill {
             self.bytes = self.bytes.saturating_sub(old.size());
             self.dropped += 1;
         }
+        if let Some(account) = &self.account {
+            if self.bytes >= before {
+                account.charge(self.bytes - before);
+            } else {
+                account.release(before - self.bytes);
+            }
+        }
+    }
+    /// The messages, oldest first; no longer charged.
+    fn into_messages(mut self) -> VecDeque<(Channel, Message)> {
+        std::mem::take(&mut self.messages)
     }
     /// Messages held.
     pub(crate) fn len(&self) -> usize {
@@ -253,11 +326,15 @@ struct Slot {
     kick: KickSignal,
     /// Set once the client fell too far behind: what it misses until it is gone.
     overflow: Option<Spill>,
+    /// What the gateway holds for this client is charged here.
+    account: Account,
 }
 
 #[derive(Debug)]
 struct OfflineBuffer {
     session_id: String,
+    /// The buffer's byte bound: `buffer_max_bytes`, or the client share when that is smaller.
+    max_bytes: usize,
     spill: Spill,
     channels: Option<SessionChannels>,
     expires: Instant,
@@ -300,9 +377,15 @@ impl Hub {
         )
     }
 
-    /// Registers a client. A client with the same session id is replaced at once (its leftovers
-    /// are handed over); a buffer kept for this session is handed over, any other is discarded.
-    pub(crate) fn attach(&mut self, session_id: &str, connection: ConnectionInfo) -> Attached {
+    /// Registers a client, whose messages are charged to `account`. A client with the same
+    /// session id is replaced at once (its leftovers are handed over); a buffer kept for this
+    /// session is handed over, any other is discarded.
+    pub(crate) fn attach(
+        &mut self,
+        session_id: &str,
+        connection: ConnectionInfo,
+        account: Account,
+    ) -> Attached {
         let mut replaced = None;
         let mut replay = VecDeque::new();
         let stale: Vec<u64> = self
@@ -318,7 +401,7 @@ impl Hub {
                 slot.kick.replace(to);
                 replaced = Some(from);
                 if let Some(overflow) = slot.overflow {
-                    replay.extend(overflow.messages);
+                    replay.extend(overflow.into_messages());
                 }
             }
         }
@@ -330,7 +413,7 @@ impl Hub {
                         "the offline buffer overflowed; its oldest messages were dropped");
                 }
                 tracing::info!(kernel_id = %self.kernel_id, session_id, count = buffer.spill.len(), "replaying buffered messages");
-                replay.extend(buffer.spill.messages);
+                replay.extend(buffer.spill.into_messages());
                 channels = buffer.channels;
             }
             Some(buffer) => {
@@ -352,11 +435,16 @@ impl Hub {
                 gauge: Arc::clone(&gauge),
                 kick: kick.clone(),
                 overflow: None,
+                account: account.clone(),
             },
         );
         Attached {
             client_id,
-            queue: ClientQueue { rx, gauge },
+            queue: ClientQueue {
+                rx,
+                gauge,
+                account: Some(account),
+            },
             kick,
             replaced,
             replay,
@@ -376,18 +464,25 @@ impl Hub {
         if !self.clients.is_empty() || !self.limits.buffering() {
             return;
         }
+        if slot.account.is_evicted() {
+            tracing::info!(kernel_id = %self.kernel_id, session_id = %slot.session_id,
+                "the client was disconnected for holding too much memory; nothing is kept for its return");
+            return;
+        }
         if let Some(old) = self.buffer.take() {
             tracing::info!(kernel_id = %self.kernel_id, session_id = %old.session_id,
                 count = old.spill.len(), "discarding buffered messages of another session");
         }
-        let mut spill = Spill::default();
-        let overflow = slot.overflow.map(|o| o.messages).unwrap_or_default();
+        let mut spill = Spill::charged_to(slot.account.sibling());
+        let overflow = slot.overflow.map(Spill::into_messages).unwrap_or_default();
+        let max_bytes = buffer_bytes(&self.limits, &slot.account);
         for item in messages.into_iter().chain(overflow) {
-            spill.push(item, self.limits.max_messages, self.limits.max_bytes);
+            spill.push(item, self.limits.max_messages, max_bytes);
         }
         tracing::debug!(kernel_id = %self.kernel_id, session_id = %slot.session_id, "last client gone; buffering its messages");
         self.buffer = Some(OfflineBuffer {
             session_id: slot.session_id,
+            max_bytes,
             spill,
             channels,
             expires: Instant::now() + self.limits.ttl,
@@ -476,28 +571,52 @@ impl Hub {
         let before = buffer.spill.dropped();
         buffer
             .spill
-            .push(item, self.limits.max_messages, self.limits.max_bytes);
+            .push(item, self.limits.max_messages, buffer.max_bytes);
         if before == 0 && buffer.spill.dropped() > 0 {
             tracing::warn!(kernel_id = %self.kernel_id, session_id = %buffer.session_id,
                 "offline buffer full; dropping the oldest messages");
         }
     }
 
-    /// The next reply on the sockets kept for the offline buffer; pending when there are none.
-    pub(crate) async fn next_kept_reply(&mut self) -> Option<(Channel, Message)> {
-        let Some(channels) = self.buffer.as_mut().and_then(|b| b.channels.as_mut()) else {
+    /// The next reply on the sockets kept for the offline buffer, or the buffer's eviction from
+    /// the memory budget; pending when there is no buffer.
+    pub(crate) async fn next_kept_reply(&mut self) -> KeptReply {
+        let Some(buffer) = self.buffer.as_mut() else {
             return std::future::pending().await;
         };
-        channels.replies.recv().await
+        let account = buffer.spill.account.clone();
+        let evicted = async {
+            match &account {
+                Some(account) => account.evicted().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = evicted => KeptReply::Evicted,
+            reply = async {
+                match buffer.channels.as_mut() {
+                    Some(channels) => channels.replies.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => KeptReply::Reply(reply),
+        }
     }
 
-    /// Stores a reply that arrived on the kept sockets (`None`: they closed).
-    pub(crate) fn keep_reply(&mut self, reply: Option<(Channel, Message)>) {
+    /// Stores a reply that arrived on the kept sockets (`None`: they closed), or drops an
+    /// evicted buffer.
+    pub(crate) fn keep_reply(&mut self, reply: KeptReply) {
         match reply {
-            Some(item) => self.buffer_message(item),
-            None => {
+            KeptReply::Reply(Some(item)) => self.buffer_message(item),
+            KeptReply::Reply(None) => {
                 if let Some(buffer) = &mut self.buffer {
                     buffer.channels = None;
+                }
+            }
+            KeptReply::Evicted => {
+                if let Some(buffer) = self.buffer.take() {
+                    tracing::warn!(kernel_id = %self.kernel_id, session_id = %buffer.session_id,
+                        count = buffer.spill.len(),
+                        "the client memory budget is used up: dropping a reconnect buffer");
                 }
             }
         }
@@ -527,10 +646,41 @@ impl Hub {
         }
         self.buffer = None;
     }
+
+    /// Disconnects every client saying why in a few words, and drops the buffer.
+    pub(crate) fn close_all_with(&mut self, why: Kick, detail: &str) {
+        let detail: Arc<str> = Arc::from(detail);
+        for slot in std::mem::take(&mut self.clients).into_values() {
+            slot.kick.kick_with(why, &detail);
+        }
+        self.buffer = None;
+    }
+}
+
+/// What [`Hub::next_kept_reply`] found.
+#[derive(Debug)]
+pub(crate) enum KeptReply {
+    /// A reply on the kept sockets (`None`: they closed).
+    Reply(Option<(Channel, Message)>),
+    /// The budget took the buffer back.
+    Evicted,
+}
+
+/// The byte bound of a reconnect buffer: `buffer_max_bytes`, or the client's share when smaller.
+fn buffer_bytes(limits: &BufferLimits, account: &Account) -> usize {
+    match account.share() {
+        0 => limits.max_bytes,
+        share => limits.max_bytes.min(share),
+    }
 }
 
 /// Queues `msg` for one client, or keeps it aside once the client fell too far behind.
 fn deliver(kernel_id: &str, slot: &mut Slot, msg: Message, max_messages: usize, max_bytes: usize) {
+    if slot.account.is_evicted() {
+        // Its bridge is leaving and drops its queue: nothing more is held for it.
+        slot.overflow = None;
+        return;
+    }
     if let Some(overflow) = &mut slot.overflow {
         overflow.push((Channel::Iopub, msg), max_messages, max_bytes);
         return;
@@ -541,15 +691,21 @@ fn deliver(kernel_id: &str, slot: &mut Slot, msg: Message, max_messages: usize, 
         tracing::warn!(kernel_id, session_id = %slot.session_id, queued,
             "disconnecting a WebSocket client that cannot keep up; its messages are kept for its return");
         slot.kick.kick(Kick::TooSlow);
-        let mut overflow = Spill::default();
+        let mut overflow = Spill::charged_to(slot.account.clone());
         overflow.push((Channel::Iopub, msg), max_messages, max_bytes);
         slot.overflow = Some(overflow);
         return;
     }
+    let size = msg.size();
     slot.gauge.messages.fetch_add(1, Ordering::Relaxed);
-    slot.gauge.bytes.fetch_add(msg.size(), Ordering::Relaxed);
-    // The receiver may be gone already; the client's lease detaches it then.
-    let _ = slot.tx.send(ClientNotice::Iopub(msg));
+    slot.gauge.bytes.fetch_add(size, Ordering::Relaxed);
+    slot.account.charge(size);
+    // The receiver may be gone already (the client's lease detaches it then): uncount.
+    if slot.tx.send(ClientNotice::Iopub(msg)).is_err() {
+        slot.gauge.messages.fetch_sub(1, Ordering::Relaxed);
+        slot.gauge.bytes.fetch_sub(size, Ordering::Relaxed);
+        slot.account.release(size);
+    }
 }
 
 #[cfg(test)]
@@ -582,6 +738,10 @@ mod tests {
         }
     }
 
+    fn account() -> Account {
+        crate::budget::MemoryBudget::unbounded().open()
+    }
+
     fn hub(max_messages: usize) -> Hub {
         Hub::new(
             "k".to_owned(),
@@ -608,22 +768,22 @@ mod tests {
     #[tokio::test]
     async fn replay_is_bounded_ordered_and_once() {
         let mut hub = hub(2);
-        let first = hub.attach("s", info());
+        let first = hub.attach("s", info(), account());
         leave(&mut hub, first);
         for n in 0..3 {
             hub.publish(&msg(n));
         }
-        let again = hub.attach("s", info());
+        let again = hub.attach("s", info(), account());
         assert_eq!(iopub(&again.replay), vec![msg(1), msg(2)]);
         leave(&mut hub, again);
-        let third = hub.attach("s", info());
+        let third = hub.attach("s", info(), account());
         assert!(third.replay.is_empty());
     }
 
     #[tokio::test]
     async fn undelivered_queue_goes_first() {
         let mut hub = hub(100);
-        let mut first = hub.attach("s", info());
+        let mut first = hub.attach("s", info(), account());
         for n in 0..4 {
             hub.publish(&msg(n));
         }
@@ -632,20 +792,20 @@ mod tests {
         hub.publish(&msg(4));
         leave(&mut hub, first);
         hub.publish(&msg(5));
-        let again = hub.attach("s", info());
+        let again = hub.attach("s", info(), account());
         assert_eq!(iopub(&again.replay), (1..6).map(msg).collect::<Vec<_>>());
     }
 
     #[tokio::test]
     async fn other_session_discards_and_same_session_replaces() {
         let mut hub = hub(10);
-        let a = hub.attach("a", info());
+        let a = hub.attach("a", info(), account());
         leave(&mut hub, a);
         hub.publish(&msg(1));
-        let b = hub.attach("b", info());
+        let b = hub.attach("b", info(), account());
         assert!(b.replay.is_empty());
         hub.publish(&msg(2));
-        let mut b2 = hub.attach("b", info());
+        let mut b2 = hub.attach("b", info(), account());
         assert_eq!(b.kick.kicked().await, Kick::Replaced);
         let successor = b.kick.successor();
         assert!(successor.is_some() && b2.replaced.is_some());
@@ -669,8 +829,8 @@ mod tests {
     #[tokio::test]
     async fn synthetic_status_carries_each_session() {
         let mut hub = hub(10);
-        let mut a = hub.attach("sa", info());
-        let mut b = hub.attach("sb", info());
+        let mut a = hub.attach("sa", info(), account());
+        let mut b = hub.attach("sb", info(), account());
         hub.publish_status("restarting", &serde_json::Map::new());
         for (queue, session) in [(&mut a.queue, "sa"), (&mut b.queue, "sb")] {
             let Some(ClientNotice::Iopub(m)) = queue.recv().await else {
@@ -685,7 +845,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn buffers_expire() {
         let mut hub = hub(10);
-        let first = hub.attach("s", info());
+        let first = hub.attach("s", info(), account());
         leave(&mut hub, first);
         hub.publish(&msg(1));
         let expiry = hub.buffer_expiry();
@@ -696,13 +856,13 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         hub.expire_buffer(Instant::now());
         assert!(hub.buffer_expiry().is_none());
-        assert!(hub.attach("s", info()).replay.is_empty());
+        assert!(hub.attach("s", info(), account()).replay.is_empty());
     }
 
     #[tokio::test]
     async fn slow_client_is_kicked_and_keeps_its_messages() {
         let mut hub = hub(10);
-        let slow = hub.attach("slow", info());
+        let slow = hub.attach("slow", info(), account());
         let total = MIN_QUEUE_MESSAGES + 5;
         for n in 0..total {
             hub.publish(&msg(n));
@@ -712,10 +872,55 @@ mod tests {
         leave(&mut hub, slow);
         assert_eq!(hub.connections(), 0);
         // The buffer's own bound (10) applies to what is kept offline: the newest 10.
-        let again = hub.attach("slow", info());
+        let again = hub.attach("slow", info(), account());
         assert_eq!(
             iopub(&again.replay),
             (total - 10..total).map(msg).collect::<Vec<_>>()
         );
+    }
+
+    #[tokio::test]
+    async fn what_a_client_holds_is_charged_and_an_evicted_one_leaves_nothing() {
+        let size = msg(0).size();
+        let budget = crate::budget::MemoryBudget::new(0, size * 3);
+        let mut hub = hub(100);
+        let mut client = hub.attach("s", info(), budget.open());
+        hub.publish(&msg(0));
+        hub.publish(&msg(1));
+        assert_eq!(budget.used(), 2 * size, "two queued messages");
+        assert!(client.queue.recv().await.is_some());
+        assert_eq!(budget.used(), size, "a taken message is released");
+        for n in 2..5 {
+            hub.publish(&msg(n));
+        }
+        // Past its share: evicted; nothing more is queued, and no buffer is kept for it.
+        assert!(hub.clients.values().all(|slot| slot.account.is_evicted()));
+        hub.publish(&msg(9));
+        leave(&mut hub, client);
+        assert!(
+            hub.buffer_expiry().is_none(),
+            "no reconnect buffer for an evicted client"
+        );
+        assert_eq!(budget.used(), 0, "everything was returned");
+    }
+
+    #[tokio::test]
+    async fn reconnect_buffers_are_charged_and_bounded_by_the_share() {
+        let size = msg(0).size();
+        let budget = crate::budget::MemoryBudget::new(0, size * 2);
+        let mut hub = hub(100);
+        let first = hub.attach("s", info(), budget.open());
+        leave(&mut hub, first);
+        for n in 0..5 {
+            hub.publish(&msg(n));
+        }
+        assert_eq!(
+            budget.used(),
+            2 * size,
+            "the buffer keeps its share, the newest"
+        );
+        let again = hub.attach("s", info(), budget.open());
+        assert_eq!(iopub(&again.replay), vec![msg(3), msg(4)]);
+        assert_eq!(budget.used(), 0, "replayed messages leave the budget");
     }
 }

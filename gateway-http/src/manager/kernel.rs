@@ -231,7 +231,8 @@ pub(crate) fn describe_exit(state: &ProcessState) -> String {
     }
 }
 
-fn with_log(text: String, process: &dyn KernelProcess) -> String {
+/// `text`, followed by the process's last log lines when it has any.
+pub(crate) fn with_log(text: String, process: &dyn KernelProcess) -> String {
     let tail = process.log_tail(LOG_TAIL_LINES);
     let tail = tail.trim();
     if tail.is_empty() {

@@ -629,11 +629,16 @@ impl KernelManager {
         &self,
         kernel_id: &str,
         session_id: &str,
+        account: crate::budget::Account,
     ) -> Result<ClientLease, Error> {
         let kernel = self.reach(kernel_id).await?;
         let session_id = session_id.to_owned();
         let attached = self
-            .ask(kernel_id, |reply| KernelEvent::Attach { session_id, reply })
+            .ask(kernel_id, |reply| KernelEvent::Attach {
+                session_id,
+                account,
+                reply,
+            })
             .await?;
         Ok(ClientLease {
             events: kernel.events.clone(),

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::hub::{Attached, Handover, Hub, Kick};
 use super::kernel::{
     GATEWAY_USERNAME, Incarnation, KernelShared, LaunchPlan, describe_exit, launch, msg_type,
-    socket_options, teardown,
+    socket_options, teardown, with_log,
 };
 use super::rules::{self, CullReason, Liveness, RestartDecision, RestartTracker};
 use super::{KernelSnapshot, Table};
@@ -86,6 +86,8 @@ pub(crate) enum KernelEvent {
     Attach {
         /// Its session id.
         session_id: String,
+        /// Where what is held for it is charged.
+        account: crate::budget::Account,
         /// Its registration.
         reply: oneshot::Sender<Attached>,
     },
@@ -427,20 +429,14 @@ impl Supervisor {
                 let _ = reply.send(());
                 Exit::Stop
             }
-            KernelEvent::Attach { session_id, reply } => {
+            KernelEvent::Attach {
+                session_id,
+                account,
+                reply,
+            } => {
                 if let Some(inc) = &self.inc {
-                    let attached = self.hub.attach(&session_id, inc.connection.clone());
-                    self.set_connections();
-                    if let Err(attached) = reply.send(attached) {
-                        // The client gave up while waiting.
-                        let handover = Handover {
-                            queue: Some(attached.queue),
-                            channels: attached.channels,
-                            messages: attached.replay,
-                        };
-                        self.hub.detach(attached.client_id, Some(handover));
-                        self.set_connections();
-                    }
+                    let connection = inc.connection.clone();
+                    self.attach_client(&session_id, account, reply, connection);
                 }
                 Exit::Continue
             }
@@ -463,6 +459,94 @@ impl Supervisor {
             KernelEvent::LeaseGained => {
                 self.lease_gained().await;
                 Exit::Continue
+            }
+        }
+    }
+
+    /// Registers a WebSocket client whose sockets go to `connection`.
+    fn attach_client(
+        &mut self,
+        session_id: &str,
+        account: crate::budget::Account,
+        reply: oneshot::Sender<Attached>,
+        connection: jupyter_protocol::ConnectionInfo,
+    ) {
+        let attached = self.hub.attach(session_id, connection, account);
+        self.set_connections();
+        if let Err(attached) = reply.send(attached) {
+            // The client gave up while waiting.
+            let handover = Handover {
+                queue: Some(attached.queue),
+                channels: attached.channels,
+                messages: attached.replay,
+            };
+            self.hub.detach(attached.client_id, Some(handover));
+            self.set_connections();
+        }
+    }
+
+    /// Waits `delay` before an automatic relaunch while still answering events: clients may
+    /// attach (their sockets go to the kernel's ports, rebuilt after the relaunch), API restarts
+    /// and interrupts are refused, a shutdown (or the gateway's exit) ends the kernel. `Some`
+    /// when the kernel is gone.
+    async fn back_off(
+        &mut self,
+        delay: Duration,
+        previous: &jupyter_protocol::ConnectionInfo,
+    ) -> Option<Exit> {
+        let until = Instant::now() + delay;
+        let kernel_id = self.shared.id.clone();
+        let busy = move || Error::LaunchFailed {
+            reason: format!(
+                "kernel {kernel_id} died and waits to be relaunched; try again shortly"
+            ),
+            fault: Fault::Capacity,
+        };
+        loop {
+            tokio::select! {
+                () = sleep_until(until) => return None,
+                () = self.cancel.cancelled() => {
+                    self.gateway_exit().await;
+                    return Some(Exit::Stop);
+                }
+                event = self.events.recv() => match event {
+                    None => return Some(Exit::Stop),
+                    Some(KernelEvent::Attach { session_id, account, reply }) => {
+                        self.attach_client(&session_id, account, reply, previous.clone());
+                    }
+                    Some(KernelEvent::Restart { reply, .. }) => {
+                        let _ = reply.send(Err(busy()));
+                    }
+                    Some(KernelEvent::Interrupt { reply }) => {
+                        let _ = reply.send(Err(busy()));
+                    }
+                    Some(KernelEvent::Shutdown { reason, reply }) => {
+                        self.shutdown(reason).await;
+                        let _ = reply.send(());
+                        return Some(Exit::Stop);
+                    }
+                    Some(KernelEvent::Detach { client_id, handover }) => {
+                        self.hub.detach(client_id, handover);
+                        self.set_connections();
+                    }
+                    Some(KernelEvent::CullTick) => {
+                        if let Exit::Stop = self.on_cull_tick().await {
+                            return Some(Exit::Stop);
+                        }
+                    }
+                    Some(KernelEvent::LeaseLost) => {
+                        tracing::warn!(kernel_id = %self.shared.id, "another gateway supervises this kernel now; letting go of it");
+                        self.let_go();
+                        return Some(Exit::Stop);
+                    }
+                    Some(KernelEvent::LeaseGained) => self.lease_gained().await,
+                    // About the incarnation that died: nothing more to learn.
+                    Some(
+                        KernelEvent::ProcessExited { .. }
+                        | KernelEvent::HeartbeatLost { .. }
+                        | KernelEvent::HeartbeatRestored { .. },
+                    ) => {}
+                },
             }
         }
     }
@@ -600,40 +684,53 @@ impl Supervisor {
         self.hub.suspend();
         // `now` semantics: no graceful shutdown, the remains are killed at once.
         teardown(old.process.as_ref(), Duration::ZERO, true).await;
+        // How this incarnation ended, with its last log lines: the reason if it is not relaunched.
+        let ended = with_log(
+            format!("kernel process ended ({how})"),
+            old.process.as_ref(),
+        );
         let previous = old.connection.clone();
         if self.plan.remote && self.hub.connections() == 0 {
             old.process.cleanup(false).await;
-            let why = format!(
-                "kernel process ended ({how}); a remote kernel with no client connected is not restarted"
-            );
+            let why = format!("{ended}; a remote kernel with no client connected is not restarted");
             tracing::warn!(kernel_id = %self.shared.id, "{why}");
             self.die(&why).await;
             return Exit::Stop;
         }
         let began = Instant::now();
         let mut decision = self.restarts.exited(ran_for);
+        // Why the latest relaunch failed (exit status and log tail), once one did.
+        let mut last_failure: Option<String> = None;
         loop {
             let attempt = match decision {
                 RestartDecision::Restart { attempt } => attempt,
                 RestartDecision::Disabled | RestartDecision::LimitReached { .. } => {
                     // The connection file was kept for a relaunch; nothing needs it now.
                     old.process.cleanup(false).await;
-                    let why = match decision {
-                        RestartDecision::LimitReached { limit } => format!(
-                            "kernel process ended ({how}); restart limit of {limit} reached"
+                    let why = match (decision, &last_failure) {
+                        (RestartDecision::LimitReached { limit }, Some(last)) => format!(
+                            "restart limit of {limit} reached; the last relaunch failed: {last} (the series began with: {ended})"
                         ),
-                        _ => {
-                            format!("kernel process ended ({how}); automatic restarts are disabled")
+                        (RestartDecision::LimitReached { limit }, None) => {
+                            format!("{ended}; restart limit of {limit} reached")
                         }
+                        _ => format!("{ended}; automatic restarts are disabled"),
                     };
                     tracing::warn!(kernel_id = %self.shared.id, "{why}");
                     self.die(&why).await;
                     return Exit::Stop;
                 }
             };
+            let delay = self.config.restart_backoff.delay(attempt);
             tracing::warn!(kernel_id = %self.shared.id, attempt, limit = self.config.restart_limit,
-                "kernel process ended ({how}); restarting it");
+                wait_ms = delay.as_millis() as u64, "kernel process ended ({how}); restarting it");
             self.publish_status("restarting", None);
+            if !delay.is_zero()
+                && let Some(exit) = self.back_off(delay, &previous).await
+            {
+                old.process.cleanup(false).await;
+                return exit;
+            }
             crate::metrics::restart(&self.shared.name, "automatic");
             let shared = Arc::clone(&self.shared);
             let hub = &mut self.hub;
@@ -653,7 +750,8 @@ impl Supervisor {
                     return Exit::Continue;
                 }
                 Err(err) => {
-                    tracing::warn!(kernel_id = %self.shared.id, error = %err, "automatic restart failed");
+                    tracing::warn!(kernel_id = %self.shared.id, attempt, error = %err, "automatic restart failed");
+                    last_failure = Some(err.to_string());
                     if self.cancel.is_cancelled() {
                         old.process.cleanup(false).await;
                         self.die(&err.to_string()).await;
@@ -689,7 +787,7 @@ impl Supervisor {
         // Gone from the table before clients are disconnected: whoever sees the socket close
         // and asks for the kernel gets 404.
         self.remove_from_table();
-        self.hub.close_all(Kick::KernelGone);
+        self.hub.close_all_with(Kick::KernelDied, why);
         self.set_connections();
     }
 

@@ -16,6 +16,7 @@
 //! workload at small sizes without EG; the exit status is non-zero when a workload fails outright
 //! against our gateway or the floor (never because of slowness).
 
+mod balanced;
 mod client;
 mod proc;
 mod report;
@@ -45,6 +46,9 @@ usage: gateway-bench [options]
   --compare             also run Enterprise Gateway 3.3.0 (.venv-eg) on every workload
   --metrics-off         also run our gateway with --metrics_enabled=false (what metrics cost;
                         e.g. with --only execute,iopub)
+  --balanced            also run two of our gateways on one PostgreSQL store behind HAProxy
+                        (Debian's postgresql and haproxy), measured through the balancer;
+                        e.g. with --only start,execute
   --repeats N           rounds (default 3; the target order rotates every round)
   --only IDS            comma-separated workload id prefixes (start,execute,iopub,display,
                         concurrent,memory,scale; e.g. start_ssh,execute_ssh for the SSH rows,
@@ -71,6 +75,7 @@ struct Options {
     quick: bool,
     compare: bool,
     metrics_off: bool,
+    balanced: bool,
     repeats: usize,
     only: Vec<String>,
     sizes: Sizes,
@@ -109,6 +114,7 @@ fn parse_options(args: &[String]) -> Result<Option<Options>> {
         quick,
         compare: false,
         metrics_off: false,
+        balanced: false,
         repeats: if quick { 1 } else { 3 },
         only: Vec::new(),
         sizes: Sizes {
@@ -158,6 +164,7 @@ fn parse_options(args: &[String]) -> Result<Option<Options>> {
             }
             "--compare" => o.compare = true,
             "--metrics-off" => o.metrics_off = true,
+            "--balanced" => o.balanced = true,
             "--no-write" => no_write = true,
             "--repeats" => o.repeats = value()?.parse()?,
             "--only" => o.only = value()?.split(',').map(str::to_owned).collect(),
@@ -333,6 +340,9 @@ async fn run(options: Options) -> Result<bool> {
     }
     if options.compare {
         gateway_kinds.push(TargetKind::Eg);
+    }
+    if options.balanced {
+        gateway_kinds.push(TargetKind::Balanced);
     }
     let mut all_targets = vec![TargetKind::Direct];
     all_targets.extend(&gateway_kinds);

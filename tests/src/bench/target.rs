@@ -42,6 +42,8 @@ pub(crate) enum TargetKind {
     OursNoMetrics,
     /// Enterprise Gateway 3.3.0 from `.venv-eg`.
     Eg,
+    /// Two of our gateways on one PostgreSQL kernel store behind HAProxy (`--balanced`).
+    Balanced,
 }
 
 impl TargetKind {
@@ -51,6 +53,7 @@ impl TargetKind {
             TargetKind::Ours => "ours",
             TargetKind::OursNoMetrics => "ours-no-metrics",
             TargetKind::Eg => "eg",
+            TargetKind::Balanced => "balanced",
         }
     }
 
@@ -60,6 +63,7 @@ impl TargetKind {
             TargetKind::Ours => "ours",
             TargetKind::OursNoMetrics => "ours, metrics off",
             TargetKind::Eg => "EG 3.3.0",
+            TargetKind::Balanced => "2 gateways + HAProxy",
         }
     }
 }
@@ -299,6 +303,9 @@ pub(crate) struct Gateway {
     /// Whether it was started with the SSH host's settings.
     pub(crate) ssh: bool,
     guard: Option<ChildGuard>,
+    /// For the balanced target: the second gateway, HAProxy and PostgreSQL, stopped with it.
+    peers: Vec<Gateway>,
+    helpers: Vec<ChildGuard>,
     _dir: tempfile::TempDir,
 }
 
@@ -309,7 +316,12 @@ impl Gateway {
         let mut last = None;
         // A just-picked free port may be taken in the meantime: retry with new ports.
         for _ in 0..3 {
-            match Gateway::start_once(env, kind, ssh).await {
+            let started = if kind == TargetKind::Balanced {
+                Gateway::start_balanced(env, ssh).await
+            } else {
+                Gateway::start_once(env, kind, ssh, &[]).await
+            };
+            match started {
                 Ok(gw) => return Ok(gw),
                 Err(err) => {
                     let text = format!("{err:#}");
@@ -324,7 +336,48 @@ impl Gateway {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("the gateway did not start")))
     }
 
-    async fn start_once(env: &Env, kind: TargetKind, ssh: bool) -> Result<Gateway> {
+    /// Two gateways of ours on a fresh PostgreSQL store, HAProxy in front; the target's port is
+    /// HAProxy's, its process (for CPU and memory) the first gateway.
+    async fn start_balanced(env: &Env, ssh: bool) -> Result<Gateway> {
+        let dir = tempfile::Builder::new()
+            .prefix("balanced-")
+            .tempdir_in(env.dir.path())?;
+        let pg_dir = dir.path().to_path_buf();
+        let pg = tokio::task::spawn_blocking(move || super::balanced::Postgres::start(&pg_dir))
+            .await??;
+        let args = |id: &str| {
+            vec![
+                format!("--store={}", pg.url),
+                format!("--gateway_id={id}"),
+                "--lease_ttl=3".to_owned(),
+            ]
+        };
+        let mut first = Gateway::start_once(env, TargetKind::Ours, ssh, &args("bench-a")).await?;
+        let second = Gateway::start_once(env, TargetKind::Ours, ssh, &args("bench-b")).await?;
+        let (haproxy, port) =
+            super::balanced::haproxy(dir.path(), &[first.port, second.port]).await?;
+        let (status, _) = client::http(port, "GET", "/api/kernelspecs", None).await?;
+        if status != 200 {
+            bail!("GET /api/kernelspecs through HAProxy answered {status}");
+        }
+        Ok(Gateway {
+            kind: TargetKind::Balanced,
+            port,
+            idle_rss_kib: first.idle_rss_kib,
+            ssh,
+            guard: first.guard.take(),
+            peers: vec![second, first],
+            helpers: vec![haproxy, pg.guard],
+            _dir: dir,
+        })
+    }
+
+    async fn start_once(
+        env: &Env,
+        kind: TargetKind,
+        ssh: bool,
+        extra_args: &[String],
+    ) -> Result<Gateway> {
         let dir = tempfile::Builder::new()
             .prefix("gateway-")
             .tempdir_in(env.dir.path())?;
@@ -338,6 +391,7 @@ impl Gateway {
                 if kind == TargetKind::OursNoMetrics {
                     cmd.arg("--metrics_enabled=false");
                 }
+                cmd.args(extra_args);
                 cmd
             }
             TargetKind::Eg => {
@@ -348,6 +402,7 @@ impl Gateway {
                 cmd
             }
             TargetKind::Direct => bail!("the direct floor is not a gateway"),
+            TargetKind::Balanced => bail!("the balanced target starts through start_balanced"),
         };
         for (key, _) in std::env::vars_os() {
             let k = key.to_string_lossy();
@@ -412,6 +467,8 @@ impl Gateway {
             idle_rss_kib: 0,
             ssh,
             guard: Some(guard),
+            peers: Vec::new(),
+            helpers: Vec::new(),
             _dir: dir,
         };
         let (status, _) = client::http(port, "GET", "/api/kernelspecs", None).await?;
@@ -448,6 +505,13 @@ impl Gateway {
                 guard.stop(Duration::from_secs(10));
             })
             .await;
+        }
+        for peer in std::mem::take(&mut self.peers) {
+            Box::pin(peer.stop()).await;
+        }
+        // HAProxy, then PostgreSQL once no gateway needs it.
+        for mut helper in std::mem::take(&mut self.helpers) {
+            let _ = tokio::task::spawn_blocking(move || helper.stop(Duration::from_secs(10))).await;
         }
     }
 }
