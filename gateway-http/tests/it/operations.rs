@@ -164,6 +164,63 @@ async fn metrics_health_and_the_admin_routes_answer_admins_only() -> anyhow::Res
     Ok(())
 }
 
+#[tokio::test]
+async fn e2e_culls_and_restarts_are_counted_by_kind_and_reason() -> anyhow::Result<()> {
+    gateway_http::metrics::install()?;
+    let gateway = Gateway::with_ipykernel(|config| {
+        config.culling.idle_timeout = Duration::from_secs(2);
+        config.culling.interval = Duration::from_secs(1);
+    })?;
+    let metric = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = String::from_utf8(gateway.send(Req::get("/metrics")).await.body)?;
+    let (status, kernel) = gateway
+        .check(Req::post("/api/kernels", r#"{"name": "python3"}"#))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{kernel}");
+    let id = kernel["id"].as_str().unwrap_or_default().to_owned();
+    let (status, _) = gateway
+        .check(Req::post(&format!("/api/kernels/{id}/restart"), ""))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let restarted = String::from_utf8(gateway.send(Req::get("/admin")).await.body)?;
+    assert!(restarted.contains(&id), "the admin page lists the kernel");
+    let (_, admin) = gateway.check(Req::get("/api/admin/kernels")).await;
+    assert_eq!(admin[0]["restarts"], 1, "{admin}");
+    assert_eq!(admin[0]["backend"], "local", "{admin}");
+    assert_eq!(admin[0]["host"], "127.0.0.1", "{admin}");
+    // Idle for longer than the timeout: the culler takes it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while gateway
+        .check(Req::get(&format!("/api/kernels/{id}")))
+        .await
+        .0
+        != StatusCode::NOT_FOUND
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the kernel was not culled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = String::from_utf8(gateway.send(Req::get("/metrics")).await.body)?;
+    for series in [
+        r#"eg_kernel_culls_total{type="python3",reason="idle"}"#,
+        r#"eg_kernel_restarts_total{type="python3",reason="requested"}"#,
+        r#"eg_kernel_starts_total{type="python3",outcome="started"}"#,
+    ] {
+        assert!(
+            metric(&after, series) >= metric(&before, series) + 1.0,
+            "{series} did not grow:\n{after}"
+        );
+    }
+    Ok(())
+}
+
 /// Polls `/readyz` until its status is `want` (bounded); the last body.
 async fn ready_becomes(gateway: &Gateway, want: StatusCode) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
