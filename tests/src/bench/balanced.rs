@@ -137,3 +137,20 @@ pub(crate) async fn haproxy(dir: &Path, backends: &[u16]) -> Result<(ChildGuard,
     }
     bail!("haproxy did not listen on {port}")
 }
+
+/// Kernels in the store at `url` whose lease is not `gateway`'s (psql).
+pub(crate) fn rows_not_of(url: &str, gateway: &str) -> Result<usize> {
+    let out = Command::new(Path::new(PG_BIN).join("psql"))
+        .args(["-X", "-A", "-t", "-d"])
+        .arg(url)
+        .arg("-c")
+        .arg(format!(
+            "SELECT count(*) FROM kernels WHERE gateway <> '{gateway}'"
+        ))
+        .output()
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}

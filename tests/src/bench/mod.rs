@@ -354,6 +354,7 @@ async fn run(options: Options) -> Result<bool> {
             .filter(|w| {
                 options.only.is_empty() || options.only.iter().any(|p| w.id.starts_with(p.as_str()))
             })
+            .filter(|w| options.balanced || w.kind != workloads::Kind::Takeover)
             .collect();
     if workloads.is_empty() {
         bail!("--only matched no workload");
@@ -436,6 +437,10 @@ async fn run(options: Options) -> Result<bool> {
         }
         for workload in workloads.iter().filter(|w| w.fresh_gateway()) {
             for target in rotated(&gateway_kinds, round) {
+                // A takeover needs two gateways.
+                if workload.kind == workloads::Kind::Takeover && target != TargetKind::Balanced {
+                    continue;
+                }
                 if let (TargetKind::Eg, Some(failed_at), workloads::Kind::Scale(n)) =
                     (target, eg_scale_failed_at, &workload.kind)
                     && *n > failed_at

@@ -306,6 +306,8 @@ pub(crate) struct Gateway {
     /// For the balanced target: the second gateway, HAProxy and PostgreSQL, stopped with it.
     peers: Vec<Gateway>,
     helpers: Vec<ChildGuard>,
+    /// For the balanced target: the store's URL.
+    store: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -368,6 +370,7 @@ impl Gateway {
             guard: first.guard.take(),
             peers: vec![second, first],
             helpers: vec![haproxy, pg.guard],
+            store: Some(pg.url.clone()),
             _dir: dir,
         })
     }
@@ -469,6 +472,7 @@ impl Gateway {
             guard: Some(guard),
             peers: Vec::new(),
             helpers: Vec::new(),
+            store: None,
             _dir: dir,
         };
         let (status, _) = client::http(port, "GET", "/api/kernelspecs", None).await?;
@@ -478,6 +482,13 @@ impl Gateway {
         tokio::time::sleep(Duration::from_millis(500)).await;
         gateway.idle_rss_kib = proc::rss_kib(gateway.pid()).unwrap_or(0);
         Ok(gateway)
+    }
+
+    /// For the balanced target: the second gateway's (`bench-b`) port and process id, and the
+    /// store's URL (the first gateway is the target's own process, which must keep running).
+    pub(crate) fn balanced_parts(&self) -> Option<(u16, i32, String)> {
+        let second = self.peers.first()?;
+        Some((second.port, second.pid(), self.store.clone()?))
     }
 
     /// The gateway's process id (for EG, the Python interpreter's).

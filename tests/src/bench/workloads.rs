@@ -107,6 +107,9 @@ pub(crate) enum Kind {
     Memory,
     /// `n` test kernels, each with its own client at a fixed request rate.
     Scale(usize),
+    /// `--balanced` only: kernels started on one gateway, that gateway killed with SIGKILL, until
+    /// the other supervises all of them (the store shows its lease on every one).
+    Takeover,
 }
 
 /// A named workload and the targets it runs against.
@@ -194,6 +197,12 @@ impl Workload {
             ),
             kind: Kind::Memory,
         });
+        list.push(Workload {
+            id: "takeover".to_owned(),
+            title: "a gateway killed: until the other supervises its 3 kernels (lease_ttl 3 s)"
+                .to_owned(),
+            kind: Kind::Takeover,
+        });
         for &n in scale {
             list.push(Workload {
                 id: format!("scale_{n}"),
@@ -225,12 +234,12 @@ impl Workload {
 
     /// Whether the workload has a direct-floor variant.
     pub(crate) fn has_floor(&self) -> bool {
-        !matches!(self.kind, Kind::Memory | Kind::Scale(_))
+        !matches!(self.kind, Kind::Memory | Kind::Scale(_) | Kind::Takeover)
     }
 
     /// Whether each run gets a freshly started gateway of its own.
     pub(crate) fn fresh_gateway(&self) -> bool {
-        matches!(self.kind, Kind::Scale(_))
+        matches!(self.kind, Kind::Scale(_) | Kind::Takeover)
     }
 
     /// An upper bound on the run time, after which the run counts as failed.
@@ -258,6 +267,7 @@ impl Workload {
             Kind::Concurrent(n) => concurrent(env, gateway, n).await,
             Kind::Memory => memory(env, sizes, gateway.context("memory needs a gateway")?).await,
             Kind::Scale(n) => scale(env, sizes, gateway.context("scale needs a gateway")?, n).await,
+            Kind::Takeover => takeover(env, gateway.context("takeover needs a gateway")?).await,
         }
     }
 }
@@ -833,4 +843,39 @@ async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<
         bail!("{failed} of {} kernel deletes failed", ids.len());
     }
     result
+}
+
+/// Starts kernels on the balanced target's second gateway, kills it with SIGKILL and waits until
+/// the store shows the first one's lease on every kernel.
+async fn takeover(env: &Env, gateway: &Gateway) -> Result<Vec<Metric>> {
+    const KERNELS: usize = 3;
+    let (victim_port, pid, store) = gateway
+        .balanced_parts()
+        .context("takeover runs on the balanced target only")?;
+    let mut ids = Vec::new();
+    for _ in 0..KERNELS {
+        ids.push(client::start_kernel(victim_port, env.python.name).await?);
+    }
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let deadline = killed + Duration::from_secs(120);
+    loop {
+        let left = tokio::task::spawn_blocking({
+            let store = store.clone();
+            move || super::balanced::rows_not_of(&store, "bench-a")
+        })
+        .await??;
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{left} kernel(s) not taken over after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = killed.elapsed();
+    Ok(vec![metric("supervised again", "s", took.as_secs_f64())])
 }
