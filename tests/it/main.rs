@@ -15,6 +15,8 @@
 //! * [`operator`] — what an EG operator meets first: the Helm chart's environment-only
 //!   deployment, EG's Python config (read, converted, or refused), `--generate-config`, the
 //!   one warning about unsupported settings, configuration errors, the access log.
+//! * [`profiles`] — kernel profiles through Jupyter Server's gateway client (`KERNEL_PROFILE`
+//!   in its environment): allowed, unknown (400), forbidden (403); a SIGHUP reload.
 //! * [`persistence`] — kernels that outlive the gateway: a SQLite kernel store, `kill -9` of the
 //!   gateway, re-attach on restart, a Jupyter Server client reading its state back.
 //! * [`store_postgres`] — the PostgreSQL kernel store (Debian's PostgreSQL, started by
@@ -40,6 +42,7 @@ mod oidc;
 mod operations;
 mod operator;
 mod persistence;
+mod profiles;
 mod postgres;
 mod smoke;
 mod store_postgres;
