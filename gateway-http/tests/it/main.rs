@@ -2,6 +2,7 @@
 
 mod api;
 mod edge;
+mod exhaustion;
 mod lifecycle;
 mod manager;
 mod operations;
