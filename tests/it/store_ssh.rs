@@ -90,6 +90,17 @@ fn ssh_kernelspec(dir: &Path) -> Result<String> {
 
 #[tokio::test]
 async fn e2e_ssh_kernel_reattached_after_kill_9() -> Result<()> {
+    reattached_after_kill_9(true).await
+}
+
+/// The same host reached without SSH (`--ssh_local_hosts=false`: a host that is this machine is
+/// launched directly): the launcher is as independent of the gateway as over SSH.
+#[tokio::test]
+async fn e2e_distributed_kernel_on_this_host_reattached_after_kill_9() -> Result<()> {
+    reattached_after_kill_9(false).await
+}
+
+async fn reattached_after_kill_9(over_ssh: bool) -> Result<()> {
     let hosts = sshd::SshHosts::start(1)
         .await
         .context("starting sshd on 127.0.0.2")?;
@@ -110,7 +121,7 @@ async fn e2e_ssh_kernel_reattached_after_kill_9() -> Result<()> {
             format!("--remote_user={user}"),
             format!("--ssh_key_file={}", hosts.user_key().display()),
             format!("--ssh_known_hosts={}", hosts.known_hosts().display()),
-            "--ssh_local_hosts=true".to_owned(),
+            format!("--ssh_local_hosts={over_ssh}"),
         ],
     };
     std::fs::create_dir_all(&place.dir)?;
@@ -124,7 +135,8 @@ async fn e2e_ssh_kernel_reattached_after_kill_9() -> Result<()> {
         .trim()
         .to_owned();
     let set = "import os; survivor = os.environ.get('SSH_CONNECTION', 'no ssh'); print(survivor)";
-    let printed = driver(d, &url, "-", &["exec", &id, set, "127.0.0.2"], "set.log")?;
+    let expected = if over_ssh { "127.0.0.2" } else { "no ssh" };
+    let printed = driver(d, &url, "-", &["exec", &id, set, expected], "set.log")?;
 
     first.signal(Signal::SIGKILL)?;
     first

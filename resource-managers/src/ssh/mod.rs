@@ -385,8 +385,11 @@ impl SshResourceManager {
         let program = resolve_program(spec, argv0, &request.env, &self.config.search_path)?;
         create_private_dir(&self.config.log_dir)?;
         let log_path = self.log_path(&kernel_id);
+        // No JPY_PARENT_PID: a launcher started here is as independent of the gateway as one
+        // started over SSH (under nohup setsid), so its kernel survives the gateway and is
+        // re-attached through its communication port.
         let child =
-            crate::local::spawn_logged(request, &program, argv, &log_path, "launcher", true)?;
+            crate::local::spawn_logged(request, &program, argv, &log_path, "launcher", false)?;
         let Some(pid) = child
             .id()
             .and_then(|id| i32::try_from(id).ok())
