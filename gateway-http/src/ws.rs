@@ -155,20 +155,26 @@ async fn serve(
         traffic: crate::metrics::Traffic::open(),
         account,
     };
-    let stop = bridge.serve(&mut socket, &mut lease).await;
+    let mut stop = bridge.serve(&mut socket, &mut lease).await;
     if bridge.account.is_evicted() {
-        // Dropped first, before the close frame waits behind the write queue.
+        // Dropped first, before the close frame waits behind the write queue. (An eviction
+        // usually ends a send or flush that the client did not take, which stops silently.)
         bridge.pending.clear();
         drop(lease.attached.queue.take());
+        stop = Stop::Close(
+            close_code::POLICY,
+            close_reason(bridge.account.close_reason()),
+        );
     }
+    // What this connection did not deliver goes to its successor (when replaced) or back to the
+    // supervisor, which keeps it for a reconnect when this was the last client; before the close
+    // frame, which may take a while to leave.
+    let handover = bridge.leftovers();
+    lease.finish(handover);
     if let Stop::Close(code, reason) = stop {
         close(&mut socket, code, reason).await;
     }
     tracing::debug!(kernel_id = %bridge.kernel_id, session_id = %bridge.session_id, "WebSocket closed");
-    // What this connection did not deliver goes to its successor (when replaced) or back to the
-    // supervisor, which keeps it for a reconnect when this was the last client.
-    let handover = bridge.leftovers();
-    lease.finish(handover);
 }
 
 /// A connection's state.
@@ -540,13 +546,20 @@ fn frame_len(frame: &WsMessage) -> usize {
     }
 }
 
-/// Sends a close frame, giving up after [`CLOSE_GRACE`] (a client that reads nothing never
-/// takes it).
+/// Sends a close frame and waits for the client's reply, reading (and dropping) what it still
+/// sends, so that closing does not reset the connection before the client read everything (a
+/// pong in flight would). Gives up after [`CLOSE_GRACE`]: a client that reads nothing never
+/// takes the frame.
 async fn close(socket: &mut WebSocket, code: u16, reason: Cow<'static, str>) {
     let frame = CloseFrame {
         code,
         reason: reason.as_ref().into(),
     };
     // The peer may already be gone, or not reading; nothing to do about it then.
-    let _ = timeout(CLOSE_GRACE, socket.send(WsMessage::Close(Some(frame)))).await;
+    let _ = timeout(CLOSE_GRACE, async {
+        if socket.send(WsMessage::Close(Some(frame))).await.is_ok() {
+            while let Some(Ok(_)) = socket.recv().await {}
+        }
+    })
+    .await;
 }

@@ -5,6 +5,8 @@
 //! * [`smoke`] — the binary alone: `GET /api` over a hand-written HTTP request, SIGTERM exit.
 //! * [`jupyter_server`] — Jupyter Server's own gateway client (`--gateway-url`) in front of the
 //!   gateway, driven through Jupyter Server's REST API and kernel WebSocket.
+//! * [`exhaustion`] — the client memory budget: four kernels flooding four clients that do
+//!   not read, the gateway's RSS sampled before, during and after, a fifth client served.
 //! * [`eg_itests`] — Enterprise Gateway's own integration tests (from the 3.3.0 wheel),
 //!   unchanged, pointed at the gateway.
 //! * [`jupyterhub`] — JupyterHub API tokens checked against a real JupyterHub (users, groups,
@@ -36,6 +38,7 @@
 
 mod active_active;
 mod eg_itests;
+mod exhaustion;
 mod jupyter_server;
 mod jupyterhub;
 mod oidc;
