@@ -90,7 +90,7 @@ async fn e2e_two_gateways_behind_haproxy_one_killed() -> Result<()> {
         })
     };
     let places = [place("gw-a")?, place("gw-b")?];
-    let mut gateways = vec![places[0].start("gw-a", &[])?, places[1].start("gw-b", &[])?];
+    let mut gateways = [places[0].start("gw-a", &[])?, places[1].start("gw-b", &[])?];
     let (mut balancer, port) = haproxy(dir.path(), &[places[0].port, places[1].port])?;
     let balanced = format!("http://127.0.0.1:{port}");
     let server_dir = dir.path().join("jupyter-server");
