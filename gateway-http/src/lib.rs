@@ -26,9 +26,9 @@
 
 pub mod api;
 pub mod auth;
+mod budget;
 pub mod config;
 pub mod error;
-mod budget;
 mod io;
 pub mod manager;
 pub mod metrics;
