@@ -684,10 +684,6 @@ impl Drop for ClientSlot {
 
 /// The cap on open connections: `max_connections`, and the open-file limit less `fd_reserve`.
 fn connection_cap(limits: &HttpLimits) -> usize {
-    let configured = match limits.max_connections {
-        0 => usize::MAX,
-        max => max,
-    };
     let files = match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
         Ok((soft, _)) if soft != nix::sys::resource::RLIM_INFINITY => {
             usize::try_from(soft).unwrap_or(usize::MAX)
@@ -697,6 +693,15 @@ fn connection_cap(limits: &HttpLimits) -> usize {
             tracing::warn!(%error, "cannot read the open-file limit; connections are capped by max_connections only");
             usize::MAX
         }
+    };
+    cap_for(limits, files)
+}
+
+/// The cap on open connections for an open-file limit of `files`.
+fn cap_for(limits: &HttpLimits, files: usize) -> usize {
+    let configured = match limits.max_connections {
+        0 => usize::MAX,
+        max => max,
     };
     let by_files = files.saturating_sub(limits.fd_reserve).max(1);
     if by_files < configured {
@@ -855,6 +860,37 @@ mod tests {
         assert!(again.is_some(), "a is below its cap again");
         drop((second, again, other));
         assert!(limiter.lock().is_empty(), "entries are removed at zero");
+    }
+
+    #[test]
+    fn the_connection_cap_keeps_the_fd_reserve() {
+        let limits = HttpLimits {
+            max_connections: 10_000,
+            fd_reserve: 256,
+            ..HttpLimits::default()
+        };
+        assert_eq!(cap_for(&limits, 20_000), 10_000);
+        assert_eq!(cap_for(&limits, 1024), 768, "a default soft limit of 1024");
+        assert_eq!(cap_for(&limits, 100), 1, "never zero");
+        let unlimited = HttpLimits {
+            max_connections: 0,
+            ..limits
+        };
+        assert_eq!(cap_for(&unlimited, 20_000), 19_744);
+        assert_eq!(cap_for(&unlimited, usize::MAX), usize::MAX - 256);
+    }
+
+    #[test]
+    fn the_gate_counts_open_connections_up_to_its_cap() {
+        let gate = Arc::new(ConnectionGate::new(2));
+        let (a, b) = (gate.enter(), gate.enter());
+        assert!(a.is_some() && b.is_some());
+        assert!(gate.enter().is_none());
+        drop(a);
+        assert!(
+            gate.enter().is_some(),
+            "a closed connection frees its place"
+        );
     }
 
     #[test]
