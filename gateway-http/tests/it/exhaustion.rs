@@ -399,3 +399,55 @@ touch "$1"; exec "$2" -f "$3""#;
     assert!(manager.get(&id).is_err(), "the dead kernel is gone");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_e2e_a_tls_handshake_counts_toward_the_head_deadline() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let signed = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert, signed.cert.pem())?;
+    std::fs::write(&key, signed.signing_key.serialize_pem())?;
+    let tls = gateway_http::tls::server_config(&cert, &key, None, false)?;
+    let header_timeout = Duration::from_secs(2);
+    let mut config = support::config(Vec::new(), dir.path());
+    config.tls = Some(tls);
+    config.limits.header_timeout = header_timeout;
+    let served = Served::start(KernelManager::new(Arc::new(config), Registry::new())).await?;
+
+    // A connection that never starts its handshake is closed at the deadline.
+    let silent = TcpStream::connect(served.addr).await?;
+    let (after, answer) = closed_after(silent, Instant::now()).await?;
+    assert_eq!(answer, None);
+    assert!(
+        after >= header_timeout - Duration::from_millis(100),
+        "{after:?}"
+    );
+
+    // A slow handshake does not restart the clock: the head is due 2 s after the accept.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(signed.cert.der().clone())?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let accepted = Instant::now();
+    let tcp = TcpStream::connect(served.addr).await?;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut stream = connector
+        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let mut buf = [0u8; 64];
+    let read = timeout(T, stream.read(&mut buf)).await?;
+    let closed = accepted.elapsed();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        closed < header_timeout + Duration::from_millis(1200),
+        "closed {closed:?} after the accept: the deadline restarted after the handshake"
+    );
+    println!(
+        "TLS: silent connection closed after {after:?}; after a 1.2 s handshake, closed {closed:?} after accept (header_timeout {header_timeout:?})"
+    );
+    served.shutdown().await
+}
