@@ -154,6 +154,10 @@ impl Inner {
             reason = ?why,
             "a client holds too much memory: disconnecting it and dropping what was queued for it"
         );
+        crate::metrics::client_evicted(match why {
+            Eviction::Share => "share",
+            Eviction::Budget => "budget",
+        });
         self.evicted.cancel();
     }
 }

@@ -193,6 +193,14 @@ fn describe() {
         "eg_store_errors_total",
         "Errors from the kernel store, by operation"
     );
+    describe_counter!(
+        "eg_client_evictions_total",
+        "Clients disconnected for the memory held for them: past their share, or the largest while the client memory budget was used up"
+    );
+    describe_counter!(
+        "eg_connections_refused_total",
+        "Connections answered 503 or closed at accept: the gateway-wide cap or one address's cap"
+    );
     // Families that may stay at zero for a long time are shown from the start.
     for outcome in ["accepted", "refused"] {
         counter!("eg_launcher_callbacks_total", "outcome" => outcome).absolute(0);
@@ -321,6 +329,18 @@ pub(crate) fn pool_start(kind: &str, profile: &str, hit: bool) {
 pub(crate) fn backend_error(backend: &str, operation: &'static str) {
     counter!("eg_backend_errors_total", "backend" => backend.to_owned(), "operation" => operation)
         .increment(1);
+}
+
+/// Counts a client (or reconnect buffer) evicted from the client memory budget; `reason` is
+/// `share` or `budget`.
+pub(crate) fn client_evicted(reason: &'static str) {
+    counter!("eg_client_evictions_total", "reason" => reason).increment(1);
+}
+
+/// Counts a refused connection; `reason` is `gateway` (the cap on all connections) or
+/// `client` (one address's cap).
+pub(crate) fn connection_refused(reason: &'static str) {
+    counter!("eg_connections_refused_total", "reason" => reason).increment(1);
 }
 
 /// Counts a failed kernel-store operation (for the store to call).

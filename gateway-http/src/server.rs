@@ -784,6 +784,10 @@ fn refuse(
     tls: Option<TlsAcceptor>,
     error: Error,
 ) {
+    crate::metrics::connection_refused(match error {
+        Error::GatewayBusy => "gateway",
+        _ => "client",
+    });
     if refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSING {
         refusing.fetch_sub(1, Ordering::SeqCst);
         drop(stream);
