@@ -161,7 +161,8 @@ async fn exhaustion_e2e_silent_and_half_sent_connections_leave_users_served() ->
     raise_open_files();
     const SILENT: usize = 1000;
     const HALF_SENT: usize = 200;
-    let header_timeout = Duration::from_secs(3);
+    // Long enough that the flood is still open when the connection beyond the cap arrives.
+    let header_timeout = Duration::from_secs(5);
     let limits = HttpLimits {
         header_timeout,
         // Everything here comes from 127.0.0.1: only the gateway-wide cap applies.
