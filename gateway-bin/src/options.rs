@@ -211,6 +211,7 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     opt!("ws_max_message_size", "BYTES", "104857600", ["EG_WS_MAX_MESSAGE_SIZE"], &[], "Largest WebSocket message accepted"),
     opt!("shutdown_kernels_on_exit", "BOOL", "true", ["EG_SHUTDOWN_KERNELS_ON_EXIT"], &[], "Shut kernels down when the gateway stops (false: leave them running for the next gateway on the same store)"),
     opt!("store", "LOCATION", "", ["EG_KERNEL_STORE"], &[], "Where kernels are recorded so they outlive the gateway: a SQLite file (default <JUPYTER_DATA_DIR>/kernels.sqlite), a postgres:// URL shared by several gateways, or none"),
+    opt!("store_ca_file", "FILE", "", ["EG_KERNEL_STORE_CA_FILE"], &[], "CA certificates (PEM) for a postgres:// store: the connection is then TLS only, the server's certificate checked against them"),
     opt!("gateway_id", "NAME", "", ["EG_GATEWAY_ID"], &[], "This gateway's name in the store's leases (default <hostname>:<port>); a gateway restarted under the same name takes its kernels back at once"),
     opt!("lease_ttl", "SECS", "30", ["EG_LEASE_TTL"], &[], "How long a gateway's lease on its kernels holds unrenewed: the bound on how soon another gateway takes over a dead gateway's kernels"),
     // Remote kernels (launchers call back; EG's DistributedProcessProxy).

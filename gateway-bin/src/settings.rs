@@ -65,6 +65,8 @@ pub(crate) struct StoreSettings {
     pub(crate) gateway_id: String,
     /// How long a lease holds unrenewed.
     pub(crate) lease_ttl: Duration,
+    /// CA certificates (PEM) a PostgreSQL server's certificate is checked against: TLS only.
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 /// What the YARN backend needs from the configuration.
@@ -496,10 +498,15 @@ fn store_settings(
             .unwrap_or_else(|| "localhost".to_owned());
         format!("{host}:{port}")
     });
+    let ca_file = r.text("store_ca_file").map(PathBuf::from);
+    if ca_file.is_some() && !location.starts_with("postgres") {
+        bail!("--store_ca_file: only for a postgres:// store");
+    }
     Ok(Some(StoreSettings {
         location,
         gateway_id,
         lease_ttl,
+        ca_file,
     }))
 }
 

@@ -21,7 +21,7 @@ pub(crate) async fn manager(
         tracing::info!("no kernel store (--store=none): kernels do not outlive this gateway");
         return Ok(KernelManager::new(config, registry));
     };
-    let store = gateway_http::store::open(&settings.location)
+    let store = gateway_http::store::open(&settings.location, settings.ca_file.as_deref())
         .await
         .context("cannot open the kernel store")?;
     tracing::info!(store = %store.describe(), gateway_id = %settings.gateway_id,

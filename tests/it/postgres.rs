@@ -27,6 +27,8 @@ pub(crate) struct Postgres {
     data: PathBuf,
     _dir: tempfile::TempDir,
     starts: u32,
+    /// The CA that signed the server's certificate, when it serves TLS.
+    pub(crate) certificate: Option<PathBuf>,
 }
 
 fn ensure_account() -> Result<()> {
@@ -68,6 +70,15 @@ fn as_account(program: &str) -> Command {
 impl Postgres {
     /// A new cluster, started.
     pub(crate) fn start() -> Result<Postgres> {
+        Postgres::start_with(false)
+    }
+
+    /// A new cluster serving TLS with a self-signed certificate for 127.0.0.1 (openssl).
+    pub(crate) fn start_tls() -> Result<Postgres> {
+        Postgres::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<Postgres> {
         ensure_account()?;
         let dir = tempfile::Builder::new().prefix("postgres-").tempdir()?;
         let data = dir.path().join("data");
@@ -93,12 +104,93 @@ impl Postgres {
                 String::from_utf8_lossy(&init.stderr)
             );
         }
+        let certificate = if tls {
+            // A CA, and a server certificate for 127.0.0.1 it signed (webpki refuses a CA
+            // certificate as the server's own).
+            let file = |name: &str| data.join(name);
+            let openssl = |args: &[&str]| -> Result<()> {
+                let out = Command::new("openssl")
+                    .args(args)
+                    .current_dir(&data)
+                    .output()
+                    .context("running openssl")?;
+                if !out.status.success() {
+                    bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                Ok(())
+            };
+            std::fs::write(
+                file("server.ext"),
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            )?;
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=eg-test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ])?;
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ])?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.crt",
+            ])?;
+            for name in ["server.crt", "server.key"] {
+                let status = Command::new("chown")
+                    .arg(format!("{ACCOUNT}:{ACCOUNT}"))
+                    .arg(file(name))
+                    .status()?;
+                if !status.success() {
+                    bail!("chown of {name} failed");
+                }
+            }
+            std::fs::set_permissions(
+                file("server.key"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+            Some(file("ca.crt"))
+        } else {
+            None
+        };
         let mut pg = Postgres {
             proc: None,
             port: free_port()?,
             data,
             _dir: dir,
             starts: 0,
+            certificate,
         };
         pg.resume()?;
         Ok(pg)
@@ -115,6 +207,18 @@ impl Postgres {
             .arg("-k")
             .arg(&self.data)
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]);
+        if self.certificate.is_some() {
+            cmd.args(["-c", "ssl=on", "-c"])
+                .arg(format!(
+                    "ssl_cert_file={}",
+                    self.data.join("server.crt").display()
+                ))
+                .arg("-c")
+                .arg(format!(
+                    "ssl_key_file={}",
+                    self.data.join("server.key").display()
+                ));
+        }
         let log = self
             .data
             .with_file_name(format!("postgres-{}.log", self.starts));

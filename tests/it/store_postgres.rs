@@ -204,3 +204,72 @@ async fn e2e_postgres_store_claims_limits_bad_rows_and_newer_schema() -> Result<
     pg.mark_passed();
     Ok(())
 }
+
+/// `--store_ca_file`: the gateway talks to PostgreSQL over TLS only, checking the server's
+/// certificate; a CA that did not sign it stops the gateway at start.
+#[tokio::test]
+async fn e2e_kernel_store_postgres_over_tls() -> Result<()> {
+    let mut pg = Postgres::start_tls()?;
+    let certificate = pg.certificate.clone().context("no certificate")?;
+    let dir = tempfile::Builder::new().prefix("store-pg-tls-").tempdir()?;
+    let place = Place {
+        port: free_port()?,
+        dir: dir.path().to_path_buf(),
+        args: vec![
+            format!("--store={}", pg.url()),
+            format!("--store_ca_file={}", certificate.display()),
+        ],
+    };
+    let mut gateway = place.start("gateway-tls", &[])?;
+    let url = format!("http://127.0.0.1:{}", place.port);
+    let ids = started_ids(&driver(
+        dir.path(),
+        &url,
+        "-",
+        &["start", "1"],
+        "start.log",
+    )?)?;
+    let _reaper = KernelReaper(ids.clone());
+    let ssl = pg.psql(
+        "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'enterprise-gateway'",
+    )?;
+    assert_eq!(ssl, "t", "every connection of the gateway is TLS");
+    gateway.stop(Duration::from_secs(20));
+    gateway.mark_passed();
+
+    // A CA that did not sign the server's certificate: no connection, no start.
+    let other = dir.path().join("other-ca.crt");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("other-ca.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()?;
+    assert!(out.status.success());
+    let refused = Place {
+        port: free_port()?,
+        dir: dir.path().join("refused"),
+        args: vec![
+            format!("--store={}", pg.url()),
+            format!("--store_ca_file={}", other.display()),
+        ],
+    };
+    std::fs::create_dir_all(&refused.dir)?;
+    assert!(refused.start("gateway-refused", &[]).is_err());
+    let log = std::fs::read_to_string(refused.dir.join("gateway-refused.log"))?;
+    assert!(log.contains("kernel store"), "{log}");
+    pg.mark_passed();
+    Ok(())
+}

@@ -198,11 +198,17 @@ pub trait KernelStore: Send + Sync + Debug {
     async fn release(&self, gateway: &str) -> Result<(), StoreError>;
 }
 
-/// Opens the store named by `location`: a `postgres://` or `postgresql://` URL, else the path
-/// of a SQLite file.
-pub async fn open(location: &str) -> Result<std::sync::Arc<dyn KernelStore>, StoreError> {
+/// Opens the store named by `location`: a `postgres://` or `postgresql://` URL (over TLS
+/// checked against `ca_file` when one is given), else the path of a SQLite file.
+pub async fn open(
+    location: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<std::sync::Arc<dyn KernelStore>, StoreError> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(PostgresStore::connect(location).await?))
+        Ok(std::sync::Arc::new(match ca_file {
+            Some(ca_file) => PostgresStore::connect_tls(location, ca_file).await?,
+            None => PostgresStore::connect(location).await?,
+        }))
     } else {
         Ok(std::sync::Arc::new(
             SqliteStore::open(std::path::Path::new(location)).await?,

@@ -5,10 +5,12 @@
 //! agree. Starts are reserved under a transaction-scoped advisory lock, so the limits hold across
 //! gateways; migrations run under another, so gateways starting together migrate once.
 //!
-//! The connection is plain TCP or a unix socket (`host=/run/postgresql`); put the database on a
-//! trusted network or a socket. The table holds the kernels' keys: grant it to the gateways' role
-//! only. While the database is down every call fails within a few seconds
+//! The connection is TLS (rustls, the server's certificate checked against a CA file given with
+//! [`PostgresStore::connect_tls`], the binary's `--store_ca_file`), or else plain TCP or a unix
+//! socket (`host=/run/postgresql`) for a database on a trusted network. The table holds the
+//! kernels' keys: grant it to the gateways' role only. While the database is down every call fails within a few seconds
 //! ([`StoreError::Unavailable`]); the pool connects again by itself once it is back.
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -48,6 +50,46 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+/// An error with its causes (the driver's texts say "error performing TLS handshake" and keep
+/// why in the source chain).
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A rustls connector trusting the PEM certificates of `ca_file`.
+fn tls_connector(ca_file: &Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let bad =
+        |why: String| StoreError::Config(format!("--store_ca_file {}: {why}", ca_file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in the file".to_owned()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
 /// Host(s), port and database of a configuration, never its password.
 fn describe(config: &tokio_postgres::Config) -> String {
     let hosts: Vec<String> = config
@@ -71,9 +113,20 @@ fn describe(config: &tokio_postgres::Config) -> String {
 }
 
 impl PostgresStore {
-    /// Connects (`url`: `postgres://user[:password]@host[:port]/db` or key-value form) and brings
-    /// the schema up to date; a schema newer than this gateway's is refused.
+    /// Connects (`url`: `postgres://user[:password]@host[:port]/db` or key-value form) without
+    /// TLS and brings the schema up to date; a schema newer than this gateway's is refused.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect_with(url, None).await
+    }
+
+    /// Like [`PostgresStore::connect`], over TLS only (`sslmode=require` whatever the URL says),
+    /// with the server's certificate checked against the PEM certificates in `ca_file` and the
+    /// URL's host name.
+    pub async fn connect_tls(url: &str, ca_file: &Path) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect_with(url, Some(ca_file)).await
+    }
+
+    async fn connect_with(url: &str, ca_file: Option<&Path>) -> Result<PostgresStore, StoreError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Config(format!("--store: not a PostgreSQL URL: {e}")))?;
@@ -81,14 +134,22 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("enterprise-gateway");
         }
-        let shown = describe(&config);
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let recycling = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match ca_file {
+            None => {
+                let shown = describe(&config);
+                (Manager::from_config(config, NoTls, recycling), shown)
+            }
+            Some(ca_file) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let shown = format!("{} (TLS)", describe(&config));
+                let tls = tls_connector(ca_file)?;
+                (Manager::from_config(config, tls, recycling), shown)
+            }
+        };
+        let (manager, shown) = manager;
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -102,10 +163,10 @@ impl PostgresStore {
         Ok(store)
     }
 
-    fn unavailable(&self, reason: impl std::fmt::Display) -> StoreError {
+    fn unavailable(&self, reason: impl std::error::Error) -> StoreError {
         StoreError::Unavailable {
             store: self.shown.clone(),
-            reason: reason.to_string(),
+            reason: with_causes(&reason),
         }
     }
 
@@ -115,8 +176,10 @@ impl PostgresStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        let fail =
-            |e: tokio_postgres::Error| self.unavailable(format!("migrating the schema: {e}"));
+        let fail = |e: tokio_postgres::Error| StoreError::Unavailable {
+            store: self.shown.clone(),
+            reason: format!("migrating the schema: {}", with_causes(&e)),
+        };
         let tx = client.transaction().await.map_err(fail)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
