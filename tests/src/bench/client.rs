@@ -139,6 +139,27 @@ pub(crate) async fn start_kernel(port: u16, name: &str) -> Result<String> {
     Ok(model.id)
 }
 
+/// `POST /api/kernels` with `env.KERNEL_USERNAME` = `user`; the new kernel's id.
+pub(crate) async fn start_kernel_as(port: u16, name: &str, user: &str) -> Result<String> {
+    #[derive(Deserialize)]
+    struct Model {
+        id: String,
+    }
+    let body = serde_json::json!({ "name": name, "env": {"KERNEL_USERNAME": user} }).to_string();
+    let (status, body) = http(port, "POST", "/api/kernels", Some(&body)).await?;
+    if status != 201 {
+        bail!(
+            "POST /api/kernels answered {status}: {}",
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        );
+    }
+    let model: Model = serde_json::from_slice(&body).context("kernel model JSON")?;
+    Ok(model.id)
+}
+
 /// `DELETE /api/kernels/{id}`.
 pub(crate) async fn delete_kernel(port: u16, id: &str) -> Result<()> {
     let (status, body) = http(port, "DELETE", &format!("/api/kernels/{id}"), None).await?;

@@ -31,6 +31,11 @@ pub(crate) const KERNEL_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// iopub messages may never deliver it).
 const IDLE_GRACE: Duration = Duration::from_secs(3);
 
+/// The kernelspec our gateways keep a warm pool for.
+pub(crate) const POOLED_SPEC: &str = "bench_python_pool";
+/// Kernels in that pool.
+pub(crate) const POOL_SIZE: usize = 2;
+
 /// Which system is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum TargetKind {
@@ -91,6 +96,9 @@ pub(crate) struct Env {
     /// The ipykernel kernelspec (the test venv's interpreter, by absolute path, so EG's
     /// jupyter_client does not swap in its own `sys.executable`).
     pub(crate) python: Spec,
+    /// The same ipykernel under another name, for which our gateways keep a warm pool of
+    /// [`POOL_SIZE`] kernels (`--profiles_file`); Enterprise Gateway starts it cold.
+    pub(crate) pooled_python: Spec,
     /// The test kernel's kernelspec.
     pub(crate) test_kernel: Spec,
     /// Ports for kernels the direct floor starts.
@@ -147,6 +155,11 @@ impl Env {
                 "-f".into(),
                 "{connection_file}".into(),
             ],
+            metadata: serde_json::json!({}),
+        };
+        let pooled_python = Spec {
+            name: POOLED_SPEC,
+            argv: python.argv.clone(),
             metadata: serde_json::json!({}),
         };
         let test_kernel = Spec {
@@ -220,6 +233,7 @@ impl Env {
         let no_env = serde_json::json!({});
         for (spec, language, kernel_env) in [
             (&python, "python", &no_env),
+            (&pooled_python, "python", &no_env),
             (&test_kernel, "test", &no_env),
             (&launcher, "python", &launcher_env),
             (&ssh_launcher, "python", &launcher_env),
@@ -239,11 +253,16 @@ impl Env {
         for sub in ["logs", "logs/kernels", "connections", "tmp"] {
             std::fs::create_dir_all(dir.path().join(sub))?;
         }
+        std::fs::write(
+            dir.path().join("profiles.toml"),
+            format!("[[pools]]\nkernelspec = \"{POOLED_SPEC}\"\nsize = {POOL_SIZE}\n"),
+        )?;
         Ok(Env {
             root: root.to_path_buf(),
             gateway_bin: bin_dir.join("enterprise-gateway"),
             eg_entry: root.join(".venv-eg/bin/jupyter-enterprisegateway"),
             python,
+            pooled_python,
             test_kernel,
             launcher,
             ssh_launcher,
@@ -394,6 +413,10 @@ impl Gateway {
                 if kind == TargetKind::OursNoMetrics {
                     cmd.arg("--metrics_enabled=false");
                 }
+                cmd.arg(format!(
+                    "--profiles_file={}",
+                    env.dir.path().join("profiles.toml").display()
+                ));
                 cmd.args(extra_args);
                 cmd
             }
@@ -661,7 +684,13 @@ pub(crate) async fn start_session(
         return Ok(Session::Direct(Box::new(start_direct(env, spec).await?)));
     };
     let port = gateway.port;
-    let kernel_id = client::start_kernel(port, spec.name).await?;
+    // As Jupyter Server's gateway client does, the start names its user in `env` (a pool serves
+    // only starts whose environment its kernels were started with, but for the user).
+    let kernel_id = if spec.name == POOLED_SPEC {
+        client::start_kernel_as(port, spec.name, "bench").await?
+    } else {
+        client::start_kernel(port, spec.name).await?
+    };
     let connected = async {
         let mut ws = WsClient::connect(port, &kernel_id, env.ws).await?;
         ws.shell_round_trip(

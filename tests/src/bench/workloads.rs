@@ -46,6 +46,9 @@ pub(crate) enum Backend {
     /// The launcher as the application master of a YARN application, submitted by the stand-in
     /// `spark-submit` to the RM emulator ([`yarn`]). The floor is the kernel started directly.
     Yarn,
+    /// The local ipykernel from our gateway's warm pool (EG, which has none, starts it cold;
+    /// the floor is the kernel started directly).
+    Pool,
 }
 
 impl Backend {
@@ -55,6 +58,7 @@ impl Backend {
             Backend::Launcher => "launcher",
             Backend::Ssh => "ssh",
             Backend::Yarn => "yarn",
+            Backend::Pool => "pool",
         }
     }
 
@@ -64,6 +68,7 @@ impl Backend {
             Backend::Launcher => &env.launcher,
             Backend::Ssh => &env.ssh_launcher,
             Backend::Yarn => &env.yarn_launcher,
+            Backend::Pool => &env.pooled_python,
         }
     }
 
@@ -71,7 +76,9 @@ impl Backend {
     /// is the kernel itself.
     fn floor_spec(self, env: &Env) -> &Spec {
         match self {
-            Backend::Local | Backend::Launcher | Backend::Ssh | Backend::Yarn => &env.python,
+            Backend::Local | Backend::Launcher | Backend::Ssh | Backend::Yarn | Backend::Pool => {
+                &env.python
+            }
         }
     }
 }
@@ -130,6 +137,15 @@ impl Workload {
                 id: format!("start_{}", Backend::Local.key()),
                 title: "kernel start → kernel_info_reply (local ipykernel)".to_owned(),
                 kind: Kind::Start(Backend::Local),
+            },
+            Workload {
+                id: format!("start_{}", Backend::Pool.key()),
+                title: format!(
+                    "kernel start → kernel_info_reply from a warm pool of {} (local ipykernel; \
+                     EG starts it cold)",
+                    target::POOL_SIZE
+                ),
+                kind: Kind::Start(Backend::Pool),
             },
             Workload {
                 id: format!("start_{}", Backend::Launcher.key()),
@@ -290,13 +306,56 @@ fn spec_for<'a>(env: &'a Env, gateway: Option<&Gateway>, backend: Backend) -> &'
 }
 
 async fn start(env: &Env, gateway: Option<&Gateway>, backend: Backend) -> Result<Vec<Metric>> {
+    let pool_hits = match (backend, gateway) {
+        (Backend::Pool, Some(gw)) => pool_ready(gw).await?,
+        _ => None,
+    };
     let t0 = Instant::now();
     let mut session = target::start_session(env, gateway, spec_for(env, gateway, backend)).await?;
     let ready = t0.elapsed();
+    if let (Some(before), Some(gw)) = (pool_hits, gateway)
+        && pool_metric(gw.port, "eg_pool_starts_total", "outcome=\"hit\"").await? <= before
+    {
+        bail!("the start was not served from the warm pool");
+    }
     let checked = check_backend(env, &mut session, backend).await;
     close_checked(env, session, backend).await?;
     checked?;
     Ok(vec![metric("ready", "ms", ms(ready))])
+}
+
+/// For our gateway: waits until its warm pool is full again and returns its hit count so far;
+/// `None` for a gateway without our metrics (EG, or ours with metrics off), which starts cold.
+async fn pool_ready(gateway: &Gateway) -> Result<Option<f64>> {
+    let (status, _) = client::http(gateway.port, "GET", "/metrics", None).await?;
+    if status != 200 {
+        return Ok(None);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let full = target::POOL_SIZE as f64;
+    while pool_metric(gateway.port, "eg_pool_kernels", "").await? < full {
+        if Instant::now() > deadline {
+            bail!("the warm pool did not refill within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Some(
+        pool_metric(gateway.port, "eg_pool_starts_total", "outcome=\"hit\"").await?,
+    ))
+}
+
+/// The value of `family` for the pooled kernelspec (and `label` when not empty) in `/metrics`;
+/// 0 when absent.
+async fn pool_metric(port: u16, family: &str, label: &str) -> Result<f64> {
+    let (_, body) = client::http(port, "GET", "/metrics", None).await?;
+    let text = String::from_utf8_lossy(&body);
+    let spec = format!("type=\"{}\"", target::POOLED_SPEC);
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+        .filter(|l| l.contains(&spec) && (label.is_empty() || l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 /// Checks, for a gateway's kernel, that it runs where the backend says (so neither gateway
@@ -308,7 +367,7 @@ async fn check_backend(env: &Env, session: &mut Session, backend: Backend) -> Re
         return Ok(());
     };
     match backend {
-        Backend::Local | Backend::Launcher => Ok(()),
+        Backend::Local | Backend::Launcher | Backend::Pool => Ok(()),
         Backend::Ssh => {
             let access = env.ssh.as_ref().context("the SSH host is not running")?;
             let printed = kernel_env_var(session, "SSH_CONNECTION").await?;
@@ -355,7 +414,7 @@ async fn close_checked(env: &Env, session: Session, backend: Backend) -> Result<
         return Ok(());
     };
     match backend {
-        Backend::Local | Backend::Launcher => Ok(()),
+        Backend::Local | Backend::Launcher | Backend::Pool => Ok(()),
         Backend::Ssh => proc::await_kernel_gone(&id).await,
         Backend::Yarn => {
             let access = env
