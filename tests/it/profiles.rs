@@ -26,7 +26,7 @@ users = ["alice"]
 
 /// Starts a kernel through a Jupyter Server whose environment has `KERNEL_PROFILE=profile`;
 /// the server's status, body and log tail, and the server (its kernels go when it stops).
-fn start_through_server(
+async fn start_through_server(
     gateway: &Gateway,
     token: &str,
     profile: &str,
@@ -44,7 +44,7 @@ fn start_through_server(
         if std::net::TcpStream::connect(("127.0.0.1", server.port)).is_ok() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let reply = http_request(
         server.port,
@@ -61,8 +61,8 @@ fn start_through_server(
     Ok((reply.status, reply.json(), log, server))
 }
 
-#[test]
-fn e2e_profiles_through_jupyter_servers_gateway_client() -> Result<()> {
+#[tokio::test]
+async fn e2e_profiles_through_jupyter_servers_gateway_client() -> Result<()> {
     let dir = tempfile::Builder::new().prefix("profiles-").tempdir()?;
     let file = dir.path().join("profiles.toml");
     std::fs::write(&file, PROFILES)?;
@@ -86,7 +86,8 @@ fn e2e_profiles_through_jupyter_servers_gateway_client() -> Result<()> {
     };
 
     // Allowed: the kernel runs under bob's profile.
-    let (status, kernel, log, bobs) = start_through_server(&gateway, &token, "bobs", dir.path())?;
+    let (status, kernel, log, bobs) =
+        start_through_server(&gateway, &token, "bobs", dir.path()).await?;
     assert_eq!(status, 201, "{kernel}\n{log}");
     let id = kernel["id"].as_str().context("kernel id")?.to_owned();
     let model = gateway_get(&format!("/api/kernels/{id}"))?;
@@ -94,13 +95,14 @@ fn e2e_profiles_through_jupyter_servers_gateway_client() -> Result<()> {
     assert_eq!(model["owner"], "bob", "{model}");
 
     // Unknown and forbidden: the gateway's status comes through the server.
-    let (status, body, log, _) = start_through_server(&gateway, &token, "nope", dir.path())?;
+    let (status, body, log, _) = start_through_server(&gateway, &token, "nope", dir.path()).await?;
     assert_eq!(status, 400, "{body}\n{log}");
     assert!(
         body.to_string().contains("nope") || log.contains("nope"),
         "the unknown profile is named: {body}\n{log}"
     );
-    let (status, body, log, _) = start_through_server(&gateway, &token, "alices", dir.path())?;
+    let (status, body, log, _) =
+        start_through_server(&gateway, &token, "alices", dir.path()).await?;
     assert_eq!(status, 403, "{body}\n{log}");
 
     // A reload adds a profile; the running kernel stays as it was.
@@ -123,7 +125,7 @@ fn e2e_profiles_through_jupyter_servers_gateway_client() -> Result<()> {
         if names.iter().any(|n| n == "later") {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(names.iter().any(|n| n == "later"), "reloaded: {names:?}");
     let model = gateway_get(&format!("/api/kernels/{id}"))?;
