@@ -875,6 +875,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn limits_put_prlimit_and_taskset_in_front_of_the_kernel() {
+        let argv = vec!["python".to_owned(), "-f".to_owned(), "c.json".to_owned()];
+        let program = Path::new("/venv/bin/python");
+        let none = crate::ProcessLimits::default();
+        let (p, a) = with_limits(&none, program, argv.clone(), &[]).expect("no limits");
+        assert_eq!((p.as_path(), a.as_slice()), (program, argv.as_slice()));
+        let limits = crate::ProcessLimits {
+            memory_bytes: Some(1 << 30),
+            cpu_seconds: Some(60),
+            cpus: Some(2),
+        };
+        let (p, a) = with_limits(&limits, program, argv.clone(), &[]).expect("limits");
+        assert!(p.ends_with("prlimit"), "{p:?}");
+        let tail: Vec<&str> = a.iter().skip(1).map(String::as_str).collect();
+        assert_eq!(tail[..3], ["--as=1073741824", "--cpu=60", "--"]);
+        assert!(tail[3].ends_with("taskset"));
+        assert_eq!(
+            tail[4..],
+            ["--cpu-list", "0-1", "/venv/bin/python", "-f", "c.json"]
+        );
+        let cpus_only = crate::ProcessLimits {
+            cpus: Some(1),
+            ..crate::ProcessLimits::default()
+        };
+        let (p, a) = with_limits(&cpus_only, program, argv, &[]).expect("cpus");
+        assert!(p.ends_with("taskset"));
+        assert_eq!(
+            a[1..],
+            ["--cpu-list", "0-0", "/venv/bin/python", "-f", "c.json"]
+        );
+    }
+
+    #[test]
     fn python_names() {
         for (name, expected) in [
             ("python", true),

@@ -351,9 +351,7 @@ pub fn with_proxy_user(argv: Vec<String>, user: &str) -> Vec<String> {
 /// that is not `spark-submit` (a `run.sh`) is left as it is.
 pub fn with_spark_settings(argv: Vec<String>, spark: &crate::SparkSettings) -> Vec<String> {
     let extra = spark.arguments();
-    let is_submit = argv
-        .first()
-        .is_some_and(|a| a.ends_with("spark-submit"));
+    let is_submit = argv.first().is_some_and(|a| a.ends_with("spark-submit"));
     if extra.is_empty() || !is_submit {
         return argv;
     }
@@ -1135,6 +1133,32 @@ mod tests {
 
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn spark_settings_go_after_spark_submit_only() {
+        let spark = crate::SparkSettings {
+            queue: Some("large".into()),
+            executor_count: Some(4),
+            ..crate::SparkSettings::default()
+        };
+        assert_eq!(
+            with_spark_settings(
+                strings(&["/opt/spark/bin/spark-submit", "--name", "k"]),
+                &spark
+            ),
+            strings(&[
+                "/opt/spark/bin/spark-submit",
+                "--queue",
+                "large",
+                "--num-executors",
+                "4",
+                "--name",
+                "k"
+            ])
+        );
+        let script = strings(&["run.sh", "--name", "k"]);
+        assert_eq!(with_spark_settings(script.clone(), &spark), script);
     }
 
     #[test]
