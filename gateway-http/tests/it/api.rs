@@ -682,7 +682,8 @@ async fn base_url_prefixes_every_route() -> anyhow::Result<()> {
             case(
                 Req::get("/fake/path/api/swagger.json"),
                 200,
-                json!({"servers": [{"url": "/fake/path/"}]}),
+                // Paths begin with `/`, so the server URL has no trailing slash.
+                json!({"servers": [{"url": "/fake/path"}]}),
             ),
             case(
                 Req::get("/fake/path/api/kernels/1-2-3-4-5"),

@@ -88,12 +88,14 @@ async fn ipykernel_runs_answers_interrupts_and_terminates_cleanly() -> anyhow::R
         "process group {pgid} still has members"
     );
     assert!(!pid_exists(pid), "kernel {pid} left a zombie");
-    kernel.process.cleanup(false).await;
-    assert!(!file.exists());
     assert!(
         kernel.process.log_tail(50).contains("straight-to-the-log"),
         "{}",
         kernel.process.log_tail(50)
     );
+    // The final cleanup takes the connection file and the kernel's log with it.
+    kernel.process.cleanup(false).await;
+    assert!(!file.exists());
+    assert_eq!(kernel.process.log_tail(50), "", "the kernel's log outlived it");
     Ok(())
 }
