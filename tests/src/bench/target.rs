@@ -33,7 +33,9 @@ const IDLE_GRACE: Duration = Duration::from_secs(3);
 
 /// The kernelspec our gateways keep a warm pool for.
 pub(crate) const POOLED_SPEC: &str = "bench_python_pool";
-/// Kernels in that pool.
+/// The YARN kernelspec our gateways keep a warm pool for while the RM emulator runs.
+pub(crate) const POOLED_YARN_SPEC: &str = "bench_python_yarn_pool";
+/// Kernels in each pool.
 pub(crate) const POOL_SIZE: usize = 2;
 
 /// Which system is measured.
@@ -115,6 +117,8 @@ pub(crate) struct Env {
     /// cluster mode (application name and tag = the kernel id, `waitAppCompletion=false`) with
     /// EG's `YarnClusterProcessProxy` metadata; `env.HADOOP_CONF_DIR` = [`Env::hadoop_conf_dir`].
     pub(crate) yarn_launcher: Spec,
+    /// The same as a pooled kernelspec ([`POOLED_YARN_SPEC`]).
+    pub(crate) pooled_yarn: Spec,
     /// Where the `yarn-site.xml` naming the RM emulator goes once it runs.
     pub(crate) hadoop_conf_dir: PathBuf,
     /// How gateways reach the RM emulator, while it runs (only when YARN workloads were
@@ -226,6 +230,11 @@ impl Env {
             metadata: serde_json::json!({"process_proxy": {"class_name":
                 "enterprise_gateway.services.processproxies.yarn.YarnClusterProcessProxy"}}),
         };
+        let pooled_yarn = Spec {
+            name: POOLED_YARN_SPEC,
+            argv: yarn_launcher.argv.clone(),
+            metadata: yarn_launcher.metadata.clone(),
+        };
         // gateway_provisioners' launcher leaves its connection file in the temp dir when the
         // kernel is stopped by a signal: keep those in the benchmark's own.
         let launcher_env = serde_json::json!({"TMPDIR": tmp});
@@ -238,6 +247,7 @@ impl Env {
             (&launcher, "python", &launcher_env),
             (&ssh_launcher, "python", &launcher_env),
             (&yarn_launcher, "python", &yarn_env),
+            (&pooled_yarn, "python", &yarn_env),
         ] {
             let spec_dir = dir.path().join("kernels").join(spec.name);
             std::fs::create_dir_all(&spec_dir)?;
@@ -253,10 +263,6 @@ impl Env {
         for sub in ["logs", "logs/kernels", "connections", "tmp"] {
             std::fs::create_dir_all(dir.path().join(sub))?;
         }
-        std::fs::write(
-            dir.path().join("profiles.toml"),
-            format!("[[pools]]\nkernelspec = \"{POOLED_SPEC}\"\nsize = {POOL_SIZE}\n"),
-        )?;
         Ok(Env {
             root: root.to_path_buf(),
             gateway_bin: bin_dir.join("enterprise-gateway"),
@@ -267,6 +273,7 @@ impl Env {
             launcher,
             ssh_launcher,
             yarn_launcher,
+            pooled_yarn,
             hadoop_conf_dir,
             yarn: None,
             ssh: None,
@@ -413,10 +420,18 @@ impl Gateway {
                 if kind == TargetKind::OursNoMetrics {
                     cmd.arg("--metrics_enabled=false");
                 }
-                cmd.arg(format!(
-                    "--profiles_file={}",
-                    env.dir.path().join("profiles.toml").display()
-                ));
+                // Warm pools: the local one always, the YARN one while the RM emulator runs.
+                let mut pools = vec![POOLED_SPEC];
+                if env.yarn.is_some() {
+                    pools.push(POOLED_YARN_SPEC);
+                }
+                let profiles = dir.path().join("profiles.toml");
+                let text: String = pools
+                    .iter()
+                    .map(|spec| format!("[[pools]]\nkernelspec = \"{spec}\"\nsize = {POOL_SIZE}\n"))
+                    .collect();
+                std::fs::write(&profiles, text)?;
+                cmd.arg(format!("--profiles_file={}", profiles.display()));
                 cmd.args(extra_args);
                 cmd
             }
@@ -686,7 +701,7 @@ pub(crate) async fn start_session(
     let port = gateway.port;
     // As Jupyter Server's gateway client does, the start names its user in `env` (a pool serves
     // only starts whose environment its kernels were started with, but for the user).
-    let kernel_id = if spec.name == POOLED_SPEC {
+    let kernel_id = if spec.name == POOLED_SPEC || spec.name == POOLED_YARN_SPEC {
         client::start_kernel_as(port, spec.name, "bench").await?
     } else {
         client::start_kernel(port, spec.name).await?

@@ -49,6 +49,8 @@ pub(crate) enum Backend {
     /// The local ipykernel from our gateway's warm pool (EG, which has none, starts it cold;
     /// the floor is the kernel started directly).
     Pool,
+    /// The YARN kernel of [`Backend::Yarn`] from our gateway's warm pool (EG starts it cold).
+    YarnPool,
 }
 
 impl Backend {
@@ -59,6 +61,7 @@ impl Backend {
             Backend::Ssh => "ssh",
             Backend::Yarn => "yarn",
             Backend::Pool => "pool",
+            Backend::YarnPool => "yarn_pool",
         }
     }
 
@@ -69,6 +72,7 @@ impl Backend {
             Backend::Ssh => &env.ssh_launcher,
             Backend::Yarn => &env.yarn_launcher,
             Backend::Pool => &env.pooled_python,
+            Backend::YarnPool => &env.pooled_yarn,
         }
     }
 
@@ -76,9 +80,12 @@ impl Backend {
     /// is the kernel itself.
     fn floor_spec(self, env: &Env) -> &Spec {
         match self {
-            Backend::Local | Backend::Launcher | Backend::Ssh | Backend::Yarn | Backend::Pool => {
-                &env.python
-            }
+            Backend::Local
+            | Backend::Launcher
+            | Backend::Ssh
+            | Backend::Yarn
+            | Backend::Pool
+            | Backend::YarnPool => &env.python,
         }
     }
 }
@@ -169,6 +176,15 @@ impl Workload {
                 kind: Kind::Start(Backend::Yarn),
             },
             Workload {
+                id: format!("start_{}", Backend::YarnPool.key()),
+                title: format!(
+                    "kernel start → kernel_info_reply from a warm pool of {} YARN kernels \
+                     (EG starts it cold)",
+                    target::POOL_SIZE
+                ),
+                kind: Kind::Start(Backend::YarnPool),
+            },
+            Workload {
                 id: "execute_pass".to_owned(),
                 title: format!(
                     "execute `pass` round trip ({} requests)",
@@ -244,7 +260,7 @@ impl Workload {
     pub(crate) fn needs_yarn(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Start(Backend::Yarn) | Kind::Execute(Backend::Yarn)
+            Kind::Start(Backend::Yarn | Backend::YarnPool) | Kind::Execute(Backend::Yarn)
         )
     }
 
@@ -307,14 +323,23 @@ fn spec_for<'a>(env: &'a Env, gateway: Option<&Gateway>, backend: Backend) -> &'
 
 async fn start(env: &Env, gateway: Option<&Gateway>, backend: Backend) -> Result<Vec<Metric>> {
     let pool_hits = match (backend, gateway) {
-        (Backend::Pool, Some(gw)) => pool_ready(gw).await?,
+        (Backend::Pool | Backend::YarnPool, Some(gw)) => {
+            pool_ready(gw, spec_for(env, gateway, backend).name).await?
+        }
         _ => None,
     };
     let t0 = Instant::now();
     let mut session = target::start_session(env, gateway, spec_for(env, gateway, backend)).await?;
     let ready = t0.elapsed();
     if let (Some(before), Some(gw)) = (pool_hits, gateway)
-        && pool_metric(gw.port, "eg_pool_starts_total", "outcome=\"hit\"").await? <= before
+        && pool_metric(
+            gw.port,
+            spec_for(env, gateway, backend).name,
+            "eg_pool_starts_total",
+            "outcome=\"hit\"",
+        )
+        .await?
+            <= before
     {
         bail!("the start was not served from the warm pool");
     }
@@ -326,30 +351,36 @@ async fn start(env: &Env, gateway: Option<&Gateway>, backend: Backend) -> Result
 
 /// For our gateway: waits until its warm pool is full again and returns its hit count so far;
 /// `None` for a gateway without our metrics (EG, or ours with metrics off), which starts cold.
-async fn pool_ready(gateway: &Gateway) -> Result<Option<f64>> {
+async fn pool_ready(gateway: &Gateway, spec: &str) -> Result<Option<f64>> {
     let (status, _) = client::http(gateway.port, "GET", "/metrics", None).await?;
     if status != 200 {
         return Ok(None);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let full = target::POOL_SIZE as f64;
-    while pool_metric(gateway.port, "eg_pool_kernels", "").await? < full {
+    while pool_metric(gateway.port, spec, "eg_pool_kernels", "").await? < full {
         if Instant::now() > deadline {
             bail!("the warm pool did not refill within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(Some(
-        pool_metric(gateway.port, "eg_pool_starts_total", "outcome=\"hit\"").await?,
+        pool_metric(
+            gateway.port,
+            spec,
+            "eg_pool_starts_total",
+            "outcome=\"hit\"",
+        )
+        .await?,
     ))
 }
 
-/// The value of `family` for the pooled kernelspec (and `label` when not empty) in `/metrics`;
-/// 0 when absent.
-async fn pool_metric(port: u16, family: &str, label: &str) -> Result<f64> {
+/// The value of `family` for kernelspec `spec` (and `label` when not empty) in `/metrics`; 0 when
+/// absent.
+async fn pool_metric(port: u16, spec: &str, family: &str, label: &str) -> Result<f64> {
     let (_, body) = client::http(port, "GET", "/metrics", None).await?;
     let text = String::from_utf8_lossy(&body);
-    let spec = format!("type=\"{}\"", target::POOLED_SPEC);
+    let spec = format!("type=\"{spec}\"");
     Ok(text
         .lines()
         .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
@@ -373,7 +404,7 @@ async fn check_backend(env: &Env, session: &mut Session, backend: Backend) -> Re
             let printed = kernel_env_var(session, "SSH_CONNECTION").await?;
             ssh::check_ssh_connection(&printed, access)
         }
-        Backend::Yarn => {
+        Backend::Yarn | Backend::YarnPool => {
             let access = env
                 .yarn
                 .as_ref()
@@ -416,7 +447,7 @@ async fn close_checked(env: &Env, session: Session, backend: Backend) -> Result<
     match backend {
         Backend::Local | Backend::Launcher | Backend::Pool => Ok(()),
         Backend::Ssh => proc::await_kernel_gone(&id).await,
-        Backend::Yarn => {
+        Backend::Yarn | Backend::YarnPool => {
             let access = env
                 .yarn
                 .as_ref()
