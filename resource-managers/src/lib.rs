@@ -214,8 +214,14 @@ impl SparkSettings {
         push("--queue", self.queue.clone());
         push("--driver-memory", self.driver_memory.clone());
         push("--executor-memory", self.executor_memory.clone());
-        push("--num-executors", self.executor_count.map(|n| n.to_string()));
-        push("--executor-cores", self.executor_cores.map(|n| n.to_string()));
+        push(
+            "--num-executors",
+            self.executor_count.map(|n| n.to_string()),
+        );
+        push(
+            "--executor-cores",
+            self.executor_cores.map(|n| n.to_string()),
+        );
         out
     }
 }
