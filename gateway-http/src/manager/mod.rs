@@ -499,7 +499,9 @@ impl KernelManager {
     /// into the table (see [`KernelManager::find`] for a snapshot only).
     async fn reach(&self, kernel_id: &str) -> Result<Arc<KernelShared>, Error> {
         match self.lookup(kernel_id) {
-            Err(Error::NoSuchKernel(_)) if self.persistence.is_some() => self.adopt(kernel_id).await,
+            Err(Error::NoSuchKernel(_)) if self.persistence.is_some() => {
+                self.adopt(kernel_id).await
+            }
             found => found,
         }
     }

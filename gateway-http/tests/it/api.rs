@@ -413,7 +413,10 @@ async fn kernelspecs_model() -> anyhow::Result<()> {
     let gateway = Gateway::new(|_| {})?;
     let (status, body) = gateway.check(Req::get("/api/kernelspecs")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["default"], "", "python3 is not among this gateway's kernelspecs");
+    assert_eq!(
+        body["default"], "",
+        "python3 is not among this gateway's kernelspecs"
+    );
     let gateway = Gateway::new(|c| c.default_kernel_name = "echo".to_owned())?;
     let (status, body) = gateway.check(Req::get("/api/kernelspecs")).await;
     assert_eq!(status, StatusCode::OK);

@@ -96,6 +96,10 @@ async fn ipykernel_runs_answers_interrupts_and_terminates_cleanly() -> anyhow::R
     // The final cleanup takes the connection file and the kernel's log with it.
     kernel.process.cleanup(false).await;
     assert!(!file.exists());
-    assert_eq!(kernel.process.log_tail(50), "", "the kernel's log outlived it");
+    assert_eq!(
+        kernel.process.log_tail(50),
+        "",
+        "the kernel's log outlived it"
+    );
     Ok(())
 }

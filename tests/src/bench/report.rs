@@ -230,7 +230,9 @@ impl Report {
                 cells.push(ratio(row.ratio(TargetKind::Ours, TargetKind::Direct)));
             }
             if has_off {
-                cells.push(ratio(row.ratio(TargetKind::Ours, TargetKind::OursNoMetrics)));
+                cells.push(ratio(
+                    row.ratio(TargetKind::Ours, TargetKind::OursNoMetrics),
+                ));
             }
             cells.push(Report::goal_cell(row));
             body.push(cells);
