@@ -421,6 +421,8 @@ impl KernelManager {
             Ok(inc) => {
                 tracing::info!(kernel_id = %row.id, kernelspec = %row.kernelspec, user = %row.username,
                     from = %row.gateway, "re-attached kernel");
+                // Listed from now on: the gateway may start serving before the task first runs.
+                shared.started.store(true, Ordering::SeqCst);
                 let supervisor =
                     self.supervisor(shared, plan, events, Some(Arc::new(persistence.clone())));
                 self.tasks.spawn(supervisor.run_reattached(inc));
