@@ -8,6 +8,7 @@ mod auth;
 mod backends;
 mod egconfig;
 mod listen;
+mod memory;
 mod options;
 mod profiles;
 mod settings;
@@ -163,6 +164,7 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     }
 
     warn_about_impersonation(&settings.gateway);
+    tokio::spawn(memory::return_freed_memory());
     if settings.metrics_enabled {
         gateway_http::metrics::install().context("cannot record metrics")?;
         tokio::spawn(gateway_http::metrics::upkeep());
