@@ -113,7 +113,7 @@ struct Venv {
     stamp: &'static str,
 }
 
-const VENVS: [Venv; 2] = [
+const VENVS: [Venv; 3] = [
     Venv {
         dir: ".venv",
         requirements: "requirements/test.txt",
@@ -124,6 +124,12 @@ const VENVS: [Venv; 2] = [
         dir: ".venv-eg",
         requirements: "requirements/eg-itests.txt",
         purpose: "Enterprise Gateway 3.3.0 and its integration tests",
+        stamp: ".xtask-requirements.stamp",
+    },
+    Venv {
+        dir: ".venv-spark3",
+        requirements: "requirements/spark3.txt",
+        purpose: "Spark 3.5 with Apache Toree for the Python, Scala and R kernels on Spark",
         stamp: ".xtask-requirements.stamp",
     },
 ];
@@ -229,6 +235,14 @@ fn ensure_debian_packages() -> Result<()> {
         // The kernel store tests: PostgreSQL started by the harness, HAProxy in front of gateways.
         ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
         ("/usr/sbin/haproxy", "haproxy"),
+        // The Spark-language tests: IRkernel and what gateway_provisioners' R launcher loads.
+        ("/usr/bin/Rscript", "r-base-core"),
+        ("/usr/lib/R/site-library/IRkernel", "r-cran-irkernel"),
+        ("/usr/lib/R/site-library/argparse", "r-cran-argparse"),
+        ("/usr/lib/R/site-library/jsonlite", "r-cran-jsonlite"),
+        ("/usr/lib/R/site-library/base64enc", "r-cran-base64enc"),
+        ("/usr/lib/R/site-library/digest", "r-cran-digest"),
+        ("/usr/lib/R/site-library/stringr", "r-cran-stringr"),
     ] {
         if !Path::new(binary).exists() {
             missing.push(package);

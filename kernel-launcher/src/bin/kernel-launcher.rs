@@ -38,6 +38,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+#[path = "kernel-launcher/spark.rs"]
+mod spark;
+
+use spark::SparkInit;
+
 /// How long the kernel has to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Sending the connection info must finish within this.
@@ -60,6 +65,7 @@ struct Args {
     public_key: String,
     port_range: String,
     transport_encryption: String,
+    spark_init: SparkInit,
     kernel_argv: Vec<String>,
 }
 
@@ -82,15 +88,15 @@ fn parse_args(
             .strip_prefix("--RemoteProcessProxy.")
             .map(|n| format!("--{n}"))
             .unwrap_or(name);
+        let mut spark_mode = None;
         let slot = match name.as_str() {
             "--kernel-id" => Some(&mut parsed.kernel_id),
             "--response-address" => Some(&mut parsed.response_address),
             "--public-key" => Some(&mut parsed.public_key),
             "--port-range" => Some(&mut parsed.port_range),
             "--transport-encryption" => Some(&mut parsed.transport_encryption),
-            "--spark-context-initialization-mode" | "--cluster-type" | "--kernel-class-name" => {
-                None
-            }
+            "--spark-context-initialization-mode" => Some(spark_mode.insert(String::new())),
+            "--cluster-type" | "--kernel-class-name" => None,
             _ => return Err(format!("unknown argument '{arg}'")),
         };
         let value = match inline {
@@ -100,6 +106,9 @@ fn parse_args(
         };
         if let Some(slot) = slot {
             *slot = value;
+        }
+        if let Some(mode) = spark_mode {
+            parsed.spark_init = SparkInit::parse(&mode)?;
         }
     }
     let fallback = |value: &mut String, names: &[&str]| {
@@ -244,6 +253,13 @@ async fn run(args: Args) -> ExitCode {
         ("kernel_id", args.kernel_id.clone()),
     ]);
     let argv = template::substitute(&args.kernel_argv, &vars);
+    let argv = match spark::apply(args.spark_init, argv, &args.kernel_id, &workdir.0) {
+        Ok(argv) => argv,
+        Err(err) => {
+            log!("{err}");
+            return ExitCode::from(2);
+        }
+    };
     let Some((program, rest)) = argv.split_first() else {
         return ExitCode::from(2);
     };
@@ -256,7 +272,12 @@ async fn run(args: Args) -> ExitCode {
     {
         Ok(child) => child,
         Err(err) => {
-            log!("cannot start {program}: {err}");
+            // The reason a kernel never answered, with where: the gateway shows this line.
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            log!(
+                "cannot start the kernel: '{program}' on host {}: {err}",
+                host.trim()
+            );
             return ExitCode::from(1);
         }
     };
