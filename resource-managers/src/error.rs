@@ -47,4 +47,12 @@ pub enum Error {
     /// The YARN ResourceManager could not be reached or refused a call.
     #[error(transparent)]
     Yarn(#[from] crate::yarn::YarnError),
+    /// A value the client sent was refused before it reached a backend's API (an image
+    /// reference, a name): the gateway answers 400; the message names the field.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The Docker engine could not be reached or refused a call.
+    #[cfg(feature = "docker")]
+    #[error(transparent)]
+    Docker(#[from] crate::docker::DockerError),
 }

@@ -110,6 +110,8 @@
 //! assert!(registry.names().any(|n| n == "batch"));
 //! ```
 
+#[cfg(feature = "docker")]
+pub mod docker;
 pub mod error;
 pub mod local;
 pub mod ssh;

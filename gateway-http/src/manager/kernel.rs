@@ -247,6 +247,12 @@ pub(crate) fn launch_error(err: resource_managers::Error) -> Error {
     use resource_managers::Error as Rm;
     let fault = match &err {
         Rm::Unsupported(msg) => return Error::Unsupported(msg.clone()),
+        // A client value a backend refused before using it (an image reference, a name).
+        Rm::InvalidRequest(msg) => {
+            return Error::BadRequest {
+                message: msg.clone(),
+            };
+        }
         // Credentials refused by every host: 403 with the text in `reason`, as EG's SSH errors.
         Rm::Unauthorized(msg) => {
             return Error::Forbidden {

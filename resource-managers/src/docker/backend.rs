@@ -1,0 +1,1440 @@
+//! The `docker` and `docker-swarm` resource managers; see the [module docs](super).
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jupyter_protocol::ConnectionInfo;
+use kernel_launcher::{CommOutcome, CommPort, LauncherResponse, ResponseListener, template};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::client::{DockerClient, DockerError, Task};
+use super::validate;
+use crate::local::{
+    create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
+    resolve_program, spawn_reaper,
+};
+use crate::{
+    Error, KernelProcess, KernelRecord, LaunchRequest, LaunchedKernel, ProcessState,
+    ResourceManager,
+};
+
+/// The name of the plain-Docker backend in a [`crate::Registry`].
+pub const NAME_DOCKER: &str = "docker";
+
+/// The name of the Swarm backend in a [`crate::Registry`].
+pub const NAME_SWARM: &str = "docker-swarm";
+
+/// Where EG's Docker process proxies live.
+const EG_MODULE: &str = "enterprise_gateway.services.processproxies.docker_swarm";
+
+/// EG's message when no image is known.
+const NO_IMAGE: &str = "No kernel image could be determined! Set the `image_name` in the \
+                        process_proxy.config stanza of the corresponding kernel.json file.";
+
+/// Lines of output quoted in errors.
+const TAIL_LINES: usize = 20;
+
+/// How long a failed launch waits for its clean-up before leaving it to a background task.
+const CLEANUP_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the launcher process has to go after SIGKILL.
+const SUBMIT_KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// Plain containers or swarm services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerMode {
+    /// EG's `DockerProcessProxy`: one container per kernel.
+    Container,
+    /// EG's `DockerSwarmProcessProxy`: one service (with one task) per kernel.
+    Swarm,
+}
+
+impl DockerMode {
+    /// `docker` or `swarm`, as `EG_DOCKER_MODE` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DockerMode::Container => "docker",
+            DockerMode::Swarm => "swarm",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            DockerMode::Container => "container",
+            DockerMode::Swarm => "service",
+        }
+    }
+}
+
+/// Settings of the Docker backends.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// The engine's unix socket (`DOCKER_HOST=unix://...`, default `/var/run/docker.sock`).
+    pub socket: PathBuf,
+    /// The network kernels join (`EG_DOCKER_NETWORK`, default `bridge`; `host` shares the
+    /// engine host's network).
+    pub network: String,
+    /// Remove a kernel's container after it ended (`EG_REMOVE_CONTAINER`, default true). Swarm
+    /// services are always removed, as EG does.
+    pub remove_container: bool,
+    /// The image when neither the kernelspec (`image_name`) nor the client (`KERNEL_IMAGE`)
+    /// names one (`EG_KERNEL_IMAGE`).
+    pub image: Option<String>,
+    /// `KERNEL_UID` values refused (`EG_PROHIBITED_UIDS`, default `0`).
+    pub prohibited_uids: Vec<u32>,
+    /// `KERNEL_GID` values refused (`EG_PROHIBITED_GIDS`, default `0`).
+    pub prohibited_gids: Vec<u32>,
+    /// The address of a kernel on the host network: the engine's host as the gateway reaches
+    /// it (the engine is on a local socket, so this machine: 127.0.0.1).
+    pub host_ip: IpAddr,
+    /// Where launcher output goes (`EG_KERNEL_LOG_DIR`): `kernel-<id>.log`.
+    pub log_dir: PathBuf,
+    /// The gateway's response listener.
+    pub response: Arc<ResponseListener>,
+    /// The gateway's PATH, to resolve a relative `argv[0]`.
+    pub search_path: Vec<PathBuf>,
+    /// Connect timeout of communication-port requests (`EG_SOCKET_TIMEOUT`).
+    pub comm_timeout: Duration,
+    /// Pause between status polls (`EG_POLL_INTERVAL`, 0.5 s).
+    pub poll_interval: Duration,
+    /// Timeout of one engine request (an image pull is bounded by the launch deadline instead).
+    pub request_timeout: Duration,
+}
+
+impl DockerConfig {
+    /// The default socket.
+    pub const DEFAULT_SOCKET: &'static str = "/var/run/docker.sock";
+
+    /// Defaults for everything but the listener and the log directory.
+    pub fn new(response: Arc<ResponseListener>, log_dir: PathBuf) -> DockerConfig {
+        DockerConfig {
+            socket: PathBuf::from(DockerConfig::DEFAULT_SOCKET),
+            network: "bridge".into(),
+            remove_container: true,
+            image: None,
+            prohibited_uids: vec![0],
+            prohibited_gids: vec![0],
+            host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            log_dir,
+            response,
+            search_path: Vec::new(),
+            comm_timeout: kernel_launcher::comm::DEFAULT_CONNECT_TIMEOUT,
+            poll_interval: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The `docker` or `docker-swarm` resource manager; see the [module docs](super).
+#[derive(Debug)]
+pub struct DockerResourceManager {
+    mode: DockerMode,
+    config: DockerConfig,
+    client: DockerClient,
+}
+
+/// What a launch will create, decided (and validated) before anything is.
+#[derive(Debug)]
+struct Plan {
+    name: String,
+    image: String,
+    uid: u32,
+    gid: u32,
+    labels: BTreeMap<String, String>,
+    /// The launcher's environment (EG's path).
+    launch_env: BTreeMap<String, String>,
+    /// The container's environment (the native path).
+    container_env: BTreeMap<String, String>,
+    native: bool,
+}
+
+/// What the engine says about a kernel's workload during launch.
+enum Seen {
+    /// Created, being scheduled or started.
+    Starting,
+    /// Running, at this address.
+    Running(IpAddr),
+    /// Ended or in an error state: why.
+    Failed(String),
+}
+
+impl DockerResourceManager {
+    /// A backend of this mode (no engine traffic until a launch).
+    pub fn new(mode: DockerMode, config: DockerConfig) -> DockerResourceManager {
+        let client = DockerClient::new(config.socket.clone(), config.request_timeout);
+        DockerResourceManager {
+            mode,
+            config,
+            client,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DockerConfig {
+        &self.config
+    }
+
+    /// The engine client.
+    pub fn client(&self) -> &DockerClient {
+        &self.client
+    }
+
+    /// Containers or services.
+    pub fn mode(&self) -> DockerMode {
+        self.mode
+    }
+
+    /// Validates what the request asks for and composes both environments.
+    fn plan(&self, request: &LaunchRequest) -> Result<Plan, Error> {
+        let spec = &request.spec;
+        let raw = &spec.config.raw;
+        let text = |key: &str| {
+            raw.get(key)
+                .and_then(serde_json::Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let env = &request.env;
+        let from_env = |key: &str| {
+            env.get(key)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        // The image: the client's KERNEL_IMAGE, else the kernelspec's, else the gateway's.
+        let image = match from_env("KERNEL_IMAGE") {
+            Some(image) => {
+                validate::check_image(&image)
+                    .map_err(|why| Error::InvalidRequest(format!("KERNEL_IMAGE {why}")))?;
+                image
+            }
+            None => {
+                let image = text("image_name")
+                    .or_else(|| self.config.image.clone())
+                    .ok_or_else(|| Error::Config(NO_IMAGE.into()))?;
+                validate::check_image(&image).map_err(|why| {
+                    Error::Config(format!(
+                        "kernelspec '{}': image_name '{image}' {why}",
+                        spec.name
+                    ))
+                })?;
+                image
+            }
+        };
+        let uid = validate::check_id(
+            env.get("KERNEL_UID").map_or("1000", String::as_str),
+            "UID",
+            &self.config.prohibited_uids,
+            "EG_PROHIBITED_UIDS",
+        )
+        .map_err(Error::Unauthorized)?;
+        let gid = validate::check_id(
+            env.get("KERNEL_GID").map_or("100", String::as_str),
+            "GID",
+            &self.config.prohibited_gids,
+            "EG_PROHIBITED_GIDS",
+        )
+        .map_err(Error::Unauthorized)?;
+        let user = env
+            .get("KERNEL_USERNAME")
+            .cloned()
+            .unwrap_or_else(|| request.username.clone());
+        let name = format!("{user}-{}", request.kernel_id);
+        validate::check_name(&name, self.mode == DockerMode::Swarm)
+            .map_err(|why| Error::InvalidRequest(format!("KERNEL_USERNAME '{user}' {why}")))?;
+        let native = text("launch").is_some_and(|l| l.eq_ignore_ascii_case("native"));
+
+        let labels = BTreeMap::from([
+            ("kernel_id".to_owned(), request.kernel_id.clone()),
+            ("component".to_owned(), "kernel".to_owned()),
+            ("app".to_owned(), "enterprise-gateway".to_owned()),
+        ]);
+
+        // EG's launch environment: the request's, KERNEL_WORKING_DIR removed (no mirrored
+        // working directories here), normalised ids and the image written back.
+        let mut launch_env: BTreeMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.as_str() != "KERNEL_WORKING_DIR")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        launch_env.insert("KERNEL_IMAGE".into(), image.clone());
+        launch_env.insert("KERNEL_UID".into(), uid.to_string());
+        launch_env.insert("KERNEL_GID".into(), gid.to_string());
+        launch_env
+            .entry("KERNEL_LANGUAGE".into())
+            .or_insert_with(|| spec.language.clone());
+        let remove = if self.config.remove_container {
+            "True"
+        } else {
+            "False"
+        };
+        let mut launcher_only = BTreeMap::new();
+        launcher_only.insert(
+            "DOCKER_HOST".to_owned(),
+            format!("unix://{}", self.config.socket.display()),
+        );
+        for prefix in ["", "EG_", "GP_"] {
+            launcher_only.insert(format!("{prefix}DOCKER_MODE"), self.mode.as_str().into());
+            launcher_only.insert(
+                format!("{prefix}DOCKER_NETWORK"),
+                self.config.network.clone(),
+            );
+            launcher_only.insert(format!("{prefix}REMOVE_CONTAINER"), remove.into());
+        }
+        let mut container_env = launch_env.clone();
+        container_env.remove("PATH");
+        launch_env.extend(launcher_only);
+
+        // What the launcher script would add for the container (launch_docker.py).
+        let listener = &self.config.response;
+        container_env.insert("KERNEL_ID".into(), request.kernel_id.clone());
+        container_env.insert("RESPONSE_ADDRESS".into(), listener.response_address());
+        container_env.insert("PUBLIC_KEY".into(), listener.public_key_b64().to_owned());
+        container_env.insert("PORT_RANGE".into(), request.port_range.to_template());
+        let flag = |name: &str| {
+            spec.argv
+                .iter()
+                .position(|a| a == name)
+                .and_then(|i| spec.argv.get(i + 1))
+                .filter(|v| !v.starts_with('{'))
+                .cloned()
+        };
+        container_env.insert(
+            "KERNEL_SPARK_CONTEXT_INIT_MODE".into(),
+            flag("--spark-context-initialization-mode")
+                .or_else(|| flag("--RemoteProcessProxy.spark-context-initialization-mode"))
+                .unwrap_or_else(|| "none".into()),
+        );
+        if let Some(class) = flag("--kernel-class-name") {
+            container_env.insert("KERNEL_CLASS_NAME".into(), class);
+        }
+        container_env.retain(|k, _| !k.is_empty() && !k.contains('='));
+        Ok(Plan {
+            name,
+            image,
+            uid,
+            gid,
+            labels,
+            launch_env,
+            container_env,
+            native,
+        })
+    }
+
+    /// The engine's create request for the plan (the native path).
+    fn create_body(&self, plan: &Plan) -> serde_json::Value {
+        let env: Vec<String> = plan
+            .container_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let user = format!("{}:{}", plan.uid, plan.gid);
+        let groups: Vec<String> = if plan.gid == 100 {
+            Vec::new()
+        } else {
+            vec!["100".into()]
+        };
+        match self.mode {
+            DockerMode::Container => serde_json::json!({
+                "Image": plan.image,
+                "Env": env,
+                "Labels": plan.labels,
+                "User": user,
+                "HostConfig": {
+                    "NetworkMode": self.config.network,
+                    "GroupAdd": groups,
+                },
+            }),
+            DockerMode::Swarm => serde_json::json!({
+                "Name": plan.name,
+                "Labels": plan.labels,
+                "TaskTemplate": {
+                    "ContainerSpec": {
+                        "Image": plan.image,
+                        "Env": env,
+                        "Labels": plan.labels,
+                        "User": user,
+                        "Groups": groups,
+                    },
+                    "RestartPolicy": {"Condition": "none"},
+                    "Networks": [{"Target": self.config.network}],
+                },
+                "EndpointSpec": {"Mode": "dnsrr"},
+            }),
+        }
+    }
+
+    /// Creates (and starts) the workload through the API; pulls a missing image first, as
+    /// docker-py does, within the deadline.
+    async fn create_native(&self, plan: &Plan, deadline: Instant) -> Result<String, Error> {
+        let engine = |err: DockerError| match err.engine_message() {
+            Some(message) => Error::Spawn(format!(
+                "the Docker engine refused the kernel's {}: {message}",
+                self.mode.what()
+            )),
+            None => Error::Docker(err),
+        };
+        if self.mode == DockerMode::Container && !self.client.image_exists(&plan.image).await? {
+            let pull = self.client.pull(&plan.image);
+            match tokio::time::timeout_at(deadline, pull).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    return Err(Error::Spawn(format!(
+                        "image '{}' is not on the Docker engine and cannot be pulled: {}",
+                        plan.image,
+                        err.engine_message()
+                            .map_or_else(|| err.to_string(), str::to_owned)
+                    )));
+                }
+                Err(_) => {
+                    return Err(Error::LaunchTimeout(format!(
+                        "image '{}' is not on the Docker engine and pulling it did not finish before the launch deadline",
+                        plan.image
+                    )));
+                }
+            }
+        }
+        let body = self.create_body(plan);
+        match self.mode {
+            DockerMode::Container => {
+                let id = self
+                    .client
+                    .create_container(&plan.name, &body)
+                    .await
+                    .map_err(engine)?;
+                if let Err(err) = self.client.start_container(&id).await {
+                    let _ = self.client.remove_container(&id).await;
+                    return Err(engine(err));
+                }
+                Ok(id)
+            }
+            DockerMode::Swarm => self.client.create_service(&body).await.map_err(engine),
+        }
+    }
+
+    /// The kernel's workload id, found by its `kernel_id` label (EG's path).
+    async fn find(&self, kernel_id: &str) -> Result<Option<String>, DockerError> {
+        let label = format!("kernel_id={kernel_id}");
+        Ok(match self.mode {
+            DockerMode::Container => self
+                .client
+                .containers_labelled(&label)
+                .await?
+                .into_iter()
+                .next()
+                .map(|c| c.id),
+            DockerMode::Swarm => self
+                .client
+                .services_labelled(&label)
+                .await?
+                .into_iter()
+                .next()
+                .map(|s| s.id),
+        })
+    }
+
+    /// The workload's state during launch.
+    async fn seen(&self, id: &str) -> Result<Seen, DockerError> {
+        match self.mode {
+            DockerMode::Container => {
+                let inspect = match self.client.inspect_container(id).await {
+                    Ok(inspect) => inspect,
+                    Err(err) if err.is_not_found() => {
+                        return Ok(Seen::Failed(
+                            "Error starting kernel container; it was removed (it ended and was auto-removed)".into(),
+                        ));
+                    }
+                    Err(err) => return Err(err),
+                };
+                let state = &inspect.state;
+                Ok(match state.status.as_str() {
+                    "created" => Seen::Starting,
+                    "running" => {
+                        let settings = &inspect.network_settings;
+                        let on_network = settings
+                            .networks
+                            .as_ref()
+                            .and_then(|n| n.get(&self.config.network))
+                            .map(|e| e.ip_address.clone())
+                            .filter(|ip| !ip.is_empty());
+                        let ip = on_network
+                            .or_else(|| {
+                                Some(settings.ip_address.clone()).filter(|ip| !ip.is_empty())
+                            })
+                            .and_then(|ip| ip.parse().ok())
+                            .unwrap_or(self.config.host_ip);
+                        Seen::Running(ip)
+                    }
+                    other => Seen::Failed(container_failure(other, state)),
+                })
+            }
+            DockerMode::Swarm => {
+                let tasks = match self.client.service_tasks(id).await {
+                    Ok(tasks) => tasks,
+                    Err(err) if err.is_not_found() => {
+                        return Ok(Seen::Failed(
+                            "Error starting kernel service; it was removed".into(),
+                        ));
+                    }
+                    Err(err) => return Err(err),
+                };
+                let Some(task) = current_task(&tasks) else {
+                    return Ok(Seen::Starting);
+                };
+                match task.status.state.as_str() {
+                    "running" => Ok(Seen::Running(self.task_ip(task).await)),
+                    state if is_task_final(state) => Ok(Seen::Failed(task_failure(task))),
+                    _ => Ok(Seen::Starting),
+                }
+            }
+        }
+    }
+
+    /// A running task's address: its first network attachment's, else (host networking) its
+    /// node's, else the engine's host.
+    async fn task_ip(&self, task: &Task) -> IpAddr {
+        let attached = task
+            .networks_attachments
+            .iter()
+            .flat_map(|a| a.addresses.iter())
+            .find_map(|cidr| cidr.split('/').next()?.parse::<IpAddr>().ok());
+        if let Some(ip) = attached {
+            return ip;
+        }
+        if !task.node_id.is_empty()
+            && let Ok(addr) = self.client.node_addr(&task.node_id).await
+            && let Ok(ip) = addr.parse::<IpAddr>()
+            && !ip.is_unspecified()
+        {
+            return ip;
+        }
+        self.config.host_ip
+    }
+
+    /// The last lines of a workload's output, or why there are none.
+    async fn workload_logs(&self, id: &str) -> String {
+        let logs = match self.mode {
+            DockerMode::Container => self.client.container_logs(id, TAIL_LINES).await,
+            DockerMode::Swarm => self.client.service_logs(id, TAIL_LINES).await,
+        };
+        match logs {
+            Ok(text) => text.trim_end().to_owned(),
+            Err(err) => format!("(no output: {err})"),
+        }
+    }
+
+    /// Removes every workload labelled with the kernel id (and `known`), bounded.
+    async fn remove_all(&self, kernel_id: &str, known: Option<&str>) {
+        let work = async {
+            let mut ids: Vec<String> = known.map(str::to_owned).into_iter().collect();
+            if let Ok(Some(found)) = self.find(kernel_id).await
+                && !ids.contains(&found)
+            {
+                ids.push(found);
+            }
+            for id in ids {
+                let removed = remove_workload(&self.client, self.mode, &id).await;
+                if let Err(err) = removed {
+                    tracing::warn!(%kernel_id, %id, "cannot remove the kernel's {}: {err}", self.mode.what());
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLEANUP_WAIT, work).await;
+    }
+}
+
+/// Removes a container (forced) or a service; gone already is fine.
+async fn remove_workload(
+    client: &DockerClient,
+    mode: DockerMode,
+    id: &str,
+) -> Result<(), DockerError> {
+    match mode {
+        DockerMode::Container => client.remove_container(id).await,
+        DockerMode::Swarm => client.remove_service(id).await,
+    }
+}
+
+fn container_failure(status: &str, state: &super::client::ContainerState) -> String {
+    let mut why = format!("Error starting kernel container; status: '{status}'.");
+    if status == "exited" || status == "dead" {
+        why.push_str(&format!(" Exit code {}.", state.exit_code));
+    }
+    if state.oom_killed {
+        why.push_str(" Killed for lack of memory.");
+    }
+    if !state.error.is_empty() {
+        why.push_str(&format!(" {}", state.error));
+    }
+    why
+}
+
+/// The task that counts: the newest one the orchestrator wants running, else the newest.
+fn current_task(tasks: &[Task]) -> Option<&Task> {
+    tasks
+        .iter()
+        .find(|t| t.desired_state == "running")
+        .or_else(|| tasks.first())
+}
+
+/// Task states after which a task never runs again.
+fn is_task_final(state: &str) -> bool {
+    matches!(
+        state,
+        "complete" | "failed" | "rejected" | "shutdown" | "orphaned" | "remove"
+    )
+}
+
+fn task_failure(task: &Task) -> String {
+    let status = &task.status;
+    let mut why = format!(
+        "Error starting kernel service; task status: '{}'.",
+        status.state
+    );
+    if let Some(code) = status.container_status.as_ref().and_then(|c| c.exit_code) {
+        why.push_str(&format!(" Exit code {code}."));
+    }
+    for note in [&status.err, &status.message] {
+        if !note.is_empty() {
+            why.push_str(&format!(" {note}"));
+        }
+    }
+    why
+}
+
+/// The local launcher process (EG's path).
+#[derive(Debug, Clone)]
+struct Submitter {
+    pid: Pid,
+    exit: watch::Receiver<ProcessState>,
+}
+
+impl Submitter {
+    fn state(&self) -> ProcessState {
+        *self.exit.borrow()
+    }
+
+    async fn kill(&self) {
+        if self.state() == ProcessState::Running {
+            let _ = killpg(self.pid, Signal::SIGKILL);
+            let mut exit = self.exit.clone();
+            let _ = tokio::time::timeout(
+                SUBMIT_KILL_WAIT,
+                exit.wait_for(|s| *s != ProcessState::Running),
+            )
+            .await;
+        }
+    }
+}
+
+/// Why a launch failed, before it is turned into an [`Error`].
+enum Failure {
+    Error(Error),
+    SubmitFailed(ProcessState),
+    Failed(String),
+    Timeout,
+}
+
+#[async_trait]
+impl ResourceManager for DockerResourceManager {
+    fn name(&self) -> &str {
+        match self.mode {
+            DockerMode::Container => NAME_DOCKER,
+            DockerMode::Swarm => NAME_SWARM,
+        }
+    }
+    fn names(&self) -> crate::BackendNames {
+        match self.mode {
+            DockerMode::Container => crate::BackendNames::new(
+                &[&format!("{EG_MODULE}.DockerProcessProxy")],
+                &["docker-provisioner"],
+            ),
+            DockerMode::Swarm => crate::BackendNames::new(
+                &[&format!("{EG_MODULE}.DockerSwarmProcessProxy")],
+                &["docker-swarm-provisioner"],
+            ),
+        }
+    }
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities {
+            uses_callback_listener: true,
+            ..crate::Capabilities::ELSEWHERE
+        }
+    }
+
+    async fn launch(&self, request: LaunchRequest) -> Result<LaunchedKernel, Error> {
+        let started = Instant::now();
+        let deadline = started + request.timeout;
+        let spec = &request.spec;
+        let kernel_id = request.kernel_id.clone();
+        if !is_safe_id(&kernel_id) {
+            return Err(Error::Config(format!("invalid kernel id '{kernel_id}'")));
+        }
+        let plan = self.plan(&request)?;
+        if self.mode == DockerMode::Swarm && !self.client.is_swarm_manager().await? {
+            return Err(Error::Config(format!(
+                "the Docker engine at {} is not a swarm manager; swarm kernelspecs need `docker swarm init` (or EG_DOCKER_MODE=docker kernelspecs)",
+                self.config.socket.display()
+            )));
+        }
+        create_private_dir(&self.config.log_dir)?;
+        let log_path = self.config.log_dir.join(format!("kernel-{kernel_id}.log"));
+        let listener = &self.config.response;
+        let mut pending = listener.register(&kernel_id)?;
+
+        let mut workload: Option<String> = None;
+        let mut submitter: Option<Submitter> = None;
+        if plan.native {
+            match self.create_native(&plan, deadline).await {
+                Ok(id) => {
+                    tracing::info!(%kernel_id, %id, image = %plan.image, name = %plan.name, "kernel {} created; waiting for its connection info", self.mode.what());
+                    workload = Some(id);
+                }
+                Err(err) => {
+                    self.remove_all(&kernel_id, None).await;
+                    return Err(err);
+                }
+            }
+        } else {
+            let Some(argv0) = spec.argv.first() else {
+                return Err(Error::Spawn(format!(
+                    "kernelspec '{}' has an empty argv (set \"launch\": \"native\" in its config to have the gateway create the {})",
+                    spec.name,
+                    self.mode.what()
+                )));
+            };
+            let program = resolve_program(spec, argv0, &plan.launch_env, &self.config.search_path)?;
+            let mut vars: BTreeMap<&str, String> = BTreeMap::new();
+            vars.insert("kernel_id", kernel_id.clone());
+            vars.insert("response_address", listener.response_address());
+            vars.insert("public_key", listener.public_key_b64().to_owned());
+            vars.insert("port_range", request.port_range.to_template());
+            vars.insert(
+                "resource_dir",
+                spec.resource_dir.to_string_lossy().into_owned(),
+            );
+            vars.insert("transport_encryption", String::new());
+            if let Some(prefix) = spec.prefix() {
+                vars.insert("prefix", prefix.to_string_lossy().into_owned());
+            }
+            let argv = template::substitute(&spec.argv, &vars);
+            let launch_request = LaunchRequest {
+                env: plan.launch_env.clone(),
+                run_as: None,
+                ..request.clone()
+            };
+            let child = crate::local::spawn_logged(
+                &launch_request,
+                &program,
+                &argv,
+                &log_path,
+                "launcher",
+                true,
+            )?;
+            let Some(pid) = child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .map(Pid::from_raw)
+            else {
+                return Err(Error::Spawn(format!(
+                    "the launcher of kernel '{}' started without a process id",
+                    spec.name
+                )));
+            };
+            submitter = Some(Submitter {
+                pid,
+                exit: spawn_reaper(child, pid),
+            });
+            tracing::info!(%kernel_id, pid = pid.as_raw(), log = %log_path.display(), "Docker launcher started; waiting for the kernel's {} and its connection info", self.mode.what());
+        }
+
+        let mut exit_rx = submitter.as_ref().map(|s| s.exit.clone());
+        let mut submit_state = ProcessState::Running;
+        let mut ip: Option<IpAddr> = None;
+        let mut response: Option<LauncherResponse> = None;
+        let mut last_engine_error: Option<String> = None;
+        let mut last_status = String::from("not found yet");
+        let mut tick = tokio::time::interval(self.config.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let outcome = loop {
+            if workload.is_none() {
+                match tokio::time::timeout_at(deadline, self.find(&kernel_id)).await {
+                    Err(_) => break Err(Failure::Timeout),
+                    Ok(Ok(found)) => {
+                        if let Some(id) = &found {
+                            tracing::info!(%kernel_id, %id, "kernel {} found", self.mode.what());
+                        }
+                        workload = found;
+                        last_engine_error = None;
+                    }
+                    Ok(Err(err)) => last_engine_error = Some(err.to_string()),
+                }
+            }
+            if let Some(id) = &workload {
+                match tokio::time::timeout_at(deadline, self.seen(id)).await {
+                    Err(_) => break Err(Failure::Timeout),
+                    Ok(Ok(Seen::Starting)) => last_status = "starting".into(),
+                    Ok(Ok(Seen::Running(found))) => {
+                        last_status = "running".into();
+                        ip = Some(found);
+                    }
+                    Ok(Ok(Seen::Failed(why))) => break Err(Failure::Failed(why)),
+                    Ok(Err(err)) => last_engine_error = Some(err.to_string()),
+                }
+            } else if let ProcessState::Exited { code, .. } = submit_state
+                && code != Some(0)
+            {
+                break Err(Failure::SubmitFailed(submit_state));
+            }
+            if response.is_some() && ip.is_some() {
+                break Ok(());
+            }
+            tokio::select! {
+                got = &mut pending, if response.is_none() => match got {
+                    Ok(r) => response = Some(r),
+                    Err(err) => break Err(Failure::Error(Error::Spawn(err.to_string()))),
+                },
+                changed = async {
+                    match exit_rx.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if submit_state == ProcessState::Running => {
+                    submit_state = exit_rx.as_mut().map_or(ProcessState::Unknown, |rx| *rx.borrow_and_update());
+                    if changed.is_err() && submit_state == ProcessState::Running {
+                        submit_state = ProcessState::Unknown;
+                    }
+                    tracing::debug!(%kernel_id, ?submit_state, "Docker launcher ended");
+                }
+                _ = tick.tick() => {}
+                () = tokio::time::sleep_until(deadline) => break Err(Failure::Timeout),
+            }
+        };
+        drop(pending);
+
+        let (Ok(()), Some(ip), Some(response)) = (&outcome, ip, response.clone()) else {
+            let launcher_tail = || read_tail(&log_path, TAIL_LINES).unwrap_or_default();
+            let output = match &workload {
+                Some(id) => self.workload_logs(id).await,
+                None => launcher_tail(),
+            };
+            let engine_note = last_engine_error
+                .as_deref()
+                .map(|e| format!(" Last Docker engine error: {e}"))
+                .unwrap_or_default();
+            let err = match outcome {
+                Err(Failure::Error(err)) => err,
+                Err(Failure::SubmitFailed(state)) => Error::ExitedDuringLaunch {
+                    status: format!(
+                        "Error occurred during launch of KernelID: {kernel_id}: the launcher ended with {state} before the kernel's {} was created{engine_note}",
+                        self.mode.what()
+                    ),
+                    log_tail: launcher_tail(),
+                },
+                Err(Failure::Failed(why)) => Error::ExitedDuringLaunch {
+                    status: format!("KernelID: '{kernel_id}': {why}"),
+                    log_tail: output,
+                },
+                Err(Failure::Timeout) | Ok(()) => Error::LaunchTimeout(format!(
+                    "KernelID: '{kernel_id}' launch timeout due to: Waited too long ({}s) to get connection file (kernel {} {last_status}).{engine_note} Output: {output}",
+                    crate::python_seconds(request.timeout),
+                    self.mode.what(),
+                )),
+            };
+            tracing::warn!(%kernel_id, "Docker launch failed: {err}");
+            if let Some(submitter) = &submitter {
+                submitter.kill().await;
+            }
+            self.remove_all(&kernel_id, workload.as_deref()).await;
+            return Err(err);
+        };
+        let Some(id) = workload else {
+            return Err(Error::Config(format!(
+                "kernel {kernel_id}: launched without a {}",
+                self.mode.what()
+            )));
+        };
+
+        let mut connection = response.connection.clone();
+        connection.ip = ip.to_string();
+        connection.kernel_name = spec.name.clone();
+        let comm = response
+            .comm_port
+            .map(|port| CommPort::new(SocketAddr::new(ip, port), self.config.comm_timeout));
+        tracing::info!(%kernel_id, %id, %ip, comm_port = ?response.comm_port, "Docker kernel connection info received");
+        let process = DockerKernelProcess {
+            mode: self.mode,
+            backend: self.name().to_owned(),
+            kernel_id,
+            client: self.client.clone(),
+            id,
+            name: plan.name,
+            ip,
+            connection: connection.clone(),
+            comm,
+            remote_pid: response.pid,
+            remote_pgid: response.pgid,
+            submitter,
+            log_path,
+            interrupt_signal: interrupt_signal_of(spec) as i32,
+            poll_interval: self.config.poll_interval,
+            remove: self.mode == DockerMode::Swarm || self.config.remove_container,
+            last_final: Mutex::new(None),
+            finished: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            listener_stopped: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+        };
+        Ok(LaunchedKernel {
+            connection,
+            process: Box::new(process),
+        })
+    }
+
+    async fn reattach(&self, record: &KernelRecord) -> Result<LaunchedKernel, Error> {
+        if record.resource_manager != self.name() {
+            return Err(Error::Config(format!(
+                "kernel {} was launched by '{}', not by the {} backend",
+                record.kernel_id,
+                record.resource_manager,
+                self.name()
+            )));
+        }
+        let field = |key: &str| record.process.get(key);
+        let text = |key: &str| {
+            field(key)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let id = text("id");
+        if id.is_empty() {
+            return Err(Error::Config(format!(
+                "kernel {}: the {} process record has no {} id",
+                record.kernel_id,
+                self.name(),
+                self.mode.what()
+            )));
+        }
+        let ip: IpAddr = text("ip").parse().map_err(|_| {
+            Error::Config(format!(
+                "kernel {}: the {} process record has no usable ip",
+                record.kernel_id,
+                self.name()
+            ))
+        })?;
+        let int = |key: &str| {
+            field(key)
+                .and_then(serde_json::Value::as_i64)
+                .and_then(|v| i32::try_from(v).ok())
+        };
+        let comm = field("comm_port")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .map(|port| CommPort::new(SocketAddr::new(ip, port), self.config.comm_timeout));
+        let process = DockerKernelProcess {
+            mode: self.mode,
+            backend: self.name().to_owned(),
+            kernel_id: record.kernel_id.clone(),
+            client: self.client.clone(),
+            id,
+            name: text("name"),
+            ip,
+            connection: record.connection.clone(),
+            comm,
+            remote_pid: int("pid"),
+            remote_pgid: int("pgid"),
+            submitter: None,
+            log_path: PathBuf::from(text("log_path")),
+            interrupt_signal: field("interrupt_signal")
+                .and_then(serde_json::Value::as_str)
+                .and_then(parse_signal_name)
+                .unwrap_or(Signal::SIGINT) as i32,
+            poll_interval: self.config.poll_interval,
+            remove: field("remove")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(true),
+            last_final: Mutex::new(None),
+            finished: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            listener_stopped: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+        };
+        match process.state().await {
+            ProcessState::Running => {}
+            ProcessState::Unknown => {
+                process.detach();
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "kernel {}: cannot tell from the Docker engine whether its {} runs",
+                    record.kernel_id,
+                    self.mode.what()
+                ))));
+            }
+            state @ ProcessState::Exited { .. } => {
+                // Nothing to re-attach to: let the handle remove what is left.
+                process.finished.store(true, Ordering::SeqCst);
+                process.cleanup(false).await;
+                return Err(Error::NotRunning(format!(
+                    "kernel {}: its {} {} has ended ({state})",
+                    record.kernel_id,
+                    self.mode.what(),
+                    process.id
+                )));
+            }
+        }
+        Ok(LaunchedKernel {
+            connection: record.connection.clone(),
+            process: Box::new(process),
+        })
+    }
+}
+
+/// A kernel running in a container or a swarm service; see the [module docs](super).
+#[derive(Debug)]
+pub struct DockerKernelProcess {
+    mode: DockerMode,
+    backend: String,
+    kernel_id: String,
+    client: DockerClient,
+    /// Container or service id.
+    id: String,
+    name: String,
+    ip: IpAddr,
+    connection: ConnectionInfo,
+    comm: Option<CommPort>,
+    remote_pid: Option<i32>,
+    remote_pgid: Option<i32>,
+    /// The local launcher process (EG's path, launches only).
+    submitter: Option<Submitter>,
+    log_path: PathBuf,
+    interrupt_signal: i32,
+    poll_interval: Duration,
+    /// Remove the workload once the kernel ended.
+    remove: bool,
+    last_final: Mutex<Option<ProcessState>>,
+    finished: AtomicBool,
+    removed: AtomicBool,
+    listener_stopped: AtomicBool,
+    detached: AtomicBool,
+}
+
+impl DockerKernelProcess {
+    /// The container or service id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The container or service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The kernel's address.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    fn cached(&self) -> Option<ProcessState> {
+        *self
+            .last_final
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remember(&self, state: ProcessState) -> ProcessState {
+        if matches!(state, ProcessState::Exited { .. }) {
+            *self
+                .last_final
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(state);
+        }
+        state
+    }
+
+    /// The workload's state from the engine: gone or ended as an exit, an unreachable engine
+    /// as unknown.
+    async fn state(&self) -> ProcessState {
+        if let Some(state) = self.cached() {
+            return state;
+        }
+        let gone = ProcessState::Exited {
+            code: None,
+            signal: None,
+        };
+        let state = match self.mode {
+            DockerMode::Container => match self.client.inspect_container(&self.id).await {
+                Ok(inspect) => match inspect.state.status.as_str() {
+                    "created" | "running" => ProcessState::Running,
+                    "exited" | "dead" => ProcessState::Exited {
+                        code: i32::try_from(inspect.state.exit_code).ok(),
+                        signal: None,
+                    },
+                    // EG's error states: restarting, removing, paused.
+                    _ => gone,
+                },
+                Err(err) if err.is_not_found() => gone,
+                Err(err) => {
+                    tracing::debug!(kernel_id = %self.kernel_id, id = %self.id, "liveness unknown: {err}");
+                    ProcessState::Unknown
+                }
+            },
+            DockerMode::Swarm => match self.client.service_tasks(&self.id).await {
+                Ok(tasks) => match current_task(&tasks) {
+                    None => gone,
+                    Some(task) if is_task_final(&task.status.state) => {
+                        let code = task
+                            .status
+                            .container_status
+                            .as_ref()
+                            .and_then(|c| c.exit_code)
+                            .and_then(|c| i32::try_from(c).ok());
+                        ProcessState::Exited { code, signal: None }
+                    }
+                    Some(_) => ProcessState::Running,
+                },
+                Err(err) if err.is_not_found() => gone,
+                Err(err) => {
+                    tracing::debug!(kernel_id = %self.kernel_id, id = %self.id, "liveness unknown: {err}");
+                    ProcessState::Unknown
+                }
+            },
+        };
+        self.remember(state)
+    }
+
+    async fn wait_final(&self) -> ProcessState {
+        loop {
+            match self.state().await {
+                state @ ProcessState::Exited { .. } => return state,
+                _ => tokio::time::sleep(self.poll_interval).await,
+            }
+        }
+    }
+
+    /// Whether the listener, told to stop after `shutdown_request`, now refuses connections.
+    async fn listener_gone(&self) -> bool {
+        match &self.comm {
+            Some(comm) if self.listener_stopped.load(Ordering::SeqCst) => {
+                comm.probe().await == CommOutcome::Refused
+            }
+            _ => false,
+        }
+    }
+
+    /// Stops the workload now: a container is killed (and removed when it should be), a
+    /// service removed.
+    async fn force_stop(&self) -> Result<ProcessState, Error> {
+        match self.mode {
+            DockerMode::Container => {
+                match self.client.kill_container(&self.id, "SIGKILL").await {
+                    Ok(()) => {}
+                    Err(err) if err.is_not_found() => {}
+                    // 409: not running any more.
+                    Err(DockerError::Engine { status: 409, .. }) => {}
+                    Err(err) => return Err(Error::Docker(err)),
+                }
+                if self.remove {
+                    self.remove_now().await?;
+                }
+            }
+            DockerMode::Swarm => self.remove_now().await?,
+        }
+        let state = ProcessState::Exited {
+            code: None,
+            signal: Some(Signal::SIGKILL as i32),
+        };
+        Ok(self.cached().unwrap_or_else(|| self.remember(state)))
+    }
+
+    async fn remove_now(&self) -> Result<(), Error> {
+        if self.removed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        remove_workload(&self.client, self.mode, &self.id)
+            .await
+            .map_err(Error::Docker)?;
+        self.removed.store(true, Ordering::SeqCst);
+        tracing::info!(kernel_id = %self.kernel_id, id = %self.id, "kernel {} removed", self.mode.what());
+        Ok(())
+    }
+
+    fn not_running(&self) -> Error {
+        Error::NotRunning(format!(
+            "kernel {} ({} {}) is not running",
+            self.kernel_id,
+            self.mode.what(),
+            self.name
+        ))
+    }
+}
+
+#[async_trait]
+impl KernelProcess for DockerKernelProcess {
+    fn record(&self) -> KernelRecord {
+        KernelRecord {
+            resource_manager: self.backend.clone(),
+            kernel_id: self.kernel_id.clone(),
+            connection: self.connection.clone(),
+            process: serde_json::json!({
+                "mode": self.mode.as_str(),
+                "id": self.id,
+                "name": self.name,
+                "ip": self.ip.to_string(),
+                "assigned_ip": self.ip.to_string(),
+                "pid": self.remote_pid,
+                "pgid": self.remote_pgid,
+                "comm_port": self.comm.map(|c| c.addr().port()),
+                "remove": self.remove,
+                "log_path": self.log_path,
+                "interrupt_signal": Signal::try_from(self.interrupt_signal).map(|s| s.as_str()).unwrap_or("SIGINT"),
+            }),
+        }
+    }
+
+    async fn poll(&self) -> ProcessState {
+        let state = self.state().await;
+        if state == ProcessState::Running && self.listener_gone().await {
+            return ProcessState::Exited {
+                code: None,
+                signal: None,
+            };
+        }
+        state
+    }
+
+    async fn wait(&self) -> ProcessState {
+        self.wait_final().await
+    }
+
+    async fn signal(&self, signum: i32) -> Result<(), Error> {
+        if signum == 0 {
+            return match self.state().await {
+                ProcessState::Running => Ok(()),
+                ProcessState::Exited { .. } => Err(self.not_running()),
+                ProcessState::Unknown => Err(Error::Io(std::io::Error::other(format!(
+                    "cannot tell whether the {} of kernel {} runs",
+                    self.mode.what(),
+                    self.kernel_id
+                )))),
+            };
+        }
+        if let Some(ProcessState::Exited { .. }) = self.cached() {
+            return Err(self.not_running());
+        }
+        if signum == Signal::SIGKILL as i32 {
+            return self.force_stop().await.map(|_| ());
+        }
+        let Some(comm) = &self.comm else {
+            return Err(Error::Unsupported(format!(
+                "kernel {}: its launcher has no communication port to signal through",
+                self.kernel_id
+            )));
+        };
+        match comm.signal(signum).await {
+            CommOutcome::Delivered => Ok(()),
+            CommOutcome::Refused => Err(self.not_running()),
+            CommOutcome::Unknown(why) => Err(Error::Io(std::io::Error::other(format!(
+                "cannot signal kernel {} at {}: {why}",
+                self.kernel_id, self.ip
+            )))),
+        }
+    }
+
+    async fn interrupt(&self) -> Result<(), Error> {
+        self.signal(self.interrupt_signal).await
+    }
+
+    async fn terminate(&self, grace: Duration) -> Result<ProcessState, Error> {
+        if let Some(state) = self.cached() {
+            if self.remove {
+                self.remove_now().await?;
+            }
+            self.finished.store(true, Ordering::SeqCst);
+            return Ok(state);
+        }
+        let mut grace = grace;
+        if let Some(comm) = &self.comm {
+            let term = comm.signal(Signal::SIGTERM as i32).await;
+            let stop = comm.shutdown().await;
+            tracing::debug!(kernel_id = %self.kernel_id, ?term, ?stop, "asked the launcher to stop the kernel");
+            if term == CommOutcome::Refused && self.listener_stopped.load(Ordering::SeqCst) {
+                grace = grace.min(self.poll_interval * 4);
+            }
+        }
+        let state = match tokio::time::timeout(grace, self.wait_final()).await {
+            Ok(state) => {
+                if self.remove {
+                    self.remove_now().await?;
+                }
+                state
+            }
+            Err(_) => {
+                tracing::info!(kernel_id = %self.kernel_id, id = %self.id, "kernel {} still running; stopping it", self.mode.what());
+                self.force_stop().await?
+            }
+        };
+        self.finished.store(true, Ordering::SeqCst);
+        Ok(state)
+    }
+
+    async fn shutdown_requested(&self) {
+        if self.cached().is_none()
+            && let Some(comm) = &self.comm
+        {
+            let outcome = comm.shutdown().await;
+            tracing::debug!(kernel_id = %self.kernel_id, ?outcome, "told the launcher's listener that the kernel is shutting down");
+            self.listener_stopped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    async fn cleanup(&self, _keep_connection_file: bool) {
+        if let Some(submitter) = &self.submitter {
+            submitter.kill().await;
+        }
+        if self.detached.load(Ordering::SeqCst) {
+            return;
+        }
+        if self.cached().is_none()
+            && let Some(comm) = &self.comm
+        {
+            let _ = comm.shutdown().await;
+        }
+        // A kernel that ended by itself leaves its workload: remove it as shutdown would.
+        if matches!(self.state().await, ProcessState::Exited { .. }) {
+            self.finished.store(true, Ordering::SeqCst);
+            if self.remove
+                && let Err(err) = self.remove_now().await
+            {
+                tracing::warn!(kernel_id = %self.kernel_id, id = %self.id, "cannot remove the kernel's {}: {err}", self.mode.what());
+            }
+        }
+    }
+
+    fn log_tail(&self, max_lines: usize) -> String {
+        read_tail(&self.log_path, max_lines).unwrap_or_default()
+    }
+
+    fn detach(&self) {
+        self.detached.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for DockerKernelProcess {
+    fn drop(&mut self) {
+        if let Some(submitter) = &self.submitter
+            && submitter.state() == ProcessState::Running
+        {
+            let _ = killpg(submitter.pid, Signal::SIGKILL);
+        }
+        if self.detached.load(Ordering::SeqCst) || self.removed.load(Ordering::SeqCst) {
+            return;
+        }
+        let finished = self.finished.load(Ordering::SeqCst);
+        if finished && !self.remove {
+            return;
+        }
+        // Nothing may be left running: remove the workload in the background if we can.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            if !finished {
+                tracing::warn!(kernel_id = %self.kernel_id, id = %self.id, "kernel handle dropped while running: removing its {}", self.mode.what());
+            }
+            let client = self.client.clone();
+            let (mode, id) = (self.mode, self.id.clone());
+            let kill_only = mode == DockerMode::Container && !self.remove;
+            runtime.spawn(async move {
+                let result = if kill_only {
+                    client.kill_container(&id, "SIGKILL").await
+                } else {
+                    remove_workload(&client, mode, &id).await
+                };
+                if let Err(err) = result
+                    && !err.is_not_found()
+                {
+                    tracing::warn!(%id, "cannot stop the kernel's {}: {err}", mode.what());
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::client::TaskStatus;
+
+    fn task(state: &str, desired: &str, created: &str) -> Task {
+        Task {
+            id: format!("t-{state}"),
+            node_id: String::new(),
+            desired_state: desired.into(),
+            status: TaskStatus {
+                state: state.into(),
+                ..TaskStatus::default()
+            },
+            networks_attachments: Vec::new(),
+            created_at: created.into(),
+        }
+    }
+
+    #[test]
+    fn the_current_task_is_the_one_wanted_running() {
+        let tasks = vec![
+            task("failed", "shutdown", "2026-12-03T10:00:02Z"),
+            task("running", "running", "2026-12-03T10:00:01Z"),
+        ];
+        assert_eq!(
+            current_task(&tasks).map(|t| t.id.as_str()),
+            Some("t-running")
+        );
+        let ended = vec![task("complete", "shutdown", "2026-12-03T10:00:02Z")];
+        assert_eq!(
+            current_task(&ended).map(|t| t.id.as_str()),
+            Some("t-complete")
+        );
+        assert!(current_task(&[]).is_none());
+        for state in [
+            "complete", "failed", "rejected", "shutdown", "orphaned", "remove",
+        ] {
+            assert!(is_task_final(state), "{state}");
+        }
+        for state in [
+            "new",
+            "pending",
+            "assigned",
+            "preparing",
+            "starting",
+            "running",
+        ] {
+            assert!(!is_task_final(state), "{state}");
+        }
+    }
+
+    #[test]
+    fn failures_read_like_eg() {
+        let state = super::super::client::ContainerState {
+            status: "exited".into(),
+            exit_code: 127,
+            error: String::new(),
+            oom_killed: false,
+        };
+        assert_eq!(
+            container_failure("exited", &state),
+            "Error starting kernel container; status: 'exited'. Exit code 127."
+        );
+        let mut failed = task("failed", "shutdown", "");
+        failed.status.err = "No such image: nope:latest".into();
+        assert_eq!(
+            task_failure(&failed),
+            "Error starting kernel service; task status: 'failed'. No such image: nope:latest"
+        );
+    }
+}
