@@ -6,10 +6,13 @@
 
 mod auth;
 mod backends;
+mod docker;
 mod egconfig;
 mod listen;
 mod memory;
+mod optdef;
 mod options;
+mod plugins;
 mod profiles;
 mod settings;
 mod store;
@@ -46,30 +49,30 @@ fn main() -> ExitCode {
     }
     // One crypto provider for every TLS user in the process, installed before anything builds a config.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    // Logging first, so what reading the configuration warns about (and what authenticators
-    // log while loading their files) is not lost.
-    let filter = match settings::log_filter(raw.get("log_level")) {
+    let values = match options::Values::read(&raw) {
+        Ok(values) => values,
+        Err(e) => return usage_error(format!("{e:#}")),
+    };
+    // Logging first, so what authenticators log while loading their files is not lost; what
+    // reading the configuration found is logged as soon as logging is up.
+    let filter = match values.log_level.filter() {
         Ok(filter) => filter,
         Err(e) => return usage_error(format!("{e:#}")),
     };
-    let json = match raw.get("log_format").trim() {
-        "" | "text" => false,
-        "json" => true,
-        other => {
-            return usage_error(format!("--log_format: {other:?} is neither text nor json"));
-        }
-    };
-    init_logging(filter, json);
+    init_logging(filter, values.log_format);
     if !raw.unsupported().is_empty() {
         tracing::warn!(
             "ignoring settings this gateway does not support: {}",
             raw.unsupported().join("; ")
         );
     }
-    let settings = match settings::build(&raw, &env) {
+    let settings = match settings::build(&values, &env) {
         Ok(s) => s,
         Err(e) => return usage_error(format!("{e:#}")),
     };
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -134,12 +137,12 @@ fn clap_message(e: &clap::Error) -> String {
 /// coloured only when stderr is a terminal, or (`--log_format=json`) one JSON object per line
 /// whose event fields (`kernel_id`, `user`, ...) sit at the top level beside `timestamp`,
 /// `level`, `target` and `message`.
-fn init_logging(filter: tracing_subscriber::EnvFilter, json: bool) {
+fn init_logging(filter: tracing_subscriber::EnvFilter, format: optdef::LogFormat) {
     use std::io::IsTerminal as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let registry = tracing_subscriber::registry().with(filter);
-    if json {
+    if format == optdef::LogFormat::Json {
         let json = tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)

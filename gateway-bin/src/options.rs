@@ -7,28 +7,20 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::Path;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use gateway_http::GatewayConfig;
+use gateway_http::auth::mtls::UserField;
+use gateway_http::auth::{SharedToken, jupyterhub, jwt};
+use gateway_http::config::{Culling, HttpLimits, RestartBackoff};
+use kernel_launcher::PortRange;
+use resource_managers::ssh::balance::LoadBalancing;
 
-/// One configurable option.
-#[derive(Debug)]
-pub(crate) struct OptionDef {
-    /// Our name, also the CLI flag (`--<name>`) and the config-file key.
-    pub(crate) name: &'static str,
-    /// Placeholder in `--help`.
-    pub(crate) value: &'static str,
-    /// Default, as text (empty = unset).
-    pub(crate) default: &'static str,
-    /// Environment variables, first match wins (EG's, then legacy KG_ fallbacks).
-    pub(crate) env: &'static [&'static str],
-    /// traitlets classes whose `--Class.<trait>` spelling is accepted.
-    pub(crate) classes: &'static [&'static str],
-    /// The trait name in those classes when it differs from `name`.
-    pub(crate) trait_name: Option<&'static str>,
-    /// One line of help.
-    pub(crate) help: &'static str,
-}
+pub(crate) use crate::optdef::OptionDef;
+use crate::optdef::{LogFormat, LogLevel};
 
 const APP: &[&str] = &["EnterpriseGatewayApp"];
 const KM: &[&str] = &[
@@ -42,14 +34,6 @@ const APP_KM: &[&str] = &[
     "RemoteMappingKernelManager",
     "MappingKernelManager",
     "AsyncMappingKernelManager",
-];
-
-/// Older or other trait names of an option, accepted in every class the option's classes name
-/// and as config-file keys (traitlets' deprecated spellings that EG's images still use).
-const TRAIT_ALIASES: &[(&str, &[&str])] = &[
-    ("allowed_kernelspecs", &["whitelist", "allowed_kernels"]),
-    ("client_envs", &["env_whitelist"]),
-    ("inherited_envs", &["env_process_whitelist"]),
 ];
 
 #[rustfmt::skip]
@@ -109,137 +93,121 @@ pub(crate) const UNSUPPORTED: &[(&[&str], &str)] = &[
     ),
 ];
 
-macro_rules! opt {
-    ($name:literal, $value:literal, $default:literal, [$($env:literal),*], $classes:expr, $help:literal) => {
-        opt!($name, $value, $default, [$($env),*], $classes, None, $help)
-    };
-    ($name:literal, $value:literal, $default:literal, [$($env:literal),*], $classes:expr, $trait:expr, $help:literal) => {
-        OptionDef {
-            name: $name,
-            value: $value,
-            default: $default,
-            env: &[$($env),*],
-            classes: $classes,
-            trait_name: $trait,
-            help: $help,
-        }
-    };
-}
-
-/// Every option the gateway understands, one line each.
-#[rustfmt::skip]
-pub(crate) const OPTIONS: &[OptionDef] = &[
+// Every option the gateway understands, one line each (see `declare_options!` for the form);
+// a line's type is its field's type in `Values`, and says how its text is converted.
+crate::optdef::declare_options! {
     // Server.
-    opt!("ip", "ADDR", "127.0.0.1", ["EG_IP", "KG_IP"], APP, "Address to listen on"),
-    opt!("port", "PORT", "8888", ["EG_PORT", "KG_PORT"], APP, "Port to listen on"),
-    opt!("port_retries", "N", "50", ["EG_PORT_RETRIES", "KG_PORT_RETRIES"], APP, "Other ports to try when the port is busy (0 = only --port)"),
-    opt!("base_url", "PATH", "/", ["EG_BASE_URL", "KG_BASE_URL"], APP, "URL prefix of every route"),
-    opt!("auth_token", "TOKEN", "", ["EG_AUTH_TOKEN", "KG_AUTH_TOKEN"], APP, "Require this token (header `Authorization: token <t>` or `?token=`)"),
-    opt!("certfile", "FILE", "", ["EG_CERTFILE", "KG_CERTFILE"], APP, "TLS certificate chain (PEM); enables HTTPS"),
-    opt!("keyfile", "FILE", "", ["EG_KEYFILE", "KG_KEYFILE"], APP, "TLS private key (PEM)"),
-    opt!("client_ca", "FILE", "", ["EG_CLIENT_CA", "KG_CLIENT_CA"], APP, "Require client certificates signed by this CA (mutual TLS)"),
-    opt!("ssl_version", "N", "", ["EG_SSL_VERSION", "KG_SSL_VERSION"], APP, "Accepted for compatibility; TLS 1.2 and 1.3 are always offered"),
-    opt!("allow_origin", "ORIGIN", "", ["EG_ALLOW_ORIGIN", "KG_ALLOW_ORIGIN"], APP, "Access-Control-Allow-Origin; `*` disables the origin check"),
-    opt!("allow_credentials", "VALUE", "", ["EG_ALLOW_CREDENTIALS", "KG_ALLOW_CREDENTIALS"], APP, "Access-Control-Allow-Credentials"),
-    opt!("allow_headers", "VALUE", "", ["EG_ALLOW_HEADERS", "KG_ALLOW_HEADERS"], APP, "Access-Control-Allow-Headers"),
-    opt!("allow_methods", "VALUE", "", ["EG_ALLOW_METHODS", "KG_ALLOW_METHODS"], APP, "Access-Control-Allow-Methods"),
-    opt!("expose_headers", "VALUE", "", ["EG_EXPOSE_HEADERS", "KG_EXPOSE_HEADERS"], APP, "Access-Control-Expose-Headers"),
-    opt!("max_age", "VALUE", "", ["EG_MAX_AGE", "KG_MAX_AGE"], APP, "Access-Control-Max-Age"),
-    opt!("trust_xheaders", "BOOL", "false", ["EG_TRUST_XHEADERS", "KG_TRUST_XHEADERS"], APP, "Accepted for compatibility"),
+    ip: IpAddr = "127.0.0.1", "ADDR", ["EG_IP", "KG_IP"], APP, "Address to listen on";
+    port: u16 = "8888", "PORT", ["EG_PORT", "KG_PORT"], APP, "Port to listen on";
+    port_retries: u16 = "50", "N", ["EG_PORT_RETRIES", "KG_PORT_RETRIES"], APP, "Other ports to try when the port is busy (0 = only --port)";
+    base_url: String = { GatewayConfig::default().base_url }, "PATH", ["EG_BASE_URL", "KG_BASE_URL"], APP, "URL prefix of every route";
+    auth_token: Option<String> = "", "TOKEN", ["EG_AUTH_TOKEN", "KG_AUTH_TOKEN"], APP, "Require this token (header `Authorization: token <t>` or `?token=`)";
+    certfile: Option<PathBuf> = "", "FILE", ["EG_CERTFILE", "KG_CERTFILE"], APP, "TLS certificate chain (PEM); enables HTTPS";
+    keyfile: Option<PathBuf> = "", "FILE", ["EG_KEYFILE", "KG_KEYFILE"], APP, "TLS private key (PEM)";
+    client_ca: Option<PathBuf> = "", "FILE", ["EG_CLIENT_CA", "KG_CLIENT_CA"], APP, "Require client certificates signed by this CA (mutual TLS)";
+    ssl_version: Option<String> = "", "N", ["EG_SSL_VERSION", "KG_SSL_VERSION"], APP, "Accepted for compatibility; TLS 1.2 and 1.3 are always offered";
+    allow_origin: Option<String> = "", "ORIGIN", ["EG_ALLOW_ORIGIN", "KG_ALLOW_ORIGIN"], APP, "Access-Control-Allow-Origin; `*` disables the origin check";
+    allow_credentials: Option<String> = "", "VALUE", ["EG_ALLOW_CREDENTIALS", "KG_ALLOW_CREDENTIALS"], APP, "Access-Control-Allow-Credentials";
+    allow_headers: Option<String> = "", "VALUE", ["EG_ALLOW_HEADERS", "KG_ALLOW_HEADERS"], APP, "Access-Control-Allow-Headers";
+    allow_methods: Option<String> = "", "VALUE", ["EG_ALLOW_METHODS", "KG_ALLOW_METHODS"], APP, "Access-Control-Allow-Methods";
+    expose_headers: Option<String> = "", "VALUE", ["EG_EXPOSE_HEADERS", "KG_EXPOSE_HEADERS"], APP, "Access-Control-Expose-Headers";
+    max_age: Option<String> = "", "VALUE", ["EG_MAX_AGE", "KG_MAX_AGE"], APP, "Access-Control-Max-Age";
+    trust_xheaders: bool = "false", "BOOL", ["EG_TRUST_XHEADERS", "KG_TRUST_XHEADERS"], APP, "Accepted for compatibility";
     // Identity: who may use the API (see the README's "Users and authentication").
-    opt!("authenticators", "LIST", "", ["EG_AUTHENTICATORS"], &[], "Authenticators tried in this order: token, token_file, jwt, jupyterhub, mtls (default: every configured one, in the order mtls, token, token_file, jwt, jupyterhub; none = everyone trusted, as EG without a token)"),
-    opt!("auth_token_user", "USER", "gateway-service", ["EG_AUTH_TOKEN_USER"], &[], "The identity the shared auth_token authenticates"),
-    opt!("auth_token_roles", "LIST", "admin,impersonate", ["EG_AUTH_TOKEN_ROLES"], &[], "Roles of the shared auth_token's identity (admin: sees every kernel; impersonate: may send any KERNEL_USERNAME); the default keeps EG's behaviour"),
-    opt!("token_file", "FILE", "", ["EG_TOKEN_FILE"], &[], "Per-user tokens (TOML or JSON, hashes only; written by `enterprise-gateway token`), reloaded on change and on SIGHUP"),
-    opt!("oidc_issuer", "URL", "", ["EG_OIDC_ISSUER"], &[], "Accept bearer JWTs from this OIDC issuer (keys from its discovery document unless --oidc_jwks_url)"),
-    opt!("oidc_jwks_url", "URL", "", ["EG_OIDC_JWKS_URL"], &[], "The issuer's JWKS (default: jwks_uri of <issuer>/.well-known/openid-configuration)"),
-    opt!("oidc_audience", "LIST", "", ["EG_OIDC_AUDIENCE"], &[], "Accepted `aud` values (required with --oidc_issuer)"),
-    opt!("oidc_user_claim", "CLAIM", "preferred_username", ["EG_OIDC_USER_CLAIM"], &[], "The JWT claim that names the user"),
-    opt!("oidc_groups_claim", "CLAIM", "groups", ["EG_OIDC_GROUPS_CLAIM"], &[], "The JWT claim that lists the user's groups"),
-    opt!("oidc_leeway", "SECS", "60", ["EG_OIDC_LEEWAY"], &[], "Clock skew allowed when checking exp and nbf"),
-    opt!("oidc_jwks_refresh_interval", "SECS", "10", ["EG_OIDC_JWKS_REFRESH_INTERVAL"], &[], "Least time between two fetches of the issuer's keys caused by tokens naming an unknown kid (the first one always happens)"),
-    opt!("jupyterhub_api_url", "URL", "", ["EG_JUPYTERHUB_API_URL"], &[], "Accept JupyterHub API tokens, checked at <url>/user (e.g. http://hub:8081/hub/api)"),
-    opt!("jupyterhub_cache_ttl", "SECS", "30", ["EG_JUPYTERHUB_CACHE_TTL"], &[], "How long a JupyterHub token's answer is reused (a revoked token works this long at most)"),
-    opt!("mtls_user_field", "FIELD", "cn", ["EG_MTLS_USER_FIELD"], &[], "Which part of a client certificate names the user: cn, email, dns or uri (SANs); needs --client_ca"),
-    opt!("admin_users", "LIST", "", ["EG_ADMIN_USERS"], &[], "Users with the admin role (see and manage every kernel)"),
-    opt!("admin_groups", "LIST", "", ["EG_ADMIN_GROUPS"], &[], "Groups whose members have the admin role"),
+    authenticators: Vec<String> = "", "LIST", ["EG_AUTHENTICATORS"], &[], "Authenticators tried in this order: token, token_file, jwt, jupyterhub, mtls (default: every configured one, in the order mtls, token, token_file, jwt, jupyterhub; none = everyone trusted, as EG without a token)";
+    auth_token_user: String = { SharedToken::DEFAULT_USER }, "USER", ["EG_AUTH_TOKEN_USER"], &[], "The identity the shared auth_token authenticates";
+    auth_token_roles: Vec<String> = "admin,impersonate", "LIST", ["EG_AUTH_TOKEN_ROLES"], &[], "Roles of the shared auth_token's identity (admin: sees every kernel; impersonate: may send any KERNEL_USERNAME); the default keeps EG's behaviour";
+    token_file: Option<String> = "", "FILE", ["EG_TOKEN_FILE"], &[], "Per-user tokens (TOML or JSON, hashes only; written by `enterprise-gateway token`), reloaded on change and on SIGHUP";
+    oidc_issuer: Option<String> = "", "URL", ["EG_OIDC_ISSUER"], &[], "Accept bearer JWTs from this OIDC issuer (keys from its discovery document unless --oidc_jwks_url)";
+    oidc_jwks_url: Option<String> = "", "URL", ["EG_OIDC_JWKS_URL"], &[], "The issuer's JWKS (default: jwks_uri of <issuer>/.well-known/openid-configuration)";
+    oidc_audience: Vec<String> = "", "LIST", ["EG_OIDC_AUDIENCE"], &[], "Accepted `aud` values (required with --oidc_issuer)";
+    oidc_user_claim: String = { jwt::DEFAULT_USER_CLAIM }, "CLAIM", ["EG_OIDC_USER_CLAIM"], &[], "The JWT claim that names the user";
+    oidc_groups_claim: String = { jwt::DEFAULT_GROUPS_CLAIM }, "CLAIM", ["EG_OIDC_GROUPS_CLAIM"], &[], "The JWT claim that lists the user's groups";
+    oidc_leeway: Duration = { jwt::JwtSettings::new(String::new(), Vec::new()).leeway }, "SECS", ["EG_OIDC_LEEWAY"], &[], "Clock skew allowed when checking exp and nbf";
+    oidc_jwks_refresh_interval: Duration = { jwt::DEFAULT_REFRESH_INTERVAL }, "SECS", ["EG_OIDC_JWKS_REFRESH_INTERVAL"], &[], "Least time between two fetches of the issuer's keys caused by tokens naming an unknown kid (the first one always happens)";
+    jupyterhub_api_url: Option<String> = "", "URL", ["EG_JUPYTERHUB_API_URL"], &[], "Accept JupyterHub API tokens, checked at <url>/user (e.g. http://hub:8081/hub/api)";
+    jupyterhub_cache_ttl: Duration = { jupyterhub::DEFAULT_CACHE_TTL }, "SECS", ["EG_JUPYTERHUB_CACHE_TTL"], &[], "How long a JupyterHub token's answer is reused (a revoked token works this long at most)";
+    mtls_user_field: UserField = "cn", "FIELD", ["EG_MTLS_USER_FIELD"], &[], "Which part of a client certificate names the user: cn, email, dns or uri (SANs); needs --client_ca";
+    admin_users: Vec<String> = "", "LIST", ["EG_ADMIN_USERS"], &[], "Users with the admin role (see and manage every kernel)";
+    admin_groups: Vec<String> = "", "LIST", ["EG_ADMIN_GROUPS"], &[], "Groups whose members have the admin role";
     // The HTTP edge.
-    opt!("max_header_bytes", "BYTES", "32768", ["EG_MAX_HEADER_BYTES"], &[], "Largest request line plus headers (431 beyond)"),
-    opt!("max_body_bytes", "BYTES", "16777216", ["EG_MAX_BODY_BYTES"], &[], "Largest request body (413 beyond, from Content-Length before reading)"),
-    opt!("header_timeout", "SECS", "10", ["EG_HEADER_TIMEOUT"], &[], "Time allowed for a complete request head (408 and close beyond)"),
-    opt!("body_timeout", "SECS", "10", ["EG_BODY_TIMEOUT"], &[], "Longest pause while a request body arrives (408 and close beyond)"),
-    opt!("max_connections_per_client", "N", "512", ["EG_MAX_CONNECTIONS_PER_CLIENT"], &[], "Most open connections from one client address (503 beyond; 0 = no limit)"),
-    opt!("max_connections", "N", "10000", ["EG_MAX_CONNECTIONS"], &[], "Most open connections in all (503 beyond; 0 = no limit); also capped at the open-file limit less fd_reserve"),
-    opt!("fd_reserve", "N", "256", ["EG_FD_RESERVE"], &[], "File descriptors kept free of client connections for kernels, logs, the store and refusals"),
-    opt!("client_memory_budget", "BYTES", "536870912", ["EG_CLIENT_MEMORY_BUDGET"], &[], "Bytes held for all clients together (queues, reconnect buffers, write queues); past it the largest holders are disconnected (0 = no limit)"),
-    opt!("client_memory_share", "BYTES", "67108864", ["EG_CLIENT_MEMORY_SHARE"], &[], "Bytes held for one client; past it the client is disconnected with close code 1008 and its queue dropped (0 = no limit)"),
-    opt!("max_env_bytes", "BYTES", "262144", ["EG_MAX_ENV_BYTES"], &[], "Largest `env` object of a start request, names plus values (400 beyond)"),
-    opt!("ws_ping_interval", "SECS", "30", ["EG_WS_PING_INTERVAL_SECS"], APP, "WebSocket ping interval (0 disables)"),
-    opt!("log_level", "LEVEL", "info", ["EG_LOG_LEVEL"], &["Application"], "Log level: error, warn, info, debug, trace (or a tracing filter)"),
-    opt!("log_format", "FORMAT", "text", ["EG_LOG_FORMAT"], &[], "Log lines as text (for people) or json (one object per line, kernel_id and user as fields)"),
-    opt!("metrics_enabled", "BOOL", "true", ["EG_METRICS_ENABLED"], &[], "Record Prometheus metrics and serve /metrics (false: nothing is recorded)"),
-    opt!("metrics_port", "PORT", "", ["EG_METRICS_PORT"], &[], "Serve /metrics without authentication on this port of --ip (default: on the API port, to admins only)"),
+    max_header_bytes: usize = { HttpLimits::default().max_head_bytes }, "BYTES", ["EG_MAX_HEADER_BYTES"], &[], "Largest request line plus headers (431 beyond)";
+    max_body_bytes: usize = { HttpLimits::default().max_body_bytes }, "BYTES", ["EG_MAX_BODY_BYTES"], &[], "Largest request body (413 beyond, from Content-Length before reading)";
+    header_timeout: Duration = { HttpLimits::default().header_timeout }, "SECS", ["EG_HEADER_TIMEOUT"], &[], "Time allowed for a complete request head (408 and close beyond)";
+    body_timeout: Duration = { HttpLimits::default().body_timeout }, "SECS", ["EG_BODY_TIMEOUT"], &[], "Longest pause while a request body arrives (408 and close beyond)";
+    max_connections_per_client: usize = { HttpLimits::default().max_connections_per_client }, "N", ["EG_MAX_CONNECTIONS_PER_CLIENT"], &[], "Most open connections from one client address (503 beyond; 0 = no limit)";
+    max_connections: usize = { HttpLimits::default().max_connections }, "N", ["EG_MAX_CONNECTIONS"], &[], "Most open connections in all (503 beyond; 0 = no limit); also capped at the open-file limit less fd_reserve";
+    fd_reserve: usize = { HttpLimits::default().fd_reserve }, "N", ["EG_FD_RESERVE"], &[], "File descriptors kept free of client connections for kernels, logs, the store and refusals";
+    client_memory_budget: usize = { HttpLimits::default().client_memory_budget }, "BYTES", ["EG_CLIENT_MEMORY_BUDGET"], &[], "Bytes held for all clients together (queues, reconnect buffers, write queues); past it the largest holders are disconnected (0 = no limit)";
+    client_memory_share: usize = { HttpLimits::default().client_memory_share }, "BYTES", ["EG_CLIENT_MEMORY_SHARE"], &[], "Bytes held for one client; past it the client is disconnected with close code 1008 and its queue dropped (0 = no limit)";
+    max_env_bytes: usize = { kernel_launcher::env::DEFAULT_MAX_ENV_BYTES }, "BYTES", ["EG_MAX_ENV_BYTES"], &[], "Largest `env` object of a start request, names plus values (400 beyond)";
+    ws_ping_interval: Duration = { GatewayConfig::default().ws_ping_interval }, "SECS", ["EG_WS_PING_INTERVAL_SECS"], APP, "WebSocket ping interval (0 disables)";
+    log_level: LogLevel = "info", "LEVEL", ["EG_LOG_LEVEL"], &["Application"], "Log level: error, warn, info, debug, trace (or a tracing filter)";
+    log_format: LogFormat = "text", "FORMAT", ["EG_LOG_FORMAT"], &[], "Log lines as text (for people) or json (one object per line, kernel_id and user as fields)";
+    metrics_enabled: bool = "true", "BOOL", ["EG_METRICS_ENABLED"], &[], "Record Prometheus metrics and serve /metrics (false: nothing is recorded)";
+    metrics_port: Option<u16> = "", "PORT", ["EG_METRICS_PORT"], &[], "Serve /metrics without authentication on this port of --ip (default: on the API port, to admins only)";
     // Kernels and policy.
-    opt!("list_kernels", "BOOL", "true", ["EG_LIST_KERNELS", "KG_LIST_KERNELS"], APP, "Allow GET /api/kernels and /api/sessions; each caller sees only their own kernels, admins all (EG defaults to false, when its list showed everyone's)"),
-    opt!("max_kernels", "N", "", ["EG_MAX_KERNELS", "KG_MAX_KERNELS"], APP, "Most kernels at once, starts in progress included"),
-    opt!("max_kernels_per_user", "N", "-1", ["EG_MAX_KERNELS_PER_USER"], APP, "Most kernels per KERNEL_USERNAME (-1 = no limit)"),
-    opt!("default_kernel_name", "NAME", "", ["EG_DEFAULT_KERNEL_NAME", "KG_DEFAULT_KERNEL_NAME"], APP_KM, "Kernelspec used when a request names none (default python3)"),
-    opt!("allowed_kernelspecs", "LIST", "", ["EG_ALLOWED_KERNELS", "EG_KERNEL_WHITELIST", "EG_ALLOWED_KERNELSPECS"], KSM, "Only these kernelspecs are listed and started (comma list; also `--KernelSpecManager.whitelist`, `allowed_kernels`)"),
-    opt!("kernelspec_dirs", "LIST", "", ["EG_KERNELSPEC_DIRS"], &[], "Extra kernelspec directories searched after the Jupyter path (comma list of .../kernels dirs)"),
-    opt!("authorized_users", "LIST", "", ["EG_AUTHORIZED_USERS", "GP_AUTHORIZED_USERS"], APP, "Users allowed to start kernels (empty = all not refused)"),
-    opt!("unauthorized_users", "LIST", "root", ["EG_UNAUTHORIZED_USERS", "GP_UNAUTHORIZED_USERS"], APP, "Users refused"),
-    opt!("impersonation_enabled", "BOOL", "false", ["EG_IMPERSONATION_ENABLED", "GP_IMPERSONATION_ENABLED"], APP, "Run kernels as KERNEL_USERNAME where the backend supports it"),
-    opt!("client_envs", "LIST", "", ["EG_CLIENT_ENVS", "EG_ENV_WHITELIST"], APP, "Request env variables passed to kernels besides KERNEL_* (`*` = all)"),
-    opt!("inherited_envs", "LIST", "", ["EG_INHERITED_ENVS", "EG_ENV_PROCESS_WHITELIST"], APP, "Gateway env variables passed to kernels"),
-    opt!("kernel_headers", "LIST", "", ["EG_KERNEL_HEADERS"], APP, "Accepted for compatibility"),
-    opt!("port_range", "LO..HI", "0..0", ["EG_PORT_RANGE", "GP_PORT_RANGE"], APP, "Kernel ports come from this range (0..0 = any)"),
-    opt!("launch_timeout", "SECS", "30", ["EG_KERNEL_LAUNCH_TIMEOUT", "GP_LAUNCH_TIMEOUT"], &[], "Default kernel launch deadline"),
-    opt!("max_launch_timeout", "SECS", "600", ["EG_MAX_KERNEL_LAUNCH_TIMEOUT"], &[], "Upper bound on a request's KERNEL_LAUNCH_TIMEOUT"),
-    opt!("kernel_info_timeout", "SECS", "60", ["EG_KERNEL_INFO_TIMEOUT"], KM, "Wait for kernel_info before a WebSocket opens"),
-    opt!("shutdown_wait_time", "SECS", "5", ["EG_SHUTDOWN_WAIT_TIME"], &["KernelManager", "RemoteKernelManager"], "Graceful shutdown wait before a kernel is terminated"),
-    opt!("restart_limit", "N", "5", ["EG_RESTART_LIMIT"], &["KernelRestarter"], "Consecutive automatic restarts before a kernel is declared dead (0 = never restart)"),
-    opt!("restart_backoff_initial", "SECS", "1", ["EG_RESTART_BACKOFF_INITIAL"], &[], "Wait before the second automatic relaunch of a series (the first is at once), doubling for each further one"),
-    opt!("restart_backoff_max", "SECS", "30", ["EG_RESTART_BACKOFF_MAX"], &[], "Longest wait between automatic relaunches"),
-    opt!("cull_idle_timeout", "SECS", "0", ["EG_CULL_IDLE_TIMEOUT"], KM, "Shut down kernels idle this long (0 = never)"),
-    opt!("cull_interval", "SECS", "300", ["EG_CULL_INTERVAL"], KM, "How often idle kernels are looked for"),
-    opt!("cull_connected", "BOOL", "false", ["EG_CULL_CONNECTED"], KM, "Cull kernels with open connections too"),
-    opt!("cull_busy", "BOOL", "false", ["EG_CULL_BUSY"], KM, "Cull busy kernels too"),
-    opt!("cull_busy_timeout", "SECS", "0", ["EG_CULL_BUSY_TIMEOUT"], KM, "With cull_busy: busy kernels are culled after this long (0 = cull_idle_timeout)"),
-    opt!("buffer_max_messages", "N", "10000", ["EG_BUFFER_MAX_MESSAGES"], &[], "Messages kept for a disconnected client"),
-    opt!("buffer_max_bytes", "BYTES", "67108864", ["EG_BUFFER_MAX_BYTES"], &[], "Bytes kept for a disconnected client"),
-    opt!("buffer_ttl", "SECS", "600", ["EG_BUFFER_TTL"], &[], "How long a disconnected client's messages are kept"),
-    opt!("ws_max_message_size", "BYTES", "104857600", ["EG_WS_MAX_MESSAGE_SIZE"], &[], "Largest WebSocket message accepted"),
-    opt!("shutdown_kernels_on_exit", "BOOL", "true", ["EG_SHUTDOWN_KERNELS_ON_EXIT"], &[], "Shut kernels down when the gateway stops (false: leave them running for the next gateway on the same store)"),
-    opt!("store", "LOCATION", "", ["EG_KERNEL_STORE"], &[], "Where kernels are recorded so they outlive the gateway: a SQLite file (default <JUPYTER_DATA_DIR>/kernels.sqlite), a postgres:// URL shared by several gateways, or none"),
-    opt!("store_ca_file", "FILE", "", ["EG_KERNEL_STORE_CA_FILE"], &[], "CA certificates (PEM) for a postgres:// store: the connection is then TLS only, the server's certificate checked against them"),
-    opt!("gateway_id", "NAME", "", ["EG_GATEWAY_ID"], &[], "This gateway's name in the store's leases (default <hostname>:<port>); a gateway restarted under the same name takes its kernels back at once"),
-    opt!("lease_ttl", "SECS", "30", ["EG_LEASE_TTL"], &[], "How long a gateway's lease on its kernels holds unrenewed: the bound on how soon another gateway takes over a dead gateway's kernels"),
+    list_kernels: bool = { GatewayConfig::default().list_kernels }, "BOOL", ["EG_LIST_KERNELS", "KG_LIST_KERNELS"], APP, "Allow GET /api/kernels and /api/sessions; each caller sees only their own kernels, admins all (EG defaults to false, when its list showed everyone's)";
+    max_kernels: Option<usize> = { GatewayConfig::default().max_kernels }, "N", ["EG_MAX_KERNELS", "KG_MAX_KERNELS"], APP, "Most kernels at once, starts in progress included";
+    max_kernels_per_user: i64 = "-1", "N", ["EG_MAX_KERNELS_PER_USER"], APP, "Most kernels per KERNEL_USERNAME (-1 = no limit)";
+    default_kernel_name: String = { GatewayConfig::default().default_kernel_name }, "NAME", ["EG_DEFAULT_KERNEL_NAME", "KG_DEFAULT_KERNEL_NAME"], APP_KM, "Kernelspec used when a request names none";
+    allowed_kernelspecs: Vec<String> = "", "LIST", ["EG_ALLOWED_KERNELS", "EG_KERNEL_WHITELIST", "EG_ALLOWED_KERNELSPECS"], KSM, "Only these kernelspecs are listed and started (comma list; also `--KernelSpecManager.whitelist`, `allowed_kernels`)", aliases ["whitelist", "allowed_kernels"];
+    kernelspec_dirs: Vec<String> = "", "LIST", ["EG_KERNELSPEC_DIRS"], &[], "Extra kernelspec directories searched after the Jupyter path (comma list of .../kernels dirs)";
+    authorized_users: Vec<String> = "", "LIST", ["EG_AUTHORIZED_USERS", "GP_AUTHORIZED_USERS"], APP, "Users allowed to start kernels (empty = all not refused)";
+    unauthorized_users: Vec<String> = { GatewayConfig::default().unauthorized_users }, "LIST", ["EG_UNAUTHORIZED_USERS", "GP_UNAUTHORIZED_USERS"], APP, "Users refused";
+    impersonation_enabled: bool = { GatewayConfig::default().impersonation_enabled }, "BOOL", ["EG_IMPERSONATION_ENABLED", "GP_IMPERSONATION_ENABLED"], APP, "Run kernels as KERNEL_USERNAME where the backend supports it";
+    client_envs: Vec<String> = "", "LIST", ["EG_CLIENT_ENVS", "EG_ENV_WHITELIST"], APP, "Request env variables passed to kernels besides KERNEL_* (`*` = all)", aliases ["env_whitelist"];
+    inherited_envs: Vec<String> = "", "LIST", ["EG_INHERITED_ENVS", "EG_ENV_PROCESS_WHITELIST"], APP, "Gateway env variables passed to kernels", aliases ["env_process_whitelist"];
+    kernel_headers: Vec<String> = "", "LIST", ["EG_KERNEL_HEADERS"], APP, "Accepted for compatibility";
+    port_range: PortRange = { GatewayConfig::default().port_range }, "LO..HI", ["EG_PORT_RANGE", "GP_PORT_RANGE"], APP, "Kernel ports come from this range (0..0 = any)";
+    launch_timeout: Duration = { GatewayConfig::default().launch_timeout }, "SECS", ["EG_KERNEL_LAUNCH_TIMEOUT", "GP_LAUNCH_TIMEOUT"], &[], "Default kernel launch deadline";
+    max_launch_timeout: Duration = { GatewayConfig::default().max_launch_timeout }, "SECS", ["EG_MAX_KERNEL_LAUNCH_TIMEOUT"], &[], "Upper bound on a request's KERNEL_LAUNCH_TIMEOUT";
+    kernel_info_timeout: Duration = { GatewayConfig::default().kernel_info_timeout }, "SECS", ["EG_KERNEL_INFO_TIMEOUT"], KM, "Wait for kernel_info before a WebSocket opens";
+    shutdown_wait_time: Duration = { GatewayConfig::default().shutdown_wait_time }, "SECS", ["EG_SHUTDOWN_WAIT_TIME"], &["KernelManager", "RemoteKernelManager"], "Graceful shutdown wait before a kernel is terminated";
+    restart_limit: u32 = { GatewayConfig::default().restart_limit }, "N", ["EG_RESTART_LIMIT"], &["KernelRestarter"], "Consecutive automatic restarts before a kernel is declared dead (0 = never restart)";
+    restart_backoff_initial: Duration = { RestartBackoff::default().initial }, "SECS", ["EG_RESTART_BACKOFF_INITIAL"], &[], "Wait before the second automatic relaunch of a series (the first is at once), doubling for each further one";
+    restart_backoff_max: Duration = { RestartBackoff::default().max }, "SECS", ["EG_RESTART_BACKOFF_MAX"], &[], "Longest wait between automatic relaunches";
+    cull_idle_timeout: Duration = { Culling::default().idle_timeout }, "SECS", ["EG_CULL_IDLE_TIMEOUT"], KM, "Shut down kernels idle this long (0 = never)";
+    cull_interval: Duration = { Culling::default().interval }, "SECS", ["EG_CULL_INTERVAL"], KM, "How often idle kernels are looked for";
+    cull_connected: bool = { Culling::default().cull_connected }, "BOOL", ["EG_CULL_CONNECTED"], KM, "Cull kernels with open connections too";
+    cull_busy: bool = { Culling::default().cull_busy }, "BOOL", ["EG_CULL_BUSY"], KM, "Cull busy kernels too";
+    cull_busy_timeout: Duration = { Culling::default().busy_timeout }, "SECS", ["EG_CULL_BUSY_TIMEOUT"], KM, "With cull_busy: busy kernels are culled after this long (0 = cull_idle_timeout)";
+    buffer_max_messages: usize = { GatewayConfig::default().buffer_max_messages }, "N", ["EG_BUFFER_MAX_MESSAGES"], &[], "Messages kept for a disconnected client";
+    buffer_max_bytes: usize = { GatewayConfig::default().buffer_max_bytes }, "BYTES", ["EG_BUFFER_MAX_BYTES"], &[], "Bytes kept for a disconnected client";
+    buffer_ttl: Duration = { GatewayConfig::default().buffer_ttl }, "SECS", ["EG_BUFFER_TTL"], &[], "How long a disconnected client's messages are kept";
+    ws_max_message_size: usize = { GatewayConfig::default().ws_max_message_size }, "BYTES", ["EG_WS_MAX_MESSAGE_SIZE"], &[], "Largest WebSocket message accepted";
+    shutdown_kernels_on_exit: bool = { GatewayConfig::default().shutdown_kernels_on_exit }, "BOOL", ["EG_SHUTDOWN_KERNELS_ON_EXIT"], &[], "Shut kernels down when the gateway stops (false: leave them running for the next gateway on the same store)";
+    store: Option<String> = "", "LOCATION", ["EG_KERNEL_STORE"], &[], "Where kernels are recorded so they outlive the gateway: a SQLite file (default <JUPYTER_DATA_DIR>/kernels.sqlite), a postgres:// URL shared by several gateways, or none";
+    store_ca_file: Option<PathBuf> = "", "FILE", ["EG_KERNEL_STORE_CA_FILE"], &[], "CA certificates (PEM) for a postgres:// store: the connection is then TLS only, the server's certificate checked against them";
+    gateway_id: Option<String> = "", "NAME", ["EG_GATEWAY_ID"], &[], "This gateway's name in the store's leases (default <hostname>:<port>); a gateway restarted under the same name takes its kernels back at once";
+    lease_ttl: Duration = "30", "SECS", ["EG_LEASE_TTL"], &[], "How long a gateway's lease on its kernels holds unrenewed: the bound on how soon another gateway takes over a dead gateway's kernels";
     // Remote kernels (launchers call back; EG's DistributedProcessProxy).
-    opt!("profiles_file", "PATH", "", ["EG_PROFILES_FILE"], &[], "TOML file of kernel profiles ([[profiles]]) and warm pools ([[pools]]); re-read on SIGHUP"),
-    opt!("remote_hosts", "LIST", "localhost", ["EG_REMOTE_HOSTS", "GP_REMOTE_HOSTS"], APP, "Hosts for distributed (ssh) kernelspecs; a kernelspec's config.remote_hosts replaces them"),
-    opt!("load_balancing_algorithm", "NAME", "round-robin", ["EG_LOAD_BALANCING_ALGORITHM", "GP_LOAD_BALANCING_ALGORITHM"], APP, "How a remote host is chosen: round-robin or least-connection"),
-    opt!("response_ip", "ADDR", "", ["EG_RESPONSE_IP", "GP_RESPONSE_IP"], &[], "Address launchers call back to (default: this machine's primary address)"),
-    opt!("response_port", "PORT", "8877", ["EG_RESPONSE_PORT", "GP_RESPONSE_PORT"], &[], "Port of the launcher callback listener"),
-    opt!("response_port_retries", "N", "10", ["EG_RESPONSE_PORT_RETRIES", "GP_RESPONSE_PORT_RETRIES"], &[], "Further callback ports to try when the port is busy"),
-    opt!("response_addr_any", "BOOL", "false", ["EG_RESPONSE_ADDR_ANY", "GP_RESPONSE_ADDR_ANY"], &[], "Bind the callback listener on all interfaces"),
-    opt!("socket_timeout", "SECS", "1", ["EG_SOCKET_TIMEOUT", "GP_SOCKET_TIMEOUT"], &[], "Connect timeout of a remote kernel's communication port (at least 0.1)"),
-    opt!("ssh_port", "PORT", "22", ["EG_SSH_PORT", "GP_SSH_PORT"], &[], "SSH port of the remote hosts"),
-    opt!("remote_user", "USER", "", ["EG_REMOTE_USER", "GP_REMOTE_USER"], &[], "SSH user on the remote hosts (default: the gateway's user; KERNEL_USERNAME with impersonation)"),
-    opt!("remote_pwd", "PASSWORD", "", ["EG_REMOTE_PWD", "GP_REMOTE_PWD"], &[], "SSH password (prefer the environment variable; never logged, never passed to kernels)"),
-    opt!("ssh_key_file", "FILE", "", ["EG_SSH_KEY_FILE"], &[], "SSH private key (default: the agent at SSH_AUTH_SOCK, then ~/.ssh/id_ed25519, id_rsa)"),
-    opt!("ssh_known_hosts", "FILE", "", ["EG_SSH_KNOWN_HOSTS"], &[], "known_hosts file that remote host keys are checked against (default ~/.ssh/known_hosts)"),
-    opt!("ssh_accept_unknown_hosts", "BOOL", "false", ["EG_SSH_ACCEPT_UNKNOWN_HOSTS"], &[], "Accept hosts missing from known_hosts (a changed key is always refused)"),
-    opt!("enable_tunneling", "BOOL", "false", ["EG_ENABLE_TUNNELING", "GP_ENABLE_TUNNELING"], &[], "Tunnel remote kernels' ports through the SSH connection"),
-    opt!("ssh_local_hosts", "BOOL", "false", ["EG_SSH_LOCAL_HOSTS"], &[], "Reach hosts that are this machine over SSH too, instead of launching them directly (for testing against a separate sshd)"),
+    profiles_file: Option<PathBuf> = "", "PATH", ["EG_PROFILES_FILE"], &[], "TOML file of kernel profiles ([[profiles]]) and warm pools ([[pools]]); re-read on SIGHUP";
+    plugins_file: Option<PathBuf> = "", "PATH", ["EG_PLUGINS_FILE"], &[], "TOML file of external resource-manager plugins ([[plugins]] with argv, cwd, env), each asked hello at start (docs/plugin-protocol.md)";
+    remote_hosts: Vec<String> = "localhost", "LIST", ["EG_REMOTE_HOSTS", "GP_REMOTE_HOSTS"], APP, "Hosts for distributed (ssh) kernelspecs; a kernelspec's config.remote_hosts replaces them";
+    load_balancing_algorithm: LoadBalancing = "round-robin", "NAME", ["EG_LOAD_BALANCING_ALGORITHM", "GP_LOAD_BALANCING_ALGORITHM"], APP, "How a remote host is chosen: round-robin or least-connection";
+    response_ip: Option<IpAddr> = "", "ADDR", ["EG_RESPONSE_IP", "GP_RESPONSE_IP"], &[], "Address launchers call back to (default: this machine's primary address)";
+    response_port: u16 = "8877", "PORT", ["EG_RESPONSE_PORT", "GP_RESPONSE_PORT"], &[], "Port of the launcher callback listener";
+    response_port_retries: u16 = "10", "N", ["EG_RESPONSE_PORT_RETRIES", "GP_RESPONSE_PORT_RETRIES"], &[], "Further callback ports to try when the port is busy";
+    response_addr_any: bool = "false", "BOOL", ["EG_RESPONSE_ADDR_ANY", "GP_RESPONSE_ADDR_ANY"], &[], "Bind the callback listener on all interfaces";
+    socket_timeout: Duration = "1", "SECS", ["EG_SOCKET_TIMEOUT", "GP_SOCKET_TIMEOUT"], &[], "Connect timeout of a remote kernel's communication port (at least 0.1)";
+    ssh_port: u16 = "22", "PORT", ["EG_SSH_PORT", "GP_SSH_PORT"], &[], "SSH port of the remote hosts";
+    remote_user: Option<String> = "", "USER", ["EG_REMOTE_USER", "GP_REMOTE_USER"], &[], "SSH user on the remote hosts (default: the gateway's user; KERNEL_USERNAME with impersonation)";
+    remote_pwd: Option<String> = "", "PASSWORD", ["EG_REMOTE_PWD", "GP_REMOTE_PWD"], &[], "SSH password (prefer the environment variable; never logged, never passed to kernels)";
+    ssh_key_file: Option<PathBuf> = "", "FILE", ["EG_SSH_KEY_FILE"], &[], "SSH private key (default: the agent at SSH_AUTH_SOCK, then ~/.ssh/id_ed25519, id_rsa)";
+    ssh_known_hosts: Option<PathBuf> = "", "FILE", ["EG_SSH_KNOWN_HOSTS"], &[], "known_hosts file that remote host keys are checked against (default ~/.ssh/known_hosts)";
+    ssh_accept_unknown_hosts: bool = "false", "BOOL", ["EG_SSH_ACCEPT_UNKNOWN_HOSTS"], &[], "Accept hosts missing from known_hosts (a changed key is always refused)";
+    enable_tunneling: bool = "false", "BOOL", ["EG_ENABLE_TUNNELING", "GP_ENABLE_TUNNELING"], &[], "Tunnel remote kernels' ports through the SSH connection";
+    ssh_local_hosts: bool = "false", "BOOL", ["EG_SSH_LOCAL_HOSTS"], &[], "Reach hosts that are this machine over SSH too, instead of launching them directly (for testing against a separate sshd)";
     // YARN (EG's YarnClusterProcessProxy).
-    opt!("yarn_endpoint", "URL", "", ["EG_YARN_ENDPOINT", "GP_YARN_ENDPOINT"], APP, "YARN ResourceManager, e.g. http://rm:8088/ws/v1/cluster (default: from yarn-site.xml)"),
-    opt!("alt_yarn_endpoint", "URL", "", ["EG_ALT_YARN_ENDPOINT", "GP_ALT_YARN_ENDPOINT"], APP, "Second ResourceManager of an HA pair"),
-    opt!("yarn_endpoint_security_enabled", "BOOL", "false", ["EG_YARN_ENDPOINT_SECURITY_ENABLED", "GP_YARN_ENDPOINT_SECURITY_ENABLED"], APP, "Kerberos/SPNEGO to the ResourceManager (not supported yet: refused with a clear error)"),
-    opt!("yarn_cert_bundle", "FILE", "", ["EG_YARN_CERT_BUNDLE"], &[], "CA bundle (PEM) trusted for an HTTPS ResourceManager"),
-    opt!("hadoop_conf_dir", "DIR", "", ["YARN_CONF_DIR", "HADOOP_CONF_DIR"], &[], "Directory of yarn-site.xml, for ResourceManager addresses"),
-    opt!("runtime_dir", "DIR", "", ["JUPYTER_RUNTIME_DIR"], &[], "Where connection files go (default ~/.local/share/jupyter/runtime)"),
-    opt!("kernel_log_dir", "DIR", "", ["EG_KERNEL_LOG_DIR", "GP_KERNEL_LOG_DIR"], &[], "Where per-kernel logs go (default: the runtime dir)"),
-];
+    yarn_endpoint: Option<String> = "", "URL", ["EG_YARN_ENDPOINT", "GP_YARN_ENDPOINT"], APP, "YARN ResourceManager, e.g. http://rm:8088/ws/v1/cluster (default: from yarn-site.xml)";
+    alt_yarn_endpoint: Option<String> = "", "URL", ["EG_ALT_YARN_ENDPOINT", "GP_ALT_YARN_ENDPOINT"], APP, "Second ResourceManager of an HA pair";
+    yarn_endpoint_security_enabled: bool = "false", "BOOL", ["EG_YARN_ENDPOINT_SECURITY_ENABLED", "GP_YARN_ENDPOINT_SECURITY_ENABLED"], APP, "Kerberos/SPNEGO to the ResourceManager (not supported yet: refused with a clear error)";
+    yarn_cert_bundle: Option<PathBuf> = "", "FILE", ["EG_YARN_CERT_BUNDLE"], &[], "CA bundle (PEM) trusted for an HTTPS ResourceManager";
+    hadoop_conf_dir: Option<PathBuf> = "", "DIR", ["YARN_CONF_DIR", "HADOOP_CONF_DIR"], &[], "Directory of yarn-site.xml, for ResourceManager addresses";
+    runtime_dir: Option<PathBuf> = "", "DIR", ["JUPYTER_RUNTIME_DIR"], &[], "Where connection files go (default ~/.local/share/jupyter/runtime)";
+    kernel_log_dir: Option<PathBuf> = "", "DIR", ["EG_KERNEL_LOG_DIR", "GP_KERNEL_LOG_DIR"], &[], "Where per-kernel logs go (default: the runtime dir)";
+}
 
 /// Where an option's value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,21 +273,9 @@ impl EnvSource for BTreeMap<String, String> {
     }
 }
 
-/// The trait names an option answers to: its own (or `trait_name`) and its older spellings.
-fn trait_names(def: &OptionDef) -> impl Iterator<Item = &'static str> {
-    let aliases = TRAIT_ALIASES
-        .iter()
-        .find(|(name, _)| *name == def.name)
-        .map(|(_, aliases)| *aliases)
-        .unwrap_or(&[]);
-    std::iter::once(def.trait_name.unwrap_or(def.name)).chain(aliases.iter().copied())
-}
-
 /// The option a config-file key names (our name, the trait name, or an older spelling).
 fn option_for_key(key: &str) -> Option<&'static OptionDef> {
-    OPTIONS
-        .iter()
-        .find(|d| d.name == key || trait_names(d).any(|t| t == key))
+    OPTIONS.iter().find(|d| d.trait_names().any(|t| t == key))
 }
 
 fn command() -> clap::Command {
@@ -359,8 +315,9 @@ fn command() -> clap::Command {
         );
     for def in OPTIONS {
         let mut help = def.help.to_owned();
-        if !def.default.is_empty() {
-            help.push_str(&format!(" [default: {}]", def.default));
+        let default = def.default_text();
+        if !default.is_empty() {
+            help.push_str(&format!(" [default: {default}]"));
         }
         if !def.env.is_empty() {
             help.push_str(&format!(" [env: {}]", def.env.join(", ")));
@@ -374,7 +331,7 @@ fn command() -> clap::Command {
             arg = arg.alias(dashed);
         }
         for class in def.classes {
-            for trait_name in trait_names(def) {
+            for trait_name in def.trait_names() {
                 arg = arg.alias(format!("{class}.{trait_name}"));
             }
         }
@@ -425,7 +382,7 @@ pub(crate) fn parse(
             (Some(v), _, _) => (v, Source::Cli),
             (None, Some(v), _) => (v, Source::Env),
             (None, None, Some(v)) => (v.clone(), Source::File),
-            (None, None, None) => (def.default.to_owned(), Source::Default),
+            (None, None, None) => (def.default_text().into_owned(), Source::Default),
         };
         raw.values.insert(def.name, value);
     }
@@ -698,7 +655,7 @@ fn generate_config() -> String {
         out.push_str(&format!(
             "# {} = {}\n",
             def.name,
-            toml_value(def, def.default)
+            toml_value(def, &def.default_text())
         ));
     }
     out
@@ -1090,10 +1047,11 @@ c.MappingKernelManager.cull_idle_timeout = 60
             .expect("the generated file is accepted");
         for def in OPTIONS {
             assert_eq!(raw.source(def.name), Source::File, "{}", def.name);
-            let want = if def.value == "BOOL" && def.default.is_empty() {
+            let default = def.default_text();
+            let want = if def.value == "BOOL" && default.is_empty() {
                 "false"
             } else {
-                def.default
+                &default
             };
             assert_eq!(raw.get(def.name), want, "{}", def.name);
         }

@@ -6,18 +6,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::net::IpAddr;
+
 use anyhow::{Context, anyhow, bail};
 use gateway_http::GatewayConfig;
-use gateway_http::config::{Cors, Culling, HttpLimits};
-use kernel_launcher::PortRange;
+use gateway_http::config::{Cors, Culling, HttpLimits, MetricsAccess, Readiness, RestartBackoff};
 use kernel_launcher::env::EnvPolicy;
 use kernel_launcher::response::ListenerOptions;
 use resource_managers::local::LocalConfig;
 use resource_managers::ssh::SshOptions;
-use resource_managers::ssh::balance::LoadBalancing;
 use resource_managers::ssh::session::{HostKeys, Secret, SshAuth};
 
-use crate::options::RawOptions;
+use crate::options::Values;
 
 /// Everything the binary needs to run.
 #[derive(Debug)]
@@ -52,8 +52,12 @@ pub(crate) struct Settings {
     pub(crate) profiles_file: Option<std::path::PathBuf>,
     /// Kernel profiles and pool sizes read from it.
     pub(crate) profiles: gateway_http::profiles::ProfileSet,
+    /// External resource-manager plugins from `--plugins_file`.
+    pub(crate) plugins: Vec<resource_managers::external::PluginCommand>,
     /// The kernel store, unless `--store=none`.
     pub(crate) store: Option<StoreSettings>,
+    /// What reading the configuration found worth a warning, for the log once it is set up.
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Where kernels are recorded, and this gateway's lease on them.
@@ -79,83 +83,22 @@ pub(crate) struct YarnSettings {
     pub(crate) ca_bundle: Option<PathBuf>,
 }
 
-/// A typed reader over raw options; every error names the option.
-pub(crate) struct Reader<'a> {
-    raw: &'a RawOptions,
-}
-
-impl Reader<'_> {
-    pub(crate) fn text(&self, name: &str) -> Option<String> {
-        let v = self.raw.get(name).trim();
-        (!v.is_empty()).then(|| v.to_owned())
-    }
-
-    pub(crate) fn bool(&self, name: &str) -> anyhow::Result<bool> {
-        match self.raw.get(name).trim().to_ascii_lowercase().as_str() {
-            "" | "false" | "0" | "no" | "off" | "n" | "f" => Ok(false),
-            "true" | "1" | "yes" | "on" | "y" | "t" => Ok(true),
-            other => Err(anyhow!("--{name}: {other:?} is not a boolean")),
-        }
-    }
-
-    pub(crate) fn number<T: std::str::FromStr>(&self, name: &str) -> anyhow::Result<Option<T>>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.text(name) {
-            None => Ok(None),
-            Some(v) => v
-                .parse::<T>()
-                .map(Some)
-                .map_err(|e| anyhow!("--{name}: {v:?} is not a valid number: {e}")),
-        }
-    }
-
-    pub(crate) fn secs(&self, name: &str) -> anyhow::Result<Duration> {
-        let secs = self.number::<f64>(name)?.unwrap_or(0.0);
-        if !secs.is_finite() || secs < 0.0 {
-            bail!("--{name}: must be a non-negative number of seconds");
-        }
-        Duration::try_from_secs_f64(secs)
-            .map_err(|_| anyhow!("--{name}: {secs} seconds is too long"))
-    }
-
-    pub(crate) fn list(&self, name: &str) -> Vec<String> {
-        split_list(self.raw.get(name))
-    }
-}
-
-fn split_list(text: &str) -> Vec<String> {
-    let trimmed = text.trim().trim_start_matches('[').trim_end_matches(']');
-    trimmed
-        .split(',')
-        .map(|s| s.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-/// Validates raw options into settings. `env` is the gateway's process environment.
-pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow::Result<Settings> {
-    let r = Reader { raw };
-    let ip = r.text("ip").unwrap_or_else(|| "127.0.0.1".to_owned());
-    ip.parse::<std::net::IpAddr>()
-        .map_err(|_| anyhow!("--ip: {ip:?} is not an IP address"))?;
-    let port = r.number::<u16>("port")?.unwrap_or(8888);
-    let port_retries = r.number::<u16>("port_retries")?.unwrap_or(0);
-
+/// Validates the options into settings. `env` is the gateway's process environment.
+pub(crate) fn build(o: &Values, env: &BTreeMap<String, String>) -> anyhow::Result<Settings> {
+    let mut warnings = Vec::new();
     let home = env.get("HOME").map(PathBuf::from);
     let data_dir = env
         .get("JUPYTER_DATA_DIR")
         .map(PathBuf::from)
         .or_else(|| home.as_ref().map(|h| h.join(".local/share/jupyter")))
         .unwrap_or_else(|| PathBuf::from("/tmp/jupyter"));
-    let runtime_dir = r
-        .text("runtime_dir")
-        .map(PathBuf::from)
+    let runtime_dir = o
+        .runtime_dir
+        .clone()
         .unwrap_or_else(|| data_dir.join("runtime"));
-    let log_dir = r
-        .text("kernel_log_dir")
-        .map(PathBuf::from)
+    let log_dir = o
+        .kernel_log_dir
+        .clone()
         .unwrap_or_else(|| runtime_dir.clone());
 
     let path_dirs: Vec<PathBuf> = env
@@ -166,192 +109,157 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         env.get("JUPYTER_PATH").map(String::as_str),
         home.as_deref(),
         &python_prefixes(env, &path_dirs),
-        &r.list("kernelspec_dirs")
-            .into_iter()
+        &o.kernelspec_dirs
+            .iter()
             .map(PathBuf::from)
             .collect::<Vec<_>>(),
     );
 
-    let port_range =
-        PortRange::parse(raw.get("port_range")).map_err(|e| anyhow!("--port_range: {e}"))?;
+    // Negative means no limit, as in EG.
+    let max_kernels_per_user = usize::try_from(o.max_kernels_per_user).ok();
 
-    let max_kernels_per_user = r.number::<i64>("max_kernels_per_user")?.unwrap_or(-1);
-    let max_kernels_per_user =
-        (max_kernels_per_user >= 0).then(|| usize::try_from(max_kernels_per_user).unwrap_or(0));
-
-    let mut cull_interval = r.secs("cull_interval")?;
+    let mut cull_interval = o.cull_interval;
     if cull_interval.is_zero() {
-        tracing::warn!("cull_interval must be positive; using 300 seconds");
-        cull_interval = Duration::from_secs(300);
+        cull_interval = Culling::default().interval;
+        warnings.push(format!(
+            "--cull_interval must be positive; using {} seconds",
+            cull_interval.as_secs_f64()
+        ));
     }
 
-    let base_url = normalise_base_url(raw.get("base_url"));
-    let (auth, client_certificate_optional) = crate::auth::build(&r)?;
-    let tls = tls(&r, client_certificate_optional)?;
-    let defaults = HttpLimits::default();
+    let (auth, client_certificate_optional) = crate::auth::build(o)?;
+    let tls = tls(o, client_certificate_optional)?;
     let limits = HttpLimits {
-        max_head_bytes: r
-            .number::<usize>("max_header_bytes")?
-            .unwrap_or(defaults.max_head_bytes),
-        max_body_bytes: r
-            .number::<usize>("max_body_bytes")?
-            .unwrap_or(defaults.max_body_bytes),
-        header_timeout: r.secs("header_timeout")?,
-        body_timeout: r.secs("body_timeout")?,
-        max_connections_per_client: r
-            .number::<usize>("max_connections_per_client")?
-            .unwrap_or(defaults.max_connections_per_client),
-        max_connections: r
-            .number::<usize>("max_connections")?
-            .unwrap_or(defaults.max_connections),
-        fd_reserve: r
-            .number::<usize>("fd_reserve")?
-            .unwrap_or(defaults.fd_reserve),
-        client_memory_budget: r
-            .number::<usize>("client_memory_budget")?
-            .unwrap_or(defaults.client_memory_budget),
-        client_memory_share: r
-            .number::<usize>("client_memory_share")?
-            .unwrap_or(defaults.client_memory_share),
-        ..defaults
+        max_head_bytes: o.max_header_bytes,
+        max_body_bytes: o.max_body_bytes,
+        header_timeout: o.header_timeout,
+        body_timeout: o.body_timeout,
+        max_connections_per_client: o.max_connections_per_client,
+        max_connections: o.max_connections,
+        fd_reserve: o.fd_reserve,
+        client_memory_budget: o.client_memory_budget,
+        client_memory_share: o.client_memory_share,
+        ..HttpLimits::default()
     };
     if limits.header_timeout.is_zero() || limits.body_timeout.is_zero() {
         bail!("--header_timeout and --body_timeout must be positive");
     }
+    // Accepted for compatibility with EG's configurations, and otherwise without effect.
+    let _ = (&o.ssl_version, o.trust_xheaders, &o.kernel_headers);
 
     let gateway = GatewayConfig {
-        base_url,
+        base_url: normalise_base_url(&o.base_url),
         auth,
         limits,
         cors: Cors {
-            allow_origin: r.text("allow_origin"),
-            allow_credentials: r.text("allow_credentials"),
-            allow_headers: r.text("allow_headers"),
-            allow_methods: r.text("allow_methods"),
-            expose_headers: r.text("expose_headers"),
-            max_age: r.text("max_age"),
+            allow_origin: o.allow_origin.clone(),
+            allow_credentials: o.allow_credentials.clone(),
+            allow_headers: o.allow_headers.clone(),
+            allow_methods: o.allow_methods.clone(),
+            expose_headers: o.expose_headers.clone(),
+            max_age: o.max_age.clone(),
         },
-        list_kernels: r.bool("list_kernels")?,
-        max_kernels: r.number::<usize>("max_kernels")?,
+        list_kernels: o.list_kernels,
+        max_kernels: o.max_kernels,
         max_kernels_per_user,
-        default_kernel_name: r
-            .text("default_kernel_name")
-            .unwrap_or_else(|| "python3".to_owned()),
-        allowed_kernelspecs: r.list("allowed_kernelspecs"),
-        authorized_users: r.list("authorized_users"),
-        unauthorized_users: r.list("unauthorized_users"),
+        default_kernel_name: o.default_kernel_name.clone(),
+        allowed_kernelspecs: o.allowed_kernelspecs.clone(),
+        authorized_users: o.authorized_users.clone(),
+        unauthorized_users: o.unauthorized_users.clone(),
         env_policy: EnvPolicy {
-            client_envs: r.list("client_envs"),
-            inherited_envs: r.list("inherited_envs"),
-            max_total_bytes: r
-                .number::<usize>("max_env_bytes")?
-                .unwrap_or(kernel_launcher::env::DEFAULT_MAX_ENV_BYTES),
+            client_envs: o.client_envs.clone(),
+            inherited_envs: o.inherited_envs.clone(),
+            max_total_bytes: o.max_env_bytes,
         },
         gateway_env: env.clone(),
         gateway_user: gateway_user(env),
-        impersonation_enabled: r.bool("impersonation_enabled")?,
-        port_range,
+        impersonation_enabled: o.impersonation_enabled,
+        port_range: o.port_range,
         kernelspec_dirs,
         root_dir: env
             .get("PWD")
             .map(PathBuf::from)
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| PathBuf::from("/")),
-        launch_timeout: r.secs("launch_timeout")?,
-        max_launch_timeout: r.secs("max_launch_timeout")?,
-        kernel_info_timeout: r.secs("kernel_info_timeout")?,
-        shutdown_wait_time: r.secs("shutdown_wait_time")?,
-        restart_limit: r.number::<u32>("restart_limit")?.unwrap_or(5),
-        restart_backoff: gateway_http::config::RestartBackoff {
-            initial: r.secs("restart_backoff_initial")?,
-            max: r.secs("restart_backoff_max")?,
+        launch_timeout: o.launch_timeout,
+        max_launch_timeout: o.max_launch_timeout,
+        kernel_info_timeout: o.kernel_info_timeout,
+        shutdown_wait_time: o.shutdown_wait_time,
+        restart_limit: o.restart_limit,
+        restart_backoff: RestartBackoff {
+            initial: o.restart_backoff_initial,
+            max: o.restart_backoff_max,
         },
         culling: Culling {
-            idle_timeout: r.secs("cull_idle_timeout")?,
+            idle_timeout: o.cull_idle_timeout,
             interval: cull_interval,
-            cull_connected: r.bool("cull_connected")?,
-            cull_busy: r.bool("cull_busy")?,
-            busy_timeout: r.secs("cull_busy_timeout")?,
+            cull_connected: o.cull_connected,
+            cull_busy: o.cull_busy,
+            busy_timeout: o.cull_busy_timeout,
         },
-        ws_ping_interval: r.secs("ws_ping_interval")?,
-        ws_max_message_size: r
-            .number::<usize>("ws_max_message_size")?
-            .unwrap_or(100 << 20),
-        buffer_max_messages: r.number::<usize>("buffer_max_messages")?.unwrap_or(10_000),
-        buffer_max_bytes: r.number::<usize>("buffer_max_bytes")?.unwrap_or(64 << 20),
-        buffer_ttl: r.secs("buffer_ttl")?,
-        shutdown_kernels_on_exit: r.bool("shutdown_kernels_on_exit")?,
+        ws_ping_interval: o.ws_ping_interval,
+        ws_max_message_size: o.ws_max_message_size,
+        buffer_max_messages: o.buffer_max_messages,
+        buffer_max_bytes: o.buffer_max_bytes,
+        buffer_ttl: o.buffer_ttl,
+        shutdown_kernels_on_exit: o.shutdown_kernels_on_exit,
         tls,
-        metrics_access: if r.number::<u16>("metrics_port")?.is_some() {
-            gateway_http::config::MetricsAccess::Elsewhere
+        metrics_access: if o.metrics_port.is_some() {
+            MetricsAccess::Elsewhere
         } else {
-            gateway_http::config::MetricsAccess::Admin
+            MetricsAccess::Admin
         },
-        readiness: gateway_http::config::Readiness::default(),
+        readiness: Readiness::default(),
     };
     if gateway.max_launch_timeout < gateway.launch_timeout {
         bail!("--max_launch_timeout must not be below --launch_timeout");
     }
 
-    let response_ip = match r.text("response_ip") {
-        Some(ip) => Some(
-            ip.parse::<std::net::IpAddr>()
-                .map_err(|_| anyhow!("--response_ip: {ip:?} is not an IP address"))?,
-        ),
-        None => None,
-    };
-    let bind_ip = if r.bool("response_addr_any")? {
-        std::net::IpAddr::from([0, 0, 0, 0])
+    let bind_ip = if o.response_addr_any {
+        IpAddr::from([0, 0, 0, 0])
     } else {
-        response_ip.unwrap_or_else(kernel_launcher::net::primary_local_ip)
+        o.response_ip
+            .unwrap_or_else(kernel_launcher::net::primary_local_ip)
     };
-    let response_bind =
-        std::net::SocketAddr::new(bind_ip, r.number::<u16>("response_port")?.unwrap_or(8877));
+    let response_bind = std::net::SocketAddr::new(bind_ip, o.response_port);
     let response_options = ListenerOptions {
-        advertise_ip: response_ip,
-        port_retries: r.number::<u16>("response_port_retries")?.unwrap_or(10),
+        advertise_ip: o.response_ip,
+        port_retries: o.response_port_retries,
         ..ListenerOptions::default()
     };
-    let load_balancing = match raw.get("load_balancing_algorithm").trim() {
-        "" => LoadBalancing::RoundRobin,
-        other => other
-            .parse::<LoadBalancing>()
-            .map_err(|e| anyhow!("--load_balancing_algorithm: {e}"))?,
-    };
     let ssh = SshOptions {
-        port: r.number::<u16>("ssh_port")?.unwrap_or(22),
-        remote_user: r.text("remote_user"),
-        impersonation: r.bool("impersonation_enabled")?,
+        port: o.ssh_port,
+        remote_user: o.remote_user.clone(),
+        impersonation: o.impersonation_enabled,
         auth: SshAuth {
-            key_file: r.text("ssh_key_file").map(PathBuf::from),
+            key_file: o.ssh_key_file.clone(),
             key_passphrase: None,
             agent_socket: env.get("SSH_AUTH_SOCK").map(PathBuf::from),
-            password: r.text("remote_pwd").map(Secret::new),
+            password: o.remote_pwd.clone().map(Secret::new),
         },
         host_keys: HostKeys {
-            known_hosts: r
-                .text("ssh_known_hosts")
-                .map(PathBuf::from)
+            known_hosts: o
+                .ssh_known_hosts
+                .clone()
                 .or_else(|| home.as_ref().map(|h| h.join(".ssh/known_hosts"))),
-            accept_unknown: r.bool("ssh_accept_unknown_hosts")?,
+            accept_unknown: o.ssh_accept_unknown_hosts,
         },
-        load_balancing,
-        tunneling: r.bool("enable_tunneling")?,
-        ssh_to_local_hosts: r.bool("ssh_local_hosts")?,
+        load_balancing: o.load_balancing_algorithm,
+        tunneling: o.enable_tunneling,
+        ssh_to_local_hosts: o.ssh_local_hosts,
         ..SshOptions::default()
     };
     let yarn = YarnSettings {
-        endpoint: r.text("yarn_endpoint"),
-        alt_endpoint: r.text("alt_yarn_endpoint"),
-        conf_dir: r.text("hadoop_conf_dir").map(PathBuf::from),
-        kerberos: r.bool("yarn_endpoint_security_enabled")?,
-        ca_bundle: r.text("yarn_cert_bundle").map(PathBuf::from),
+        endpoint: o.yarn_endpoint.clone(),
+        alt_endpoint: o.alt_yarn_endpoint.clone(),
+        conf_dir: o.hadoop_conf_dir.clone(),
+        kerberos: o.yarn_endpoint_security_enabled,
+        ca_bundle: o.yarn_cert_bundle.clone(),
     };
-    let comm_timeout = r.secs("socket_timeout")?.max(Duration::from_millis(100));
+    let comm_timeout = o.socket_timeout.max(Duration::from_millis(100));
 
-    let store = store_settings(&r, &data_dir, port)?;
-    let profiles_file = r.text("profiles_file").map(std::path::PathBuf::from);
-    let profiles = match &profiles_file {
+    let store = store_settings(o, &data_dir)?;
+    let profiles = match &o.profiles_file {
         Some(path) => crate::profiles::load(path, &gateway.env_policy)?,
         None => Default::default(),
     };
@@ -361,7 +269,7 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
         yarn,
         response_bind,
         response_options,
-        remote_hosts: r.list("remote_hosts"),
+        remote_hosts: o.remote_hosts.clone(),
         comm_timeout,
         local: LocalConfig {
             runtime_dir,
@@ -370,30 +278,32 @@ pub(crate) fn build(raw: &RawOptions, env: &BTreeMap<String, String>) -> anyhow:
             search_path: path_dirs,
         },
         gateway,
-        ip,
-        port,
-        port_retries,
-        metrics_enabled: r.bool("metrics_enabled")?,
-        metrics_port: r.number::<u16>("metrics_port")?,
+        ip: o.ip.to_string(),
+        port: o.port,
+        port_retries: o.port_retries,
+        metrics_enabled: o.metrics_enabled,
+        metrics_port: o.metrics_port,
         profiles,
-        profiles_file,
+        profiles_file: o.profiles_file.clone(),
+        plugins: match &o.plugins_file {
+            Some(path) => crate::plugins::load(path)?,
+            None => Vec::new(),
+        },
+        warnings,
     })
 }
 
 fn tls(
-    r: &Reader<'_>,
+    o: &Values,
     client_certificate_optional: bool,
 ) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
-    let cert = r.text("certfile");
-    let key = r.text("keyfile");
-    let ca = r.text("client_ca");
-    match (cert, key) {
-        (None, None) if ca.is_none() => Ok(None),
+    match (&o.certfile, &o.keyfile) {
+        (None, None) if o.client_ca.is_none() => Ok(None),
         (Some(cert), Some(key)) => {
             let config = gateway_http::tls::server_config(
-                Path::new(&cert),
-                Path::new(&key),
-                ca.as_deref().map(Path::new),
+                cert,
+                key,
+                o.client_ca.as_deref(),
                 client_certificate_optional,
             )
             .with_context(|| "TLS configuration failed")?;
@@ -476,29 +386,25 @@ fn python_prefixes(env: &BTreeMap<String, String>, path_dirs: &[PathBuf]) -> Vec
 
 /// `--store`, `--gateway_id`, `--lease_ttl`: the SQLite file in the data directory unless told
 /// otherwise; `none` turns persistence off.
-fn store_settings(
-    r: &Reader<'_>,
-    data_dir: &std::path::Path,
-    port: u16,
-) -> anyhow::Result<Option<StoreSettings>> {
-    let location = match r.text("store") {
+fn store_settings(o: &Values, data_dir: &Path) -> anyhow::Result<Option<StoreSettings>> {
+    let location = match &o.store {
         Some(text) if text.eq_ignore_ascii_case("none") => return Ok(None),
-        Some(text) => text,
+        Some(text) => text.clone(),
         None => data_dir.join("kernels.sqlite").display().to_string(),
     };
-    let lease_ttl = r.secs("lease_ttl")?;
+    let lease_ttl = o.lease_ttl;
     if lease_ttl < Duration::from_secs(1) {
         bail!("--lease_ttl: must be at least 1 second");
     }
-    let gateway_id = r.text("gateway_id").unwrap_or_else(|| {
+    let gateway_id = o.gateway_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".to_owned());
-        format!("{host}:{port}")
+        format!("{host}:{}", o.port)
     });
-    let ca_file = r.text("store_ca_file").map(PathBuf::from);
+    let ca_file = o.store_ca_file.clone();
     if ca_file.is_some() && !location.starts_with("postgres") {
         bail!("--store_ca_file: only for a postgres:// store");
     }
@@ -525,7 +431,7 @@ mod tests {
             .chain(cli.iter().copied())
             .map(OsString::from);
         let raw = options::parse(args, &env)?;
-        build(&raw, &env)
+        build(&Values::read(&raw)?, &env)
     }
 
     #[test]
@@ -605,6 +511,18 @@ mod tests {
             let err = log_filter(bad).expect_err(bad).to_string();
             assert!(err.starts_with("--log_level: "), "{err}");
         }
+    }
+
+    #[test]
+    fn warnings_are_collected_for_the_log() {
+        let s = settings(&[], &[]).expect("valid");
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let s = settings(&["--cull_interval=0"], &[]).expect("valid");
+        assert_eq!(s.gateway.culling.interval, Duration::from_secs(300));
+        assert_eq!(
+            s.warnings,
+            vec!["--cull_interval must be positive; using 300 seconds"]
+        );
     }
 
     #[test]
