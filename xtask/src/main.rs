@@ -235,6 +235,8 @@ fn ensure_debian_packages() -> Result<()> {
         // The kernel store tests: PostgreSQL started by the harness, HAProxy in front of gateways.
         ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
         ("/usr/sbin/haproxy", "haproxy"),
+        // The Docker backends' tests: a real engine started by the harness on a private socket.
+        ("/usr/sbin/dockerd", "docker.io"),
         // The Spark-language tests: IRkernel and what gateway_provisioners' R launcher loads.
         ("/usr/bin/Rscript", "r-base-core"),
         ("/usr/lib/R/site-library/IRkernel", "r-cran-irkernel"),
