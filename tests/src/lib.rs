@@ -1,3 +1,4 @@
 //! Cross-crate integration test fixtures.
 
+pub mod kubernetes;
 pub mod yarn;
