@@ -235,6 +235,8 @@ fn ensure_debian_packages() -> Result<()> {
         // The kernel store tests: PostgreSQL started by the harness, HAProxy in front of gateways.
         ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
         ("/usr/sbin/haproxy", "haproxy"),
+        // The Kubernetes emulator's honesty test runs the real kubectl against it.
+        ("/usr/bin/kubectl", "kubernetes-client"),
         // The Docker backends' tests: a real engine started by the harness on a private socket.
         ("/usr/sbin/dockerd", "docker.io"),
         // The Spark-language tests: IRkernel and what gateway_provisioners' R launcher loads.
