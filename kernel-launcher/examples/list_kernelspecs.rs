@@ -5,8 +5,8 @@
 //! found in this workspace's `.venv` (if any) plus the usual system directories.
 use std::path::PathBuf;
 
+use kernel_launcher::KernelSpecs;
 use kernel_launcher::kernelspec::search_path;
-use kernel_launcher::{Backend, KernelSpecs};
 
 fn main() {
     let jupyter_path = std::env::var("JUPYTER_PATH").ok();
@@ -28,10 +28,7 @@ fn main() {
     let specs = KernelSpecs::discover(&path);
     println!("kernelspecs:");
     for (name, spec) in &specs.specs {
-        let backend = match &spec.backend {
-            Backend::Named(name) => name.clone(),
-            Backend::Unsupported(why) => format!("disabled: {why}"),
-        };
+        let backend = spec.backend.to_string();
         println!(
             "  {name:<20} {:<30} [{backend}] {}",
             spec.display_name,

@@ -296,7 +296,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::{Backend, InterruptMode, SpecConfig};
+    use crate::{BackendRef, InterruptMode, SpecConfig};
     use serde_json::json;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -316,7 +316,7 @@ mod tests {
             env: map(env),
             interrupt_mode: InterruptMode::Signal,
             metadata: serde_json::Value::Null,
-            backend: Backend::Named("local".to_owned()),
+            backend: BackendRef::Default,
             config: SpecConfig::default(),
         }
     }

@@ -3,40 +3,14 @@
 //! A kernelspec is a directory holding `kernel.json` (reference §6.1–6.2). Its name is the
 //! directory name, lowercased. Enterprise Gateway kernelspecs name their process proxy in
 //! `metadata.process_proxy.class_name`; gateway_provisioners kernelspecs name a provisioner in
-//! `metadata.kernel_provisioner.provisioner_name` (§20). Both map to a [`Backend`]: a resource
-//! manager by name, or [`Backend::Unsupported`] with a message, so one kernelspec this gateway
-//! cannot run is disabled without affecting the others.
+//! `metadata.kernel_provisioner.provisioner_name` (§20). This crate only records which of the two
+//! the metadata names, as a [`BackendRef`]; which backend answers to that name (or that none
+//! does, and why) is decided by the `resource-managers` crate's `Registry`, where each backend
+//! declares the names it answers to.
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use crate::{Error, PortRange};
-
-/// Where EG's process-proxy classes live.
-const EG_PROXY_MODULE: &str = "enterprise_gateway.services.processproxies.";
-
-/// EG process-proxy classes (after [`EG_PROXY_MODULE`]) and the resource manager each maps to.
-const EG_CLASSES: [(&str, &str); 3] = [
-    ("processproxy.LocalProcessProxy", "local"),
-    ("distributed.DistributedProcessProxy", "ssh"),
-    ("yarn.YarnClusterProcessProxy", "yarn"),
-];
-
-/// EG process-proxy classes this gateway knows but does not implement yet.
-const EG_CLASSES_NOT_YET: [&str; 6] = [
-    "k8s.KubernetesProcessProxy",
-    "crd.CustomResourceProcessProxy",
-    "spark_operator.SparkOperatorProcessProxy",
-    "docker_swarm.DockerSwarmProcessProxy",
-    "docker_swarm.DockerProcessProxy",
-    "conductor.ConductorClusterProcessProxy",
-];
-
-/// gateway_provisioners provisioner names and the resource manager each maps to.
-const PROVISIONERS: [(&str, &str); 3] = [
-    ("local-provisioner", "local"),
-    ("distributed-provisioner", "ssh"),
-    ("yarn-provisioner", "yarn"),
-];
 
 /// How a kernel is interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,79 +21,58 @@ pub enum InterruptMode {
     Message,
 }
 
-/// Which resource manager a kernelspec names, from EG's `process_proxy.class_name`
-/// (or, later, gateway_provisioners' `kernel_provisioner.provisioner_name`).
+/// The backend a kernelspec's `metadata` names, as written there (trimmed). The
+/// `resource-managers` crate's `Registry` resolves it to a backend or to the reason there is none.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    /// A resource-manager name (`local`, `ssh`, `yarn`, or a name an embedding program registered).
-    Named(String),
-    /// The kernelspec names something this gateway cannot run; the text says what and why.
-    Unsupported(String),
+pub enum BackendRef {
+    /// The metadata names no backend (no `process_proxy` or `kernel_provisioner` section, or an
+    /// empty name in it): the gateway's default backend, `local`.
+    Default,
+    /// EG's `metadata.process_proxy.class_name`: a Python class name such as
+    /// `enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy`, or a
+    /// backend's own short name (`ssh`).
+    ProcessProxy(String),
+    /// gateway_provisioners' `metadata.kernel_provisioner.provisioner_name`, such as
+    /// `yarn-provisioner`.
+    Provisioner(String),
 }
 
-impl Backend {
-    /// The backend of kernelspec `spec_name` from its `metadata` object.
-    ///
-    /// * no `process_proxy` / `kernel_provisioner`, or an empty `class_name` → `local`;
-    /// * EG's class names → `local`, `ssh`, `yarn`; EG's container and Conductor proxies and any
-    ///   other dotted class name → [`Backend::Unsupported`];
-    /// * a plain name without dots (`local`, `ssh`, `yarn`, or one an embedding program registers)
-    ///   → that name;
-    /// * gateway_provisioners' `local-provisioner`, `distributed-provisioner`, `yarn-provisioner`
-    ///   → `local`, `ssh`, `yarn`; other provisioners → [`Backend::Unsupported`].
-    pub fn from_metadata(spec_name: &str, metadata: &serde_json::Value) -> Backend {
-        if let Some(proxy) = metadata.get("process_proxy") {
-            let class = proxy
-                .get("class_name")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("")
-                .trim();
-            return Backend::from_class_name(spec_name, class);
-        }
-        if let Some(provisioner) = metadata.get("kernel_provisioner") {
-            let name = provisioner
-                .get("provisioner_name")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("")
-                .trim();
-            return Backend::from_provisioner_name(spec_name, name);
-        }
-        Backend::Named("local".to_owned())
-    }
-
-    /// Maps an EG `class_name` (or one of our short names).
-    pub fn from_class_name(spec_name: &str, class: &str) -> Backend {
-        if class.is_empty() {
-            return Backend::Named("local".to_owned());
-        }
-        if let Some(short) = class.strip_prefix(EG_PROXY_MODULE) {
-            if let Some((_, backend)) = EG_CLASSES.iter().find(|(c, _)| *c == short) {
-                return Backend::Named((*backend).to_owned());
+impl BackendRef {
+    /// What `metadata` names; `process_proxy` wins over `kernel_provisioner` when both are there.
+    pub fn from_metadata(metadata: &serde_json::Value) -> BackendRef {
+        let named = |section: &str, key: &str| {
+            metadata.get(section).map(|section| {
+                section
+                    .get(key)
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned()
+            })
+        };
+        let reference = match named("process_proxy", "class_name") {
+            Some(class) => BackendRef::ProcessProxy(class),
+            None => match named("kernel_provisioner", "provisioner_name") {
+                Some(provisioner) => BackendRef::Provisioner(provisioner),
+                None => BackendRef::Default,
+            },
+        };
+        match reference {
+            BackendRef::ProcessProxy(name) | BackendRef::Provisioner(name) if name.is_empty() => {
+                BackendRef::Default
             }
-            if EG_CLASSES_NOT_YET.contains(&short) {
-                return Backend::Unsupported(format!(
-                    "kernelspec '{spec_name}' uses {class}, which this gateway does not support yet"
-                ));
-            }
+            other => other,
         }
-        if class.contains('.') || !is_simple_name(class) {
-            return Backend::Unsupported(format!(
-                "kernelspec '{spec_name}' uses process proxy class '{class}', which this gateway does not know"
-            ));
-        }
-        Backend::Named(class.to_owned())
     }
+}
 
-    /// Maps a gateway_provisioners `provisioner_name`.
-    pub fn from_provisioner_name(spec_name: &str, provisioner: &str) -> Backend {
-        if provisioner.is_empty() {
-            return Backend::Named("local".to_owned());
-        }
-        match PROVISIONERS.iter().find(|(p, _)| *p == provisioner) {
-            Some((_, backend)) => Backend::Named((*backend).to_owned()),
-            None => Backend::Unsupported(format!(
-                "kernelspec '{spec_name}' uses provisioner '{provisioner}', which this gateway does not support yet"
-            )),
+impl std::fmt::Display for BackendRef {
+    /// `the default backend`, `process proxy class 'X'`, `provisioner 'X'`: for messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendRef::Default => f.write_str("the default backend"),
+            BackendRef::ProcessProxy(class) => write!(f, "process proxy class '{class}'"),
+            BackendRef::Provisioner(name) => write!(f, "provisioner '{name}'"),
         }
     }
 }
@@ -209,8 +162,8 @@ pub struct KernelSpec {
     pub interrupt_mode: InterruptMode,
     /// `metadata`, raw.
     pub metadata: serde_json::Value,
-    /// Which backend runs it.
-    pub backend: Backend,
+    /// The backend its metadata names (resolved by the `resource-managers` registry).
+    pub backend: BackendRef,
     /// Per-kernelspec config.
     pub config: SpecConfig,
 }
@@ -302,7 +255,7 @@ impl KernelSpec {
             Some(value @ serde_json::Value::Object(_)) => value.clone(),
             Some(_) => return Err("metadata must be an object".to_owned()),
         };
-        let backend = Backend::from_metadata(name, &metadata);
+        let backend = BackendRef::from_metadata(&metadata);
         let config_json = metadata
             .get("process_proxy")
             .or_else(|| metadata.get("kernel_provisioner"))
@@ -391,19 +344,11 @@ pub fn is_valid_name(name: &str) -> bool {
         })
 }
 
-/// A plain backend name: ASCII letters, digits, `_` and `-`.
-fn is_simple_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-}
-
 /// All kernelspecs found in a search path; earlier directories win on name collisions.
 ///
-/// Kernelspecs whose backend is [`Backend::Unsupported`] are loaded (they are valid files) and
+/// Kernelspecs naming a backend the gateway does not run are loaded (they are valid files) and
 /// kept in `specs`; the gateway decides how to show them and refuses to start them with the
-/// backend's message.
+/// registry's reason.
 #[derive(Debug, Clone, Default)]
 pub struct KernelSpecs {
     /// Loaded specs by name.
@@ -505,76 +450,55 @@ mod tests {
     use serde_json::json;
 
     #[track_caller]
-    fn check_backend(metadata: serde_json::Value, expected: Backend) {
+    fn check_backend(metadata: serde_json::Value, expected: BackendRef) {
         assert_eq!(
-            Backend::from_metadata("spec", &metadata),
+            BackendRef::from_metadata(&metadata),
             expected,
             "metadata {metadata}"
         );
     }
 
-    fn named(n: &str) -> Backend {
-        Backend::Named(n.to_owned())
-    }
-
     #[test]
-    fn backends() {
+    fn backend_references() {
+        let class = |n: &str| BackendRef::ProcessProxy(n.to_owned());
+        let provisioner = |n: &str| BackendRef::Provisioner(n.to_owned());
         let pp = "enterprise_gateway.services.processproxies";
-        check_backend(json!({}), named("local"));
-        check_backend(json!({"debugger": true}), named("local"));
-        check_backend(json!({"process_proxy": {}}), named("local"));
+        check_backend(json!({}), BackendRef::Default);
+        check_backend(json!({"debugger": true}), BackendRef::Default);
+        check_backend(json!({"process_proxy": {}}), BackendRef::Default);
         check_backend(
-            json!({"process_proxy": {"class_name": format!("{pp}.processproxy.LocalProcessProxy")}}),
-            named("local"),
+            json!({"process_proxy": {"class_name": "  "}}),
+            BackendRef::Default,
         );
         check_backend(
-            json!({"process_proxy": {"class_name": format!("{pp}.distributed.DistributedProcessProxy")}}),
-            named("ssh"),
+            json!({"kernel_provisioner": {"provisioner_name": ""}}),
+            BackendRef::Default,
         );
         check_backend(
-            json!({"process_proxy": {"class_name": format!("{pp}.yarn.YarnClusterProcessProxy")}}),
-            named("yarn"),
+            json!({"process_proxy": {"class_name": format!(" {pp}.yarn.YarnClusterProcessProxy ")}}),
+            class(&format!("{pp}.yarn.YarnClusterProcessProxy")),
         );
         check_backend(
             json!({"process_proxy": {"class_name": "ssh"}}),
-            named("ssh"),
+            class("ssh"),
         );
         check_backend(
-            json!({"process_proxy": {"class_name": "my-backend"}}),
-            named("my-backend"),
-        );
-        check_backend(
-            json!({"process_proxy": {"class_name": format!("{pp}.k8s.KubernetesProcessProxy")}}),
-            Backend::Unsupported(format!(
-                "kernelspec 'spec' uses {pp}.k8s.KubernetesProcessProxy, which this gateway does not support yet"
-            )),
-        );
-        check_backend(
-            json!({"process_proxy": {"class_name": format!("{pp}.docker_swarm.DockerProcessProxy")}}),
-            Backend::Unsupported(format!(
-                "kernelspec 'spec' uses {pp}.docker_swarm.DockerProcessProxy, which this gateway does not support yet"
-            )),
-        );
-        check_backend(
-            json!({"process_proxy": {"class_name": "acme.proxies.Custom"}}),
-            Backend::Unsupported("kernelspec 'spec' uses process proxy class 'acme.proxies.Custom', which this gateway does not know".to_owned()),
-        );
-        check_backend(
-            json!({"kernel_provisioner": {"provisioner_name": "local-provisioner"}}),
-            named("local"),
-        );
-        check_backend(
-            json!({"kernel_provisioner": {"provisioner_name": "distributed-provisioner"}}),
-            named("ssh"),
+            json!({"process_proxy": {"class_name": 3}}),
+            BackendRef::Default,
         );
         check_backend(
             json!({"kernel_provisioner": {"provisioner_name": "yarn-provisioner"}}),
-            named("yarn"),
+            provisioner("yarn-provisioner"),
         );
         check_backend(
-            json!({"kernel_provisioner": {"provisioner_name": "kubernetes-provisioner"}}),
-            Backend::Unsupported("kernelspec 'spec' uses provisioner 'kubernetes-provisioner', which this gateway does not support yet".to_owned()),
+            json!({"process_proxy": {"class_name": "batch"}, "kernel_provisioner": {"provisioner_name": "yarn-provisioner"}}),
+            class("batch"),
         );
+        assert_eq!(
+            provisioner("yarn-provisioner").to_string(),
+            "provisioner 'yarn-provisioner'"
+        );
+        assert_eq!(class("x.Y").to_string(), "process proxy class 'x.Y'");
     }
 
     #[track_caller]
@@ -682,7 +606,12 @@ mod tests {
         assert_eq!(spec.name, "spark_python");
         assert_eq!(spec.display_name, "Spark");
         assert_eq!(spec.interrupt_mode, InterruptMode::Message);
-        assert_eq!(spec.backend, named("yarn"));
+        assert_eq!(
+            spec.backend,
+            BackendRef::ProcessProxy(
+                "enterprise_gateway.services.processproxies.yarn.YarnClusterProcessProxy".into()
+            )
+        );
         assert_eq!(spec.config.authorized_users, vec!["alice".to_owned()]);
         assert_eq!(
             spec.config

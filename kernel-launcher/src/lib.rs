@@ -5,8 +5,8 @@
 //!
 //! * [`KernelSpecs::discover`] scans a search path (built by [`kernelspec::search_path`]) for
 //!   kernelspec directories and loads each [`KernelSpec`]: its `argv` template, `env` stanza,
-//!   [`InterruptMode`], the [`Backend`] named by EG's `metadata.process_proxy.class_name` (or
-//!   gateway_provisioners' `kernel_provisioner`), and its per-kernelspec [`SpecConfig`].
+//!   [`InterruptMode`], the [`BackendRef`] its metadata names (EG's
+//!   `process_proxy.class_name` or gateway_provisioners' `kernel_provisioner.provisioner_name`), and its per-kernelspec [`SpecConfig`].
 //! * [`env::filter_request_env`] validates the `env` object of a start request against an
 //!   [`env::EnvPolicy`]; [`env::compose`] then builds the exact environment the kernel gets.
 //! * [`PortRange`] parses EG's `lo..hi` ranges and allocates free ports inside them.
@@ -60,7 +60,7 @@
 //!
 //! ```
 //! use std::collections::BTreeMap;
-//! use kernel_launcher::{env, template, Backend, KernelSpecs, PortRange};
+//! use kernel_launcher::{env, template, BackendRef, KernelSpecs, PortRange};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let kernels = tempfile::tempdir()?;
@@ -73,7 +73,7 @@
 //!
 //! let specs = KernelSpecs::discover(&[kernels.path().to_path_buf()]);
 //! let spec = specs.get("python3").ok_or("python3 not found")?;
-//! assert_eq!(spec.backend, Backend::Named("local".into()));
+//! assert_eq!(spec.backend, BackendRef::Default);
 //!
 //! // The client's env: KERNEL_* variables pass, others need the policy's allow-list.
 //! let policy = env::EnvPolicy::default();
@@ -114,7 +114,7 @@ pub mod template;
 
 pub use comm::{CommOutcome, CommPort, CommRequest};
 pub use error::Error;
-pub use kernelspec::{Backend, InterruptMode, KernelSpec, KernelSpecs, SpecConfig};
+pub use kernelspec::{BackendRef, InterruptMode, KernelSpec, KernelSpecs, SpecConfig};
 pub use payload::LauncherResponse;
 pub use ports::{PortAllocator, PortLease, PortRange};
 pub use response::{ListenerOptions, PendingLaunch, ResponseListener};

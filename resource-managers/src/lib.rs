@@ -11,8 +11,14 @@
 //!   [`KernelProcess::wait`] report its [`ProcessState`]; it can be signalled, interrupted,
 //!   terminated (SIGTERM, grace period, SIGKILL) and cleaned up; [`KernelProcess::record`] gives a
 //!   serialisable [`KernelRecord`] from which [`ResourceManager::reattach`] rebuilds a handle.
-//! * A [`Registry`] maps backend names (`local`, `ssh`, `yarn`, ...) to resource managers; the
-//!   kernelspec's [`kernel_launcher::Backend`] names the one to use.
+//! * A [`Registry`] holds the backends by name (`local`, `ssh`, `yarn`, ...) together with the
+//!   names each answers to ([`ResourceManager::names`]: EG process-proxy class names,
+//!   gateway_provisioners provisioner names). [`Registry::resolve`] turns the
+//!   [`kernel_launcher::BackendRef`] a kernelspec's metadata holds into its backend, or into an
+//!   [`Unavailable`] with the reason.
+//! * [`ResourceManager::capabilities`] states what the gateway needs to know about a backend
+//!   ([`Capabilities`]: where its kernels run, whether it honours [`LaunchRequest::run_as`],
+//!   whether it needs the launcher callback listener); the gateway never decides by a name.
 //! * [`local::LocalResourceManager`] runs kernels as child processes of the gateway, each in its
 //!   own process group (EG's `LocalProcessProxy`).
 //! * [`ssh::SshResourceManager`] starts kernels through a *launcher* that calls the gateway's
@@ -47,7 +53,7 @@
 //! })));
 //!
 //! let spec = KernelSpec::load(Path::new("/usr/local/share/jupyter/kernels/python3"))?;
-//! let backend = registry.get("local").ok_or("no local backend")?;
+//! let backend = registry.resolve(&spec)?;
 //! let kernel = backend
 //!     .launch(LaunchRequest {
 //!         kernel_id: uuid::Uuid::new_v4().to_string(),
@@ -72,9 +78,21 @@
 //! # Writing your own backend
 //!
 //! A program embedding these crates adds a backend by implementing [`ResourceManager`] (and a
-//! [`KernelProcess`] for its handles) and registering it with [`Registry::register`] under the
-//! name its kernelspecs use in `metadata.process_proxy.class_name` (a plain name without dots,
-//! e.g. `"class_name": "batch"`). The contract:
+//! [`KernelProcess`] for its handles) and registering it with [`Registry::register`]. The
+//! backend chooses the names kernelspecs use for it:
+//!
+//! * its [`ResourceManager::name`], a plain name (letters, digits, `_`, `-`), always works as
+//!   `"class_name"` in `metadata.process_proxy`;
+//! * [`ResourceManager::names`] adds any other class names (EG's dotted ones, e.g.
+//!   `enterprise_gateway.services.processproxies.k8s.KubernetesProcessProxy`, or its own) and
+//!   `metadata.kernel_provisioner.provisioner_name` values. A name claimed by two backends
+//!   belongs to the one registered last, so an embedder can take over a built-in's names.
+//!
+//! A kernelspec whose name nobody claims stays listed, marked unavailable with the registry's
+//! reason, and cannot be started. [`ResourceManager::capabilities`] defaults to
+//! [`Capabilities::ELSEWHERE`] (kernels on another machine, no `run_as`, no callback listener).
+//!
+//! The contract:
 //!
 //! * `launch` returns once the kernel's connection info is known and must leave nothing behind
 //!   when it fails (files, processes, remote jobs); it must finish within `request.timeout`.
@@ -86,7 +104,10 @@
 //! ```
 //! use std::sync::Arc;
 //! use async_trait::async_trait;
-//! use resource_managers::{Error, KernelRecord, LaunchRequest, LaunchedKernel, Registry, ResourceManager};
+//! use kernel_launcher::BackendRef;
+//! use resource_managers::{
+//!     BackendNames, Error, KernelRecord, LaunchRequest, LaunchedKernel, Registry, ResourceManager,
+//! };
 //!
 //! /// Runs nothing yet: every launch is refused.
 //! #[derive(Debug)]
@@ -96,6 +117,9 @@
 //! impl ResourceManager for Batch {
 //!     fn name(&self) -> &str {
 //!         "batch"
+//!     }
+//!     fn names(&self) -> BackendNames {
+//!         BackendNames::new(&["acme.gateway.BatchProcessProxy"], &["batch-provisioner"])
 //!     }
 //!     async fn launch(&self, request: LaunchRequest) -> Result<LaunchedKernel, Error> {
 //!         Err(Error::Unsupported(format!("no batch queue for kernel {}", request.kernel_id)))
@@ -107,20 +131,32 @@
 //!
 //! let mut registry = Registry::new();
 //! registry.register(Arc::new(Batch));
-//! assert!(registry.names().any(|n| n == "batch"));
+//! for named in [
+//!     BackendRef::ProcessProxy("batch".into()),
+//!     BackendRef::ProcessProxy("acme.gateway.BatchProcessProxy".into()),
+//!     BackendRef::Provisioner("batch-provisioner".into()),
+//! ] {
+//!     let backend = registry.resolve_ref("spec", &named).map_err(|e| e.to_string())?;
+//!     assert_eq!(backend.name(), "batch");
+//! }
+//! let unknown = BackendRef::ProcessProxy("acme.gateway.Other".into());
+//! assert!(registry.resolve_ref("spec", &unknown).err().and_then(|e| e.listed_reason().map(str::to_owned)).is_some());
+//! # Ok::<(), String>(())
 //! ```
 
 #[cfg(feature = "docker")]
 pub mod docker;
 pub mod error;
+#[cfg(feature = "external")]
+pub mod external;
 pub mod local;
+pub mod registry;
 pub mod ssh;
 pub mod yarn;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -129,6 +165,7 @@ use kernel_launcher::{KernelSpec, PortRange};
 use serde::{Deserialize, Serialize};
 
 pub use error::Error;
+pub use registry::{BackendNames, DEFAULT_BACKEND, Registry, Unavailable};
 
 /// Everything a backend needs to start one kernel.
 #[derive(Debug, Clone)]
@@ -350,38 +387,59 @@ pub trait KernelProcess: Send + Sync + Debug {
     fn detach(&self) {}
 }
 
+/// Where a backend's kernels run, as the gateway needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelHost {
+    /// On the gateway's own machine, as its child processes (the local backend). The gateway
+    /// may restart such a kernel on its own when it dies.
+    Gateway,
+    /// Somewhere else (another host, a cluster). The gateway does not restart such a kernel when
+    /// no client is connected to it, as EG does for remote kernels.
+    Elsewhere,
+}
+
+/// What a backend does, stated by [`ResourceManager::capabilities`]; the gateway decides by
+/// these, never by a backend's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Where its kernels run.
+    pub host: KernelHost,
+    /// Whether it starts the kernel as [`LaunchRequest::run_as`]. The gateway looks the user's
+    /// account up (and refuses an unknown one) only for backends that do; the others leave
+    /// impersonation to their launch scripts (`KERNEL_USERNAME`).
+    pub honours_run_as: bool,
+    /// Whether its launches wait for a launcher's call to the gateway's
+    /// [`kernel_launcher::ResponseListener`] (so it cannot work without one).
+    pub uses_callback_listener: bool,
+}
+
+impl Capabilities {
+    /// A backend whose kernels run elsewhere, with neither `run_as` nor the callback listener:
+    /// the default of [`ResourceManager::capabilities`].
+    pub const ELSEWHERE: Capabilities = Capabilities {
+        host: KernelHost::Elsewhere,
+        honours_run_as: false,
+        uses_callback_listener: false,
+    };
+}
+
 /// A place kernels run.
 #[async_trait]
 pub trait ResourceManager: Send + Sync + Debug {
-    /// The backend's name (`local`, `ssh`, `yarn`, ...).
+    /// The backend's name (`local`, `ssh`, `yarn`, ...): its key in the [`Registry`], in
+    /// [`KernelRecord::resource_manager`] and in metrics, and a `class_name` kernelspecs may use.
     fn name(&self) -> &str;
+    /// The other names kernelspecs may use for this backend: EG class names, gateway_provisioners
+    /// provisioner names, or names of its own. The default is none beyond [`Self::name`].
+    fn names(&self) -> BackendNames {
+        BackendNames::default()
+    }
+    /// What the backend does. The default is [`Capabilities::ELSEWHERE`].
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ELSEWHERE
+    }
     /// Starts a kernel. Must leave nothing behind when it fails.
     async fn launch(&self, request: LaunchRequest) -> Result<LaunchedKernel, Error>;
     /// Re-attaches to a kernel from its record, if the backend can.
     async fn reattach(&self, record: &KernelRecord) -> Result<LaunchedKernel, Error>;
-}
-
-/// Backends by name. An embedding program registers its own next to the built-in ones.
-#[derive(Debug, Clone, Default)]
-pub struct Registry {
-    backends: BTreeMap<String, Arc<dyn ResourceManager>>,
-}
-
-impl Registry {
-    /// An empty registry.
-    pub fn new() -> Registry {
-        Registry::default()
-    }
-    /// Adds (or replaces) a backend under its name.
-    pub fn register(&mut self, backend: Arc<dyn ResourceManager>) {
-        self.backends.insert(backend.name().to_owned(), backend);
-    }
-    /// Looks a backend up.
-    pub fn get(&self, name: &str) -> Option<Arc<dyn ResourceManager>> {
-        self.backends.get(name).cloned()
-    }
-    /// Names of all backends.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.backends.keys().map(String::as_str)
-    }
 }

@@ -157,6 +157,16 @@ impl ResourceManager for LocalResourceManager {
     fn name(&self) -> &str {
         NAME
     }
+    fn names(&self) -> crate::BackendNames {
+        crate::BackendNames::built_in(NAME)
+    }
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities {
+            host: crate::KernelHost::Gateway,
+            honours_run_as: true,
+            uses_callback_listener: false,
+        }
+    }
 
     async fn launch(&self, request: LaunchRequest) -> Result<LaunchedKernel, Error> {
         let spec = &request.spec;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jupyter_protocol::{KernelClient, SocketOptions};
-use kernel_launcher::{Backend, KernelSpec, ListenerOptions, PortRange, ResponseListener};
+use kernel_launcher::{BackendRef, KernelSpec, ListenerOptions, PortRange, ResponseListener};
 use resource_managers::yarn::{YarnConfig, YarnResourceManager};
 use resource_managers::{Error, LaunchRequest, LaunchedKernel, ProcessState, ResourceManager};
 use tests::yarn::{EmulatorConfig, RmAppState, YarnEmulator};
@@ -128,7 +128,7 @@ fn yarn_spec(root: &Path, name: &str, app: Option<&Path>) -> KernelSpec {
     });
     std::fs::write(dir.join("kernel.json"), json.to_string()).expect("kernel.json");
     let spec = KernelSpec::load(&dir).expect("spec");
-    assert_eq!(spec.backend, Backend::Named("yarn".into()));
+    assert_eq!(spec.backend, BackendRef::ProcessProxy(EG_YARN_CLASS.into()));
     spec
 }
 

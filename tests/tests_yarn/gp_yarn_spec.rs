@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use jupyter_protocol::{KernelClient, SocketOptions};
 use kernel_launcher::env::{EnvInputs, EnvPolicy, compose};
-use kernel_launcher::{Backend, KernelSpec, ListenerOptions, PortRange, ResponseListener};
+use kernel_launcher::{KernelSpec, ListenerOptions, PortRange, ResponseListener};
 use resource_managers::yarn::{YarnConfig, YarnResourceManager};
 use resource_managers::{LaunchRequest, ProcessState, ResourceManager};
 use tests::yarn::{RmAppState, YarnEmulator};
@@ -73,7 +73,6 @@ async fn gp_yarn_spec_launches_interrupts_and_shuts_down() {
 
     let spec_dir = install_spec(&root.path().join("prefix"), &spark_home).await;
     let spec = KernelSpec::load(&spec_dir).expect("load the generated spec");
-    assert_eq!(spec.backend, Backend::Named("yarn".into()));
     assert_eq!(spec.language, "python");
     assert_eq!(
         spec.argv.first().map(PathBuf::from),
@@ -107,6 +106,17 @@ async fn gp_yarn_spec_launches_interrupts_and_shuts_down() {
     config.request_timeout = 5 * SECOND;
     config.yarn_endpoint = Some(format!("{}/ws/v1/cluster", emu.url()));
     let backend = YarnResourceManager::new(config);
+    // The provisioner name the generated spec uses is one the yarn backend answers to.
+    let mut registry = resource_managers::Registry::new();
+    registry.register(std::sync::Arc::new(YarnResourceManager::new(
+        YarnConfig::new(listener.clone(), root.path().join("logs")),
+    )));
+    assert_eq!(
+        registry.resolve(&spec).map(|b| b.name().to_owned()),
+        Ok("yarn".to_owned()),
+        "{:?}",
+        spec.backend
+    );
 
     // The environment composed as the gateway does: its inherited variables, the request's,
     // then the kernelspec's `env` stanza.

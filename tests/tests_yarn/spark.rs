@@ -196,7 +196,9 @@ async fn spark_standalone_session_from_a_gateway_launched_kernel_runs_a_job() {
         .expect("fixture kernelspec");
     assert_eq!(
         spec.backend,
-        kernel_launcher::Backend::Named("local".into())
+        kernel_launcher::BackendRef::ProcessProxy(
+            "enterprise_gateway.services.processproxies.processproxy.LocalProcessProxy".into()
+        )
     );
     let backend = LocalResourceManager::new(LocalConfig {
         runtime_dir: tmp.path().join("runtime"),

@@ -2,7 +2,7 @@
 //! built explicitly from the manager's or the launcher's own types.
 use std::collections::BTreeMap;
 
-use kernel_launcher::{Backend, InterruptMode, KernelSpec};
+use kernel_launcher::{InterruptMode, KernelSpec};
 use serde::Serialize;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
@@ -277,8 +277,9 @@ pub struct SpecModel {
 }
 
 impl KernelSpecModel {
-    /// The model of `spec`, with resource URLs rooted at `base_url` (normalised, ends with `/`).
-    pub fn new(spec: &KernelSpec, base_url: &str) -> KernelSpecModel {
+    /// The model of `spec`, with resource URLs rooted at `base_url` (normalised, ends with `/`);
+    /// `unavailable` is the reason no backend here runs it, if that is so.
+    pub fn new(spec: &KernelSpec, base_url: &str, unavailable: Option<String>) -> KernelSpecModel {
         let resources = spec
             .resources()
             .into_iter()
@@ -302,10 +303,7 @@ impl KernelSpecModel {
                 },
             },
             resources,
-            unavailable: match &spec.backend {
-                Backend::Unsupported(reason) => Some(reason.clone()),
-                Backend::Named(_) => None,
-            },
+            unavailable,
         }
     }
 }

@@ -40,7 +40,11 @@ pub(crate) async fn list(
         .filter(|spec| {
             viewer.is_none_or(|(user, groups)| state.manager.authorize(spec, user, groups).is_ok())
         })
-        .map(|spec| (spec.name.clone(), KernelSpecModel::new(spec, &state.base)))
+        .map(|spec| {
+            let unavailable = state.manager.unavailable(spec);
+            let model = KernelSpecModel::new(spec, &state.base, unavailable);
+            (spec.name.clone(), model)
+        })
         .collect();
     // The default is advertised only when the caller can start it; clients (JupyterLab) then
     // pick one of the listed kernelspecs themselves.
@@ -73,7 +77,8 @@ pub(crate) async fn get(
                 message: format!("User {user} is not authorized to use kernel spec {name}"),
             })?;
     }
-    Ok(Json(KernelSpecModel::new(spec, &state.base)))
+    let unavailable = state.manager.unavailable(spec);
+    Ok(Json(KernelSpecModel::new(spec, &state.base, unavailable)))
 }
 
 fn spec_not_found(name: &str) -> Error {

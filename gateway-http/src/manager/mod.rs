@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use kernel_launcher::env::{EnvInputs, compose, filter_request_env};
-use kernel_launcher::{Backend, KernelSpec, KernelSpecs};
-use resource_managers::Registry;
+use kernel_launcher::{KernelSpec, KernelSpecs};
+use resource_managers::{KernelHost, Registry, Unavailable};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -249,6 +249,12 @@ impl KernelManager {
         }
         specs
     }
+    /// Why no backend of this gateway runs `spec`, when the kernelspec listing should say so
+    /// (it names a class or provisioner nobody here answers to).
+    pub fn unavailable(&self, spec: &KernelSpec) -> Option<String> {
+        let unavailable = self.registry.resolve(spec).err()?;
+        unavailable.listed_reason().map(str::to_owned)
+    }
     /// Whether `user` (a member of `groups`) may use `spec` (EG §5.4: per-spec authorized list
     /// replaces the global one, unauthorized lists add up; lists are split on commas, and an
     /// entry `group:<name>` stands for the group's members). `Err(Forbidden)` with EG's texts.
@@ -338,10 +344,10 @@ impl KernelManager {
             .get(&name)
             .cloned()
             .ok_or_else(|| Error::NoSuchKernelSpec(name.clone()))?;
-        let backend_name = match &spec.backend {
-            Backend::Named(backend) => backend.clone(),
-            Backend::Unsupported(msg) => return Err(Error::Unsupported(msg.clone())),
-        };
+        let resolved = self.registry.resolve(&spec);
+        if let Err(unclaimed @ Unavailable::Unclaimed { .. }) = &resolved {
+            return Err(Error::Unsupported(unclaimed.to_string()));
+        }
         // Authorize before anything is allocated (EG leaves files behind when it does not).
         policy::authorize(config, &spec, &username, &request.groups)?;
         let asked = request.profile.clone().or_else(|| {
@@ -365,12 +371,8 @@ impl KernelManager {
             .is_some_and(|env| env.contains_key("KERNEL_ID"));
         let empty = BTreeMap::new();
         let timeout = policy::launch_timeout(config, filtered.as_ref().unwrap_or(&empty))?;
-        let backend = self.registry.get(&backend_name).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "kernelspec {} needs the resource manager {backend_name:?}, which this gateway does not run",
-                spec.name
-            ))
-        })?;
+        let backend =
+            resolved.map_err(|unavailable| Error::Unsupported(unavailable.to_string()))?;
         let mut env = compose(&EnvInputs {
             request: filtered.as_ref(),
             gateway: &config.gateway_env,
@@ -380,8 +382,9 @@ impl KernelManager {
             username: &username,
             impersonation_enabled: config.impersonation_enabled,
         });
-        let remote = backend.name() != resource_managers::local::NAME;
-        let run_as = if config.impersonation_enabled && !remote {
+        let capabilities = backend.capabilities();
+        let remote = capabilities.host == KernelHost::Elsewhere;
+        let run_as = if config.impersonation_enabled && capabilities.honours_run_as {
             identity::local_account(&username, &mut env)?
         } else {
             None

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use kernel_launcher::Backend;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -587,12 +586,15 @@ impl KernelManager {
             .get(&row.kernelspec)
             .cloned()
             .ok_or_else(|| format!("its kernelspec {:?} no longer exists", row.kernelspec))?;
-        if let Backend::Unsupported(why) = &spec.backend {
-            return Err(why.clone());
+        if let Err(unclaimed @ resource_managers::Unavailable::Unclaimed { .. }) =
+            self.registry.resolve(&spec)
+        {
+            return Err(unclaimed.to_string());
         }
-        let remote = backend.name() != resource_managers::local::NAME;
+        let capabilities = backend.capabilities();
+        let remote = capabilities.host == resource_managers::KernelHost::Elsewhere;
         let mut env = row.env.clone();
-        let run_as = if self.config.impersonation_enabled && !remote {
+        let run_as = if self.config.impersonation_enabled && capabilities.honours_run_as {
             identity::local_account(&row.username, &mut env).map_err(|e| e.to_string())?
         } else {
             None

@@ -212,7 +212,7 @@ mod tests {
             env: BTreeMap::new(),
             interrupt_mode: kernel_launcher::InterruptMode::Signal,
             metadata: serde_json::Value::Null,
-            backend: kernel_launcher::Backend::Named("local".to_owned()),
+            backend: kernel_launcher::BackendRef::Default,
             config: kernel_launcher::kernelspec::SpecConfig::default(),
         };
         let groups = |names: &[&str]| names.iter().map(|g| (*g).to_owned()).collect::<Vec<_>>();

@@ -344,14 +344,15 @@ impl KernelManager {
                 spec.language
             ));
         }
-        let backend_name = match &spec.backend {
-            kernel_launcher::Backend::Named(name) => name.clone(),
-            kernel_launcher::Backend::Unsupported(why) => return Err(why.clone()),
-        };
         let backend = self
             .registry
-            .get(&backend_name)
-            .ok_or_else(|| format!("the resource manager {backend_name:?} is not run here"))?;
+            .resolve(&spec)
+            .map_err(|unavailable| match unavailable {
+                resource_managers::Unavailable::NotRegistered { backend, .. } => {
+                    format!("the resource manager {backend:?} is not run here")
+                }
+                unclaimed => unclaimed.to_string(),
+            })?;
         let set = self.profile_set();
         let profile = if profile.is_empty() {
             None
@@ -378,7 +379,7 @@ impl KernelManager {
             impersonation_enabled: false,
         });
         Ok(LaunchPlan {
-            remote: backend.name() != resource_managers::local::NAME,
+            remote: backend.capabilities().host == resource_managers::KernelHost::Elsewhere,
             run_as: None,
             backend,
             kernel_id,

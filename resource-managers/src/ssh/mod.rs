@@ -660,6 +660,15 @@ impl ResourceManager for SshResourceManager {
     fn name(&self) -> &str {
         NAME
     }
+    fn names(&self) -> crate::BackendNames {
+        crate::BackendNames::built_in(NAME)
+    }
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities {
+            uses_callback_listener: true,
+            ..crate::Capabilities::ELSEWHERE
+        }
+    }
 
     async fn launch(&self, request: LaunchRequest) -> Result<LaunchedKernel, Error> {
         let kernel_id = request.kernel_id.clone();
