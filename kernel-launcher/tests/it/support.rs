@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kernel_launcher::{ListenerOptions, ResponseListener};
-use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+pub(crate) use test_support::{eventually, group_exists};
 
 pub(crate) const SECOND: Duration = Duration::from_secs(1);
 
@@ -44,24 +44,5 @@ impl Drop for GroupGuard {
         if self.0 > 1 {
             let _ = killpg(Pid::from_raw(self.0), Signal::SIGKILL);
         }
-    }
-}
-
-/// Whether any process (zombies included) is in group `pgid`.
-pub(crate) fn group_exists(pgid: i32) -> bool {
-    pgid > 1 && kill(Pid::from_raw(-pgid), None) != Err(Errno::ESRCH)
-}
-
-/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
-pub(crate) async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
