@@ -45,8 +45,14 @@ pub enum Error {
     #[error("{0}")]
     Unauthorized(String),
     /// The YARN ResourceManager could not be reached or refused a call.
+    #[cfg(feature = "yarn")]
     #[error(transparent)]
     Yarn(#[from] crate::yarn::YarnError),
+    /// An external plugin broke the protocol, could not be run, or failed (its message names
+    /// the plugin and what it did).
+    #[cfg(feature = "external")]
+    #[error(transparent)]
+    Plugin(crate::external::PluginError),
     /// A value the client sent was refused before it reached a backend's API (an image
     /// reference, a name): the gateway answers 400; the message names the field.
     #[error("{0}")]
@@ -55,4 +61,8 @@ pub enum Error {
     #[cfg(feature = "docker")]
     #[error(transparent)]
     Docker(#[from] crate::docker::DockerError),
+    /// The Kubernetes API server could not be reached or refused a call.
+    #[cfg(feature = "kubernetes")]
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kubernetes::KubeError),
 }

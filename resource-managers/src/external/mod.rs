@@ -35,8 +35,6 @@ mod session;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,7 +50,7 @@ pub use protocol::{
 };
 
 use protocol::{Launched, Request, SpecFields, StateAnswer, fields_as};
-use session::Session;
+use session::{Conversation, Session};
 
 use crate::{
     BackendNames, Capabilities, Error, KernelHost, KernelProcess, KernelRecord, LaunchRequest,
@@ -522,9 +520,9 @@ pub struct ExternalKernelProcess {
     connection: ConnectionInfo,
     record: ExternalRecord,
     request_timeout: Duration,
-    session: tokio::sync::Mutex<Session>,
-    stderr: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
-    detached: AtomicBool,
+    /// How messages name the plugin.
+    label: String,
+    conversation: Conversation,
 }
 
 impl ExternalKernelProcess {
@@ -544,35 +542,43 @@ impl ExternalKernelProcess {
                 interrupt_signal: parts.interrupt_signal,
             },
             request_timeout: backend.config.request_timeout,
-            stderr: parts.session.stderr(),
-            session: tokio::sync::Mutex::new(parts.session),
-            detached: AtomicBool::new(false),
+            label: parts.session.label().to_owned(),
+            conversation: Conversation::start(parts.session),
         }
     }
 
-    /// One request with the usual deadline (plus `extra`).
+    /// One request with the usual deadline plus `extra`.
     async fn ask(
         &self,
         op: &'static str,
         fields: Value,
         extra: Duration,
     ) -> Result<serde_json::Map<String, Value>, PluginError> {
-        let deadline = Instant::now() + self.request_timeout + extra;
-        let mut session = self.session.lock().await;
-        session.call(Request::new(op, fields), deadline).await
+        self.conversation
+            .call(Request::new(op, fields), self.request_timeout + extra)
+            .await
     }
 
+    /// A request answered with a kernel state (`poll`, `terminate`).
     async fn state(
         &self,
         op: &'static str,
         fields: Value,
         extra: Duration,
     ) -> Result<ProcessState, PluginError> {
-        let deadline = Instant::now() + self.request_timeout + extra;
-        let mut session = self.session.lock().await;
-        let fields = session.call(Request::new(op, fields), deadline).await?;
-        let answer: StateAnswer = answer_as(&mut session, op, fields).await?;
-        Ok(answer.state())
+        let fields = self.ask(op, fields, extra).await?;
+        match fields_as::<StateAnswer>(fields) {
+            Ok(answer) => Ok(answer.state()),
+            Err(reason) => {
+                let err = PluginError::Malformed {
+                    plugin: self.label.clone(),
+                    op: op.to_owned(),
+                    reason,
+                };
+                self.conversation.fail(err.clone());
+                Err(err)
+            }
+        }
     }
 }
 
@@ -601,7 +607,7 @@ impl KernelProcess for ExternalKernelProcess {
     /// [`ProcessState::Unknown`] at once (nothing can be learnt from it any more).
     async fn wait(&self) -> ProcessState {
         loop {
-            if self.session.lock().await.is_broken() {
+            if self.conversation.is_broken() {
                 return ProcessState::Unknown;
             }
             if let state @ ProcessState::Exited { .. } = self.poll().await {
@@ -631,30 +637,21 @@ impl KernelProcess for ExternalKernelProcess {
     /// Asks the plugin to remove what it made (`keep_files` on restarts), closes its stdin and
     /// reaps it; its process group goes too, so nothing it started there outlives the kernel.
     async fn cleanup(&self, keep_connection_file: bool) {
-        let mut session = self.session.lock().await;
-        if !session.is_broken() {
-            let deadline = Instant::now() + self.request_timeout;
-            let request = Request::new("cleanup", json!({ "keep_files": keep_connection_file }));
-            if let Err(err) = session.call(request, deadline).await {
+        if !self.conversation.is_broken() {
+            let fields = json!({ "keep_files": keep_connection_file });
+            if let Err(err) = self.ask("cleanup", fields, Duration::ZERO).await {
                 tracing::warn!(kernel_id = %self.kernel_id, error = %err, "plugin cleanup failed");
             }
         }
-        session.close(true).await;
+        self.conversation.close(true).await;
     }
 
     fn log_tail(&self, max_lines: usize) -> String {
-        session::tail(&self.stderr, max_lines)
+        self.conversation.stderr_tail(max_lines)
     }
 
     fn detach(&self) {
-        self.detached.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for ExternalKernelProcess {
-    fn drop(&mut self) {
-        let keep = self.detached.load(Ordering::SeqCst);
-        self.session.get_mut().abandon(!keep);
+        self.conversation.keep_kernel();
     }
 }
 

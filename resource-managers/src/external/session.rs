@@ -52,6 +52,8 @@ pub(crate) struct Session {
     broken: Option<String>,
     stderr: Arc<Mutex<VecDeque<String>>>,
     status: Option<ExitStatus>,
+    /// The kernel outlives the session ([`Session::keep_kernel`]).
+    keep: bool,
 }
 
 impl Session {
@@ -115,6 +117,7 @@ impl Session {
             broken: None,
             stderr,
             status: None,
+            keep: false,
         })
     }
 
@@ -319,13 +322,141 @@ impl Session {
         }
     }
 
-    /// For a handle dropped without [`Session::close`]: kills the group unless the kernel must
-    /// outlive the handle, and lets the plugin see EOF on stdin. Tokio reaps the process.
-    pub(crate) fn abandon(&mut self, kill_group: bool) {
-        self.stdin = None;
-        if kill_group && self.status.is_none() {
+    /// Lets the kernel outlive this session: when it ends without [`Session::close`], the
+    /// plugin only sees its stdin close and its process group is left alone.
+    pub(crate) fn keep_kernel(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Session {
+    /// A session dropped while its plugin runs (a cancelled launch, a handle dropped without
+    /// cleanup) kills the plugin's process group, unless the kernel must outlive it. Tokio
+    /// reaps the process.
+    fn drop(&mut self) {
+        if self.status.is_none() && !self.keep {
             self.kill_group();
         }
+    }
+}
+
+/// A session run by its own task, so a caller that stops waiting (a dropped future) cannot
+/// leave a request half-sent or its answer unread: the task finishes each exchange and drops
+/// the answer nobody waits for. Requests are taken in order; each one's deadline starts when
+/// the task sends it. Dropping the conversation ends the task and the session with it.
+#[derive(Debug)]
+pub(crate) struct Conversation {
+    jobs: mpsc::UnboundedSender<Job>,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// What the conversation's task is asked to do.
+#[derive(Debug)]
+enum Job {
+    Call {
+        request: Request,
+        budget: Duration,
+        reply: tokio::sync::oneshot::Sender<Result<Map<String, Value>, PluginError>>,
+    },
+    /// The caller found an answer malformed: end the plugin.
+    Fail(PluginError),
+    Close {
+        kill_group: bool,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+    KeepKernel,
+}
+
+impl Conversation {
+    /// Hands `session` to a task of its own.
+    pub(crate) fn start(mut session: Session) -> Conversation {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (jobs, mut queue) = mpsc::unbounded_channel();
+        let broken = Arc::new(AtomicBool::new(session.is_broken()));
+        let stderr = session.stderr();
+        let flag = Arc::clone(&broken);
+        tokio::spawn(async move {
+            while let Some(job) = queue.recv().await {
+                match job {
+                    Job::Call {
+                        request,
+                        budget,
+                        reply,
+                    } => {
+                        let answer = session.call(request, Instant::now() + budget).await;
+                        flag.store(session.is_broken(), Ordering::SeqCst);
+                        let _ = reply.send(answer);
+                    }
+                    Job::Fail(err) => {
+                        session.fail(&err).await;
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                    Job::Close { kill_group, done } => {
+                        session.close(kill_group).await;
+                        let _ = done.send(());
+                    }
+                    Job::KeepKernel => session.keep_kernel(),
+                }
+            }
+        });
+        Conversation {
+            jobs,
+            broken,
+            stderr,
+        }
+    }
+
+    /// Sends `request` and waits for its answer (see [`Session::call`]); the request has
+    /// `budget` from the moment it is sent.
+    pub(crate) async fn call(
+        &self,
+        request: Request,
+        budget: Duration,
+    ) -> Result<Map<String, Value>, PluginError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let op = request.op;
+        let gone = || PluginError::Broken {
+            plugin: "(unknown)".to_owned(),
+            reason: format!("its conversation ended before {op}"),
+        };
+        self.jobs
+            .send(Job::Call {
+                request,
+                budget,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Ends the plugin after a malformed answer `err` (later calls fail with it).
+    pub(crate) fn fail(&self, err: PluginError) {
+        self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.jobs.send(Job::Fail(err));
+    }
+
+    /// [`Session::close`], once the requests before it are done.
+    pub(crate) async fn close(&self, kill_group: bool) {
+        let (done, closed) = tokio::sync::oneshot::channel();
+        if self.jobs.send(Job::Close { kill_group, done }).is_ok() {
+            let _ = closed.await;
+        }
+    }
+
+    /// [`Session::keep_kernel`].
+    pub(crate) fn keep_kernel(&self) {
+        let _ = self.jobs.send(Job::KeepKernel);
+    }
+
+    /// Whether the plugin broke the protocol (or exited) and was ended.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The last `max_lines` lines of the plugin's stderr.
+    pub(crate) fn stderr_tail(&self, max_lines: usize) -> String {
+        tail(&self.stderr, max_lines)
     }
 }
 
