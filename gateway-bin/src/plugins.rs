@@ -67,7 +67,9 @@ pub(crate) async fn register(
 }
 
 fn backend_name(backend: &ExternalResourceManager) -> &str {
-    backend.hello().map_or("external", |hello| hello.name.as_str())
+    backend
+        .hello()
+        .map_or("external", |hello| hello.name.as_str())
 }
 
 #[cfg(test)]
@@ -97,7 +99,10 @@ mod tests {
     #[test]
     fn bad_plugins_files_say_what_is_wrong() {
         let err = parse("[[plugins]]\nargv = []\n").expect_err("empty argv");
-        assert!(err.to_string().contains("plugin 1 has an empty argv"), "{err}");
+        assert!(
+            err.to_string().contains("plugin 1 has an empty argv"),
+            "{err}"
+        );
         let err = parse("[[plugin]]\nargv = [\"p\"]\n").expect_err("misspelt table");
         assert!(format!("{err:#}").contains("plugin"), "{err:#}");
         assert!(parse("[[plugins]]\nprogram = \"p\"\n").is_err());
