@@ -149,9 +149,13 @@ pub mod docker;
 pub mod error;
 #[cfg(feature = "external")]
 pub mod external;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod local;
 pub mod registry;
+#[cfg(feature = "ssh")]
 pub mod ssh;
+#[cfg(feature = "yarn")]
 pub mod yarn;
 
 use std::collections::BTreeMap;
@@ -319,8 +323,9 @@ impl std::fmt::Display for ProcessState {
     }
 }
 
-/// Seconds as Python prints a float (`30.0`, `1.5`), for EG's message texts.
-pub(crate) fn python_seconds(duration: Duration) -> String {
+/// Seconds as Python prints a float (`30.0`, `1.5`), for messages worded as EG's are (e.g.
+/// "KernelID: '…' launch timeout due to: Waited too long (30.0s) to get connection file").
+pub fn python_seconds(duration: Duration) -> String {
     let secs = (duration.as_secs_f64() * 1000.0).round() / 1000.0;
     if secs.fract() == 0.0 {
         format!("{secs:.1}")

@@ -3,8 +3,9 @@
 //! * `setup` — create the project-local Python environments (`.venv` for kernels and Jupyter
 //!   Server, `.venv-eg` for Enterprise Gateway 3.3.0 and its own integration tests). Idempotent:
 //!   a stamp file holding a hash of the requirements file makes re-runs skip pip.
-//! * `ci` — the one test command: `setup`, format check, clippy, build the binaries, nextest, doc
-//!   tests, and a quick smoke run of the benchmark harness. Stops at the first failing step and names it.
+//! * `ci` — the one test command: `setup`, format check, `resource-managers` without its optional
+//!   backends (builds, and pulls neither russh nor reqwest), clippy, build the binaries, nextest,
+//!   doc tests, and a quick smoke run of the benchmark harness. Stops at the first failing step and names it.
 //! * `fuzz [--seconds N]` — every cargo-fuzz target under `fuzz/`, each for a bounded time.
 //! * `bench [args]` — release build, then `gateway-bench` (see `bench/README.md`).
 //! * `serve [gateway args...]` — only what serving a Python kernel needs: `.venv` with ipykernel
@@ -383,6 +384,7 @@ fn ci_steps(root: &Path, timings: &mut Vec<(&'static str, Duration)>) -> Result<
     step(timings, "fmt", || {
         run_cmd(cargo(root).args(["fmt", "--all", "--", "--check"]))
     })?;
+    step(timings, "features", || minimal_resource_managers(root))?;
     step(timings, "clippy", || {
         run_cmd(cargo(root).args([
             "clippy",
@@ -409,6 +411,53 @@ fn ci_steps(root: &Path, timings: &mut Vec<(&'static str, Duration)>) -> Result<
         run_cmd(Command::new(bench).arg("--quick").current_dir(root))
     })?;
     Ok(())
+}
+
+/// Crates only the optional backends of `resource-managers` may bring in: with its default
+/// features off (an embedder who wants local kernels only), none of them may be compiled.
+/// A new optional backend adds the crates it alone needs here.
+const OPTIONAL_BACKEND_CRATES: [&str; 2] = ["russh", "reqwest"];
+
+/// `resource-managers` without default features builds (all targets) and its dependency tree
+/// holds none of [`OPTIONAL_BACKEND_CRATES`].
+fn minimal_resource_managers(root: &Path) -> Result<()> {
+    let minimal = ["-p", "resource-managers", "--no-default-features"];
+    run_cmd(cargo(root).arg("check").args(minimal).arg("--all-targets"))?;
+    let mut tree = cargo(root);
+    tree.arg("tree")
+        .args(minimal)
+        .args(["-e", "normal", "--prefix", "none"]);
+    let shown = describe(&tree);
+    println!("+ {shown}");
+    let output = tree
+        .output()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if !output.status.success() {
+        bail!(
+            "`{shown}` exited with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let found = optional_crates_in_tree(&String::from_utf8_lossy(&output.stdout));
+    if !found.is_empty() {
+        bail!(
+            "resource-managers without default features still depends on {}",
+            found.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Which of [`OPTIONAL_BACKEND_CRATES`] a `cargo tree --prefix none` listing names.
+fn optional_crates_in_tree(tree: &str) -> Vec<&'static str> {
+    OPTIONAL_BACKEND_CRATES
+        .into_iter()
+        .filter(|name| {
+            tree.lines()
+                .any(|line| line.split_whitespace().next() == Some(*name))
+        })
+        .collect()
 }
 
 /// Runs one named step, records its time, and names it in the error when it fails.
@@ -677,6 +726,13 @@ mod tests {
                 "{pin} differs from requirements/test.txt"
             );
         }
+    }
+
+    #[test]
+    fn optional_backend_crates_are_found_by_name_only() {
+        let tree = "resource-managers v0.1.0 (/w/resource-managers)\nrussh v0.65.1\nrusshy v1.0.0\nreqwest-middleware v1.0.0\ntokio v1.54.1\n";
+        assert_eq!(optional_crates_in_tree(tree), vec!["russh"]);
+        assert!(optional_crates_in_tree("tokio v1.54.1\n").is_empty());
     }
 
     #[test]

@@ -2,7 +2,10 @@
 
 mod ipykernel;
 mod local;
+#[cfg(feature = "ssh")]
 mod ssh;
+#[cfg(feature = "ssh")]
 mod ssh_remote;
+#[cfg(feature = "ssh")]
 mod sshd;
 mod support;
