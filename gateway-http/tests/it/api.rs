@@ -981,72 +981,17 @@ mod served {
     use std::time::Duration;
 
     use anyhow::Context as _;
-    use gateway_http::{GatewayConfig, KernelManager};
+
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose, SanType,
     };
-    use resource_managers::Registry;
+
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio::sync::oneshot;
-    use tokio::task::JoinHandle;
+    use tokio::io::{AsyncRead, AsyncWrite};
+    use tokio::net::TcpStream;
 
-    use crate::support;
-
-    /// A gateway serving on a free port; stops (and is awaited) on drop of the sender.
-    struct Served {
-        addr: SocketAddr,
-        stop: Option<oneshot::Sender<()>>,
-        task: JoinHandle<std::io::Result<()>>,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Served {
-        async fn start(tweak: impl FnOnce(&mut GatewayConfig)) -> anyhow::Result<Served> {
-            let dir = tempfile::tempdir()?;
-            let kernels = support::write_kernelspecs(dir.path())?;
-            let mut config = support::config(vec![kernels], dir.path());
-            tweak(&mut config);
-            Served::with_manager(KernelManager::new(Arc::new(config), Registry::new()), dir).await
-        }
-
-        async fn with_manager(
-            manager: Arc<KernelManager>,
-            dir: tempfile::TempDir,
-        ) -> anyhow::Result<Served> {
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(gateway_http::serve(listener, manager, async move {
-                let _ = stopped.await;
-            }));
-            Ok(Served {
-                addr,
-                stop: Some(stop),
-                task,
-                _dir: dir,
-            })
-        }
-
-        async fn shutdown(mut self) -> anyhow::Result<()> {
-            if let Some(stop) = self.stop.take() {
-                let _ = stop.send(());
-            }
-            let task = &mut self.task;
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .context("serve did not stop")???;
-            Ok(())
-        }
-    }
-
-    impl Drop for Served {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
+    use crate::support::{self, Served};
 
     /// One GET on an open connection; status code and body.
     async fn request<S: AsyncRead + AsyncWrite + Unpin>(
@@ -1064,41 +1009,8 @@ mod served {
         headers: &str,
         body: &str,
     ) -> anyhow::Result<(u16, String)> {
-        let length = body.len();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {length}\r\n\r\n{body}"
-        );
-        stream.write_all(head.as_bytes()).await?;
-        let mut buffer = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let n = stream.read(&mut chunk).await?;
-            anyhow::ensure!(n > 0, "connection closed before the response headers");
-            buffer.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-        let status: u16 = head.split(' ').nth(1).context("no status")?.parse()?;
-        let length: usize = head
-            .lines()
-            .find_map(|line| {
-                line.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().to_owned())
-            })
-            .unwrap_or_else(|| "0".to_owned())
-            .parse()?;
-        while buffer.len() < head_end + length {
-            let n = stream.read(&mut chunk).await?;
-            anyhow::ensure!(n > 0, "connection closed inside the body");
-            buffer.extend_from_slice(&chunk[..n]);
-        }
-        Ok((
-            status,
-            String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned(),
-        ))
+        let reply = test_support::http::exchange(stream, method, path, headers, body).await?;
+        Ok((reply.status, reply.body))
     }
 
     #[tokio::test]
@@ -1380,7 +1292,7 @@ mod served {
         let (manager, dir) = support::ipykernel_manager(|c| {
             c.auth = gateway_http::Authenticators::shared_token(token)
         })?;
-        let served = Served::with_manager(manager, dir).await?;
+        let served = Served::with_manager(manager, Some(dir)).await?;
         let mut http = TcpStream::connect(served.addr).await?;
         let auth = format!("Authorization: token {token}\r\n");
         let (status, body) = exchange(

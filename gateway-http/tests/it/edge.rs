@@ -1,66 +1,22 @@
 //! The hardened HTTP edge over real sockets: raw HTTP/1.1 bytes against `serve`, for head and
 //! body limits, ambiguous framing, stalled and silent clients, and the per-client connection cap.
 //! After every hostile case the gateway must still answer others, with no kernel started.
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use gateway_http::config::HttpLimits;
-use gateway_http::{GatewayConfig, KernelManager};
-use resource_managers::Registry;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use crate::support::{self, contains};
+use test_support::http::{self, Reply};
+
+use crate::support::{self, Served, contains};
 
 /// Far beyond any timeout configured here: only there to turn a hang into a failure.
 const HANG: Duration = Duration::from_secs(20);
 
-/// A gateway serving on a loopback port; stopped by `shutdown` (aborted if a test fails first).
-struct Served {
-    addr: SocketAddr,
-    manager: Arc<KernelManager>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
 impl Served {
-    async fn start(tweak: impl FnOnce(&mut GatewayConfig)) -> anyhow::Result<Served> {
-        let dir = tempfile::tempdir()?;
-        let kernels = support::write_kernelspecs(dir.path())?;
-        let mut config = support::config(vec![kernels], dir.path());
-        tweak(&mut config);
-        Served::with_manager(KernelManager::new(Arc::new(config), Registry::new()), dir).await
-    }
-
-    async fn with_manager(
-        manager: Arc<KernelManager>,
-        dir: tempfile::TempDir,
-    ) -> anyhow::Result<Served> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway_http::serve(
-            listener,
-            Arc::clone(&manager),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Ok(Served {
-            addr,
-            manager,
-            stop: Some(stop),
-            task,
-            _dir: dir,
-        })
-    }
-
     /// A normal `GET /api` on a fresh connection answers 200, and no kernel was started.
     async fn still_serving(&self) -> anyhow::Result<()> {
         let mut stream = TcpStream::connect(self.addr).await?;
@@ -76,101 +32,18 @@ impl Served {
         );
         Ok(())
     }
-
-    async fn shutdown(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(HANG, &mut self.task)
-            .await
-            .context("serve did not stop")???;
-        Ok(())
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A response as read off the socket.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    /// Header lines, lowercased.
-    head: String,
-    body: String,
-    /// Bytes after the response (a server closing must send none).
-    after: Vec<u8>,
-    /// The server closed the connection after the response.
-    closed: bool,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|_| Value::String(self.body.clone()))
-    }
 }
 
 /// Reads one response, then whether the connection is closed: with `linger`, waits up to that
 /// long for the end of the stream (a reset counts as closed).
 async fn read_reply_then(stream: &mut TcpStream, linger: Duration) -> anyhow::Result<Reply> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let n = tokio::time::timeout(HANG, stream.read(&mut chunk))
-            .await
-            .context("no response")??;
-        anyhow::ensure!(
-            n > 0,
-            "connection closed before a response ({} bytes: {:?})",
-            buffer.len(),
-            String::from_utf8_lossy(&buffer)
-        );
-        buffer.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    };
-    let head = String::from_utf8_lossy(buffer.get(..head_end).unwrap_or_default()).to_lowercase();
-    let status: u16 = head.split(' ').nth(1).context("no status")?.parse()?;
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:").map(str::trim))
-        .unwrap_or("0")
-        .parse()?;
-    while buffer.len() < head_end + length {
-        let n = tokio::time::timeout(HANG, stream.read(&mut chunk))
-            .await
-            .context("body did not arrive")??;
-        anyhow::ensure!(n > 0, "connection closed inside the body");
-        buffer.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    }
-    let body = String::from_utf8_lossy(buffer.get(head_end..head_end + length).unwrap_or_default())
-        .into_owned();
-    let mut after = buffer.split_off(head_end + length);
-    let mut closed = false;
+    let mut reply = http::read_reply(stream, HANG)
+        .await?
+        .context("connection closed before a response")?;
     if !linger.is_zero() {
-        let deadline = tokio::time::Instant::now() + linger;
-        loop {
-            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-                Err(_) => break,
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    closed = true;
-                    break;
-                }
-                Ok(Ok(n)) => after.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-            }
-        }
+        http::linger(stream, &mut reply, linger).await;
     }
-    Ok(Reply {
-        status,
-        head,
-        body,
-        after,
-        closed,
-    })
+    Ok(reply)
 }
 
 async fn read_reply(stream: &mut TcpStream) -> anyhow::Result<Reply> {
@@ -582,7 +455,7 @@ async fn edge_e2e_head_deadline_spares_slow_requests_and_websockets() -> anyhow:
         ..HttpLimits::default()
     };
     let (manager, dir) = support::ipykernel_manager(|c| c.limits = limits)?;
-    let served = Served::with_manager(manager, dir).await?;
+    let served = Served::with_manager(manager, Some(dir)).await?;
     let mut http = TcpStream::connect(served.addr).await?;
     let body = r#"{"name": "python3"}"#;
     http.write_all(

@@ -1,7 +1,6 @@
 //! Trying to exhaust the gateway, over real sockets: a thousand silent connections and two
 //! hundred half-sent requests while a normal client lists kernels and starts one; the cap on
 //! open connections; a kernel whose relaunches keep failing.
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +13,9 @@ use resource_managers::local::{LocalConfig, LocalResourceManager};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
-use crate::support;
+use crate::support::{self, Served};
 use crate::ws::{Mode, connect, execute, next};
 
 /// The bound on anything that should happen promptly (not a speed assertion: a hang fails).
@@ -35,44 +32,6 @@ fn raise_open_files() {
     }
 }
 
-/// `gateway_http::serve` on a free port until dropped or shut down.
-#[derive(Debug)]
-struct Served {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Served {
-    async fn start(manager: Arc<KernelManager>) -> anyhow::Result<Served> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway_http::serve(listener, manager, async move {
-            let _ = stopped.await;
-        }));
-        Ok(Served {
-            addr,
-            stop: Some(stop),
-            task,
-        })
-    }
-
-    async fn shutdown(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        timeout(T, &mut self.task).await???;
-        Ok(())
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// A response read off a raw connection.
 #[derive(Debug)]
 struct Reply {
@@ -80,46 +39,14 @@ struct Reply {
     body: Value,
 }
 
-/// Reads one response (head, then a Content-Length body); `None` when the connection closed
-/// before a response began.
+/// Reads one response; `None` when the connection closed before a response began.
 async fn read_reply(stream: &mut TcpStream) -> anyhow::Result<Option<Reply>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            anyhow::ensure!(buf.is_empty(), "connection closed mid-response: {buf:?}");
-            return Ok(None);
-        }
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    };
-    let head = String::from_utf8_lossy(buf.get(..head_end).unwrap_or_default()).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = buf.get(head_end..).unwrap_or_default().to_vec();
-    while body.len() < length {
-        let n = stream.read(&mut chunk).await?;
-        anyhow::ensure!(n > 0, "connection closed mid-body");
-        body.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    }
-    Ok(Some(Reply {
-        status,
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-    }))
+    Ok(test_support::http::read_reply(stream, T)
+        .await?
+        .map(|reply| Reply {
+            status: reply.status,
+            body: serde_json::from_str(&reply.body).unwrap_or(Value::Null),
+        }))
 }
 
 /// Sends a request on a kept-alive connection and reads its answer, within [`T`].
@@ -130,15 +57,16 @@ async fn request(
     body: Option<Value>,
 ) -> anyhow::Result<Reply> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    timeout(T, read_reply(stream))
-        .await??
-        .ok_or_else(|| anyhow::anyhow!("{method} {path}: connection closed"))
+    let headers = "Content-Type: application/json\r\n";
+    let reply = timeout(
+        T,
+        test_support::http::exchange(stream, method, path, headers, &body),
+    )
+    .await??;
+    Ok(Reply {
+        status: reply.status,
+        body: serde_json::from_str(&reply.body).unwrap_or(Value::Null),
+    })
 }
 
 /// Waits until the peer closes `stream`; how long after `since` that was (and whether an answer
@@ -172,7 +100,7 @@ async fn exhaustion_e2e_silent_and_half_sent_connections_leave_users_served() ->
         ..HttpLimits::default()
     };
     let (manager, _dir) = support::ipykernel_manager(|c| c.limits = limits)?;
-    let served = Served::start(Arc::clone(&manager)).await?;
+    let served = Served::with_manager(Arc::clone(&manager), None).await?;
     let addr = served.addr;
 
     // A user who was there first.
@@ -413,7 +341,8 @@ async fn exhaustion_e2e_a_tls_handshake_counts_toward_the_head_deadline() -> any
     let mut config = support::config(Vec::new(), dir.path());
     config.tls = Some(tls);
     config.limits.header_timeout = header_timeout;
-    let served = Served::start(KernelManager::new(Arc::new(config), Registry::new())).await?;
+    let served =
+        Served::with_manager(KernelManager::new(Arc::new(config), Registry::new()), None).await?;
 
     // A connection that never starts its handshake is closed at the deadline.
     let silent = TcpStream::connect(served.addr).await?;

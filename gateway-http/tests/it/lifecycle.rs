@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use futures_util::{SinkExt, StreamExt};
 use gateway_http::config::Culling;
 use gateway_http::manager::rules::{
     CullReason, Liveness, RestartDecision, RestartTracker, STABLE_AFTER, cull_verdict, liveness,
 };
 use gateway_http::{GatewayConfig, KernelManager};
-use http::{Method, Request, StatusCode};
+use http::{Method, StatusCode};
 use jupyter_protocol::{ConnectionInfo, KernelClient, SocketOptions};
 use resource_managers::local::{LocalConfig, LocalResourceManager};
 use resource_managers::{
@@ -24,11 +23,10 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tower::ServiceExt;
 
-use crate::manager::eventually;
 use crate::support;
 use crate::ws::{Got, Mode, Ws, connect, execute, expect_msg, next, send_execute, serve};
+use test_support::eventually;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -141,31 +139,17 @@ impl Lab {
         })
     }
 
-    /// Sends a request through the whole HTTP application: status and JSON body.
+    /// Sends a request through the whole HTTP application: status and JSON body (`Null` when
+    /// it is empty or not JSON).
     async fn http(&self, method: Method, uri: &str, body: Value) -> (StatusCode, Value) {
-        let body = if body.is_null() {
-            Body::empty()
-        } else {
-            Body::from(body.to_string())
-        };
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(body)
-            .unwrap_or_else(|e| panic!("bad test request: {e}"));
-        let response = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .unwrap_or_else(|e| match e {});
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap_or_default();
+        let mut request = support::Req::new(method, uri);
+        if !body.is_null() {
+            request = request.body(&body.to_string());
+        }
+        let reply = support::send(&self.router, request).await;
         (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            reply.status,
+            serde_json::from_slice(&reply.body).unwrap_or(Value::Null),
         )
     }
 

@@ -11,7 +11,8 @@ use resource_managers::Registry;
 use resource_managers::local::{LocalConfig, LocalResourceManager};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::time::{Instant, sleep};
+use test_support::eventually;
+use tokio::time::Instant;
 
 use crate::support;
 
@@ -115,18 +116,6 @@ pub(crate) fn request(name: Option<&str>, env: Option<Value>) -> StartRequest {
 
 pub(crate) async fn client(info: &ConnectionInfo) -> anyhow::Result<KernelClient> {
     Ok(KernelClient::connect(info, &SocketOptions::default()).await?)
-}
-
-/// Polls until `cond` holds, for at most `within`.
-pub(crate) async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
-    cond()
 }
 
 fn port_open(port: u16) -> bool {

@@ -11,8 +11,9 @@ use http::StatusCode;
 use resource_managers::{Placement, ProcessLimits};
 use serde_json::{Value, json};
 
-use crate::manager::{Kernels, client, eventually};
+use crate::manager::{Kernels, client};
 use crate::support::Req;
+use test_support::eventually;
 
 const T: Duration = Duration::from_secs(30);
 const GIB: u64 = 1 << 30;

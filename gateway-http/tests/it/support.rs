@@ -1,20 +1,22 @@
-//! Shared test fixtures: gateway configurations, kernelspec directories and one request helper.
+//! Shared test fixtures: gateway configurations, kernelspec directories, a request helper for the
+//! router and a gateway served on a real loopback socket ([`Served`]).
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use gateway_http::config::{Cors, Culling};
 use gateway_http::{GatewayConfig, KernelManager};
 use http::{HeaderMap, Method, Request, StatusCode};
-use kernel_launcher::PortRange;
 use kernel_launcher::env::EnvPolicy;
 use resource_managers::Registry;
 use resource_managers::local::{LocalConfig, LocalResourceManager};
 use serde_json::Value;
 use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 /// The repository's virtualenv (ipykernel is installed there).
@@ -32,18 +34,10 @@ pub(crate) fn config(kernelspec_dirs: Vec<PathBuf>, root: &Path) -> GatewayConfi
     ]
     .into_iter()
     .collect();
+    // Only what differs from the library's defaults: listing off, the venv on PATH, shorter
+    // bounds, no pings, small buffers.
     GatewayConfig {
-        base_url: "/".to_owned(),
-        auth: gateway_http::Authenticators::none(),
-        limits: gateway_http::config::HttpLimits::default(),
-        cors: Cors::default(),
         list_kernels: false,
-        max_kernels: None,
-        max_kernels_per_user: None,
-        default_kernel_name: "python3".to_owned(),
-        allowed_kernelspecs: Vec::new(),
-        authorized_users: Vec::new(),
-        unauthorized_users: vec!["root".to_owned()],
         env_policy: EnvPolicy {
             client_envs: Vec::new(),
             inherited_envs: vec!["PATH".to_owned(), "HOME".to_owned()],
@@ -51,29 +45,15 @@ pub(crate) fn config(kernelspec_dirs: Vec<PathBuf>, root: &Path) -> GatewayConfi
         },
         gateway_env,
         gateway_user: "tester".to_owned(),
-        impersonation_enabled: false,
-        port_range: PortRange::default(),
         kernelspec_dirs,
         root_dir: root.to_owned(),
-        launch_timeout: Duration::from_secs(30),
         max_launch_timeout: Duration::from_secs(60),
         kernel_info_timeout: Duration::from_secs(30),
-        shutdown_wait_time: Duration::from_secs(5),
-        restart_limit: 5,
-        culling: Culling {
-            idle_timeout: Duration::ZERO,
-            interval: Duration::from_secs(300),
-            cull_connected: false,
-            cull_busy: false,
-            busy_timeout: Duration::ZERO,
-        },
         ws_ping_interval: Duration::ZERO,
         ws_max_message_size: 10 * 1024 * 1024,
         buffer_max_messages: 1000,
         buffer_max_bytes: 10 * 1024 * 1024,
         buffer_ttl: Duration::from_secs(60),
-        shutdown_kernels_on_exit: true,
-        tls: None,
         ..GatewayConfig::default()
     }
 }
@@ -153,29 +133,33 @@ impl Gateway {
 
     /// Sends a request; the whole reply.
     pub(crate) async fn send(&self, request: Req) -> Reply {
-        let mut builder = Request::builder().method(request.method).uri(&request.uri);
-        for (name, value) in &request.headers {
-            builder = builder.header(*name, value.as_str());
-        }
-        let request = builder
-            .body(Body::from(request.body))
-            .unwrap_or_else(|e| panic!("bad test request: {e}"));
-        let response = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .unwrap_or_else(|e| match e {});
-        let (parts, body) = response.into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .map(|b| b.to_vec())
-            .unwrap_or_default();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        send(&self.router, request).await
+    }
+}
+
+/// Sends a request through the whole HTTP application `router`; the whole reply.
+pub(crate) async fn send(router: &Router, request: Req) -> Reply {
+    let mut builder = Request::builder().method(request.method).uri(&request.uri);
+    for (name, value) in &request.headers {
+        builder = builder.header(*name, value.as_str());
+    }
+    let request = builder
+        .body(Body::from(request.body))
+        .unwrap_or_else(|e| panic!("bad test request: {e}"));
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|e| match e {});
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
     }
 }
 
@@ -281,5 +265,70 @@ pub(crate) fn contains(actual: &Value, expected: &Value) -> bool {
             .iter()
             .all(|(key, value)| actual.get(key).is_some_and(|a| contains(a, value))),
         _ => actual == expected,
+    }
+}
+
+/// `gateway_http::serve` on a loopback port until [`Served::shutdown`]; aborted when dropped
+/// first (a failing test).
+pub(crate) struct Served {
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+    /// The manager it serves, for checks behind the HTTP surface.
+    pub(crate) manager: Arc<KernelManager>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    _dir: Option<TempDir>,
+}
+
+impl Served {
+    /// Serves the test kernelspecs with no backends (nothing can start), after `tweak`.
+    pub(crate) async fn start(tweak: impl FnOnce(&mut GatewayConfig)) -> anyhow::Result<Served> {
+        let dir = tempfile::tempdir()?;
+        let kernels = write_kernelspecs(dir.path())?;
+        let mut config = config(vec![kernels], dir.path());
+        tweak(&mut config);
+        let manager = KernelManager::new(Arc::new(config), Registry::new());
+        Served::with_manager(manager, Some(dir)).await
+    }
+
+    /// Serves `manager`; `dir` (its kernelspecs and root) lives as long as the server.
+    pub(crate) async fn with_manager(
+        manager: Arc<KernelManager>,
+        dir: Option<TempDir>,
+    ) -> anyhow::Result<Served> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway_http::serve(
+            listener,
+            Arc::clone(&manager),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Served {
+            addr,
+            manager,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        })
+    }
+
+    /// Asks the server to stop and waits (at most 20 s) until it has.
+    pub(crate) async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task)
+            .await
+            .map_err(|_| anyhow::anyhow!("serve did not stop"))???;
+        Ok(())
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
