@@ -710,4 +710,141 @@ mod tests {
         spec.env.insert("EG_ALTERNATE_SIGINT".into(), "usr2".into());
         assert_eq!(interrupt_signal(&spec), nix::libc::SIGUSR2);
     }
+
+    fn venv_bin() -> PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin")
+    }
+
+    fn search_path() -> Vec<PathBuf> {
+        vec![venv_bin(), PathBuf::from("/usr/bin"), PathBuf::from("/bin")]
+    }
+
+    fn quick() -> ExternalConfig {
+        ExternalConfig {
+            hello_timeout: Duration::from_secs(1),
+            ..ExternalConfig::new(search_path())
+        }
+    }
+
+    fn sh(script: &str) -> PluginCommand {
+        PluginCommand::new(vec!["sh".into(), "-c".into(), script.into()])
+    }
+
+    #[tokio::test]
+    async fn a_plugin_that_does_not_say_hello_properly_is_refused_at_once() {
+        let cases = [
+            (
+                sh("echo nonsense; sleep 30"),
+                "is not a JSON object: nonsense",
+            ),
+            (
+                sh("read line; echo '{\"id\": 9, \"ok\": true}'; sleep 30"),
+                "(request id 1) with id 9",
+            ),
+            (
+                sh("echo oops >&2; exit 3"),
+                "exited during hello (exit code 3); stderr: oops",
+            ),
+            (sh("sleep 30"), "did not answer hello within 1.0 s"),
+            (
+                sh(
+                    "read line; echo '{\"id\": 1, \"ok\": true, \"protocol\": 2, \"name\": \"p\"}'; sleep 30",
+                ),
+                "speaks protocol version 2; this gateway speaks version 1",
+            ),
+            (
+                sh(
+                    "read line; echo '{\"id\": 1, \"ok\": true, \"protocol\": 1, \"name\": \"a b\"}'; sleep 30",
+                ),
+                "its name 'a b' must be letters",
+            ),
+            (
+                PluginCommand::new(vec!["no-such-plugin-program".into()]),
+                "no-such-plugin-program was not found",
+            ),
+        ];
+        for (command, expected) in cases {
+            let started = Instant::now();
+            let err = ExternalResourceManager::probe(command.clone(), quick())
+                .await
+                .expect_err("refused");
+            assert!(
+                err.to_string().contains(expected),
+                "{:?}: {err}",
+                command.argv
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{:?}",
+                command.argv
+            );
+        }
+    }
+
+    /// A kernel launched through the Python example plugin survives its handle's detach and a
+    /// new plugin process re-attaches to it from the record.
+    #[tokio::test]
+    async fn e2e_python_plugin_launches_detaches_and_reattaches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/python-plugin/plugin.py");
+        let command = PluginCommand::new(vec![
+            venv_bin().join("python").display().to_string(),
+            plugin.display().to_string(),
+            "--runtime-dir".into(),
+            dir.path().display().to_string(),
+        ]);
+        let manager = ExternalResourceManager::probe(command, ExternalConfig::new(search_path()))
+            .await
+            .expect("hello");
+        assert_eq!(manager.name(), "python-plugin");
+        assert_eq!(manager.names().class_names, ["examples.python-plugin"]);
+        assert_eq!(manager.capabilities().host, KernelHost::Gateway);
+
+        let mut spec = spec(json!({}));
+        spec.resource_dir = dir.path().to_path_buf();
+        let path = std::env::join_paths(search_path()).expect("PATH");
+        let request = LaunchRequest {
+            kernel_id: uuid::Uuid::new_v4().to_string(),
+            spec,
+            env: BTreeMap::from([("PATH".to_owned(), path.to_string_lossy().into_owned())]),
+            cwd: None,
+            port_range: kernel_launcher::PortRange::ANY,
+            timeout: Duration::from_secs(30),
+            previous: None,
+            username: "u".into(),
+            run_as: None,
+            placement: Default::default(),
+        };
+        let launched = manager.launch(request).await.expect("launched");
+        assert_eq!(launched.process.poll().await, ProcessState::Running);
+        let record = launched.process.record();
+        let pid = record.process["data"]["pid"]
+            .as_i64()
+            .expect("pid in the record");
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        launched.process.detach();
+        drop(launched);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(proc_dir.exists(), "the detached kernel must keep running");
+
+        let again = manager.reattach(&record).await.expect("re-attached");
+        assert_eq!(again.process.poll().await, ProcessState::Running);
+        again.process.signal(0).await.expect("alive");
+        let end = again
+            .process
+            .terminate(Duration::from_secs(5))
+            .await
+            .expect("terminated");
+        assert!(matches!(end, ProcessState::Exited { .. }), "{end:?}");
+        again.process.cleanup(false).await;
+        let err = manager.reattach(&record).await.expect_err("gone");
+        assert!(matches!(err, Error::NotRunning(_)), "{err}");
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(files.is_empty(), "{files:?}");
+    }
 }

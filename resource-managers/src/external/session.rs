@@ -191,7 +191,12 @@ impl Session {
         let id = self.next_id;
         self.next_id += 1;
         let op = request.op;
-        let budget = deadline.saturating_duration_since(Instant::now());
+        // For messages: what the request had, to a tenth of a second.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis();
+        let budget =
+            Duration::from_millis(u64::try_from((left + 50) / 100 * 100).unwrap_or(u64::MAX));
         let mut line = request.to_line(id);
         line.push('\n');
         let Some(stdin) = self.stdin.as_mut() else {
