@@ -57,5 +57,11 @@ pub(crate) async fn registry(settings: &Settings) -> Registry {
             settings.response_bind
         ),
     }
+    crate::plugins::register(
+        &mut registry,
+        &settings.plugins,
+        &settings.local.search_path,
+    )
+    .await;
     registry
 }
