@@ -43,12 +43,19 @@ pub(crate) const UNSUPPORTED: &[(&[&str], &str)] = &[
     (
         &[
             "EG_NAMESPACE", "EG_KERNEL_CLUSTER_ROLE", "EG_SHARED_NAMESPACE",
-            "EG_DEFAULT_KERNEL_SERVICE_ACCOUNT_NAME", "EG_KERNEL_IMAGE", "EG_KERNEL_EXECUTOR_IMAGE",
+            "EG_DEFAULT_KERNEL_SERVICE_ACCOUNT_NAME", "EG_KERNEL_EXECUTOR_IMAGE",
             "EG_POD_TEMPLATE_DIR", "EG_KUBERNETES_LOG_LEVEL", "EG_MIRROR_WORKING_DIRS",
-            "EG_PROHIBITED_UIDS", "EG_PROHIBITED_GIDS", "EG_DOCKER_NETWORK", "EG_DOCKER_MODE",
-            "EG_DOCKER_LOG_LEVEL", "EG_CONDUCTOR_ENDPOINT",
+            "EG_CONDUCTOR_ENDPOINT",
         ],
         "for Kubernetes, Docker and Conductor kernels, which this gateway does not run yet",
+    ),
+    (
+        &["EG_DOCKER_MODE"],
+        "a Docker kernel's mode comes from its kernelspec's class (DockerProcessProxy or DockerSwarmProcessProxy)",
+    ),
+    (
+        &["EG_DOCKER_LOG_LEVEL"],
+        "use a --log_level filter instead, e.g. info,resource_managers::docker=debug",
     ),
     (
         &[
