@@ -2,6 +2,8 @@
 //!
 //! * [`active_active`] — two gateways on one PostgreSQL store behind HAProxy (round robin), a
 //!   Jupyter Server client through it; one gateway killed, its kernels taken over.
+//! * [`docker`] — the Docker and Swarm backends against a real engine started by the harness
+//!   (its own socket, a kernel image built from a local directory, host networking).
 //! * [`smoke`] — the binary alone: `GET /api` over a hand-written HTTP request, SIGTERM exit.
 //! * [`jupyter_server`] — Jupyter Server's own gateway client (`--gateway-url`) in front of the
 //!   gateway, driven through Jupyter Server's REST API and kernel WebSocket.
@@ -17,6 +19,9 @@
 //! * [`operator`] — what an EG operator meets first: the Helm chart's environment-only
 //!   deployment, EG's Python config (read, converted, or refused), `--generate-config`, the
 //!   one warning about unsupported settings, configuration errors, the access log.
+//! * [`plugins`] — external resource-manager plugins: the Python example plugin runs ipykernel
+//!   end to end (start, execute, interrupt, restart, shutdown, nothing left), and its hostile
+//!   modes (crash, garbage, wrong id, silence) each fail a start clearly within the deadline.
 //! * [`profiles`] — kernel profiles through Jupyter Server's gateway client (`KERNEL_PROFILE`
 //!   in its environment): allowed, unknown (400), forbidden (403); a SIGHUP reload.
 //! * [`persistence`] — kernels that outlive the gateway: a SQLite kernel store, `kill -9` of the
@@ -37,6 +42,7 @@
 //! `GATEWAY_UNDER_TEST=eg` to run them against Enterprise Gateway 3.3.0 instead of ours.
 
 mod active_active;
+mod docker;
 mod eg_itests;
 mod exhaustion;
 mod jupyter_server;
@@ -45,9 +51,11 @@ mod oidc;
 mod operations;
 mod operator;
 mod persistence;
+mod plugins;
 mod postgres;
 mod profiles;
 mod smoke;
+mod spark_languages;
 mod store_postgres;
 mod store_ssh;
 mod store_yarn;
