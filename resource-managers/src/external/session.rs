@@ -199,6 +199,9 @@ impl Session {
             Duration::from_millis(u64::try_from((left + 50) / 100 * 100).unwrap_or(u64::MAX));
         let mut line = request.to_line(id);
         line.push('\n');
+        if let Some(status) = self.status {
+            return Err(self.exited(op, describe(status)));
+        }
         let Some(stdin) = self.stdin.as_mut() else {
             return Err(self.exited(op, "its stdin was closed".to_owned()));
         };
