@@ -250,6 +250,97 @@ fn e2e_hostile_plugins_fail_the_start_clearly_and_leave_nothing() -> Result<()> 
     Ok(())
 }
 
+/// Runs `persistence_driver.py` with `args` against the gateway at `url`; its output.
+fn persistence_driver(setup: &Setup, url: &str, args: &[&str]) -> Result<String> {
+    let mut driver = Command::new(&setup.python);
+    driver
+        .arg(fixture("persistence_driver.py"))
+        .arg(args.first().copied().unwrap_or_default())
+        .arg(url)
+        .arg("")
+        .args(args.get(1..).unwrap_or_default())
+        .env("PYTHONUNBUFFERED", "1");
+    let (status, output) = run_bounded(
+        "persistence_driver.py",
+        driver,
+        &setup.dir.path().join("persistence-driver.log"),
+        Duration::from_secs(120),
+    )?;
+    if !status.success() {
+        bail!("persistence_driver.py {args:?} failed ({status}):\n{output}");
+    }
+    Ok(output)
+}
+
+#[test]
+fn e2e_plugin_kernel_survives_a_gateway_kill_and_is_reattached() -> Result<()> {
+    let setup = Setup::new()?;
+    setup.kernelspec(
+        "plugin-python",
+        json!({"process_proxy": {"class_name": "python-plugin"}}),
+    )?;
+    let plugins = setup.dir.path().join("plugins.toml");
+    let argv = toml_list(&setup.argv(&[]));
+    std::fs::write(&plugins, format!("[[plugins]]\nargv = {argv}\n"))?;
+    let data = setup.dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let config = GatewayConfig {
+        jupyter_path: vec![setup.share()],
+        env: vec![("JUPYTER_DATA_DIR".to_owned(), data.display().to_string())],
+        args: vec![
+            format!("--plugins_file={}", plugins.display()),
+            "--gateway_id=plugin-test".to_owned(),
+        ],
+    };
+
+    let mut first = Gateway::start(Impl::Ours, &config)?;
+    let output = persistence_driver(&setup, &first.url(), &["post", "plugin-python"])?;
+    let id = output
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS 201 "))
+        .with_context(|| format!("the start failed: {output}"))?
+        .trim()
+        .to_owned();
+    persistence_driver(
+        &setup,
+        &first.url(),
+        &["exec", &id, "survivor = 'kept'; print(survivor)", "kept"],
+    )?;
+    first.proc.signal(nix::sys::signal::Signal::SIGKILL)?;
+    first.proc.wait_exit(Duration::from_secs(10));
+    first.proc.mark_passed();
+    let kernels_alive = || {
+        setup
+            .leftovers()
+            .iter()
+            .any(|p| p.contains(&format!("kernel-{id}.json")))
+    };
+    assert!(kernels_alive(), "the kernel must outlive its gateway");
+
+    let mut second = Gateway::start(Impl::Ours, &config)?;
+    let listed = http_get(second.port, "/api/kernels")?.json();
+    assert!(
+        listed.to_string().contains(&id),
+        "the kernel is listed again: {listed}"
+    );
+    persistence_driver(
+        &setup,
+        &second.url(),
+        &["exec", &id, "print(survivor)", "kept"],
+    )?;
+    let gone = http_request(
+        second.port,
+        "DELETE",
+        &format!("/api/kernels/{id}"),
+        &[],
+        b"",
+    )?;
+    assert_eq!(gone.status, 204, "{}", gone.text());
+    setup.nothing_left()?;
+    second.proc.mark_passed();
+    Ok(())
+}
+
 /// `["a", "b"]` as a TOML array of strings.
 fn toml_list(items: &[String]) -> String {
     let quoted: Vec<String> = items
