@@ -1,7 +1,8 @@
 //! External resource-manager plugins through the gateway binary: the Python example plugin
 //! (`examples/python-plugin/plugin.py`) runs a real ipykernel end to end, and its hostile modes
 //! each fail a start clearly, within the deadline, with the gateway still serving and nothing
-//! left running.
+//! left running; a plugin's kernel outlives a `kill -9` of its gateway and is re-attached by the
+//! next one from the kernel store.
 //!
 //! The good plugin is configured (`--plugins_file`; its `hello` names the backend
 //! `python-plugin`); the hostile ones are named by their kernelspecs (the `external` backend,
