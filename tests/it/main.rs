@@ -21,7 +21,8 @@
 //!   one warning about unsupported settings, configuration errors, the access log.
 //! * [`plugins`] — external resource-manager plugins: the Python example plugin runs ipykernel
 //!   end to end (start, execute, interrupt, restart, shutdown, nothing left), and its hostile
-//!   modes (crash, garbage, wrong id, silence) each fail a start clearly within the deadline.
+//!   modes (crash, garbage, wrong id, silence) each fail a start clearly within the deadline;
+//!   a plugin kernel re-attached after a `kill -9` of its gateway.
 //! * [`profiles`] — kernel profiles through Jupyter Server's gateway client (`KERNEL_PROFILE`
 //!   in its environment): allowed, unknown (400), forbidden (403); a SIGHUP reload.
 //! * [`persistence`] — kernels that outlive the gateway: a SQLite kernel store, `kill -9` of the
