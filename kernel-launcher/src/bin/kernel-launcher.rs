@@ -12,6 +12,8 @@
 //! gateway_provisioners' names (`--kernel-id`, `--response-address`, `--public-key`,
 //! `--port-range`, `--transport-encryption`) work too; `KERNEL_ID`, `RESPONSE_ADDRESS`,
 //! `PUBLIC_KEY`, `PORT_RANGE` (or with an `EG_` prefix) stand in for missing arguments.
+//! `--spark-context-initialization-mode none|lazy|eager` works for ipykernel and Apache Toree
+//! kernels and is refused (with the reason) for others beyond `none`; see the `spark` module.
 //!
 //! It chooses five ports in the range, writes a private connection file (key: a fresh UUID4
 //! string, ip `0.0.0.0`), starts the kernel's argv (with `{connection_file}` filled in) in its
