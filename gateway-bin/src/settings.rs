@@ -22,25 +22,26 @@ use crate::options::Values;
 /// Everything the binary needs to run.
 #[derive(Debug)]
 pub(crate) struct Settings {
-    /// The gateway's configuration.
+    /// What the library needs, validated; handed to the manager as it is.
     pub(crate) gateway: GatewayConfig,
-    /// The local backend's settings.
+    /// Where local kernels' connection files and logs go, and the PATH their programs are
+    /// found on.
     pub(crate) local: LocalConfig,
-    /// Address to listen on.
+    /// The API's address (checked to be an IP address).
     pub(crate) ip: String,
-    /// First port to try.
+    /// The API's port; the first one tried.
     pub(crate) port: u16,
-    /// Further ports to try.
+    /// How many following ports are tried when it is busy (0: only `port`).
     pub(crate) port_retries: u16,
     /// Where the launcher callback listener binds, and how it behaves.
     pub(crate) response_bind: std::net::SocketAddr,
-    /// Callback listener options.
+    /// What the callback listener advertises to launchers, and its own port retries.
     pub(crate) response_options: ListenerOptions,
     /// Hosts for distributed kernelspecs.
     pub(crate) remote_hosts: Vec<String>,
-    /// Communication-port connect timeout.
+    /// How long a connect to a remote kernel's communication port may take (at least 0.1 s).
     pub(crate) comm_timeout: Duration,
-    /// SSH backend settings.
+    /// How the SSH backend reaches hosts: port, user, keys and known hosts, balancing.
     pub(crate) ssh: SshOptions,
     /// YARN backend settings (the response listener is added at start-up).
     pub(crate) yarn: YarnSettings,

@@ -16,9 +16,10 @@
 //! Eviction is a signal: the owner of the account (the WebSocket bridge, or the hub for a
 //! reconnect buffer) drops what it queued and goes away; the bytes return to the budget as they
 //! are dropped, and whatever an account still holds when its last handle goes is returned then.
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 
 use tokio_util::sync::CancellationToken;
 
@@ -107,9 +108,7 @@ impl MemoryBudget {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Weak<Inner>>> {
         // Every operation leaves the map consistent, so a poisoned lock is still good.
-        self.accounts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.accounts.lock()
     }
 
     /// Over the budget: evicts the largest accounts not already leaving until what the others

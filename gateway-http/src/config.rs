@@ -15,7 +15,7 @@ use crate::auth::Authenticators;
 pub struct Cors {
     /// `Access-Control-Allow-Origin` (also drives the origin check; `*` disables it).
     pub allow_origin: Option<String>,
-    /// `Access-Control-Allow-Credentials`.
+    /// `Access-Control-Allow-Credentials`, sent as given.
     pub allow_credentials: Option<String>,
     /// `Access-Control-Allow-Headers`.
     pub allow_headers: Option<String>,
@@ -152,7 +152,7 @@ pub trait ReadinessCheck: Send + Sync + std::fmt::Debug {
 /// after the configuration (a store, a listener) can still register its check.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    checks: Arc<std::sync::Mutex<Vec<Arc<dyn ReadinessCheck>>>>,
+    checks: Arc<parking_lot::Mutex<Vec<Arc<dyn ReadinessCheck>>>>,
 }
 
 impl Readiness {
@@ -166,10 +166,8 @@ impl Readiness {
         self.lock().clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<dyn ReadinessCheck>>> {
-        self.checks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<Arc<dyn ReadinessCheck>>> {
+        self.checks.lock()
     }
 }
 
@@ -183,7 +181,7 @@ pub struct GatewayConfig {
     pub auth: Authenticators,
     /// Bounds on what a client may send and how slowly (the hardened HTTP edge).
     pub limits: HttpLimits,
-    /// CORS.
+    /// The CORS headers sent with every API response (each unset by default, as in EG).
     pub cors: Cors,
     /// Allow `GET /api/kernels` and `GET /api/sessions`. On by default (EG: off): the lists
     /// show a caller only their own kernels, and JupyterLab polls them.
@@ -209,7 +207,7 @@ pub struct GatewayConfig {
     /// Exported to kernels as `EG_IMPERSONATION_ENABLED`; local kernels then run as the
     /// `KERNEL_USERNAME` account (the gateway must run as root; see the manager's `identity`).
     pub impersonation_enabled: bool,
-    /// Ports for kernels.
+    /// The range kernel ports are allocated from (`0..0`: any port the system gives).
     pub port_range: PortRange,
     /// Kernelspec search path (each a `.../kernels` directory).
     pub kernelspec_dirs: Vec<PathBuf>,
@@ -229,7 +227,7 @@ pub struct GatewayConfig {
     pub restart_limit: u32,
     /// Waits between the automatic relaunches of a kernel that keeps dying.
     pub restart_backoff: RestartBackoff,
-    /// Culling.
+    /// When idle (or busy) kernels are shut down by the gateway; off by default.
     pub culling: Culling,
     /// Server WebSocket ping interval; zero disables pings.
     pub ws_ping_interval: Duration,
@@ -267,9 +265,9 @@ impl Default for Culling {
 }
 
 impl Default for GatewayConfig {
-    /// Enterprise Gateway's defaults (the binary's option table has the same ones; a test in
-    /// `gateway-bin` keeps them in step). Kernelspec directories, the gateway's environment and
-    /// user are empty: an embedding program fills them in.
+    /// Enterprise Gateway's defaults, the one place they are written: the binary's option table
+    /// takes its defaults for these settings from here. Kernelspec directories, the gateway's
+    /// environment and user are empty: an embedding program fills them in.
     fn default() -> GatewayConfig {
         GatewayConfig {
             base_url: "/".to_owned(),

@@ -35,8 +35,9 @@
 //!
 //! The forwarding path pays one atomic add per message and one per byte count: a WebSocket
 //! connection takes its [`Traffic`] handles once, when it opens.
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
@@ -48,6 +49,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::manager::ManagerError;
 use crate::{Error, Fault, KernelManager};
 
 /// Buckets of `eg_kernel_start_duration_seconds`: kernels take from a fraction of a second
@@ -231,9 +233,7 @@ pub(crate) fn render(manager: &KernelManager) -> Option<String> {
             .or_default() += 1;
     }
     {
-        let mut seen = KERNEL_SERIES
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = KERNEL_SERIES.lock();
         for series in seen.iter() {
             if !counts.contains_key(series) {
                 kernel_gauge(series).set(0.0);
@@ -258,14 +258,14 @@ fn kernel_gauge((kind, state, backend): &(String, String, String)) -> Gauge {
 }
 
 /// The reason class of a failed start: bounded, so it can be a label.
-pub fn failure_class(error: &Error) -> &'static str {
+pub fn failure_class(error: &ManagerError) -> &'static str {
     match error {
-        Error::BadRequest { .. } => "bad_request",
-        Error::Forbidden { .. } => "forbidden",
-        Error::NoSuchKernelSpec(_) => "unknown_kernelspec",
-        Error::KernelExists(_) => "conflict",
-        Error::Unsupported(_) => "unsupported",
-        Error::LaunchFailed { fault, .. } => match fault {
+        ManagerError::BadRequest { .. } => "bad_request",
+        ManagerError::Forbidden { .. } => "forbidden",
+        ManagerError::NoSuchKernelSpec(_) => "unknown_kernelspec",
+        ManagerError::KernelExists(_) => "conflict",
+        ManagerError::Unsupported(_) => "unsupported",
+        ManagerError::LaunchFailed { fault, .. } => match fault {
             Fault::Kernel => "launch",
             Fault::Capacity => "capacity",
             Fault::Client => "aborted",
@@ -276,7 +276,7 @@ pub fn failure_class(error: &Error) -> &'static str {
 }
 
 /// Records the outcome of one start of a `kind` kernel that took `elapsed`.
-pub(crate) fn record_start(kind: &str, result: Result<(), &Error>, elapsed: Duration) {
+pub(crate) fn record_start(kind: &str, result: Result<(), &ManagerError>, elapsed: Duration) {
     let kind = kind.to_owned();
     match result {
         Ok(()) => {

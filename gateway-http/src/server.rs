@@ -23,6 +23,7 @@
 //! * each connection has an account of the client memory budget (`client_memory_budget`,
 //!   `client_memory_share`; see the `budget` module): its write queue is charged to it, and a
 //!   WebSocket on the connection charges its queue at the kernel's hub to it too.
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::convert::Infallible;
@@ -30,8 +31,8 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -624,9 +625,7 @@ impl ClientLimiter {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, ClientCount>> {
         // The map stays consistent under every operation here, so a poisoned lock is still good.
-        self.clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.clients.lock()
     }
 
     /// Counts a new connection from `ip`; `None` when the address is at its cap.
@@ -749,10 +748,7 @@ impl ConnectionGate {
 
     /// Logs a refusal at the cap (a warning at most every [`CAP_WARN_INTERVAL`]).
     fn refused(&self) {
-        let mut warned = self
-            .warned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut warned = self.warned.lock();
         warned.0 += 1;
         let now = Instant::now();
         if warned

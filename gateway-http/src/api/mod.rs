@@ -4,7 +4,8 @@
 //! Every route is rooted at the configured `base_url`. API routes pass through the guard (token,
 //! origin check, CORS headers); the swagger documents and the catch-all 404 do not, as in EG.
 //! Handlers return `Result<_, Error>` and never choose an error status themselves: the one mapping
-//! lives in `impl IntoResponse for Error`.
+//! lives in `impl IntoResponse for Error`, and the manager's own [`ManagerError`] becomes an
+//! `Error` here, in one `From`.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 
+use crate::manager::ManagerError;
 use crate::{Error, GatewayConfig, KernelManager};
 
 mod admin;
@@ -239,6 +241,23 @@ impl std::fmt::Display for Millis {
             ms if ms < 10.0 => write!(f, "{ms:.2}ms"),
             ms if ms < 100.0 => write!(f, "{ms:.1}ms"),
             ms => write!(f, "{ms:.0}ms"),
+        }
+    }
+}
+
+/// The manager's refusals and failures as the API answers them: each keeps its text, and its
+/// status follows from the kind (400, 403, 404, 409, 500/503 by whose fault a launch failure is).
+impl From<ManagerError> for Error {
+    fn from(error: ManagerError) -> Error {
+        match error {
+            ManagerError::BadRequest { message } => Error::BadRequest { message },
+            ManagerError::Forbidden { reason, message } => Error::Forbidden { reason, message },
+            ManagerError::NoSuchKernel(id) => Error::NoSuchKernel(id),
+            ManagerError::NoSuchKernelSpec(name) => Error::NoSuchKernelSpec(name),
+            ManagerError::KernelExists(id) => Error::KernelExists(id),
+            ManagerError::LaunchFailed { reason, fault } => Error::LaunchFailed { reason, fault },
+            ManagerError::Unsupported(why) => Error::Unsupported(why),
+            ManagerError::Internal(why) => Error::Internal(why),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `/api/sessions`: jupyter_server's in-memory session table (EG §10, with §17's fixes: GET and
 //! PATCH work, a second POST for the same path returns the existing session).
+use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::Mutex;
 
 use axum::Json;
 use axum::extract::State;
@@ -14,7 +14,7 @@ use super::AppState;
 use super::dto::{KernelModel, NotebookModel, SessionModel};
 use super::extract::{JsonBody, PathParam};
 use super::guard::Caller;
-use crate::manager::StartRequest;
+use crate::manager::{ManagerError, StartRequest};
 use crate::{Error, Identity, KernelManager};
 
 /// One session row.
@@ -45,10 +45,7 @@ pub(crate) struct Sessions {
 impl Sessions {
     /// Runs `f` on the rows, after dropping rows whose kernel no longer exists.
     fn with_rows<T>(&self, manager: &KernelManager, f: impl FnOnce(&mut Vec<Row>) -> T) -> T {
-        let mut rows = self
-            .rows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rows = self.rows.lock();
         rows.retain(|row| manager.get(&row.kernel_id).is_ok());
         f(&mut rows)
     }
@@ -361,17 +358,13 @@ pub(crate) async fn delete(
         .find(&state.manager, &caller, &id)
         .ok_or_else(|| not_found(&id))?;
     match state.manager.shutdown(&row.kernel_id).await {
-        Ok(()) | Err(Error::NoSuchKernel(_)) => {}
+        Ok(()) | Err(ManagerError::NoSuchKernel(_)) => {}
         Err(error) => {
             tracing::warn!(kernel_id = %row.kernel_id, session_id = %id, %error, "session kernel shutdown failed");
-            return Err(error);
+            return Err(error.into());
         }
     }
-    let mut rows = state
-        .sessions
-        .rows
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut rows = state.sessions.rows.lock();
     rows.retain(|r| r.id != id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -26,9 +26,10 @@
 //! is a rejection naming the Hub, within [`JupyterHubSettings::timeout`]; at most
 //! [`MAX_IN_FLIGHT`] questions are outstanding at once, so a flood of unknown tokens cannot
 //! flood the Hub. Rejections and log lines never contain the token.
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
@@ -190,20 +191,17 @@ impl JupyterHub {
     pub async fn verify(&self, token: &str) -> Result<Identity, Rejection> {
         let inner = &self.inner;
         let key = token_hash(token);
-        let cached = inner
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key, Instant::now());
+        let cached = inner.cache.lock().get(&key, Instant::now());
         let owner = match cached {
             Some(owner) => owner,
             None => {
                 let owner = inner.ask(token).await?;
-                inner
-                    .cache
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key, owner.clone(), Instant::now(), inner.settings.cache_ttl);
+                inner.cache.lock().insert(
+                    key,
+                    owner.clone(),
+                    Instant::now(),
+                    inner.settings.cache_ttl,
+                );
                 owner
             }
         };
@@ -217,11 +215,7 @@ impl JupyterHub {
 
     /// How many tokens are cached now (expired ones not yet dropped included).
     pub fn cached(&self) -> usize {
-        self.inner
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.inner.cache.lock().len()
     }
 }
 

@@ -21,10 +21,11 @@
 //! dot-separated base64url parts), is somebody else's credential ([`Outcome::Skip`]). A JWT that
 //! fails any check is [`Outcome::Reject`]ed with a short reason; reasons and log lines never
 //! contain the token.
+use parking_lot::RwLock;
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -403,7 +404,7 @@ impl Inner {
     }
 
     fn current_keys(&self) -> Arc<KeySet> {
-        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&self.keys.read())
     }
 
     fn is_stale(&self, keys: &KeySet) -> bool {
@@ -466,7 +467,7 @@ impl Inner {
                 } else {
                     tracing::debug!(issuer = %self.settings.issuer, keys = keys.len(), "fetched the issuer's keys");
                 }
-                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(KeySet {
+                *self.keys.write() = Arc::new(KeySet {
                     keys,
                     fetched_at: Some(Instant::now()),
                 });
@@ -881,10 +882,7 @@ mod tests {
         let jwt = Jwt::new(JwtSettings::new(ISSUER, vec!["eg-test".to_owned()]))
             .unwrap_or_else(|e| panic!("{e}"));
         let keys = parse_jwks(jwks.to_string().as_bytes()).unwrap_or_default();
-        *jwt.inner
-            .keys
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(KeySet {
+        *jwt.inner.keys.write() = Arc::new(KeySet {
             keys,
             fetched_at: Some(Instant::now()),
         });

@@ -50,13 +50,14 @@
 //! most once per [check interval](TokenFile::with_check_interval) (two seconds by default) and
 //! reloads when any of them moved. A file that disappears keeps the loaded tokens in force (and
 //! is logged); revoke tokens by removing their entries, not the file.
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::io;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -502,10 +503,7 @@ impl TokenFile {
     pub fn with_check_interval(mut self, interval: Duration) -> TokenFile {
         self.check_interval = interval;
         let now = Instant::now();
-        self.watch
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .next_check = now + interval;
+        self.watch.get_mut().next_check = now + interval;
         self
     }
 
@@ -525,11 +523,11 @@ impl TokenFile {
     }
 
     fn current(&self) -> Arc<Table> {
-        Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&self.table.read())
     }
 
     fn lock_watch(&self) -> MutexGuard<'_, Watch> {
-        self.watch.lock().unwrap_or_else(PoisonError::into_inner)
+        self.watch.lock()
     }
 
     /// Reads the file and puts its tokens in force; on failure the old ones stay. The stamp is
@@ -544,17 +542,15 @@ impl TokenFile {
         warn_if_writable_by_others(&self.path);
         let table = Table::from_entries(read_entries(&self.path)?);
         let count = table.by_hash.len();
-        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        *self.table.write() = Arc::new(table);
         Ok(count)
     }
 
     /// Reloads when the file changed since it was last looked at, at most once per interval;
     /// never waits for a load another request is doing.
     fn reload_if_changed(&self) {
-        let mut watch = match self.watch.try_lock() {
-            Ok(watch) => watch,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+        let Some(mut watch) = self.watch.try_lock() else {
+            return;
         };
         let now = Instant::now();
         if now < watch.next_check {

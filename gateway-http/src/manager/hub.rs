@@ -15,9 +15,10 @@
 //!   the client's own (its queue, what it missed after falling behind) or the reconnect buffer's.
 //!   A client whose account is evicted leaves no reconnect buffer behind, and an evicted buffer
 //!   is dropped.
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jupyter_protocol::sockets::SessionChannels;
@@ -26,8 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::kernel::GATEWAY_USERNAME;
 use crate::budget::Account;
+
+/// The user name the gateway puts in the headers of messages it originates.
+pub(crate) const GATEWAY_USERNAME: &str = "enterprise-gateway";
 
 /// A client queue holds at least this many messages, even when buffering is disabled.
 const MIN_QUEUE_MESSAGES: usize = 1024;
@@ -76,42 +79,27 @@ pub(crate) struct KickSignal {
 impl KickSignal {
     /// Disconnects the client (the first reason wins).
     pub(crate) fn kick(&self, why: Kick) {
-        let mut reason = self
-            .reason
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut reason = self.reason.lock();
         reason.get_or_insert(why);
         self.token.cancel();
     }
     /// Disconnects the client, saying why in a few words (the first reason wins).
     fn kick_with(&self, why: Kick, detail: &Arc<str>) {
-        self.detail
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_or_insert_with(|| Arc::clone(detail));
+        self.detail.lock().get_or_insert_with(|| Arc::clone(detail));
         self.kick(why);
     }
     /// What the kick said beyond its reason, if anything.
     pub(crate) fn detail(&self) -> Option<Arc<str>> {
-        self.detail
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.detail.lock().clone()
     }
     /// Disconnects the client because a newer one took its session; its leftovers go to `to`.
     fn replace(&self, to: oneshot::Sender<Handover>) {
-        *self
-            .successor
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(to);
+        *self.successor.lock() = Some(to);
         self.kick(Kick::Replaced);
     }
     /// Where this (replaced) client hands its leftovers, if it was replaced.
     pub(crate) fn successor(&self) -> Option<oneshot::Sender<Handover>> {
-        self.successor
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        self.successor.lock().take()
     }
     /// Resolves once kicked.
     pub(crate) async fn kicked(&self) -> Kick {
@@ -120,10 +108,7 @@ impl KickSignal {
     }
     /// The reason, once kicked.
     pub(crate) fn reason(&self) -> Option<Kick> {
-        *self
-            .reason
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.reason.lock()
     }
 }
 

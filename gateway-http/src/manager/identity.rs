@@ -18,17 +18,18 @@ use std::collections::BTreeMap;
 use nix::unistd::{User, geteuid};
 use resource_managers::RunAs;
 
-use crate::{Error, Fault};
+use super::error::ManagerError;
+use crate::Fault;
 
 /// The account a local kernel of `username` runs as, when it is not the gateway's own; sets
 /// `HOME` and `USER` in the kernel's environment accordingly.
 pub(crate) fn local_account(
     username: &str,
     env: &mut BTreeMap<String, String>,
-) -> Result<Option<RunAs>, Error> {
+) -> Result<Option<RunAs>, ManagerError> {
     let user = User::from_name(username)
-        .map_err(|err| Error::Internal(format!("cannot look up user '{username}': {err}")))?
-        .ok_or_else(|| Error::Forbidden {
+        .map_err(|err| ManagerError::Internal(format!("cannot look up user '{username}': {err}")))?
+        .ok_or_else(|| ManagerError::Forbidden {
             reason: format!(
                 "User '{username}' does not exist on this system, so no kernel can run as that user (impersonation is enabled). Ensure KERNEL_USERNAME is set to an appropriate value and retry the request."
             ),
@@ -36,7 +37,7 @@ pub(crate) fn local_account(
         })?;
     let euid = geteuid();
     if euid != user.uid && !euid.is_root() {
-        return Err(Error::LaunchFailed {
+        return Err(ManagerError::LaunchFailed {
             reason: format!(
                 "impersonation is enabled but the gateway does not run as root, so it cannot start a local kernel as user '{username}'"
             ),

@@ -3,10 +3,11 @@
 //!
 //! A zeromq DEALER does not survive its peer restarting, so an incarnation's sockets live and die
 //! with its process: a restart builds a whole new [`Incarnation`].
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use jupyter_protocol::sockets::{IopubSubscription, SessionChannels};
@@ -19,8 +20,10 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use super::KernelSnapshot;
-use super::supervisor::KernelEvent;
-use crate::{Error, Fault};
+use super::error::ManagerError;
+use super::events::KernelEvent;
+use super::hub::GATEWAY_USERNAME;
+use crate::Fault;
 
 /// Log lines quoted in launch errors.
 const LOG_TAIL_LINES: usize = 20;
@@ -33,9 +36,6 @@ const SETTLE: Duration = Duration::from_millis(500);
 const CONNECT_RETRY_WAIT: Duration = Duration::from_millis(500);
 /// Extra time given to a backend past the launch deadline before its future is dropped.
 const BACKEND_GRACE: Duration = Duration::from_secs(2);
-
-/// The user name the gateway puts in the headers of messages it originates.
-pub(crate) const GATEWAY_USERNAME: &str = "enterprise-gateway";
 
 /// Mutable, frequently read state of a kernel (snapshots read it without asking the supervisor).
 #[derive(Debug)]
@@ -86,9 +86,7 @@ pub(crate) struct KernelShared {
 impl KernelShared {
     /// Locks the status; a poisoned lock still holds consistent plain data, so it is recovered.
     pub(crate) fn status(&self) -> MutexGuard<'_, Status> {
-        self.status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.status.lock()
     }
 
     /// Whether the first launch finished.
@@ -162,17 +160,18 @@ pub(crate) fn msg_type(msg: &Message) -> String {
 /// Everything needed to launch (and relaunch) one kernel; fixed at start.
 #[derive(Debug, Clone)]
 pub(crate) struct LaunchPlan {
-    /// The backend.
+    /// The resource manager that launches (and relaunches) this kernel.
     pub(crate) backend: Arc<dyn ResourceManager>,
-    /// Kernel id.
+    /// The id the client sees; also names the connection file.
     pub(crate) kernel_id: String,
-    /// Kernelspec.
+    /// The kernelspec as read at start: a relaunch uses the same argv even if the file changed.
     pub(crate) spec: KernelSpec,
-    /// Composed environment.
+    /// The kernel's environment after the env policy: allowed request variables, inherited
+    /// gateway variables and the `KERNEL_*` ones.
     pub(crate) env: BTreeMap<String, String>,
     /// Working directory.
     pub(crate) cwd: Option<PathBuf>,
-    /// Port range.
+    /// Where the kernel's five ports are allocated from.
     pub(crate) port_range: PortRange,
     /// Launch timeout (launch plus readiness), for starts and restarts.
     pub(crate) timeout: Duration,
@@ -192,9 +191,9 @@ pub(crate) struct LaunchPlan {
 /// One running process of a kernel with the gateway's own sockets to it.
 #[derive(Debug)]
 pub(crate) struct Incarnation {
-    /// Connection info.
+    /// Ports, transport and key of this incarnation (new ones on every relaunch).
     pub(crate) connection: ConnectionInfo,
-    /// The process.
+    /// The backend's handle on the running kernel: poll, signal, kill, log tail.
     pub(crate) process: Arc<dyn KernelProcess>,
     /// The gateway's own shell/control/stdin session (kernel_info, interrupt and shutdown requests).
     pub(crate) session: SessionChannels,
@@ -243,19 +242,19 @@ pub(crate) fn with_log(text: String, process: &dyn KernelProcess) -> String {
 }
 
 /// Maps a backend error to a gateway error with the backend's text as the reason.
-pub(crate) fn launch_error(err: resource_managers::Error) -> Error {
+pub(crate) fn launch_error(err: resource_managers::Error) -> ManagerError {
     use resource_managers::Error as Rm;
     let fault = match &err {
-        Rm::Unsupported(msg) => return Error::Unsupported(msg.clone()),
+        Rm::Unsupported(msg) => return ManagerError::Unsupported(msg.clone()),
         // A client value a backend refused before using it (an image reference, a name).
         Rm::InvalidRequest(msg) => {
-            return Error::BadRequest {
+            return ManagerError::BadRequest {
                 message: msg.clone(),
             };
         }
         // Credentials refused by every host: 403 with the text in `reason`, as EG's SSH errors.
         Rm::Unauthorized(msg) => {
-            return Error::Forbidden {
+            return ManagerError::Forbidden {
                 reason: msg.clone(),
                 message: String::new(),
             };
@@ -267,14 +266,14 @@ pub(crate) fn launch_error(err: resource_managers::Error) -> Error {
         }
         _ => Fault::Internal,
     };
-    Error::LaunchFailed {
+    ManagerError::LaunchFailed {
         reason: err.to_string(),
         fault,
     }
 }
 
-fn failed(reason: String) -> Error {
-    Error::LaunchFailed {
+fn failed(reason: String) -> ManagerError {
+    ManagerError::LaunchFailed {
         reason,
         fault: Fault::Kernel,
     }
@@ -295,7 +294,7 @@ pub(crate) async fn launch(
     previous: Option<ConnectionInfo>,
     on_iopub: &mut (dyn FnMut(Message) + Send),
     abort: &CancellationToken,
-) -> Result<Incarnation, Error> {
+) -> Result<Incarnation, ManagerError> {
     const PORT_RETRIES: usize = 2;
     let deadline = Instant::now() + plan.timeout;
     let mut previous = previous;
@@ -316,8 +315,8 @@ pub(crate) async fn launch(
 }
 
 /// The launch failed because the kernel could not bind a port it was given.
-fn port_was_taken(err: &Error) -> bool {
-    matches!(err, Error::LaunchFailed { reason, .. } if reason.contains("Address already in use"))
+fn port_was_taken(err: &ManagerError) -> bool {
+    matches!(err, ManagerError::LaunchFailed { reason, .. } if reason.contains("Address already in use"))
 }
 
 async fn launch_once(
@@ -326,7 +325,7 @@ async fn launch_once(
     deadline: Instant,
     on_iopub: &mut (dyn FnMut(Message) + Send),
     abort: &CancellationToken,
-) -> Result<Incarnation, Error> {
+) -> Result<Incarnation, ManagerError> {
     if abort.is_cancelled() {
         return Err(failed(format!(
             "the launch of kernel {} was abandoned",
@@ -403,7 +402,7 @@ async fn ready(
     deadline: Instant,
     on_iopub: &mut (dyn FnMut(Message) + Send),
     abort: &CancellationToken,
-) -> Result<(SessionChannels, String, IopubSubscription), Error> {
+) -> Result<(SessionChannels, String, IopubSubscription), ManagerError> {
     let abandoned = || {
         failed(format!(
             "the launch of kernel {} was abandoned",

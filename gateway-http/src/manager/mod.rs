@@ -6,6 +6,8 @@
 //! so limits count both atomically. `policy` holds the pure decisions of the start path
 //! (authorization, limits, ids, timeouts, working directories) and `kernel` the launch and
 //! readiness of one kernel incarnation.
+pub mod error;
+mod events;
 mod hub;
 mod identity;
 mod kernel;
@@ -15,9 +17,10 @@ mod pool;
 pub mod rules;
 mod supervisor;
 
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use kernel_launcher::env::{EnvInputs, compose, filter_request_env};
@@ -28,15 +31,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use error::ManagerError;
+use events::{KernelEvent, ShutdownReason};
 pub(crate) use hub::{Attached, ClientNotice, Handover, Kick, KickSignal};
 pub(crate) use kernel::socket_options;
 use kernel::{KernelShared, LaunchPlan, Status};
 pub use persist::Persistence;
 pub use pool::PoolInfo;
-use supervisor::{KernelEvent, ShutdownReason};
 
 use crate::profiles::{Profile, ProfileSet};
-use crate::{Error, Fault, GatewayConfig};
+use crate::{Fault, GatewayConfig};
 
 /// A start request as the HTTP layer parsed it (EG reads only these fields).
 #[derive(Debug, Clone, Default)]
@@ -109,9 +113,7 @@ impl Table {
 }
 
 fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
-    table
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    table.lock()
 }
 
 /// Owns every kernel. Cheap to share behind an `Arc`.
@@ -176,10 +178,7 @@ impl KernelManager {
     /// pools no longer configured are emptied.
     pub fn set_profiles(&self, profiles: ProfileSet) {
         let sizes = profiles.pools.clone();
-        *self
-            .profiles
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(profiles);
+        *self.profiles.write() = Arc::new(profiles);
         pool::stop_all(self.pools.resize(&sizes));
         if !sizes.is_empty() && !self.cancel.is_cancelled() {
             self.pools
@@ -188,12 +187,7 @@ impl KernelManager {
     }
     /// The profiles in force.
     pub fn profile_set(&self) -> Arc<ProfileSet> {
-        Arc::clone(
-            &self
-                .profiles
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        Arc::clone(&self.profiles.read())
     }
     /// The profile a start gets: the one asked for (unknown: 400; not the user's: 403; not for
     /// this kernelspec: 400), else the default of one of the user's groups, else none.
@@ -203,22 +197,22 @@ impl KernelManager {
         user: &str,
         groups: &[String],
         spec: &str,
-    ) -> Result<Option<Profile>, Error> {
+    ) -> Result<Option<Profile>, ManagerError> {
         let set = self.profile_set();
         let Some(name) = asked.map(str::trim).filter(|n| !n.is_empty()) else {
             return Ok(set.default_for(user, groups, spec).cloned());
         };
-        let profile = set.get(name).ok_or_else(|| Error::BadRequest {
+        let profile = set.get(name).ok_or_else(|| ManagerError::BadRequest {
             message: format!("Unknown kernel profile '{name}'"),
         })?;
         if !profile.allows(user, groups) {
-            return Err(Error::Forbidden {
+            return Err(ManagerError::Forbidden {
                 reason: format!("User '{user}' is not allowed to use the kernel profile '{name}'"),
                 message: format!("User '{user}' is not allowed to use the kernel profile '{name}'"),
             });
         }
         if !profile.fits(spec) {
-            return Err(Error::BadRequest {
+            return Err(ManagerError::BadRequest {
                 message: format!(
                     "The kernel profile '{name}' does not apply to kernelspec '{spec}' (it applies to: {})",
                     profile.kernelspecs.join(", ")
@@ -258,14 +252,19 @@ impl KernelManager {
     /// Whether `user` (a member of `groups`) may use `spec` (EG §5.4: per-spec authorized list
     /// replaces the global one, unauthorized lists add up; lists are split on commas, and an
     /// entry `group:<name>` stands for the group's members). `Err(Forbidden)` with EG's texts.
-    pub fn authorize(&self, spec: &KernelSpec, user: &str, groups: &[String]) -> Result<(), Error> {
+    pub fn authorize(
+        &self,
+        spec: &KernelSpec,
+        user: &str,
+        groups: &[String],
+    ) -> Result<(), ManagerError> {
         policy::authorize(&self.config, spec, user, groups)
     }
     /// Starts a kernel: limits (counting starts in flight), env validation, authorization, launch.
     ///
     /// Returns once the kernel answered kernel_info (bounded by the launch timeout). The launch
     /// runs in its own task, so a caller that goes away does not leave a half-started kernel.
-    pub async fn start(&self, request: StartRequest) -> Result<KernelSnapshot, Error> {
+    pub async fn start(&self, request: StartRequest) -> Result<KernelSnapshot, ManagerError> {
         let began = Instant::now();
         let asked = request.name.clone();
         let result = self.start_kernel(request).await;
@@ -281,9 +280,9 @@ impl KernelManager {
         result
     }
 
-    async fn start_kernel(&self, request: StartRequest) -> Result<KernelSnapshot, Error> {
+    async fn start_kernel(&self, request: StartRequest) -> Result<KernelSnapshot, ManagerError> {
         if self.cancel.is_cancelled() {
-            return Err(Error::LaunchFailed {
+            return Err(ManagerError::LaunchFailed {
                 reason: "the gateway is shutting down".to_owned(),
                 fault: Fault::Capacity,
             });
@@ -298,7 +297,7 @@ impl KernelManager {
         }
         let filtered = match &request.env {
             Some(env) => Some(filter_request_env(env, &config.env_policy).map_err(|err| {
-                Error::BadRequest {
+                ManagerError::BadRequest {
                     message: err.to_string(),
                 }
             })?),
@@ -343,10 +342,10 @@ impl KernelManager {
         let spec = specs
             .get(&name)
             .cloned()
-            .ok_or_else(|| Error::NoSuchKernelSpec(name.clone()))?;
+            .ok_or_else(|| ManagerError::NoSuchKernelSpec(name.clone()))?;
         let resolved = self.registry.resolve(&spec);
         if let Err(unclaimed @ Unavailable::Unclaimed { .. }) = &resolved {
-            return Err(Error::Unsupported(unclaimed.to_string()));
+            return Err(ManagerError::Unsupported(unclaimed.to_string()));
         }
         // Authorize before anything is allocated (EG leaves files behind when it does not).
         policy::authorize(config, &spec, &username, &request.groups)?;
@@ -372,7 +371,7 @@ impl KernelManager {
         let empty = BTreeMap::new();
         let timeout = policy::launch_timeout(config, filtered.as_ref().unwrap_or(&empty))?;
         let backend =
-            resolved.map_err(|unavailable| Error::Unsupported(unavailable.to_string()))?;
+            resolved.map_err(|unavailable| ManagerError::Unsupported(unavailable.to_string()))?;
         let mut env = compose(&EnvInputs {
             request: filtered.as_ref(),
             gateway: &config.gateway_env,
@@ -422,7 +421,7 @@ impl KernelManager {
                     kernel::teardown(inc.process.as_ref(), Duration::from_secs(2), false).await;
                 }
                 if let Some(persistence) = &self.persistence
-                    && !matches!(err, Error::KernelExists(_))
+                    && !matches!(err, ManagerError::KernelExists(_))
                 {
                     let _ = persistence.store.remove(&plan.kernel_id).await;
                 }
@@ -434,9 +433,9 @@ impl KernelManager {
         supervisor.inc = prelaunched;
         // The supervisor owns the launch, so a caller that goes away leaves no half-started kernel.
         self.tasks.spawn(supervisor.run(reply));
-        let snapshot = started
-            .await
-            .map_err(|_| Error::Internal(format!("the start of kernel {kernel_id} was lost")))??;
+        let snapshot = started.await.map_err(|_| {
+            ManagerError::Internal(format!("the start of kernel {kernel_id} was lost"))
+        })??;
         self.start_culler();
         Ok(snapshot)
     }
@@ -445,10 +444,10 @@ impl KernelManager {
     fn reserve(
         &self,
         plan: &LaunchPlan,
-    ) -> Result<(Arc<KernelShared>, mpsc::UnboundedReceiver<KernelEvent>), Error> {
+    ) -> Result<(Arc<KernelShared>, mpsc::UnboundedReceiver<KernelEvent>), ManagerError> {
         let mut table = lock(&self.table);
         if table.kernels.contains_key(&plan.kernel_id) {
-            return Err(Error::KernelExists(plan.kernel_id.clone()));
+            return Err(ManagerError::KernelExists(plan.kernel_id.clone()));
         }
         let (total, of_user) = table.counts(&plan.username);
         policy::check_limits(&self.config, total, &plan.username, of_user)?;
@@ -491,25 +490,25 @@ impl KernelManager {
             self.tasks.spawn(cull_loop(table, config, cancel));
         });
     }
-    fn lookup(&self, kernel_id: &str) -> Result<Arc<KernelShared>, Error> {
+    fn lookup(&self, kernel_id: &str) -> Result<Arc<KernelShared>, ManagerError> {
         lock(&self.table)
             .kernels
             .get(kernel_id)
             .cloned()
-            .ok_or_else(|| Error::NoSuchKernel(kernel_id.to_owned()))
+            .ok_or_else(|| ManagerError::NoSuchKernel(kernel_id.to_owned()))
     }
     /// A kernel of the table or, when another gateway sharing the store supervises it, adopted
     /// into the table (see [`KernelManager::find`] for a snapshot only).
-    async fn reach(&self, kernel_id: &str) -> Result<Arc<KernelShared>, Error> {
+    async fn reach(&self, kernel_id: &str) -> Result<Arc<KernelShared>, ManagerError> {
         match self.lookup(kernel_id) {
-            Err(Error::NoSuchKernel(_)) if self.persistence.is_some() => {
+            Err(ManagerError::NoSuchKernel(_)) if self.persistence.is_some() => {
                 self.adopt(kernel_id).await
             }
             found => found,
         }
     }
     /// One kernel; a start in flight answers with `execution_state: "starting"`.
-    pub fn get(&self, kernel_id: &str) -> Result<KernelSnapshot, Error> {
+    pub fn get(&self, kernel_id: &str) -> Result<KernelSnapshot, ManagerError> {
         self.lookup(kernel_id).map(|k| k.snapshot())
     }
     /// Kernels that finished starting (EG lists no starts in flight).
@@ -531,21 +530,21 @@ impl KernelManager {
         &self,
         kernel_id: &str,
         event: impl FnOnce(oneshot::Sender<T>) -> KernelEvent,
-    ) -> Result<T, Error> {
+    ) -> Result<T, ManagerError> {
         let kernel = self.reach(kernel_id).await?;
         if kernel.shutdown_claimed.load(Ordering::SeqCst) {
-            return Err(Error::NoSuchKernel(kernel_id.to_owned()));
+            return Err(ManagerError::NoSuchKernel(kernel_id.to_owned()));
         }
         let (tx, rx) = oneshot::channel();
         kernel
             .events
             .send(event(tx))
-            .map_err(|_| Error::NoSuchKernel(kernel_id.to_owned()))?;
+            .map_err(|_| ManagerError::NoSuchKernel(kernel_id.to_owned()))?;
         rx.await
-            .map_err(|_| Error::NoSuchKernel(kernel_id.to_owned()))
+            .map_err(|_| ManagerError::NoSuchKernel(kernel_id.to_owned()))
     }
     /// Interrupts by signal or message as the kernelspec says.
-    pub async fn interrupt(&self, kernel_id: &str) -> Result<(), Error> {
+    pub async fn interrupt(&self, kernel_id: &str) -> Result<(), ManagerError> {
         self.ask(kernel_id, |reply| KernelEvent::Interrupt { reply })
             .await?
     }
@@ -553,7 +552,7 @@ impl KernelManager {
     ///
     /// Returns once the new kernel answered kernel_info; attached WebSockets stay open and are
     /// re-pointed at the new process.
-    pub async fn restart(&self, kernel_id: &str) -> Result<KernelSnapshot, Error> {
+    pub async fn restart(&self, kernel_id: &str) -> Result<KernelSnapshot, ManagerError> {
         let requested_at = Instant::now();
         self.ask(kernel_id, |reply| KernelEvent::Restart {
             requested_at,
@@ -566,10 +565,10 @@ impl KernelManager {
     /// launch is abandoned (its start answers with an error) and torn down.
     ///
     /// Of two concurrent shutdowns of one kernel, the second gets `NoSuchKernel`.
-    pub async fn shutdown(&self, kernel_id: &str) -> Result<(), Error> {
+    pub async fn shutdown(&self, kernel_id: &str) -> Result<(), ManagerError> {
         let kernel = self.reach(kernel_id).await?;
         if kernel.shutdown_claimed.swap(true, Ordering::SeqCst) {
-            return Err(Error::NoSuchKernel(kernel_id.to_owned()));
+            return Err(ManagerError::NoSuchKernel(kernel_id.to_owned()));
         }
         // Another gateway's kernel: its lease first, so that gateway does not restart it.
         if let Err(err) = self.take_lease(kernel_id).await {
@@ -635,7 +634,7 @@ impl KernelManager {
         kernel_id: &str,
         session_id: &str,
         account: crate::budget::Account,
-    ) -> Result<ClientLease, Error> {
+    ) -> Result<ClientLease, ManagerError> {
         let kernel = self.reach(kernel_id).await?;
         let session_id = session_id.to_owned();
         let attached = self

@@ -14,9 +14,10 @@
 //! supervised as if this gateway had started it: restarts, culling (from the stored last
 //! activity), limits. A kernel that is gone is removed from the store with a log line saying why;
 //! one that is found but does not answer is shut down.
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -24,13 +25,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::error::ManagerError;
+use super::events::KernelEvent;
 use super::hub::{BufferLimits, Hub};
 use super::kernel::{self, Incarnation, KernelShared, LaunchPlan, ReattachError, Status};
 use super::rules::RestartTracker;
-use super::supervisor::{KernelEvent, Supervisor};
+use super::supervisor::Supervisor;
 use super::{KernelManager, KernelSnapshot, identity, lock, policy};
 use crate::store::{Activity, KernelStore, Limits, Reservation, StoreError, StoredKernel};
-use crate::{Error, Fault, GatewayConfig};
+use crate::{Fault, GatewayConfig};
 
 /// How long a dead kernel's unresponsive process gets between SIGTERM and SIGKILL.
 const UNRESPONSIVE_GRACE: Duration = Duration::from_secs(1);
@@ -49,9 +52,9 @@ pub struct Persistence {
 }
 
 /// A store failure as the API reports it: 503 with the store's text.
-pub(crate) fn store_error(err: StoreError) -> Error {
+pub(crate) fn store_error(err: StoreError) -> ManagerError {
     crate::metrics::store_error("request");
-    Error::LaunchFailed {
+    ManagerError::LaunchFailed {
         reason: err.to_string(),
         fault: Fault::Capacity,
     }
@@ -63,7 +66,7 @@ pub(super) async fn reserve(
     persistence: &Persistence,
     config: &GatewayConfig,
     plan: &LaunchPlan,
-) -> Result<(), Error> {
+) -> Result<(), ManagerError> {
     let now = OffsetDateTime::now_utc();
     let row = StoredKernel {
         id: plan.kernel_id.clone(),
@@ -90,7 +93,7 @@ pub(super) async fn reserve(
         .map_err(store_error)?
     {
         Reservation::Reserved => Ok(()),
-        Reservation::Exists => Err(Error::KernelExists(plan.kernel_id.clone())),
+        Reservation::Exists => Err(ManagerError::KernelExists(plan.kernel_id.clone())),
         Reservation::Full { total, of_user } => {
             policy::check_limits(config, total, &plan.username, of_user)?;
             // The store saw a limit the configuration does not have (another gateway's).
@@ -206,7 +209,7 @@ impl Supervisor {
 
     /// Makes this gateway the kernel's supervisor, taking the lease from whoever holds it, before
     /// a restart or shutdown asked of this gateway; the previous holder lets go of it.
-    pub(super) async fn become_holder(&mut self) -> Result<(), Error> {
+    pub(super) async fn become_holder(&mut self) -> Result<(), ManagerError> {
         let Some(persisted) = self.persisted.as_mut() else {
             return Ok(());
         };
@@ -220,7 +223,7 @@ impl Supervisor {
             .await
         {
             Ok(true) => {}
-            Ok(false) => return Err(Error::NoSuchKernel(self.shared.id.clone())),
+            Ok(false) => return Err(ManagerError::NoSuchKernel(self.shared.id.clone())),
             Err(err) => return Err(store_error(err)),
         }
         persisted.follower = false;
@@ -441,19 +444,19 @@ impl KernelManager {
 
     /// One kernel, from this gateway's table or, for a kernel another gateway supervises, from
     /// the store.
-    pub async fn find(&self, kernel_id: &str) -> Result<KernelSnapshot, Error> {
+    pub async fn find(&self, kernel_id: &str) -> Result<KernelSnapshot, ManagerError> {
         match self.get(kernel_id) {
-            Err(Error::NoSuchKernel(_)) => {}
+            Err(ManagerError::NoSuchKernel(_)) => {}
             found => return found,
         }
         let Some(persistence) = &self.persistence else {
-            return Err(Error::NoSuchKernel(kernel_id.to_owned()));
+            return Err(ManagerError::NoSuchKernel(kernel_id.to_owned()));
         };
         match persistence.store.get(kernel_id).await {
             Ok(Some(row)) if row.record.is_some() && row.gateway != persistence.gateway_id => {
                 Ok(row_snapshot(&row))
             }
-            _ => Err(Error::NoSuchKernel(kernel_id.to_owned())),
+            _ => Err(ManagerError::NoSuchKernel(kernel_id.to_owned())),
         }
     }
 
@@ -488,8 +491,8 @@ impl KernelManager {
     /// A kernel another gateway supervises, made reachable here: its backend handle is rebuilt
     /// from the stored record and a follower supervisor connects to its channels, serving this
     /// gateway's clients. Unknown ids (and starts still in flight elsewhere) are `NoSuchKernel`.
-    pub(super) async fn adopt(&self, kernel_id: &str) -> Result<Arc<KernelShared>, Error> {
-        let unknown = || Error::NoSuchKernel(kernel_id.to_owned());
+    pub(super) async fn adopt(&self, kernel_id: &str) -> Result<Arc<KernelShared>, ManagerError> {
+        let unknown = || ManagerError::NoSuchKernel(kernel_id.to_owned());
         let Some(persistence) = &self.persistence else {
             return Err(unknown());
         };
@@ -506,7 +509,7 @@ impl KernelManager {
         else {
             return Err(unknown());
         };
-        let unreachable = |why: String| Error::LaunchFailed {
+        let unreachable = |why: String| ManagerError::LaunchFailed {
             reason: format!(
                 "kernel {kernel_id} is supervised by gateway {} and cannot be reached from this one: {why}",
                 row.gateway
@@ -549,7 +552,7 @@ impl KernelManager {
 
     /// Takes the lease of a kernel another gateway supervises (before shutting it down from
     /// here). A store that does not answer is logged and does not stop the shutdown.
-    pub(super) async fn take_lease(&self, kernel_id: &str) -> Result<(), Error> {
+    pub(super) async fn take_lease(&self, kernel_id: &str) -> Result<(), ManagerError> {
         let Some(p) = &self.persistence else {
             return Ok(());
         };

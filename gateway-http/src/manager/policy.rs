@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use kernel_launcher::KernelSpec;
 
-use crate::{Error, GatewayConfig};
+use super::error::ManagerError;
+use crate::GatewayConfig;
 
 /// Splits each entry of a user list on commas and trims it (EG's lists are comma strings).
 fn user_set(lists: &[&[String]]) -> Vec<String> {
@@ -38,10 +39,10 @@ pub(crate) fn authorize(
     spec: &KernelSpec,
     user: &str,
     groups: &[String],
-) -> Result<(), Error> {
+) -> Result<(), ManagerError> {
     let unauthorized = user_set(&[&config.unauthorized_users, &spec.config.unauthorized_users]);
     if unauthorized.iter().any(|u| names(u, user, groups)) {
-        return Err(Error::Forbidden {
+        return Err(ManagerError::Forbidden {
             reason: format!(
                 "User '{user}' is not authorized to start kernel '{}'. Ensure KERNEL_USERNAME is set to an appropriate value and retry the request.",
                 spec.display_name
@@ -56,7 +57,7 @@ pub(crate) fn authorize(
         spec_authorized
     };
     if !authorized.is_empty() && !authorized.iter().any(|u| names(u, user, groups)) {
-        return Err(Error::Forbidden {
+        return Err(ManagerError::Forbidden {
             reason: format!(
                 "User '{user}' is not in the set of users authorized to start kernel '{}'. Ensure KERNEL_USERNAME is set to an appropriate value and retry the request.",
                 spec.display_name
@@ -72,8 +73,8 @@ fn kernels_word(n: usize) -> &'static str {
 }
 
 /// The total-limit refusal, with EG's text.
-pub(crate) fn total_limit_error(limit: usize, current: usize) -> Error {
-    Error::Forbidden {
+pub(crate) fn total_limit_error(limit: usize, current: usize) -> ManagerError {
+    ManagerError::Forbidden {
         reason: format!(
             "A max kernels limit has been set to {limit} and there are currently {current} active and pending {}.",
             kernels_word(current)
@@ -83,8 +84,8 @@ pub(crate) fn total_limit_error(limit: usize, current: usize) -> Error {
 }
 
 /// The per-user-limit refusal, with EG's text.
-pub(crate) fn user_limit_error(limit: usize, user: &str, current: usize) -> Error {
-    Error::Forbidden {
+pub(crate) fn user_limit_error(limit: usize, user: &str, current: usize) -> ManagerError {
+    ManagerError::Forbidden {
         reason: format!(
             "A max kernels per user limit has been set to {limit} and user '{user}' currently has {current} active and pending {}.",
             kernels_word(current)
@@ -99,7 +100,7 @@ pub(crate) fn check_limits(
     total: usize,
     user: &str,
     of_user: usize,
-) -> Result<(), Error> {
+) -> Result<(), ManagerError> {
     if let Some(limit) = config.max_kernels
         && total >= limit
     {
@@ -114,8 +115,8 @@ pub(crate) fn check_limits(
 }
 
 /// A client-chosen kernel id must be a canonical lowercase hyphenated v4 UUID.
-pub(crate) fn validate_kernel_id(id: &str) -> Result<(), Error> {
-    let bad = || Error::BadRequest {
+pub(crate) fn validate_kernel_id(id: &str) -> Result<(), ManagerError> {
+    let bad = || ManagerError::BadRequest {
         message: "KERNEL_ID must be a lowercase hyphenated version 4 UUID".to_owned(),
     };
     let parsed = uuid::Uuid::parse_str(id).map_err(|_| bad())?;
@@ -134,15 +135,15 @@ pub(crate) fn validate_kernel_id(id: &str) -> Result<(), Error> {
 pub(crate) fn launch_timeout(
     config: &GatewayConfig,
     env: &BTreeMap<String, String>,
-) -> Result<Duration, Error> {
+) -> Result<Duration, ManagerError> {
     let Some(raw) = env.get("KERNEL_LAUNCH_TIMEOUT") else {
         return Ok(config.launch_timeout);
     };
-    let secs: f64 = raw.trim().parse().map_err(|_| Error::BadRequest {
+    let secs: f64 = raw.trim().parse().map_err(|_| ManagerError::BadRequest {
         message: "KERNEL_LAUNCH_TIMEOUT must be a number of seconds".to_owned(),
     })?;
     if !secs.is_finite() || secs <= 0.0 {
-        return Err(Error::BadRequest {
+        return Err(ManagerError::BadRequest {
             message: "KERNEL_LAUNCH_TIMEOUT must be a positive number of seconds".to_owned(),
         });
     }
@@ -237,7 +238,7 @@ mod tests {
 
     #[test]
     fn limit_texts() {
-        let text = |e: Error| e.to_string();
+        let text = |e: ManagerError| e.to_string();
         assert_eq!(
             text(total_limit_error(2, 1)),
             "A max kernels limit has been set to 2 and there are currently 1 active and pending kernel."

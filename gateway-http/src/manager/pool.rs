@@ -18,9 +18,10 @@
 //! account, or with `--proxy-user`, can never become another user's); a pool configured
 //! otherwise is disabled with one log line. Any other difference (a `KERNEL_ID`, a working
 //! directory, a `KERNEL_*` variable the client set) makes the start a cold one (a miss).
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use jupyter_protocol::{Channel, Header, Message};
@@ -30,7 +31,8 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use super::KernelManager;
-use super::kernel::{GATEWAY_USERNAME, Incarnation, LaunchPlan, msg_type, teardown};
+use super::hub::GATEWAY_USERNAME;
+use super::kernel::{Incarnation, LaunchPlan, msg_type, teardown};
 use crate::profiles::PoolSize;
 
 /// Variables in which a request's environment may differ from a pooled kernel's; they are set
@@ -113,9 +115,7 @@ pub(crate) struct Pools {
 fn lock(
     state: &Mutex<BTreeMap<PoolKey, PoolState>>,
 ) -> MutexGuard<'_, BTreeMap<PoolKey, PoolState>> {
-    state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    state.lock()
 }
 
 /// What `GET`-style introspection shows of one pool.

@@ -3,8 +3,9 @@
 //!
 //! It owns the kernel's only iopub subscription and fans it out to attached WebSocket clients,
 //! relaunches the kernel on API restarts and unexpected exits, and tears it down on shutdown.
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jupyter_protocol::sockets::Heartbeat;
@@ -16,14 +17,16 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{Attached, Handover, Hub, Kick};
+use super::error::ManagerError;
+use super::events::{KernelEvent, ShutdownReason};
+use super::hub::{Attached, GATEWAY_USERNAME, Handover, Hub, Kick};
 use super::kernel::{
-    GATEWAY_USERNAME, Incarnation, KernelShared, LaunchPlan, describe_exit, launch, msg_type,
-    socket_options, teardown, with_log,
+    Incarnation, KernelShared, LaunchPlan, describe_exit, launch, msg_type, socket_options,
+    teardown, with_log,
 };
-use super::rules::{self, CullReason, Liveness, RestartDecision, RestartTracker};
+use super::rules::{self, Liveness, RestartDecision, RestartTracker};
 use super::{KernelSnapshot, Table};
-use crate::{Error, Fault, GatewayConfig};
+use crate::{Fault, GatewayConfig};
 /// How often liveness is polled while waiting for a kernel to exit after shutdown_request.
 const EXIT_POLL: Duration = Duration::from_millis(100);
 /// Heartbeat period and per-ping timeout (jupyter_client's `time_to_dead` is 3 s).
@@ -32,80 +35,6 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 const HEARTBEAT_MISSES: u32 = 3;
 /// The snapshot `reason` while heartbeats go unanswered.
 const HEARTBEAT_LOST: &str = "the kernel is not answering heartbeats";
-
-/// Why a kernel is shut down.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum ShutdownReason {
-    /// `DELETE /api/kernels/{id}` (or a session delete).
-    Requested,
-    /// The culler took it.
-    Culled(CullReason),
-}
-
-/// Everything that can happen to a kernel.
-#[derive(Debug)]
-pub(crate) enum KernelEvent {
-    /// The process of incarnation `generation` ended.
-    ProcessExited {
-        /// Which incarnation.
-        generation: u64,
-        /// How it ended.
-        state: ProcessState,
-    },
-    /// The process of incarnation `generation` stopped answering heartbeats (it may be hung, or
-    /// its host unreachable); the process state decides what happens.
-    HeartbeatLost {
-        /// Which incarnation.
-        generation: u64,
-    },
-    /// The heartbeat of incarnation `generation` answers again.
-    HeartbeatRestored {
-        /// Which incarnation.
-        generation: u64,
-    },
-    /// API restart; a request issued while another restart ran is answered by that restart.
-    Restart {
-        /// When the request was made.
-        requested_at: Instant,
-        /// Result.
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
-    /// API interrupt.
-    Interrupt {
-        /// Result.
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
-    /// Graceful shutdown; the supervisor ends afterwards.
-    Shutdown {
-        /// Why.
-        reason: ShutdownReason,
-        /// Answered when the kernel is gone.
-        reply: oneshot::Sender<()>,
-    },
-    /// A WebSocket client attaches.
-    Attach {
-        /// Its session id.
-        session_id: String,
-        /// Where what is held for it is charged.
-        account: crate::budget::Account,
-        /// Its registration.
-        reply: oneshot::Sender<Attached>,
-    },
-    /// A WebSocket client went away, leaving this behind (undelivered messages, its sockets).
-    Detach {
-        /// Its id.
-        client_id: u64,
-        /// Its leftovers.
-        handover: Option<Handover>,
-    },
-    /// The culler's periodic look: the supervisor applies the culling rule to itself.
-    CullTick,
-    /// Another gateway holds the kernel's lease now (this one could not renew it in time): stop
-    /// supervising it and leave the process alone.
-    LeaseLost,
-    /// This gateway claimed the expired lease of a kernel it followed: supervise it.
-    LeaseGained,
-}
 
 /// How the supervisor loop ends.
 enum Exit {
@@ -178,7 +107,10 @@ async fn buffer_expiry(at: Option<Instant>) {
 impl Supervisor {
     /// Launches the kernel, answers `started`, then runs until the kernel is gone or the gateway
     /// exits. A failed (or aborted) launch removes the kernel and ends the task.
-    pub(crate) async fn run(mut self, started: oneshot::Sender<Result<KernelSnapshot, Error>>) {
+    pub(crate) async fn run(
+        mut self,
+        started: oneshot::Sender<Result<KernelSnapshot, ManagerError>>,
+    ) {
         tracing::info!(kernel_id = %self.plan.kernel_id, kernelspec = %self.plan.spec.name, user = %self.plan.username, "starting kernel");
         let shared = Arc::clone(&self.shared);
         let mut observe = move |msg: Message| shared.observe_iopub(&msg);
@@ -255,14 +187,14 @@ impl Supervisor {
     }
 
     /// The error a start gets when its kernel was shut down (or the gateway stopped) meanwhile.
-    fn aborted(&self) -> Error {
+    fn aborted(&self) -> ManagerError {
         if self.cancel.is_cancelled() {
-            Error::LaunchFailed {
+            ManagerError::LaunchFailed {
                 reason: "the gateway is shutting down".to_owned(),
                 fault: Fault::Capacity,
             }
         } else {
-            Error::LaunchFailed {
+            ManagerError::LaunchFailed {
                 reason: format!(
                     "kernel {} was shut down while it was starting",
                     self.plan.kernel_id
@@ -273,10 +205,7 @@ impl Supervisor {
     }
 
     fn remove_from_table(&self) {
-        let mut table = self
-            .table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut table = self.table.lock();
         if table
             .kernels
             .get(&self.shared.id)
@@ -496,7 +425,7 @@ impl Supervisor {
     ) -> Option<Exit> {
         let until = Instant::now() + delay;
         let kernel_id = self.shared.id.clone();
-        let busy = move || Error::LaunchFailed {
+        let busy = move || ManagerError::LaunchFailed {
             reason: format!(
                 "kernel {kernel_id} died and waits to be relaunched; try again shortly"
             ),
@@ -586,9 +515,9 @@ impl Supervisor {
         }
     }
 
-    async fn interrupt(&mut self) -> Result<(), Error> {
+    async fn interrupt(&mut self) -> Result<(), ManagerError> {
         let Some(inc) = &self.inc else {
-            return Err(Error::NoSuchKernel(self.shared.id.clone()));
+            return Err(ManagerError::NoSuchKernel(self.shared.id.clone()));
         };
         send_interrupt(&self.plan, inc).await
     }
@@ -634,14 +563,14 @@ impl Supervisor {
     /// API restart: stop gracefully (keeping ports and key), relaunch, wait for readiness, and
     /// tell attached clients to rebuild their sockets. No synthetic status (EG §4.6): the new
     /// process publishes its own `starting`.
-    async fn restart(&mut self) -> Result<(), Error> {
+    async fn restart(&mut self) -> Result<(), ManagerError> {
         tracing::info!(kernel_id = %self.shared.id, "restarting kernel");
         crate::metrics::restart(&self.shared.name, "requested");
         self.shared.set_state("restarting");
         self.hub.suspend();
         self.stop_watching();
         let Some(old) = self.inc.take() else {
-            return Err(Error::NoSuchKernel(self.shared.id.clone()));
+            return Err(ManagerError::NoSuchKernel(self.shared.id.clone()));
         };
         self.stop_incarnation(&old, true, true).await;
         let previous = old.connection.clone();
@@ -856,16 +785,17 @@ fn fan_out(shared: &KernelShared, hub: &mut Hub, msg: Message) {
 }
 
 /// Interrupts as the kernelspec says: a signal through the backend, or `interrupt_request` on control.
-async fn send_interrupt(plan: &LaunchPlan, inc: &Incarnation) -> Result<(), Error> {
+async fn send_interrupt(plan: &LaunchPlan, inc: &Incarnation) -> Result<(), ManagerError> {
     match plan.spec.interrupt_mode {
-        InterruptMode::Signal => inc
-            .process
-            .interrupt()
-            .await
-            .map_err(|err| Error::LaunchFailed {
-                reason: format!("cannot interrupt kernel {}: {err}", plan.kernel_id),
-                fault: Fault::Kernel,
-            }),
+        InterruptMode::Signal => {
+            inc.process
+                .interrupt()
+                .await
+                .map_err(|err| ManagerError::LaunchFailed {
+                    reason: format!("cannot interrupt kernel {}: {err}", plan.kernel_id),
+                    fault: Fault::Kernel,
+                })
+        }
         InterruptMode::Message => {
             let header = Header::new("interrupt_request", &inc.session_id, GATEWAY_USERNAME);
             let msg = Message::new(&header, &serde_json::json!({}));
@@ -873,7 +803,7 @@ async fn send_interrupt(plan: &LaunchPlan, inc: &Incarnation) -> Result<(), Erro
                 .sender
                 .send(Channel::Control, msg)
                 .await
-                .map_err(|err| Error::LaunchFailed {
+                .map_err(|err| ManagerError::LaunchFailed {
                     reason: format!("cannot interrupt kernel {}: {err}", plan.kernel_id),
                     fault: Fault::Kernel,
                 })

@@ -8,10 +8,11 @@
 //! other); gateways on several machines share a PostgreSQL database instead.
 //!
 //! SQLite calls block, so each runs on tokio's blocking pool, one at a time over one connection.
+use parking_lot::Mutex;
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -69,9 +70,7 @@ impl SqliteStore {
             reason,
         };
         let result = tokio::task::spawn_blocking(move || {
-            let mut conn = conn
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut conn = conn.lock();
             f(&mut conn)
         })
         .await

@@ -3,8 +3,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway_http::manager::ManagerError;
 use gateway_http::manager::StartRequest;
-use gateway_http::{Error, Fault, GatewayConfig, KernelManager};
+use gateway_http::{Fault, GatewayConfig, KernelManager};
 use jupyter_protocol::content::ExecuteOutcome;
 use jupyter_protocol::{ConnectionInfo, KernelClient, SocketOptions};
 use resource_managers::Registry;
@@ -178,7 +179,7 @@ async fn start_interrupt_restart_shutdown() -> anyhow::Result<()> {
         .manager
         .start(request(None, Some(json!({"KERNEL_ID": id}))))
         .await;
-    assert!(matches!(dup, Err(Error::KernelExists(_))), "{dup:?}");
+    assert!(matches!(dup, Err(ManagerError::KernelExists(_))), "{dup:?}");
 
     // Restart: same ports and key, fresh state.
     let restarted = k.manager.restart(&id).await?;
@@ -191,10 +192,13 @@ async fn start_interrupt_restart_shutdown() -> anyhow::Result<()> {
     drop(c);
 
     k.manager.shutdown(&id).await?;
-    assert!(matches!(k.manager.get(&id), Err(Error::NoSuchKernel(_))));
+    assert!(matches!(
+        k.manager.get(&id),
+        Err(ManagerError::NoSuchKernel(_))
+    ));
     assert!(matches!(
         k.manager.shutdown(&id).await,
-        Err(Error::NoSuchKernel(_))
+        Err(ManagerError::NoSuchKernel(_))
     ));
     assert!(!k.connection_file(&id).exists());
     assert!(
@@ -214,7 +218,7 @@ async fn max_kernels_counts_starts_in_flight() -> anyhow::Result<()> {
     let refused: Vec<String> = results
         .iter()
         .filter_map(|r| match r {
-            Err(Error::Forbidden { reason, .. }) => Some(reason.clone()),
+            Err(ManagerError::Forbidden { reason, .. }) => Some(reason.clone()),
             _ => None,
         })
         .collect();
@@ -229,7 +233,7 @@ async fn max_kernels_counts_starts_in_flight() -> anyhow::Result<()> {
     let first = k.manager.list().remove(0);
     let (a, b) = tokio::join!(k.manager.shutdown(&first.id), k.manager.shutdown(&first.id));
     assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
-    assert!(matches!(a.and(b), Err(Error::NoSuchKernel(_))));
+    assert!(matches!(a.and(b), Err(ManagerError::NoSuchKernel(_))));
     let again = k.manager.start(request(None, None)).await?;
     assert_eq!(k.manager.list().len(), 2);
     k.manager.shutdown_all().await;
@@ -242,7 +246,7 @@ async fn a_kernel_that_exits_at_once_fails_the_start() -> anyhow::Result<()> {
     let k = Kernels::new(|_| {})?;
     let result = k.manager.start(request(Some("exits"), None)).await;
     match result {
-        Err(Error::LaunchFailed { reason, fault }) => {
+        Err(ManagerError::LaunchFailed { reason, fault }) => {
             assert_eq!(fault, Fault::Kernel);
             assert!(reason.contains("exit code 3"), "{reason}");
         }
@@ -255,7 +259,7 @@ async fn a_kernel_that_exits_at_once_fails_the_start() -> anyhow::Result<()> {
     for _ in 0..2 {
         let result = k2.manager.start(request(Some("exits"), None)).await;
         assert!(
-            matches!(result, Err(Error::LaunchFailed { .. })),
+            matches!(result, Err(ManagerError::LaunchFailed { .. })),
             "{result:?}"
         );
     }
@@ -263,16 +267,16 @@ async fn a_kernel_that_exits_at_once_fails_the_start() -> anyhow::Result<()> {
 }
 
 /// What kind of error a start produced, with its text.
-fn kind(result: Result<gateway_http::manager::KernelSnapshot, Error>) -> (String, String) {
+fn kind(result: Result<gateway_http::manager::KernelSnapshot, ManagerError>) -> (String, String) {
     match result {
         Ok(snapshot) => ("started".to_owned(), snapshot.id),
         Err(err) => {
             let name = match &err {
-                Error::BadRequest { .. } => "BadRequest",
-                Error::Forbidden { .. } => "Forbidden",
-                Error::NoSuchKernelSpec(_) => "NoSuchKernelSpec",
-                Error::KernelExists(_) => "KernelExists",
-                Error::LaunchFailed { .. } => "LaunchFailed",
+                ManagerError::BadRequest { .. } => "BadRequest",
+                ManagerError::Forbidden { .. } => "Forbidden",
+                ManagerError::NoSuchKernelSpec(_) => "NoSuchKernelSpec",
+                ManagerError::KernelExists(_) => "KernelExists",
+                ManagerError::LaunchFailed { .. } => "LaunchFailed",
                 _ => "other",
             };
             (name.to_owned(), err.to_string())
@@ -494,7 +498,7 @@ async fn message_interrupts_and_concurrent_restarts() -> anyhow::Result<()> {
         k.manager
             .restart("6f1b3c1e-2a4d-4f6b-9c1d-2e3f4a5b6c7d")
             .await,
-        Err(Error::NoSuchKernel(_))
+        Err(ManagerError::NoSuchKernel(_))
     ));
     k.manager.shutdown_all().await;
     assert!(k.manager.list().is_empty());
@@ -508,7 +512,7 @@ async fn a_launch_past_its_timeout_is_torn_down() -> anyhow::Result<()> {
     let env = json!({"KERNEL_LAUNCH_TIMEOUT": "0.3"});
     // A kernel that never answers (ipykernel itself may well be ready within 0.3 s).
     match k.manager.start(request(Some("sleeps"), Some(env))).await {
-        Err(Error::LaunchFailed { reason, .. }) => {
+        Err(ManagerError::LaunchFailed { reason, .. }) => {
             assert!(reason.contains("within 0.3 s"), "{reason}")
         }
         other => panic!("expected a launch timeout, got {other:?}"),
@@ -526,7 +530,7 @@ async fn kernels_can_outlive_the_gateway() -> anyhow::Result<()> {
     k.manager.shutdown_all().await;
     assert!(matches!(
         k.manager.start(request(None, None)).await,
-        Err(Error::LaunchFailed { .. })
+        Err(ManagerError::LaunchFailed { .. })
     ));
     // The kernel still runs and answers; stop it ourselves.
     let mut c = client(&info).await?;

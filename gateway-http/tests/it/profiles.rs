@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use gateway_http::KernelManager;
+use gateway_http::manager::ManagerError;
 use gateway_http::manager::StartRequest;
 use gateway_http::profiles::{PoolSize, Profile, ProfileSet, Resources};
-use gateway_http::{Error, KernelManager};
 use http::StatusCode;
 use resource_managers::{Placement, ProcessLimits};
 use serde_json::{Value, json};
@@ -122,13 +123,13 @@ async fn e2e_a_small_profile_limits_the_kernels_memory_and_no_one_elses() -> any
 async fn profiles_are_refused_when_unknown_not_the_users_or_not_for_the_kernelspec() {
     let k = Kernels::new(|_| {}).expect("kernels");
     k.manager.set_profiles(profiles(0));
-    let refused = |r: Result<_, Error>| r.err().map(|e| (e.to_string(), e));
+    let refused = |r: Result<_, ManagerError>| r.err().map(|e| (e.to_string(), e));
     match refused(
         k.manager
             .start(start_as("bob", json!({}), Some("huge")))
             .await,
     ) {
-        Some((text, Error::BadRequest { .. })) => assert!(text.contains("huge"), "{text}"),
+        Some((text, ManagerError::BadRequest { .. })) => assert!(text.contains("huge"), "{text}"),
         other => panic!("unknown profile: {other:?}"),
     }
     match refused(
@@ -136,7 +137,7 @@ async fn profiles_are_refused_when_unknown_not_the_users_or_not_for_the_kernelsp
             .start(start_as("bob", json!({"KERNEL_PROFILE": "alices"}), None))
             .await,
     ) {
-        Some((_, Error::Forbidden { reason, .. })) => {
+        Some((_, ManagerError::Forbidden { reason, .. })) => {
             assert!(reason.contains("alices"), "{reason}")
         }
         other => panic!("forbidden profile: {other:?}"),
@@ -146,7 +147,7 @@ async fn profiles_are_refused_when_unknown_not_the_users_or_not_for_the_kernelsp
             .start(start_as("bob", json!({}), Some("r-only")))
             .await,
     ) {
-        Some((text, Error::BadRequest { .. })) => {
+        Some((text, ManagerError::BadRequest { .. })) => {
             assert!(
                 text.contains("does not apply to kernelspec 'python3'"),
                 "{text}"
