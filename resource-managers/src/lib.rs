@@ -151,7 +151,9 @@ pub mod error;
 pub mod external;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod launcher;
 pub mod local;
+pub mod process;
 pub mod registry;
 #[cfg(feature = "ssh")]
 pub mod ssh;

@@ -58,7 +58,6 @@ pub mod command;
 pub mod session;
 mod tunnel;
 
-use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -71,7 +70,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jupyter_protocol::ConnectionInfo;
 use kernel_launcher::{
-    CommOutcome, CommPort, LauncherResponse, PendingLaunch, ResponseListener, net, template,
+    CommOutcome, CommPort, LauncherResponse, PendingLaunch, ResponseListener, net,
 };
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -81,7 +80,8 @@ use tokio::time::Instant;
 pub use balance::LoadBalancing;
 pub use session::{HostKeys, Secret, SessionError, SshAuth};
 
-use crate::local::{
+use crate::launcher::{CommChannel, LauncherComm};
+use crate::process::{
     create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
     resolve_program, spawn_reaper,
 };
@@ -183,7 +183,6 @@ struct Remote {
     options: SshOptions,
     /// The gateway's OS user (default remote user).
     own_user: String,
-    comm_timeout: Duration,
 }
 
 impl Remote {
@@ -236,11 +235,7 @@ impl SshResourceManager {
         }
         let own_user = me.map(|u| u.name).unwrap_or_else(|| "root".to_owned());
         SshResourceManager {
-            remote: Arc::new(Remote {
-                options,
-                own_user,
-                comm_timeout: config.comm_timeout,
-            }),
+            remote: Arc::new(Remote { options, own_user }),
             config,
             balancer: Balancer::default(),
             local_ips: net::local_addresses(),
@@ -343,22 +338,7 @@ impl SshResourceManager {
     }
 
     fn templated_argv(&self, request: &LaunchRequest) -> Vec<String> {
-        let spec = &request.spec;
-        let listener = &self.config.response;
-        let mut vars: BTreeMap<&str, String> = BTreeMap::new();
-        vars.insert("kernel_id", request.kernel_id.clone());
-        vars.insert("response_address", listener.response_address());
-        vars.insert("public_key", listener.public_key_b64().to_owned());
-        vars.insert("port_range", request.port_range.to_template());
-        vars.insert(
-            "resource_dir",
-            spec.resource_dir.to_string_lossy().into_owned(),
-        );
-        vars.insert("transport_encryption", String::new());
-        if let Some(prefix) = spec.prefix() {
-            vars.insert("prefix", prefix.to_string_lossy().into_owned());
-        }
-        template::substitute(&spec.argv, &vars)
+        crate::launcher::launcher_argv(request, &self.config.response)
     }
 
     fn log_path(&self, kernel_id: &str) -> PathBuf {
@@ -389,7 +369,7 @@ impl SshResourceManager {
         // started over SSH (under nohup setsid), so its kernel survives the gateway and is
         // re-attached through its communication port.
         let child =
-            crate::local::spawn_logged(request, &program, argv, &log_path, "launcher", false)?;
+            crate::process::spawn_logged(request, &program, argv, &log_path, "launcher", false)?;
         let Some(pid) = child
             .id()
             .and_then(|id| i32::try_from(id).ok())
@@ -456,7 +436,7 @@ impl SshResourceManager {
             ip,
             connection: connection.clone(),
             remote_connection: None,
-            comm,
+            comm: LauncherComm::new(comm),
             comm_port: response.comm_port,
             remote_pid: response.pid,
             remote_pgid: response.pgid,
@@ -467,7 +447,6 @@ impl SshResourceManager {
             interrupt_signal: interrupt_signal_of(spec) as i32,
             slot: Mutex::new(Some(slot)),
             finished: AtomicBool::new(false),
-            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -602,6 +581,7 @@ impl SshResourceManager {
                     response.comm_port.map(|port| Comm::Tunneled {
                         session: Arc::clone(&session),
                         port,
+                        timeout: self.config.comm_timeout,
                     })
                 }
                 Err(e) => {
@@ -634,7 +614,7 @@ impl SshResourceManager {
             ip,
             connection: connection.clone(),
             remote_connection: options.tunneling.then_some(remote_connection),
-            comm,
+            comm: LauncherComm::new(comm),
             comm_port: response.comm_port,
             remote_pid: response.pid,
             remote_pgid: response.pgid,
@@ -645,7 +625,6 @@ impl SshResourceManager {
             interrupt_signal: interrupt_signal_of(spec) as i32,
             slot: Mutex::new(Some(slot)),
             finished: AtomicBool::new(false),
-            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -828,6 +807,7 @@ impl ResourceManager for SshResourceManager {
                 Comm::Tunneled {
                     session,
                     port: comm_port,
+                    timeout: self.config.comm_timeout,
                 }
             }
             (Some(_), None) => return Err(unreadable()),
@@ -836,7 +816,7 @@ impl ResourceManager for SshResourceManager {
                 self.config.comm_timeout,
             )),
         };
-        if comm.probe(self.config.comm_timeout).await == CommOutcome::Refused {
+        if comm.send(&serde_json::json!({ "signum": 0 })).await == CommOutcome::Refused {
             return Err(Error::NotRunning(format!(
                 "kernel {} (communication port {ip}:{comm_port}) is no longer running",
                 record.kernel_id
@@ -849,7 +829,7 @@ impl ResourceManager for SshResourceManager {
             ip,
             connection: connection.clone(),
             remote_connection,
-            comm: Some(comm),
+            comm: LauncherComm::new(Some(comm)),
             comm_port: Some(comm_port),
             remote_pid: int("pid"),
             remote_pgid: int("pgid"),
@@ -862,7 +842,6 @@ impl ResourceManager for SshResourceManager {
                 .unwrap_or(Signal::SIGINT) as i32,
             slot: Mutex::new(Some(slot)),
             finished: AtomicBool::new(false),
-            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -910,31 +889,25 @@ fn kernel_groups(response: &LauncherResponse) -> Vec<i32> {
 #[derive(Debug, Clone)]
 enum Comm {
     Direct(CommPort),
-    Tunneled { session: Arc<Session>, port: u16 },
+    Tunneled {
+        session: Arc<Session>,
+        port: u16,
+        /// Bounds each request through the tunnel.
+        timeout: Duration,
+    },
 }
 
-impl Comm {
-    async fn send(&self, request: &serde_json::Value, timeout: Duration) -> CommOutcome {
+#[async_trait]
+impl CommChannel for Comm {
+    async fn send(&self, request: &serde_json::Value) -> CommOutcome {
         match self {
             Comm::Direct(port) => port.send(request).await,
-            Comm::Tunneled { session, port } => {
-                tunnel::send_comm(session, *port, request, timeout).await
-            }
+            Comm::Tunneled {
+                session,
+                port,
+                timeout,
+            } => tunnel::send_comm(session, *port, request, *timeout).await,
         }
-    }
-
-    async fn signal(&self, signum: i32, timeout: Duration) -> CommOutcome {
-        self.send(&serde_json::json!({ "signum": signum }), timeout)
-            .await
-    }
-
-    async fn probe(&self, timeout: Duration) -> CommOutcome {
-        self.signal(0, timeout).await
-    }
-
-    async fn shutdown(&self, timeout: Duration) -> CommOutcome {
-        self.send(&serde_json::json!({ "shutdown": 1 }), timeout)
-            .await
     }
 }
 
@@ -1084,7 +1057,10 @@ pub struct SshKernelProcess {
     connection: ConnectionInfo,
     /// With tunnelling: the connection info as the launcher reported it (remote ports).
     remote_connection: Option<ConnectionInfo>,
-    comm: Option<Comm>,
+    /// The launcher's communication port and whether its listener was told to stop after
+    /// `shutdown_request`: from then on a refusing port means the kernel is gone, as EG treats
+    /// it, even if a local launcher process lingers (it is killed by `terminate`).
+    comm: LauncherComm<Comm>,
     comm_port: Option<u16>,
     remote_pid: Option<i32>,
     remote_pgid: Option<i32>,
@@ -1099,10 +1075,6 @@ pub struct SshKernelProcess {
     interrupt_signal: i32,
     slot: Mutex<Option<HostSlot>>,
     finished: AtomicBool,
-    /// The launcher's listener was told to stop after `shutdown_request`: from then on a refusing
-    /// communication port means the kernel is gone, as EG treats it, even if a local launcher
-    /// process lingers (it is killed by `terminate`).
-    listener_stopped: AtomicBool,
     detached: AtomicBool,
 }
 
@@ -1114,7 +1086,7 @@ impl SshKernelProcess {
 
     /// The launcher's communication port, if the gateway reaches it directly (not tunnelled).
     pub fn comm_port(&self) -> Option<CommPort> {
-        match &self.comm {
+        match self.comm.port() {
             Some(Comm::Direct(port)) => Some(*port),
             _ => None,
         }
@@ -1133,13 +1105,6 @@ impl SshKernelProcess {
     /// With tunnelling, the connection info as the launcher reported it (the host's ports).
     pub fn remote_connection(&self) -> Option<&ConnectionInfo> {
         self.remote_connection.as_ref()
-    }
-
-    fn comm_timeout(&self) -> Duration {
-        self.ssh
-            .as_ref()
-            .map(|s| s.remote.comm_timeout)
-            .unwrap_or(kernel_launcher::comm::DEFAULT_CONNECT_TIMEOUT)
     }
 
     fn kernel_groups(&self) -> Vec<i32> {
@@ -1193,10 +1158,7 @@ impl SshKernelProcess {
     }
 
     async fn poll_remote(&self) -> ProcessState {
-        let outcome = match &self.comm {
-            Some(comm) => comm.probe(self.comm_timeout()).await,
-            None => CommOutcome::Unknown("the launcher has no communication port".to_owned()),
-        };
+        let outcome = self.comm.signal(0).await;
         match outcome {
             CommOutcome::Delivered => ProcessState::Running,
             CommOutcome::Refused => ProcessState::Exited {
@@ -1261,11 +1223,7 @@ impl KernelProcess for SshKernelProcess {
 
     async fn poll(&self) -> ProcessState {
         match self.local_state() {
-            Some(ProcessState::Running)
-                if self.comm.is_some() && self.listener_stopped.load(Ordering::SeqCst) =>
-            {
-                self.poll_remote().await
-            }
+            Some(ProcessState::Running) if self.comm.listener_stopped() => self.poll_remote().await,
             Some(state) => state,
             None => self.poll_remote().await,
         }
@@ -1286,10 +1244,7 @@ impl KernelProcess for SshKernelProcess {
         if let Some(ProcessState::Exited { .. }) = self.local_state() {
             return Err(self.not_running());
         }
-        let outcome = match &self.comm {
-            Some(comm) => comm.signal(signum, self.comm_timeout()).await,
-            None => CommOutcome::Unknown("the launcher has no communication port".to_owned()),
-        };
+        let outcome = self.comm.signal(signum).await;
         let why = match outcome {
             CommOutcome::Delivered => return Ok(()),
             CommOutcome::Refused if self.launcher.is_none() => return Err(self.not_running()),
@@ -1347,11 +1302,8 @@ impl KernelProcess for SshKernelProcess {
         }
         // No log fetch for a stop the gateway asked for.
         self.finished.store(true, Ordering::SeqCst);
-        let timeout = self.comm_timeout();
-        if let Some(comm) = &self.comm {
-            let term = comm.signal(Signal::SIGTERM as i32, timeout).await;
-            let stop = comm.shutdown(timeout).await;
-            tracing::debug!(kernel_id = %self.kernel_id, ?term, ?stop, "asked the launcher to stop the kernel");
+        if self.comm.port().is_some() {
+            self.comm.ask_to_stop(&self.kernel_id).await;
             // A launcher started here gets the signal directly too: its listener may already be
             // gone (told to stop at shutdown_request) while the process lingers.
             if self.launcher.is_some() {
@@ -1370,9 +1322,7 @@ impl KernelProcess for SshKernelProcess {
                 if self.launcher.is_some() {
                     self.kill_local(Signal::SIGKILL);
                 } else {
-                    if let Some(comm) = &self.comm {
-                        let _ = comm.signal(Signal::SIGKILL as i32, timeout).await;
-                    }
+                    let _ = self.comm.signal(Signal::SIGKILL as i32).await;
                     if let Some(ssh) = &self.ssh {
                         ssh.kill(None, Signal::SIGKILL as i32, &self.kernel_groups())
                             .await;
@@ -1393,18 +1343,14 @@ impl KernelProcess for SshKernelProcess {
     }
 
     async fn shutdown_requested(&self) {
-        if let Some(comm) = &self.comm {
-            let outcome = comm.shutdown(self.comm_timeout()).await;
-            tracing::debug!(kernel_id = %self.kernel_id, ?outcome, "told the launcher's listener that the kernel is shutting down");
-            self.listener_stopped.store(true, Ordering::SeqCst);
-        }
+        self.comm.shutdown_requested(&self.kernel_id).await;
     }
 
     async fn cleanup(&self, _keep_connection_file: bool) {
         // The launcher owns the connection file; make sure its listener is gone (EG does the same).
         let exited = matches!(self.local_state(), Some(ProcessState::Exited { .. }));
-        if !exited && let Some(comm) = &self.comm {
-            let _ = comm.shutdown(self.comm_timeout()).await;
+        if !exited {
+            let _ = self.comm.stop_listener().await;
         }
         if let Some(ssh) = &self.ssh {
             let session = lock(&ssh.tunnels).as_ref().map(|t| Arc::clone(t.session()));

@@ -60,9 +60,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jupyter_protocol::ConnectionInfo;
-use kernel_launcher::{
-    CommOutcome, CommPort, KernelSpec, LauncherResponse, ResponseListener, template,
-};
+use kernel_launcher::{CommOutcome, CommPort, KernelSpec, LauncherResponse, ResponseListener};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::sync::watch;
@@ -71,7 +69,8 @@ use tokio::time::Instant;
 use super::client::{AppsQuery, Auth, YarnClient, YarnClientConfig, YarnError};
 use super::site::SiteConfig;
 use super::types::{App, AppState};
-use crate::local::{
+use crate::launcher::LauncherComm;
+use crate::process::{
     create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
     resolve_program, spawn_reaper,
 };
@@ -501,26 +500,13 @@ impl ResourceManager for YarnResourceManager {
 
         let listener = &self.config.response;
         let mut pending = listener.register(&kernel_id)?;
-        let mut vars: BTreeMap<&str, String> = BTreeMap::new();
-        vars.insert("kernel_id", kernel_id.clone());
-        vars.insert("response_address", listener.response_address());
-        vars.insert("public_key", listener.public_key_b64().to_owned());
-        vars.insert("port_range", request.port_range.to_template());
-        vars.insert(
-            "resource_dir",
-            spec.resource_dir.to_string_lossy().into_owned(),
-        );
-        vars.insert("transport_encryption", String::new());
-        if let Some(prefix) = spec.prefix() {
-            vars.insert("prefix", prefix.to_string_lossy().into_owned());
-        }
-        let mut argv = template::substitute(&spec.argv, &vars);
+        let mut argv = crate::launcher::launcher_argv(&request, listener);
         argv = with_spark_settings(argv, &request.placement.spark);
         if impersonation_enabled(&request.env) {
             argv = with_proxy_user(argv, &user);
         }
         let launched_ms = now_ms();
-        let child = crate::local::spawn_logged(
+        let child = crate::process::spawn_logged(
             &request,
             &program,
             &argv,
@@ -686,7 +672,7 @@ impl ResourceManager for YarnResourceManager {
             host,
             ip,
             connection: connection.clone(),
-            comm,
+            comm: LauncherComm::new(comm),
             remote_pid: response.pid,
             remote_pgid: response.pgid,
             submitter: Some(submitter),
@@ -695,7 +681,6 @@ impl ResourceManager for YarnResourceManager {
             poll_interval: self.config.poll_interval,
             last_final: Mutex::new(None),
             finished: AtomicBool::new(false),
-            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -768,7 +753,7 @@ impl ResourceManager for YarnResourceManager {
             host: text("host"),
             ip,
             connection: record.connection.clone(),
-            comm,
+            comm: LauncherComm::new(comm),
             remote_pid: int("pid"),
             remote_pgid: int("pgid"),
             submitter: None,
@@ -780,7 +765,6 @@ impl ResourceManager for YarnResourceManager {
             poll_interval: self.config.poll_interval,
             last_final: Mutex::new(None),
             finished: AtomicBool::new(false),
-            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -834,7 +818,11 @@ pub struct YarnKernelProcess {
     host: String,
     ip: IpAddr,
     connection: ConnectionInfo,
-    comm: Option<CommPort>,
+    /// The launcher's communication port, and whether its listener was told to stop after
+    /// `shutdown_request` (from then on a refusing port means the kernel is gone, as EG treats
+    /// it, and the application is killed without waiting out the grace period: an application
+    /// master can linger).
+    comm: LauncherComm,
     remote_pid: Option<i32>,
     remote_pgid: Option<i32>,
     /// The local submit process (launches only; reaped at clean-up as EG does).
@@ -845,10 +833,6 @@ pub struct YarnKernelProcess {
     /// The final state once seen (it cannot change any more).
     last_final: Mutex<Option<ProcessState>>,
     finished: AtomicBool,
-    /// The launcher's listener was told to stop after `shutdown_request`: from then on a refusing
-    /// communication port means the kernel is gone (as EG treats it) and the application is
-    /// killed without waiting out the grace period (an application master can linger).
-    listener_stopped: AtomicBool,
     detached: AtomicBool,
 }
 
@@ -885,22 +869,12 @@ impl YarnKernelProcess {
 
     /// The launcher's communication port, if it has one.
     pub fn comm_port(&self) -> Option<CommPort> {
-        self.comm
+        self.comm.port().copied()
     }
 
     /// The RM client this kernel uses.
     pub fn client(&self) -> &YarnClient {
         &self.client
-    }
-
-    /// Whether the listener, told to stop after `shutdown_request`, now refuses connections.
-    async fn listener_gone(&self) -> bool {
-        match &self.comm {
-            Some(comm) if self.listener_stopped.load(Ordering::SeqCst) => {
-                comm.probe().await == CommOutcome::Refused
-            }
-            _ => false,
-        }
     }
 
     fn cached(&self) -> Option<ProcessState> {
@@ -983,7 +957,7 @@ impl KernelProcess for YarnKernelProcess {
                 "ip": self.ip.to_string(),
                 "pid": self.remote_pid,
                 "pgid": self.remote_pgid,
-                "comm_port": self.comm.map(|c| c.addr().port()),
+                "comm_port": self.comm.port().map(|c| c.addr().port()),
                 "log_path": self.log_path,
                 "interrupt_signal": Signal::try_from(self.interrupt_signal).map(|s| s.as_str()).unwrap_or("SIGINT"),
             }),
@@ -992,7 +966,7 @@ impl KernelProcess for YarnKernelProcess {
 
     async fn poll(&self) -> ProcessState {
         let state = self.app_state().await;
-        if state == ProcessState::Running && self.listener_gone().await {
+        if state == ProcessState::Running && self.comm.listener_gone().await {
             return ProcessState::Exited {
                 code: None,
                 signal: None,
@@ -1022,13 +996,13 @@ impl KernelProcess for YarnKernelProcess {
         if signum == Signal::SIGKILL as i32 {
             return self.kill_app().await.map(|_| ());
         }
-        let Some(comm) = &self.comm else {
+        if self.comm.port().is_none() {
             return Err(Error::Unsupported(format!(
                 "kernel {}: its launcher has no communication port to signal through",
                 self.kernel_id
             )));
-        };
-        match comm.signal(signum).await {
+        }
+        match self.comm.signal(signum).await {
             CommOutcome::Delivered => Ok(()),
             CommOutcome::Refused => Err(self.not_running()),
             CommOutcome::Unknown(why) => Err(Error::Io(std::io::Error::other(format!(
@@ -1047,44 +1021,25 @@ impl KernelProcess for YarnKernelProcess {
             self.finished.store(true, Ordering::SeqCst);
             return Ok(state);
         }
-        let mut grace = grace;
-        if let Some(comm) = &self.comm {
-            let term = comm.signal(Signal::SIGTERM as i32).await;
-            let stop = comm.shutdown().await;
-            tracing::debug!(kernel_id = %self.kernel_id, ?term, ?stop, "asked the launcher to stop the kernel");
-            if term == CommOutcome::Refused && self.listener_stopped.load(Ordering::SeqCst) {
-                // The kernel answered its shutdown_request and the listener is gone: nothing
-                // of it is left to wait for but the application itself.
-                grace = Duration::ZERO;
-            }
-        }
-        let state = match tokio::time::timeout(grace, self.wait_final()).await {
-            Ok(state) => state,
-            Err(_) => {
-                tracing::info!(kernel_id = %self.kernel_id, app_id = %self.app_id, "YARN application still running; killing it");
-                match self.kill_app().await {
-                    Ok(state) => state,
-                    Err(err) => {
-                        tracing::warn!(kernel_id = %self.kernel_id, app_id = %self.app_id, "YARN kill failed ({err}); killing through the launcher");
-                        if let Some(comm) = &self.comm {
-                            let _ = comm.signal(Signal::SIGKILL as i32).await;
-                        }
-                        return Err(err);
-                    }
-                }
-            }
-        };
+        let state = self
+            .comm
+            .terminate(
+                &self.kernel_id,
+                grace,
+                || self.wait_final(),
+                || async {
+                    tracing::info!(kernel_id = %self.kernel_id, app_id = %self.app_id, "killing the YARN application");
+                    self.kill_app().await
+                },
+            )
+            .await?;
         self.finished.store(true, Ordering::SeqCst);
         Ok(state)
     }
 
     async fn shutdown_requested(&self) {
-        if self.cached().is_none()
-            && let Some(comm) = &self.comm
-        {
-            let outcome = comm.shutdown().await;
-            tracing::debug!(kernel_id = %self.kernel_id, ?outcome, "told the launcher's listener that the kernel is shutting down");
-            self.listener_stopped.store(true, Ordering::SeqCst);
+        if self.cached().is_none() {
+            self.comm.shutdown_requested(&self.kernel_id).await;
         }
     }
 
@@ -1093,10 +1048,8 @@ impl KernelProcess for YarnKernelProcess {
         if let Some(submitter) = &self.submitter {
             submitter.kill().await;
         }
-        if self.cached().is_none()
-            && let Some(comm) = &self.comm
-        {
-            let _ = comm.shutdown().await;
+        if self.cached().is_none() {
+            let _ = self.comm.stop_listener().await;
         }
     }
 
