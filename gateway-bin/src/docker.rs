@@ -17,6 +17,15 @@ use kernel_launcher::response::ResponseListener;
 use resource_managers::Registry;
 use resource_managers::docker::{DockerConfig, DockerMode, DockerResourceManager};
 
+/// The `EG_*` variables read here (so the start-up check does not call them unknown).
+pub(crate) const ENV: &[&str] = &[
+    "EG_DOCKER_NETWORK",
+    "EG_REMOVE_CONTAINER",
+    "EG_KERNEL_IMAGE",
+    "EG_PROHIBITED_UIDS",
+    "EG_PROHIBITED_GIDS",
+];
+
 /// What the environment says, checked once.
 #[derive(Debug, Clone)]
 pub(crate) struct DockerSettings {

@@ -433,7 +433,11 @@ fn is_helm_null(def: &OptionDef, value: &str) -> bool {
 
 /// The `EG_*`/`KG_*` variables that are set but mean nothing to this gateway, grouped by why.
 fn unsupported_env(env: &dyn EnvSource) -> Vec<String> {
-    let known: Vec<&str> = OPTIONS.iter().flat_map(|d| d.env.iter().copied()).collect();
+    let known: Vec<&str> = OPTIONS
+        .iter()
+        .flat_map(|d| d.env.iter().copied())
+        .chain(crate::docker::ENV.iter().copied())
+        .collect();
     let mut by_reason: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in env.names() {
         if !(name.starts_with("EG_") || name.starts_with("KG_")) || known.contains(&name.as_str()) {

@@ -38,6 +38,9 @@ const EG_MODULE: &str = "enterprise_gateway.services.processproxies.docker_swarm
 const NO_IMAGE: &str = "No kernel image could be determined! Set the `image_name` in the \
                         process_proxy.config stanza of the corresponding kernel.json file.";
 
+/// Lines of a workload's output kept in the kernel's log when it is removed.
+const KEPT_LINES: usize = 200;
+
 /// Lines of output quoted in errors.
 const TAIL_LINES: usize = 20;
 
@@ -291,6 +294,21 @@ impl DockerResourceManager {
         }
         let mut container_env = launch_env.clone();
         container_env.remove("PATH");
+        // launch_docker.py drops PATH from what it hands the container, and fails without one.
+        if !launch_env.contains_key("PATH") {
+            let path: Vec<String> = self
+                .config
+                .search_path
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            let path = if path.is_empty() {
+                "/usr/local/bin:/usr/bin:/bin".to_owned()
+            } else {
+                path.join(":")
+            };
+            launcher_only.insert("PATH".to_owned(), path);
+        }
         launch_env.extend(launcher_only);
 
         // What the launcher script would add for the container (launch_docker.py).
@@ -1159,12 +1177,43 @@ impl DockerKernelProcess {
         if self.removed.load(Ordering::SeqCst) {
             return Ok(());
         }
+        self.keep_output().await;
         remove_workload(&self.client, self.mode, &self.id)
             .await
             .map_err(Error::Docker)?;
         self.removed.store(true, Ordering::SeqCst);
         tracing::info!(kernel_id = %self.kernel_id, id = %self.id, "kernel {} removed", self.mode.what());
         Ok(())
+    }
+
+    /// Appends the workload's last output to the kernel's log file before the workload goes,
+    /// so [`KernelProcess::log_tail`] still has it.
+    async fn keep_output(&self) {
+        let logs = match self.mode {
+            DockerMode::Container => self.client.container_logs(&self.id, KEPT_LINES).await,
+            DockerMode::Swarm => self.client.service_logs(&self.id, KEPT_LINES).await,
+        };
+        let Ok(text) = logs else {
+            return;
+        };
+        if text.is_empty() || self.log_path.as_os_str().is_empty() {
+            return;
+        }
+        let header = format!("----- output of {} {} -----\n", self.mode.what(), self.name);
+        let write = async {
+            use tokio::io::AsyncWriteExt as _;
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&self.log_path)
+                .await?;
+            file.write_all(header.as_bytes()).await?;
+            file.write_all(text.as_bytes()).await
+        };
+        if let Err(err) = write.await {
+            tracing::debug!(kernel_id = %self.kernel_id, "cannot keep the kernel's output: {err}");
+        }
     }
 
     fn not_running(&self) -> Error {
