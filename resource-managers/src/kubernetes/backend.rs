@@ -964,7 +964,23 @@ impl ResourceManager for KubernetesResourceManager {
             },
         ) = (&outcome, response, view.clone())
         else {
-            let tail = || read_tail(&log_path, TAIL_LINES).unwrap_or_default();
+            // The launcher's output, then the container's log (what the kernel said as it died).
+            let mut logs = read_tail(&log_path, TAIL_LINES).unwrap_or_default();
+            if seen_pod
+                && let Ok(Ok(text)) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.pod_log(&plan.namespace, &pod_name, TAIL_LINES),
+                )
+                .await
+                && !text.trim().is_empty()
+            {
+                if !logs.is_empty() {
+                    logs.push('\n');
+                }
+                logs.push_str("container log: ");
+                logs.push_str(text.trim());
+            }
+            let tail = || logs.clone();
             let timeout = crate::python_seconds(request.timeout);
             let where_ = format!("pod '{pod_name}' in namespace '{}'", plan.namespace);
             let err = match outcome {

@@ -372,6 +372,33 @@ impl KubeClient {
         Ok((items, rv))
     }
 
+    /// The last `tail_lines` lines of a pod's (first container's) log.
+    pub async fn pod_log(
+        &self,
+        namespace: &str,
+        name: &str,
+        tail_lines: usize,
+    ) -> Result<String, KubeError> {
+        let mut url = self.url(PODS, Some(namespace), Some(name))?;
+        url.path_segments_mut()
+            .map_err(|()| KubeError::Config("the server URL cannot have a path".into()))?
+            .push("log");
+        let url = with_query(url, &[("tailLines", tail_lines.to_string())]);
+        let resp = self
+            .send(Method::GET, url, None, self.request_timeout)
+            .await?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport(&self.server, &e))?;
+        if status.is_success() {
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        } else {
+            Err(status_error(status, &bytes))
+        }
+    }
+
     /// Deletes an object with a grace period and `propagationPolicy` (`Background`,
     /// `Foreground`, `Orphan`). Returns false if it did not exist.
     pub async fn delete(
