@@ -55,6 +55,7 @@
 //! port (and `kill -0` over SSH when the port gives no answer).
 pub mod balance;
 pub mod command;
+mod record;
 pub mod session;
 mod tunnel;
 
@@ -76,6 +77,8 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+use record::SshRecord;
 
 pub use balance::LoadBalancing;
 pub use session::{HostKeys, Secret, SessionError, SshAuth};
@@ -723,52 +726,30 @@ impl ResourceManager for SshResourceManager {
                 record.kernel_id
             ))
         };
-        let field = |key: &str| record.process.get(key);
-        let text = |key: &str| field(key).and_then(serde_json::Value::as_str);
-        let ip: IpAddr = text("ip")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(unreadable)?;
-        let host = text("host").unwrap_or_default().to_owned();
-        let comm_port = field("comm_port")
-            .and_then(serde_json::Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
-            .ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "kernel {} has no communication port to re-attach through",
-                    record.kernel_id
-                ))
-            })?;
-        let int = |key: &str| {
-            field(key)
-                .and_then(serde_json::Value::as_i64)
-                .and_then(|v| i32::try_from(v).ok())
-        };
-        let ssh = match (int("launcher_group"), text("user")) {
+        let stored = SshRecord::from_json(&record.process).ok_or_else(unreadable)?;
+        let ip = stored.ip;
+        let host = stored.host.clone();
+        let comm_port = stored.comm_port().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "kernel {} has no communication port to re-attach through",
+                record.kernel_id
+            ))
+        })?;
+        let ssh = match (stored.launcher_group, &stored.user) {
             (Some(group), Some(user)) => Some(SshControl {
                 remote: Arc::clone(&self.remote),
                 target: Target {
                     host: host.clone(),
-                    addr: SocketAddr::new(
-                        ip,
-                        field("ssh_port")
-                            .and_then(serde_json::Value::as_u64)
-                            .and_then(|p| u16::try_from(p).ok())
-                            .unwrap_or(self.remote.options.port),
-                    ),
-                    user: user.to_owned(),
+                    addr: SocketAddr::new(ip, stored.ssh_port.unwrap_or(self.remote.options.port)),
+                    user: user.clone(),
                 },
                 group,
-                remote_log: text("remote_log").map(PathBuf::from).unwrap_or_default(),
+                remote_log: stored.remote_log.clone().unwrap_or_default(),
                 tunnels: Mutex::new(None),
             }),
             _ => None,
         };
-        let remote_connection: Option<ConnectionInfo> = field("remote_connection")
-            .filter(|v| !v.is_null())
-            .map(|v| serde_json::from_value(v.clone()))
-            .transpose()
-            .map_err(|_| unreadable())?;
+        let remote_connection = stored.remote_connection.clone();
         let mut connection = record.connection.clone();
         let comm = match (&remote_connection, &ssh) {
             (Some(remote_info), Some(control)) => {
@@ -831,15 +812,14 @@ impl ResourceManager for SshResourceManager {
             remote_connection,
             comm: LauncherComm::new(Some(comm)),
             comm_port: Some(comm_port),
-            remote_pid: int("pid"),
-            remote_pgid: int("pgid"),
+            remote_pid: stored.pid,
+            remote_pgid: stored.pgid,
             launcher: None,
             kernel_group: None,
             ssh,
-            log_path: text("log_path").map(PathBuf::from).unwrap_or_default(),
-            interrupt_signal: text("interrupt_signal")
-                .and_then(parse_signal_name)
-                .unwrap_or(Signal::SIGINT) as i32,
+            log_path: stored.log_path,
+            interrupt_signal: parse_signal_name(&stored.interrupt_signal).unwrap_or(Signal::SIGINT)
+                as i32,
             slot: Mutex::new(Some(slot)),
             finished: AtomicBool::new(false),
             detached: AtomicBool::new(false),
@@ -1202,22 +1182,26 @@ impl KernelProcess for SshKernelProcess {
             resource_manager: NAME.to_owned(),
             kernel_id: self.kernel_id.clone(),
             connection: self.connection.clone(),
-            process: serde_json::json!({
-                "host": self.host,
-                "ip": self.ip.to_string(),
-                "pid": self.remote_pid,
-                "pgid": self.remote_pgid,
-                "comm_port": self.comm_port,
-                "launcher_pid": self.launcher_pid(),
-                "launcher_group": ssh.map(|s| s.group),
-                "user": ssh.map(|s| s.target.user.clone()),
-                "ssh_port": ssh.map(|s| s.target.addr.port()),
-                "remote_log": ssh.map(|s| s.remote_log.clone()),
-                "tunneled": self.remote_connection.is_some(),
-                "remote_connection": self.remote_connection,
-                "log_path": self.log_path,
-                "interrupt_signal": Signal::try_from(self.interrupt_signal).map(|s| s.as_str()).unwrap_or("SIGINT"),
-            }),
+            process: SshRecord {
+                host: self.host.clone(),
+                ip: self.ip,
+                pid: self.remote_pid,
+                pgid: self.remote_pgid,
+                comm_port: self.comm_port,
+                launcher_pid: self.launcher_pid(),
+                launcher_group: ssh.map(|s| s.group),
+                user: ssh.map(|s| s.target.user.clone()),
+                ssh_port: ssh.map(|s| s.target.addr.port()),
+                remote_log: ssh.map(|s| s.remote_log.clone()),
+                tunneled: self.remote_connection.is_some(),
+                remote_connection: self.remote_connection.clone(),
+                log_path: self.log_path.clone(),
+                interrupt_signal: Signal::try_from(self.interrupt_signal)
+                    .map(|s| s.as_str())
+                    .unwrap_or("SIGINT")
+                    .to_owned(),
+            }
+            .to_json(),
         }
     }
 
