@@ -40,6 +40,7 @@ pub(crate) async fn registry(settings: &Settings) -> Registry {
                 ..YarnConfig::new(Arc::clone(&response), settings.local.log_dir.clone())
             })));
             crate::docker::register(&mut registry, settings, &response);
+            crate::kubernetes::register(&mut registry, settings, &response);
             let ssh = SshConfig {
                 remote_hosts: settings.remote_hosts.clone(),
                 log_dir: settings.local.log_dir.clone(),

@@ -8,6 +8,7 @@ mod auth;
 mod backends;
 mod docker;
 mod egconfig;
+mod kubernetes;
 mod listen;
 mod memory;
 mod optdef;
