@@ -16,11 +16,11 @@
 //! Eviction is a signal: the owner of the account (the WebSocket bridge, or the hub for a
 //! reconnect buffer) drops what it queued and goes away; the bytes return to the budget as they
 //! are dropped, and whatever an account still holds when its last handle goes is returned then.
-use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 const MIB: usize = 1 << 20;
@@ -96,7 +96,7 @@ impl MemoryBudget {
             held_at_eviction: AtomicUsize::new(0),
         });
         if self.limit > 0 {
-            self.lock().insert(id, Arc::downgrade(&inner));
+            self.accounts.lock().insert(id, Arc::downgrade(&inner));
         }
         Account { inner }
     }
@@ -106,15 +106,10 @@ impl MemoryBudget {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Weak<Inner>>> {
-        // Every operation leaves the map consistent, so a poisoned lock is still good.
-        self.accounts.lock()
-    }
-
     /// Over the budget: evicts the largest accounts not already leaving until what the others
     /// hold fits.
     fn relieve(&self) {
-        let accounts = self.lock();
+        let accounts = self.accounts.lock();
         let mut live: Vec<Arc<Inner>> = accounts.values().filter_map(Weak::upgrade).collect();
         drop(accounts);
         let held = |a: &Arc<Inner>| a.held.load(Ordering::Relaxed);
@@ -169,7 +164,7 @@ impl Drop for Inner {
             sub_saturating(&self.budget.leaving, held);
         }
         if self.budget.limit > 0 {
-            self.budget.lock().remove(&self.id);
+            self.budget.accounts.lock().remove(&self.id);
         }
     }
 }

@@ -158,16 +158,12 @@ pub struct Readiness {
 impl Readiness {
     /// Adds a check; `/readyz` runs it from then on.
     pub fn register(&self, check: Arc<dyn ReadinessCheck>) {
-        self.lock().push(check);
+        self.checks.lock().push(check);
     }
 
     /// The registered checks, in registration order.
     pub fn checks(&self) -> Vec<Arc<dyn ReadinessCheck>> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<Arc<dyn ReadinessCheck>>> {
-        self.checks.lock()
+        self.checks.lock().clone()
     }
 }
 

@@ -35,7 +35,6 @@
 //!
 //! The forwarding path pays one atomic add per message and one per byte count: a WebSocket
 //! connection takes its [`Traffic`] handles once, when it opens.
-use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -48,6 +47,7 @@ use metrics::{
     histogram,
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use parking_lot::Mutex;
 
 use crate::manager::ManagerError;
 use crate::{Error, Fault, KernelManager};

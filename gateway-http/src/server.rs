@@ -23,7 +23,6 @@
 //! * each connection has an account of the client memory budget (`client_memory_budget`,
 //!   `client_memory_share`; see the `budget` module): its write queue is charged to it, and a
 //!   WebSocket on the connection charges its queue at the kernel's hub to it too.
-use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::convert::Infallible;
@@ -41,6 +40,7 @@ use http::StatusCode;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
@@ -623,16 +623,11 @@ impl ClientLimiter {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, ClientCount>> {
-        // The map stays consistent under every operation here, so a poisoned lock is still good.
-        self.clients.lock()
-    }
-
     /// Counts a new connection from `ip`; `None` when the address is at its cap.
     fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
         // An IPv4 client of a dual-stack listener is the same client as over IPv4.
         let ip = ip.to_canonical();
-        let mut clients = self.lock();
+        let mut clients = self.clients.lock();
         let count = clients.entry(ip).or_insert(ClientCount {
             open: 0,
             refused: 0,
@@ -668,7 +663,7 @@ impl ClientLimiter {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut clients = self.limiter.lock();
+        let mut clients = self.limiter.clients.lock();
         if let Entry::Occupied(mut entry) = clients.entry(self.ip) {
             let count = entry.get_mut();
             count.open = count.open.saturating_sub(1);
@@ -859,7 +854,10 @@ mod tests {
         let again = limiter.acquire(a);
         assert!(again.is_some(), "a is below its cap again");
         drop((second, again, other));
-        assert!(limiter.lock().is_empty(), "entries are removed at zero");
+        assert!(
+            limiter.clients.lock().is_empty(),
+            "entries are removed at zero"
+        );
     }
 
     #[test]

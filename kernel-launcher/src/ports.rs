@@ -5,8 +5,9 @@
 //! "no restriction": the operating system picks the ports.
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use rand::Rng;
 
 use crate::Error;
@@ -188,7 +189,7 @@ impl PortLease {
 
 impl Drop for PortLease {
     fn drop(&mut self) {
-        let mut reserved = lock(&self.shared);
+        let mut reserved = self.shared.lock();
         for port in &self.ports {
             if let Some(count) = reserved.get_mut(port) {
                 *count -= 1;
@@ -198,10 +199,6 @@ impl Drop for PortLease {
             }
         }
     }
-}
-
-fn lock(m: &Mutex<HashMap<u16, usize>>) -> std::sync::MutexGuard<'_, HashMap<u16, usize>> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The ephemeral port range Linux uses for outgoing connections, from
@@ -251,7 +248,7 @@ impl PortAllocator {
             (true, window) => window,
         };
         let mut held = Vec::with_capacity(n);
-        let mut reserved = lock(&self.shared);
+        let mut reserved = self.shared.lock();
         let mut chosen = BTreeSet::new();
         for _ in 0..n {
             let listener = match effective {
@@ -311,7 +308,7 @@ impl PortAllocator {
 
     /// Reserves ports a kernel already uses (a restart on the same ports).
     pub fn reserve(&self, ports: &[u16]) -> PortLease {
-        let mut reserved = lock(&self.shared);
+        let mut reserved = self.shared.lock();
         for port in ports {
             *reserved.entry(*port).or_insert(0) += 1;
         }
@@ -323,7 +320,7 @@ impl PortAllocator {
 
     /// How many ports are reserved right now.
     pub fn reserved_count(&self) -> usize {
-        lock(&self.shared).len()
+        self.shared.lock().len()
     }
 }
 

@@ -19,10 +19,11 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
@@ -186,7 +187,7 @@ impl ResponseListener {
     pub fn register(&self, kernel_id: &str) -> Result<PendingLaunch, Error> {
         let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let mut pending = lock(&self.shared.pending);
+        let mut pending = self.shared.pending.lock();
         if pending.contains_key(kernel_id) {
             return Err(Error::AlreadyRegistered(kernel_id.to_owned()));
         }
@@ -201,7 +202,7 @@ impl ResponseListener {
 
     /// How many launches are waiting.
     pub fn pending_count(&self) -> usize {
-        lock(&self.shared.pending).len()
+        self.shared.pending.lock().len()
     }
 }
 
@@ -235,7 +236,7 @@ impl Future for PendingLaunch {
 impl Drop for PendingLaunch {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.upgrade() {
-            let mut pending = lock(&shared.pending);
+            let mut pending = shared.pending.lock();
             if pending
                 .get(&self.kernel_id)
                 .is_some_and(|r| r.token == self.token)
@@ -244,12 +245,6 @@ impl Drop for PendingLaunch {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn bind_with_retries(addr: SocketAddr, retries: u16) -> Result<TcpListener, Error> {
@@ -363,7 +358,7 @@ fn refused() {
 /// Decrypts a payload and hands it to its pending launch.
 fn deliver(shared: &Shared, data: &[u8]) -> Result<(), Error> {
     let digest = Seen::digest(data);
-    if lock(&shared.seen).contains(&digest) {
+    if shared.seen.lock().contains(&digest) {
         return Err(Error::Payload(
             "replay of a payload that was already accepted".to_owned(),
         ));
@@ -374,7 +369,7 @@ fn deliver(shared: &Shared, data: &[u8]) -> Result<(), Error> {
             if !shared.options.accept_v0 {
                 return Err(v1_error);
             }
-            let candidates: Vec<String> = lock(&shared.pending).keys().cloned().collect();
+            let candidates: Vec<String> = shared.pending.lock().keys().cloned().collect();
             let found = candidates
                 .into_iter()
                 .find_map(|id| payload::decrypt_v0(data, &id).ok().map(|obj| (obj, id)));
@@ -400,8 +395,8 @@ fn deliver(shared: &Shared, data: &[u8]) -> Result<(), Error> {
             .ok_or_else(|| Error::Payload("no kernel_id in the connection info".to_owned()))?,
     };
     let registration = {
-        let mut pending = lock(&shared.pending);
-        let mut seen = lock(&shared.seen);
+        let mut pending = shared.pending.lock();
+        let mut seen = shared.seen.lock();
         // Checked again under the lock: two copies may arrive at once.
         if seen.contains(&digest) {
             return Err(Error::Payload(
@@ -515,7 +510,7 @@ mod tests {
         let listener = listener().await?;
         let first = listener.register(ID)?;
         // Simulate a consumed first registration, then a second one for the same id.
-        lock(&listener.shared.pending).remove(ID);
+        listener.shared.pending.lock().remove(ID);
         let _second = listener.register(ID)?;
         drop(first);
         assert_eq!(listener.pending_count(), 1);

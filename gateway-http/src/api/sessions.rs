@@ -1,6 +1,5 @@
 //! `/api/sessions`: jupyter_server's in-memory session table (EG §10, with §17's fixes: GET and
 //! PATCH work, a second POST for the same path returns the existing session).
-use parking_lot::Mutex;
 use std::path::Path;
 
 use axum::Json;
@@ -8,6 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::LOCATION;
+use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
 use super::AppState;

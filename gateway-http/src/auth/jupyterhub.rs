@@ -26,13 +26,13 @@
 //! is a rejection naming the Hub, within [`JupyterHubSettings::timeout`]; at most
 //! [`MAX_IN_FLIGHT`] questions are outstanding at once, so a flood of unknown tokens cannot
 //! flood the Hub. Rejections and log lines never contain the token.
-use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;

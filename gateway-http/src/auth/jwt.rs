@@ -21,7 +21,6 @@
 //! dot-separated base64url parts), is somebody else's credential ([`Outcome::Skip`]). A JWT that
 //! fails any check is [`Outcome::Reject`]ed with a short reason; reasons and log lines never
 //! contain the token.
-use parking_lot::RwLock;
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
@@ -33,6 +32,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::RwLock;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 

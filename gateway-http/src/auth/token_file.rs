@@ -50,7 +50,6 @@
 //! most once per [check interval](TokenFile::with_check_interval) (two seconds by default) and
 //! reloads when any of them moved. A file that disappears keeps the loaded tokens in force (and
 //! is logged); revoke tokens by removing their entries, not the file.
-use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
@@ -60,6 +59,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -494,7 +494,7 @@ impl TokenFile {
             }),
             check_interval: DEFAULT_CHECK_INTERVAL,
         };
-        let count = file.load(&mut file.lock_watch())?;
+        let count = file.load(&mut file.watch.lock())?;
         tracing::info!(path = %file.path.display(), tokens = count, "token file loaded");
         Ok(file)
     }
@@ -524,10 +524,6 @@ impl TokenFile {
 
     fn current(&self) -> Arc<Table> {
         Arc::clone(&self.table.read())
-    }
-
-    fn lock_watch(&self) -> MutexGuard<'_, Watch> {
-        self.watch.lock()
     }
 
     /// Reads the file and puts its tokens in force; on failure the old ones stay. The stamp is
@@ -617,7 +613,7 @@ impl Authenticator for TokenFile {
     }
 
     fn reload(&self) -> Result<(), String> {
-        let mut watch = self.lock_watch();
+        let mut watch = self.watch.lock();
         watch.next_check = Instant::now() + self.check_interval;
         let count = self.load(&mut watch).map_err(|e| e.to_string())?;
         tracing::info!(path = %self.path.display(), tokens = count, "token file reloaded");

@@ -15,7 +15,6 @@
 //!   the client's own (its queue, what it missed after falling behind) or the reconnect buffer's.
 //!   A client whose account is evicted leaves no reconnect buffer behind, and an evicted buffer
 //!   is dropped.
-use parking_lot::Mutex;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +22,7 @@ use std::time::Duration;
 
 use jupyter_protocol::sockets::SessionChannels;
 use jupyter_protocol::{Channel, ConnectionInfo, Header, Message};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

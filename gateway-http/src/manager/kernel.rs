@@ -3,7 +3,6 @@
 //!
 //! A zeromq DEALER does not survive its peer restarting, so an incarnation's sockets live and die
 //! with its process: a restart builds a whole new [`Incarnation`].
-use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use std::time::Duration;
 use jupyter_protocol::sockets::{IopubSubscription, SessionChannels};
 use jupyter_protocol::{Channel, ConnectionInfo, Header, Message, SocketOptions};
 use kernel_launcher::{KernelSpec, PortRange};
+use parking_lot::{Mutex, MutexGuard};
 use resource_managers::{KernelProcess, LaunchRequest, ProcessState, ResourceManager};
 use serde::Deserialize;
 use tokio::sync::mpsc;

@@ -17,7 +17,6 @@ mod pool;
 pub mod rules;
 mod supervisor;
 
-use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -25,6 +24,7 @@ use std::time::Duration;
 
 use kernel_launcher::env::{EnvInputs, compose, filter_request_env};
 use kernel_launcher::{KernelSpec, KernelSpecs};
+use parking_lot::{Mutex, RwLock};
 use resource_managers::{KernelHost, Registry, Unavailable};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -110,10 +110,6 @@ impl Table {
         let of_user = self.kernels.values().filter(|k| k.username == user).count();
         (total, of_user)
     }
-}
-
-fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
-    table.lock()
 }
 
 /// Owns every kernel. Cheap to share behind an `Arc`.
@@ -290,7 +286,7 @@ impl KernelManager {
         let config = &self.config;
         // EG checks the total limit before reading the body.
         if let Some(limit) = config.max_kernels {
-            let (total, _) = lock(&self.table).counts("");
+            let (total, _) = self.table.lock().counts("");
             if total >= limit {
                 return Err(policy::total_limit_error(limit, total));
             }
@@ -320,7 +316,7 @@ impl KernelManager {
                 .unwrap_or_else(|| config.gateway_user.clone()),
         };
         {
-            let (total, of_user) = lock(&self.table).counts(&username);
+            let (total, of_user) = self.table.lock().counts(&username);
             policy::check_limits(config, total, &username, of_user)?;
         }
         let kernel_id = match filtered.as_ref().and_then(|env| env.get("KERNEL_ID")) {
@@ -445,7 +441,7 @@ impl KernelManager {
         &self,
         plan: &LaunchPlan,
     ) -> Result<(Arc<KernelShared>, mpsc::UnboundedReceiver<KernelEvent>), ManagerError> {
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         if table.kernels.contains_key(&plan.kernel_id) {
             return Err(ManagerError::KernelExists(plan.kernel_id.clone()));
         }
@@ -491,7 +487,8 @@ impl KernelManager {
         });
     }
     fn lookup(&self, kernel_id: &str) -> Result<Arc<KernelShared>, ManagerError> {
-        lock(&self.table)
+        self.table
+            .lock()
             .kernels
             .get(kernel_id)
             .cloned()
@@ -513,7 +510,8 @@ impl KernelManager {
     }
     /// Kernels that finished starting (EG lists no starts in flight).
     pub fn list(&self) -> Vec<KernelSnapshot> {
-        lock(&self.table)
+        self.table
+            .lock()
             .kernels
             .values()
             .filter(|k| k.is_started())
@@ -522,7 +520,7 @@ impl KernelManager {
     }
     /// Kernels started or starting, as limits count them.
     pub fn count(&self) -> usize {
-        lock(&self.table).kernels.len()
+        self.table.lock().kernels.len()
     }
     /// Sends an event that expects a reply; a vanished supervisor means the kernel is gone. An
     /// event for a starting kernel is handled once it started.
@@ -588,7 +586,7 @@ impl KernelManager {
             // An error means the supervisor ended on its own (the kernel died): it is gone either way.
             let _ = done.await;
         }
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         if table
             .kernels
             .get(kernel_id)
@@ -600,7 +598,7 @@ impl KernelManager {
     }
     /// Shuts every kernel down (or leaves them, per config); bounded in time.
     pub async fn shutdown_all(&self) {
-        let kernels = lock(&self.table).kernels.len();
+        let kernels = self.table.lock().kernels.len();
         tracing::info!(
             kernels,
             shutdown = self.config.shutdown_kernels_on_exit,
@@ -716,7 +714,7 @@ async fn cull_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let kernels: Vec<Arc<KernelShared>> = lock(&table).kernels.values().cloned().collect();
+                let kernels: Vec<Arc<KernelShared>> = table.lock().kernels.values().cloned().collect();
                 for kernel in kernels.iter().filter(|k| k.is_started()) {
                     // A supervisor that is gone has nothing left to cull.
                     let _ = kernel.events.send(KernelEvent::CullTick);

@@ -14,12 +14,12 @@
 //! supervised as if this gateway had started it: restarts, culling (from the stored last
 //! activity), limits. A kernel that is gone is removed from the store with a log line saying why;
 //! one that is found but does not answer is shut down.
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -31,7 +31,7 @@ use super::hub::{BufferLimits, Hub};
 use super::kernel::{self, Incarnation, KernelShared, LaunchPlan, ReattachError, Status};
 use super::rules::RestartTracker;
 use super::supervisor::Supervisor;
-use super::{KernelManager, KernelSnapshot, identity, lock, policy};
+use super::{KernelManager, KernelSnapshot, identity, policy};
 use crate::store::{Activity, KernelStore, Limits, Reservation, StoreError, StoredKernel};
 use crate::{Fault, GatewayConfig};
 
@@ -343,7 +343,7 @@ impl KernelManager {
             if !wanted {
                 continue;
             }
-            let local = lock(&self.table).kernels.get(&row.id).cloned();
+            let local = self.table.lock().kernels.get(&row.id).cloned();
             if let Some(kernel) = local {
                 // A follower here: claim the lease and let it supervise.
                 if !mine {
@@ -470,7 +470,7 @@ impl KernelManager {
         match persistence.store.load().await {
             Ok(rows) => {
                 let local: std::collections::HashSet<String> =
-                    lock(&self.table).kernels.keys().cloned().collect();
+                    self.table.lock().kernels.keys().cloned().collect();
                 kernels.extend(
                     rows.iter()
                         .filter(|row| {
@@ -630,7 +630,7 @@ impl KernelManager {
         row: &StoredKernel,
         plan: &LaunchPlan,
     ) -> Option<(Arc<KernelShared>, mpsc::UnboundedReceiver<KernelEvent>)> {
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         if table.kernels.contains_key(&row.id) {
             return None;
         }
@@ -669,7 +669,7 @@ impl KernelManager {
     }
 
     fn unregister(&self, shared: &Arc<KernelShared>) {
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         if table
             .kernels
             .get(&shared.id)
@@ -758,7 +758,9 @@ async fn lease_round(
     let held = store
         .renew(&persistence.gateway_id, persistence.lease_ttl)
         .await?;
-    let kernels: Vec<Arc<KernelShared>> = lock(&manager.table)
+    let kernels: Vec<Arc<KernelShared>> = manager
+        .table
+        .lock()
         .kernels
         .values()
         .filter(|k| k.is_started())
@@ -804,7 +806,7 @@ async fn forget_stale(
     let mut kept = Vec::with_capacity(rows.len());
     for row in rows {
         let stale = row.gateway == persistence.gateway_id
-            && !lock(&manager.table).kernels.contains_key(&row.id)
+            && !manager.table.lock().kernels.contains_key(&row.id)
             && (row.record.is_some() || row.created < oldest_start);
         if !stale {
             kept.push(row);

@@ -18,13 +18,13 @@
 //! account, or with `--proxy-user`, can never become another user's); a pool configured
 //! otherwise is disabled with one log line. Any other difference (a `KERNEL_ID`, a working
 //! directory, a `KERNEL_*` variable the client set) makes the start a cold one (a miss).
-use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use jupyter_protocol::{Channel, Header, Message};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, timeout_at};
@@ -112,12 +112,6 @@ pub(crate) struct Pools {
     started: AtomicBool,
 }
 
-fn lock(
-    state: &Mutex<BTreeMap<PoolKey, PoolState>>,
-) -> MutexGuard<'_, BTreeMap<PoolKey, PoolState>> {
-    state.lock()
-}
-
 /// What `GET`-style introspection shows of one pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolInfo {
@@ -137,7 +131,7 @@ impl Pools {
     /// Applies new sizes: new pools are created, removed ones emptied (their kernels stopped),
     /// others resized. Returns the kernels to stop.
     pub(crate) fn resize(&self, sizes: &[PoolSize]) -> Vec<Pooled> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let wanted: BTreeMap<PoolKey, usize> = sizes
             .iter()
             .map(|p| {
@@ -170,12 +164,12 @@ impl Pools {
 
     /// Whether a pool exists for `key`.
     pub(crate) fn has(&self, key: &PoolKey) -> bool {
-        lock(&self.state).get(key).is_some_and(|p| p.size > 0)
+        self.state.lock().get(key).is_some_and(|p| p.size > 0)
     }
 
     /// Takes the oldest ready kernel of `key` that `fits`; wakes the filler.
     pub(crate) fn take(&self, key: &PoolKey, fits: impl Fn(&Pooled) -> bool) -> Option<Pooled> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let pool = state.get_mut(key)?;
         let index = pool.ready.iter().position(|p| p.alive() && fits(p))?;
         let taken = pool.ready.remove(index);
@@ -188,7 +182,8 @@ impl Pools {
 
     /// Every pool, for tests and operators.
     pub(crate) fn info(&self) -> Vec<PoolInfo> {
-        lock(&self.state)
+        self.state
+            .lock()
             .iter()
             .map(|((kernelspec, profile), pool)| PoolInfo {
                 kernelspec: kernelspec.clone(),
@@ -206,7 +201,7 @@ impl Pools {
 
     /// Empties every pool (gateway exit).
     pub(crate) fn drain(&self) -> Vec<Pooled> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         state
             .values_mut()
             .flat_map(|pool| pool.ready.drain(..).collect::<Vec<_>>())
@@ -276,7 +271,7 @@ impl KernelManager {
         let mut stale = Vec::new();
         let mut wanted: Vec<PoolKey> = Vec::new();
         {
-            let mut state = lock(&self.pools.state);
+            let mut state = self.pools.state.lock();
             for (key, pool) in state.iter_mut() {
                 let mut kept = VecDeque::new();
                 for pooled in pool.ready.drain(..) {
@@ -313,7 +308,7 @@ impl KernelManager {
                     });
                 }
                 Err(why) => {
-                    let mut state = lock(&self.pools.state);
+                    let mut state = self.pools.state.lock();
                     if let Some(pool) = state.get_mut(&key) {
                         pool.launching = pool.launching.saturating_sub(1);
                         if pool.disabled.is_none() {
@@ -463,7 +458,7 @@ async fn launch_into_pool(manager: Weak<KernelManager>, key: PoolKey, plan: Laun
     };
     // What is not kept is stopped, outside the lock.
     let leftover = {
-        let mut state = lock(&me.pools.state);
+        let mut state = me.pools.state.lock();
         let pool = state.get_mut(&key);
         let keep = pool
             .as_ref()
@@ -494,7 +489,7 @@ async fn launch_into_pool(manager: Weak<KernelManager>, key: PoolKey, plan: Laun
             tracing::warn!(kernelspec = %key.0, profile = %key.1, error = %err, "a pool kernel failed to start");
             tokio::time::sleep(RETRY_PAUSE).await;
             if let Some(me) = manager.upgrade()
-                && let Some(pool) = lock(&me.pools.state).get_mut(&key)
+                && let Some(pool) = me.pools.state.lock().get_mut(&key)
             {
                 pool.launching = pool.launching.saturating_sub(1);
             }

@@ -3,7 +3,6 @@
 //!
 //! It owns the kernel's only iopub subscription and fans it out to attached WebSocket clients,
 //! relaunches the kernel on API restarts and unexpected exits, and tears it down on shutdown.
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,6 +10,7 @@ use std::time::Duration;
 use jupyter_protocol::sockets::Heartbeat;
 use jupyter_protocol::{Channel, Header, Message};
 use kernel_launcher::InterruptMode;
+use parking_lot::Mutex;
 use resource_managers::ProcessState;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;

@@ -8,7 +8,6 @@
 //! other); gateways on several machines share a PostgreSQL database instead.
 //!
 //! SQLite calls block, so each runs on tokio's blocking pool, one at a time over one connection.
-use parking_lot::Mutex;
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -16,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
