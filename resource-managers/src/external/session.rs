@@ -6,11 +6,12 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
@@ -500,14 +501,9 @@ fn resolve(argv0: &str, cwd: Option<&Path>, search_path: &[PathBuf]) -> Option<P
         .find(|candidate| runnable(candidate))
 }
 
-fn lock(tail: &Mutex<VecDeque<String>>) -> MutexGuard<'_, VecDeque<String>> {
-    tail.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The last `max_lines` of the kept stderr lines.
 pub(crate) fn tail(lines: &Mutex<VecDeque<String>>, max_lines: usize) -> String {
-    let lines = lock(lines);
+    let lines = lines.lock();
     let skip = lines.len().saturating_sub(max_lines);
     lines
         .iter()
@@ -585,7 +581,7 @@ async fn keep_stderr(
                 let text = String::from_utf8_lossy(&line);
                 let text: String = text.trim_end().chars().take(1000).collect();
                 tracing::debug!(plugin = %label, "{text}");
-                let mut tail = lock(&tail);
+                let mut tail = tail.lock();
                 if tail.len() == STDERR_LINES {
                     tail.pop_front();
                 }
