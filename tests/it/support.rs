@@ -539,19 +539,11 @@ pub(crate) fn clear_inherited_config(cmd: &mut Command) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Minimal HTTP/1.1 client (no extra crates)
+// Minimal HTTP/1.1 client (the parsing is test-support's)
 // ---------------------------------------------------------------------------------------------
 
-/// A parsed HTTP response.
-#[derive(Debug)]
-pub(crate) struct HttpResponse {
-    /// Status code.
-    pub(crate) status: u16,
-    /// Header lines, names lowercased.
-    pub(crate) headers: Vec<(String, String)>,
-    /// Body (de-chunked).
-    pub(crate) body: Vec<u8>,
-}
+/// A parsed HTTP response (status, lowercased headers, de-chunked body).
+pub(crate) use test_support::http::Response as HttpResponse;
 
 /// Sends one `GET path` with `Connection: close` and reads the whole response.
 pub(crate) fn http_get(port: u16, path: &str) -> Result<HttpResponse> {
@@ -587,97 +579,5 @@ pub(crate) fn http_request(
     stream
         .read_to_end(&mut raw)
         .with_context(|| format!("reading the response to {method} {path}"))?;
-    parse_http_response(&raw).with_context(|| format!("{method} {path}"))
-}
-
-impl HttpResponse {
-    /// The body as JSON (`Null` when it is empty or not JSON).
-    pub(crate) fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
-    }
-
-    /// The body as text.
-    pub(crate) fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn parse_http_response(raw: &[u8]) -> Result<HttpResponse> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("response has no end of headers")?;
-    let head = String::from_utf8_lossy(raw.get(..split).unwrap_or_default()).into_owned();
-    let rest = raw.get(split + 4..).unwrap_or_default();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().context("empty response")?;
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .context("status line has no code")?
-        .parse()
-        .with_context(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
-        dechunk(rest)?
-    } else {
-        rest.to_vec()
-    };
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("chunk size line not terminated")?;
-        let size_text = String::from_utf8_lossy(data.get(..eol).unwrap_or_default()).into_owned();
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .with_context(|| format!("bad chunk size {size_text:?}"))?;
-        data = data.get(eol + 2..).unwrap_or_default();
-        if size == 0 {
-            return Ok(body);
-        }
-        let chunk = data.get(..size).context("truncated chunk")?;
-        body.extend_from_slice(chunk);
-        data = data.get(size + 2..).unwrap_or_default();
-    }
-}
-
-#[test]
-fn http_parser_handles_plain_and_chunked_bodies() {
-    let plain = parse_http_response(
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
-    );
-    let plain = plain.expect("plain response parses");
-    assert_eq!(plain.status, 200);
-    assert_eq!(plain.body, b"{}");
-    assert!(
-        plain
-            .headers
-            .contains(&("content-type".to_owned(), "application/json".to_owned()))
-    );
-
-    let chunked = parse_http_response(
-        b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n",
-    )
-    .expect("chunked response parses");
-    assert_eq!(chunked.status, 404);
-    assert_eq!(chunked.body, b"{\"a\":1}");
-
-    assert!(parse_http_response(b"HTTP/1.1 200 OK\r\n").is_err());
-    assert!(parse_http_response(b"garbage\r\n\r\n").is_err());
+    test_support::http::parse_response(&raw).with_context(|| format!("{method} {path}"))
 }
