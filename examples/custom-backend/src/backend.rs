@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +14,7 @@ use jupyter_protocol::{ConnectionInfo, Transport};
 use kernel_launcher::{PortAllocator, PortLease, template};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use parking_lot::Mutex;
 use resource_managers::{
     BackendNames, Capabilities, Error, KernelHost, KernelProcess, KernelRecord, LaunchRequest,
     LaunchedKernel, ProcessState, ResourceManager,
@@ -136,10 +137,7 @@ impl ResourceManager for SetsidBackend {
             .id()
             .and_then(|id| i32::try_from(id).ok())
             .unwrap_or(0);
-        self.started
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(pid);
+        self.started.lock().push(pid);
         let process = SetsidKernel {
             kernel_id: request.kernel_id,
             connection: connection.clone(),

@@ -137,11 +137,8 @@ async fn drive(addr: &str) -> Result<String> {
 }
 
 /// Every kernel process started is gone and the runtime directory is empty (waits up to 5 s).
-async fn nothing_left(started: &std::sync::Mutex<Vec<i32>>, runtime: &Path) -> Result<()> {
-    let pids = started
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+async fn nothing_left(started: &parking_lot::Mutex<Vec<i32>>, runtime: &Path) -> Result<()> {
+    let pids = started.lock().clone();
     ensure!(!pids.is_empty(), "no kernel was started");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
