@@ -67,6 +67,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::client::{AppsQuery, Auth, YarnClient, YarnClientConfig, YarnError};
+use super::record::YarnRecord;
 use super::site::SiteConfig;
 use super::types::{App, AppState};
 use crate::launcher::LauncherComm;
@@ -696,36 +697,27 @@ impl ResourceManager for YarnResourceManager {
                 record.kernel_id, record.resource_manager
             )));
         }
-        let field = |key: &str| record.process.get(key);
-        let text = |key: &str| {
-            field(key)
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let app_id = text("application_id");
+        let stored = YarnRecord::from_json(&record.process).ok_or_else(|| {
+            Error::Config(format!(
+                "kernel {}: unreadable yarn process record",
+                record.kernel_id
+            ))
+        })?;
+        let app_id = stored.application_id.clone();
         if app_id.is_empty() {
             return Err(Error::Config(format!(
                 "kernel {}: the yarn process record has no application_id",
                 record.kernel_id
             )));
         }
-        let ip: IpAddr = text("ip").parse().map_err(|_| {
+        let ip: IpAddr = stored.ip.parse().map_err(|_| {
             Error::Config(format!(
                 "kernel {}: the yarn process record has no usable ip",
                 record.kernel_id
             ))
         })?;
-        let user = text("user");
-        let endpoints: Vec<String> = field("endpoints")
-            .and_then(serde_json::Value::as_array)
-            .map(|list| {
-                list.iter()
-                    .filter_map(serde_json::Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let user = stored.user.clone();
+        let endpoints = stored.endpoints.clone();
         let client_config = self.client_config_for(&endpoints, &user)?;
         let client = Arc::new(YarnClient::new(client_config)?);
         let state = client.app_state(&app_id).await?;
@@ -735,14 +727,8 @@ impl ResourceManager for YarnResourceManager {
                 record.kernel_id
             )));
         }
-        let int = |key: &str| {
-            field(key)
-                .and_then(serde_json::Value::as_i64)
-                .and_then(|v| i32::try_from(v).ok())
-        };
-        let comm = field("comm_port")
-            .and_then(serde_json::Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
+        let comm = stored
+            .comm_port
             .filter(|p| *p != 0)
             .map(|port| CommPort::new(SocketAddr::new(ip, port), self.config.comm_timeout));
         let process = YarnKernelProcess {
@@ -750,18 +736,16 @@ impl ResourceManager for YarnResourceManager {
             app_id,
             user,
             client,
-            host: text("host"),
+            host: stored.host.clone(),
             ip,
             connection: record.connection.clone(),
             comm: LauncherComm::new(comm),
-            remote_pid: int("pid"),
-            remote_pgid: int("pgid"),
+            remote_pid: stored.pid,
+            remote_pgid: stored.pgid,
             submitter: None,
-            log_path: PathBuf::from(text("log_path")),
-            interrupt_signal: field("interrupt_signal")
-                .and_then(serde_json::Value::as_str)
-                .and_then(parse_signal_name)
-                .unwrap_or(Signal::SIGINT) as i32,
+            log_path: stored.log_path,
+            interrupt_signal: parse_signal_name(&stored.interrupt_signal).unwrap_or(Signal::SIGINT)
+                as i32,
             poll_interval: self.config.poll_interval,
             last_final: Mutex::new(None),
             finished: AtomicBool::new(false),
@@ -949,18 +933,22 @@ impl KernelProcess for YarnKernelProcess {
             resource_manager: NAME.to_owned(),
             kernel_id: self.kernel_id.clone(),
             connection: self.connection.clone(),
-            process: serde_json::json!({
-                "application_id": self.app_id,
-                "user": self.user,
-                "endpoints": self.client.endpoints(),
-                "host": self.host,
-                "ip": self.ip.to_string(),
-                "pid": self.remote_pid,
-                "pgid": self.remote_pgid,
-                "comm_port": self.comm.port().map(|c| c.addr().port()),
-                "log_path": self.log_path,
-                "interrupt_signal": Signal::try_from(self.interrupt_signal).map(|s| s.as_str()).unwrap_or("SIGINT"),
-            }),
+            process: YarnRecord {
+                application_id: self.app_id.clone(),
+                user: self.user.clone(),
+                endpoints: self.client.endpoints(),
+                host: self.host.clone(),
+                ip: self.ip.to_string(),
+                pid: self.remote_pid,
+                pgid: self.remote_pgid,
+                comm_port: self.comm.port().map(|c| c.addr().port()),
+                log_path: self.log_path.clone(),
+                interrupt_signal: Signal::try_from(self.interrupt_signal)
+                    .map(|s| s.as_str())
+                    .unwrap_or("SIGINT")
+                    .to_owned(),
+            }
+            .to_json(),
         }
     }
 

@@ -32,6 +32,7 @@
 
 pub mod backend;
 pub mod client;
+mod record;
 pub mod site;
 pub mod types;
 
