@@ -13,6 +13,8 @@
 //!   unchanged, pointed at the gateway.
 //! * [`jupyterhub`] — JupyterHub API tokens checked against a real JupyterHub (users, groups,
 //!   owners, revocation, an unreachable Hub).
+//! * [`kubernetes`] — GP's Kubernetes kernelspec through the gateway binary against the
+//!   API-server emulator: a bad `KERNEL_*` value is a 400, no room a 503, start and delete.
 //! * [`oidc`] — bearer JWTs from a test-run OIDC issuer (discovery, JWKS, key rotation).
 //! * [`operations`] — a real Prometheus scraping `/metrics`, the metrics port, `/readyz`, and
 //!   the admin page in headless Chromium (screenshots under `target/test-artifacts/`).
@@ -48,6 +50,7 @@ mod eg_itests;
 mod exhaustion;
 mod jupyter_server;
 mod jupyterhub;
+mod kubernetes;
 mod oidc;
 mod operations;
 mod operator;
