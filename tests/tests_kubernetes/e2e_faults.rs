@@ -9,6 +9,16 @@ use resource_managers::{Error, ResourceManager};
 
 use crate::{Cluster, SECOND, assert_contains};
 
+/// A fault: what, the client's `KERNEL_*` values, the reason expected.
+type FaultCase = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+/// A bad value: the client's `KERNEL_*` values, the message expected, whether it is a 400.
+type BadCase<'a> = (&'a [(&'a str, &'a str)], &'a str, bool);
+
 /// The launch deadline; every fault must be reported well within it.
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -33,7 +43,7 @@ async fn failing_launch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_faults_give_their_reason_before_the_deadline() {
     let cluster = Cluster::start().await;
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+    let cases: [FaultCase; 5] = [
         (
             "image pull",
             &[("KERNEL_IMAGE", "registry.example/no-such-image:1")],
@@ -135,7 +145,7 @@ async fn e2e_launcher_path_faults_and_deadline() {
 async fn e2e_bad_values_are_refused_before_the_api() {
     let cluster = Cluster::start().await;
     let long_user = "a".repeat(40);
-    let cases: [(&[(&str, &str)], &str, bool); 9] = [
+    let cases: [BadCase<'_>; 9] = [
         (
             &[("KERNEL_NAMESPACE", "Bad_NS")],
             "KERNEL_NAMESPACE 'Bad_NS' is not a valid Kubernetes name",
@@ -188,8 +198,7 @@ async fn e2e_bad_values_are_refused_before_the_api() {
         let err = backend
             .launch(cluster.request(&kernel_id, env, DEADLINE))
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_contains(&err.to_string(), message);
         if bad_request {
             assert!(matches!(err, Error::InvalidRequest(_)), "{env:?}: {err:?}");
@@ -202,8 +211,7 @@ async fn e2e_bad_values_are_refused_before_the_api() {
     let err = backend
         .launch(cluster.request(&kernel_id, &[("KERNEL_NAMESPACE", "nowhere")], DEADLINE))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(matches!(err, Error::InvalidRequest(_)), "{err:?}");
     assert_contains(&err.to_string(), "namespace 'nowhere' does not exist");
     assert_eq!(
