@@ -140,6 +140,12 @@ impl Engine {
         if let Some(mut daemon) = self.daemon.take() {
             daemon.stop(Duration::from_secs(30));
             daemon.mark_passed();
+            // dockerd leaves its default network namespace mounted in the exec root, which
+            // would keep the test's directory from being removed.
+            let netns = self.dir.join("x/netns/default");
+            if netns.exists() {
+                let _ = Command::new("umount").arg(&netns).status();
+            }
         }
     }
 }
