@@ -659,7 +659,7 @@ async fn kernels(engine: &mut Engine, d: &Path, gateway: &Gateway) -> Result<()>
         let env = r#"{"KERNEL_USERNAME": "alice", "KERNEL_IMAGE": "eg-test/no-such-image:1"}"#;
         let out = driver(
             d,
-            &gateway,
+            gateway,
             &["post", spec, env],
             &format!("{spec}-bad-image.log"),
         )?;
@@ -688,7 +688,7 @@ async fn kernels(engine: &mut Engine, d: &Path, gateway: &Gateway) -> Result<()>
     ] {
         let out = driver(
             d,
-            &gateway,
+            gateway,
             &["post", "docker_native", env],
             "bad-values.log",
         )?;
