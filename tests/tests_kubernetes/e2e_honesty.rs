@@ -55,18 +55,26 @@ async fn e2e_kubectl_against_the_emulator() {
     let (ok, _, err) = kubectl(kc, &["create", "--validate=false", "-f", "-"], Some(POD)).await;
     assert!(!ok);
     assert_contains(&err, "AlreadyExists");
-    let (ok, out, err) = kubectl(
-        kc,
-        &[
-            "wait",
-            "--for=jsonpath={.status.phase}=Running",
-            "pod/hello",
-            "--timeout=20s",
-        ],
-        None,
-    )
-    .await;
-    assert!(ok, "{out}{err}");
+    // Polled rather than `kubectl wait --for=jsonpath=...`: Debian's kubectl (1.20, which
+    // `cargo xtask setup` installs where no kubectl is) predates that condition.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = kubectl(
+            kc,
+            &["get", "pod", "hello", "-o", "jsonpath={.status.phase}"],
+            None,
+        )
+        .await;
+        assert!(ok, "{out}{err}");
+        if out.trim() == "Running" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pod/hello still {out:?} after 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let (ok, out, err) = kubectl(
         kc,
         &[
