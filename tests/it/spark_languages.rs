@@ -37,12 +37,8 @@ use crate::support::{
     site_packages, venv, workspace_root,
 };
 
-#[path = "../../resource-managers/tests/it/sshd.rs"]
-#[allow(
-    dead_code,
-    reason = "shared with resource-managers' tests; one host is enough here"
-)]
-mod sshd;
+// The sshd harness is compiled once, as `store_ssh::sshd`.
+use crate::store_ssh::sshd;
 
 /// `.venv-spark3` (`requirements/spark3.txt`, made by `cargo xtask setup`).
 fn venv_spark3() -> Result<PathBuf> {

@@ -18,7 +18,7 @@ use crate::support::{free_port, site_packages, venv};
     dead_code,
     reason = "shared with resource-managers' tests; one host and its keys are enough here"
 )]
-mod sshd;
+pub(crate) mod sshd;
 
 /// Kills every process whose command line names `needle` (the test's launcher script): kernels
 /// started over SSH descend from sshd, not from the gateway.
