@@ -28,6 +28,20 @@ use resource_managers::kubernetes::{
     ClusterConfig, KubernetesConfig, KubernetesResourceManager, LaunchMode, SERVICE_ACCOUNT_DIR,
 };
 
+/// The `EG_*` variables read here, so the start-up check does not report them unsupported.
+pub(crate) const ENV: &[&str] = &[
+    "EG_NAMESPACE",
+    "EG_SHARED_NAMESPACE",
+    "EG_KERNEL_CLUSTER_ROLE",
+    "EG_DEFAULT_KERNEL_SERVICE_ACCOUNT_NAME",
+    "EG_KERNEL_IMAGE",
+    "EG_PROHIBITED_UIDS",
+    "EG_PROHIBITED_GIDS",
+    "EG_MIRROR_WORKING_DIRS",
+    "EG_KUBERNETES_CONTEXT",
+    "EG_KUBERNETES_LAUNCH",
+];
+
 /// What the environment says, checked once.
 #[derive(Debug, Clone)]
 pub(crate) struct KubernetesSettings {

@@ -41,13 +41,20 @@ const APP_KM: &[&str] = &[
 /// does not use, each with why; anything set from here is named in the one start-up warning.
 pub(crate) const UNSUPPORTED: &[(&[&str], &str)] = &[
     (
-        &[
-            "EG_NAMESPACE", "EG_KERNEL_CLUSTER_ROLE", "EG_SHARED_NAMESPACE",
-            "EG_DEFAULT_KERNEL_SERVICE_ACCOUNT_NAME", "EG_KERNEL_EXECUTOR_IMAGE",
-            "EG_POD_TEMPLATE_DIR", "EG_KUBERNETES_LOG_LEVEL", "EG_MIRROR_WORKING_DIRS",
-            "EG_CONDUCTOR_ENDPOINT",
-        ],
-        "for Kubernetes, Docker and Conductor kernels, which this gateway does not run yet",
+        &["EG_CONDUCTOR_ENDPOINT"],
+        "for Conductor kernels, which this gateway does not run yet",
+    ),
+    (
+        &["EG_KERNEL_EXECUTOR_IMAGE"],
+        "for Spark-on-Kubernetes executors, which this gateway's Kubernetes backend does not start",
+    ),
+    (
+        &["EG_POD_TEMPLATE_DIR"],
+        "the pod template is the kernelspec's own (gateway_provisioners' kernel-pod.yaml.j2 beside its launcher)",
+    ),
+    (
+        &["EG_KUBERNETES_LOG_LEVEL"],
+        "use a --log_level filter instead, e.g. info,resource_managers::kubernetes=debug",
     ),
     (
         &["EG_DOCKER_MODE"],
@@ -437,6 +444,7 @@ fn unsupported_env(env: &dyn EnvSource) -> Vec<String> {
         .iter()
         .flat_map(|d| d.env.iter().copied())
         .chain(crate::docker::ENV.iter().copied())
+        .chain(crate::kubernetes::ENV.iter().copied())
         .collect();
     let mut by_reason: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in env.names() {
@@ -881,7 +889,8 @@ mod tests {
             &env(&[
                 ("EG_PORT", "1"),
                 ("EG_NAMESPACE", "ns"),
-                ("EG_KERNEL_CLUSTER_ROLE", "r"),
+                ("EG_CONDUCTOR_ENDPOINT", "http://c"),
+                ("EG_KUBERNETES_LOG_LEVEL", "DEBUG"),
                 ("EG_PROT", "2"),
                 ("EG_SOMETHING_ELSE_ENTIRELY", "3"),
                 ("HOME", "/x"),
@@ -890,8 +899,16 @@ mod tests {
         .expect("parses");
         let notes = raw.unsupported().join("; ");
         assert!(
-            notes.contains("EG_KERNEL_CLUSTER_ROLE, EG_NAMESPACE: for Kubernetes"),
+            notes.contains("EG_CONDUCTOR_ENDPOINT: for Conductor kernels"),
             "{notes}"
+        );
+        assert!(
+            notes.contains("EG_KUBERNETES_LOG_LEVEL: use a --log_level filter"),
+            "{notes}"
+        );
+        assert!(
+            !notes.contains("EG_NAMESPACE"),
+            "read by the Kubernetes backend: {notes}"
         );
         assert!(
             notes.contains("EG_PROT: unknown (did you mean EG_PORT?)"),

@@ -255,9 +255,27 @@ fn ensure_debian_packages() -> Result<()> {
     }
     if missing.is_empty() {
         println!("setup: Debian packages: nothing to install");
-        return Ok(());
+    } else {
+        apt_install(&missing)?;
     }
-    apt_install(&missing)
+    remove_system_kernelspecs()
+}
+
+/// Debian's `r-cran-irkernel` installs a system-wide kernelspec (`/usr/share/jupyter/kernels/ir`),
+/// which every Jupyter program on the machine, this gateway included, then lists. The tests
+/// expect a host without system-wide kernelspecs (exact listings, and the warning for a gateway
+/// that finds none); the Spark-language tests take IRkernel's kernelspec from the R library
+/// (`/usr/lib/R/site-library/IRkernel/kernelspec`) instead. So setup removes that one directory.
+fn remove_system_kernelspecs() -> Result<()> {
+    let dir = Path::new("/usr/share/jupyter/kernels/ir");
+    if dir.join("kernel.json").exists() {
+        println!(
+            "setup: removing {} (r-cran-irkernel's system-wide kernelspec; the tests need none)",
+            dir.display()
+        );
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// `apt-get install -y <packages>` (after `apt-get update`), with a clear error when that is not
