@@ -12,6 +12,10 @@
 //!   exit on a [`watch`] channel;
 //! * [`resolve_program`] finds `argv[0]` (a kernelspec's own virtualenv Python first);
 //! * [`read_tail`] gives the last lines of a log for error messages;
+//! * a log is kept under [`LOG_LIMIT`] while its process group lives: past it, the log is cut to
+//!   its last [`LOG_KEEP`] bytes behind a line saying how much was dropped (a kernel stuck
+//!   printing a stack trace in a loop must not fill the gateway's disk; one such Toree kernel
+//!   wrote 8 GB in minutes here);
 //! * [`is_safe_id`] keeps a kernel id to one safe path component, [`is_alive`] and
 //!   [`start_time`] tell whether a recorded process is still the same one.
 
@@ -33,6 +37,13 @@ use crate::{Error, LaunchRequest, ProcessState};
 
 /// How much of a log [`read_tail`] reads at most.
 const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// A process's log is cut back once it is larger than this.
+pub const LOG_LIMIT: u64 = 64 << 20;
+/// What is kept of a log that was cut: its last bytes (from a line start).
+pub const LOG_KEEP: u64 = 1 << 20;
+/// How often a log's size is looked at.
+const LOG_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Starts `argv` (with `program` as the resolved `argv[0]`) the way every backend starts a local
 /// process: exactly the request's environment plus `JPY_PARENT_PID` (when `parent_pid`: a kernel
@@ -81,7 +92,7 @@ pub fn spawn_logged(
     if let Some(run_as) = &request.run_as {
         command.uid(run_as.uid).gid(run_as.gid);
     }
-    command.spawn().map_err(|e| {
+    let child = command.spawn().map_err(|e| {
         let cwd = request
             .cwd
             .as_ref()
@@ -96,7 +107,80 @@ pub fn spawn_logged(
             "cannot start {subject}: {}{cwd}: {e}",
             program.display()
         ))
-    })
+    })?;
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        tokio::spawn(keep_log_bounded(
+            log_path.to_owned(),
+            Pid::from_raw(pid),
+            LOG_LIMIT,
+            LOG_KEEP,
+            LOG_CHECK_EVERY,
+        ));
+    }
+    Ok(child)
+}
+
+/// Keeps the log at `path` under `limit` bytes while the process group `pgid` lives (the
+/// process and its group share the id: `spawn_logged` starts each in a group of its own).
+async fn keep_log_bounded(
+    path: PathBuf,
+    pgid: Pid,
+    limit: u64,
+    keep: u64,
+    every: std::time::Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        if killpg(pgid, None).is_err() {
+            return;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return;
+        };
+        if meta.len() > limit {
+            match cut_log(&path, keep) {
+                Ok(dropped) => tracing::warn!(
+                    log = %path.display(),
+                    dropped_mib = dropped >> 20,
+                    "a process log passed {} MiB and was cut to its last {} KiB",
+                    limit >> 20,
+                    keep >> 10
+                ),
+                Err(err) => {
+                    tracing::warn!(log = %path.display(), "cannot cut an oversized log: {err}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Cuts the log to its last `keep` bytes (from the first line start in them), behind a line that
+/// says how much went; returns how many bytes were dropped. The writers hold the file in append
+/// mode, so what they write next lands after what is kept; output written while the cut runs may
+/// be lost, which the marker line admits.
+fn cut_log(path: &Path, keep: u64) -> std::io::Result<u64> {
+    use std::io::Write as _;
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(keep);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::with_capacity(usize::try_from(len - start).unwrap_or(0));
+    file.read_to_end(&mut tail)?;
+    let from = tail
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(0, |newline| newline + 1);
+    let kept = &tail[from..];
+    let dropped = len - kept.len() as u64;
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    let marker = format!(
+        "[enterprise-gateway: this log passed its size limit; {dropped} bytes of earlier output were dropped]\n"
+    );
+    file.write_all(marker.as_bytes())?;
+    file.write_all(kept)?;
+    Ok(dropped)
 }
 
 /// Waits for the child, kills what is left of its group, and publishes the exit.
@@ -281,6 +365,85 @@ pub fn read_tail(path: &Path, max_lines: usize) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_log_is_cut_to_its_last_lines_behind_a_marker() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k.log");
+        let mut text = String::new();
+        for n in 0..10_000 {
+            text.push_str(&format!("line {n}\n"));
+        }
+        std::fs::write(&path, &text).expect("write");
+        let dropped = cut_log(&path, 100).expect("cut");
+        let after = std::fs::read_to_string(&path).expect("read");
+        let mut lines = after.lines();
+        let marker = lines.next().expect("marker");
+        assert!(
+            marker.contains(&format!("{dropped} bytes of earlier output were dropped")),
+            "{marker}"
+        );
+        let kept: Vec<&str> = lines.collect();
+        assert_eq!(kept.last(), Some(&"line 9999"));
+        assert!(kept.iter().all(|l| l.starts_with("line ")), "{kept:?}");
+        assert_eq!(
+            dropped as usize + kept.iter().map(|l| l.len() + 1).sum::<usize>(),
+            text.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_running_process_keeps_writing_after_its_log_was_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("log");
+        // About 2 MB at once, then a last line a second later, then it lingers.
+        let mut child = tokio::process::Command::new("sh")
+            .args([
+                "-c",
+                "head -c 2000000 /dev/zero | tr '\\0' x; echo; sleep 1; echo after-the-cut; sleep 30",
+            ])
+            .stdout(Stdio::from(log))
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let pgid = Pid::from_raw(i32::try_from(child.id().expect("pid")).expect("pid"));
+        let keeper = tokio::spawn(keep_log_bounded(
+            path.clone(),
+            pgid,
+            1 << 20,
+            4096,
+            std::time::Duration::from_millis(100),
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.contains("after-the-cut") {
+                assert!(
+                    text.starts_with("[enterprise-gateway: this log passed its size limit"),
+                    "{}",
+                    &text[..80.min(text.len())]
+                );
+                assert!(text.len() < 8192, "{} bytes kept", text.len());
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no cut log with the last line"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = child.wait().await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), keeper)
+            .await
+            .expect("the keeper stops with the process group")
+            .expect("keeper");
+    }
 
     #[test]
     fn python_names() {
