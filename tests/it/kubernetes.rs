@@ -127,16 +127,21 @@ async fn e2e_kubernetes_kernel_through_the_gateway() -> Result<()> {
     })?;
     assert_eq!(gone.status, 204, "{}", gone.text());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !emu.pods().is_empty() || emu.namespaces().contains(&format!("bob-{id}")) {
+    // The emulator's kubelet kills a deleted pod's processes as a kubelet does, after the API
+    // object is gone, so the processes are waited for too.
+    while !emu.pods().is_empty()
+        || emu.namespaces().contains(&format!("bob-{id}"))
+        || !emu.live_process_groups().is_empty()
+    {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "left: {:?} {:?}",
+            "left: {:?} {:?} {:?}",
             emu.pods(),
-            emu.namespaces()
+            emu.namespaces(),
+            emu.live_process_groups()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(emu.live_process_groups().is_empty());
     println!("kubernetes kernel through the gateway: started in {took:?}");
     drop(gateway);
     emu.stop().await;
