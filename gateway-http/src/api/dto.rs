@@ -13,7 +13,7 @@ use crate::manager::KernelSnapshot;
 /// `GET /api`.
 #[derive(Debug, Clone, Serialize)]
 pub struct VersionModel {
-    /// The jupyter_server-like version string.
+    /// What Jupyter Server's gateway client checks: a jupyter_server-style version it accepts.
     pub version: &'static str,
     /// The Enterprise Gateway version this gateway behaves as.
     pub gateway_version: &'static str,
@@ -39,17 +39,18 @@ pub struct MeModel {
 /// jupyter_server's `identity` fields.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdentityModel {
-    /// The user name kernels are started for.
+    /// The authenticated user; kernels started by this caller get it as `KERNEL_USERNAME`.
     pub username: String,
-    /// The same name (no display names are known).
+    /// `username` again: no authenticator here supplies a separate display name.
     pub name: String,
-    /// The same name.
+    /// `username` again, for the same reason.
     pub display_name: String,
-    /// Unknown.
+    /// Always `null`: no authenticator supplies it. The three keys stay so jupyter_server's
+    /// identity parser finds the shape it expects.
     pub initials: Option<String>,
-    /// Unknown.
+    /// Always `null` (see `initials`).
     pub avatar_url: Option<String>,
-    /// Unknown.
+    /// Always `null` (see `initials`).
     pub color: Option<String>,
 }
 
@@ -75,15 +76,17 @@ impl From<&Identity> for MeModel {
 /// EG's kernel model.
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelModel {
-    /// Kernel id.
+    /// The kernel's UUID, as in every `/api/kernels/<id>` path.
     pub id: String,
-    /// Kernelspec name.
+    /// The kernelspec it was started from (after any profile or default was applied).
     pub name: String,
     /// Last activity, always `YYYY-MM-DDTHH:MM:SS.ffffffZ` (Jupyter Server parses it strictly).
     pub last_activity: String,
-    /// Last execution state seen.
+    /// The newest `status` the kernel published on iopub (`idle`, `busy`, `restarting`), or
+    /// `starting` while the start is in flight.
     pub execution_state: String,
-    /// Open WebSocket connections.
+    /// WebSocket connections open to the kernel now; idle culling with `cull_connected` off
+    /// spares kernels where this is non-zero.
     pub connections: usize,
     /// The user the kernel belongs to (its `KERNEL_USERNAME`); lists show a caller only their
     /// own kernels, or everybody's to an admin.
@@ -100,13 +103,13 @@ pub struct KernelModel {
 /// stay with the administrator).
 #[derive(Debug, Clone, Serialize)]
 pub struct ProfileModel {
-    /// Name.
+    /// What a client passes as `profile` when it starts a kernel.
     pub name: String,
-    /// Description.
+    /// The administrator's text for people choosing a profile.
     pub description: String,
     /// Kernelspecs it applies to (empty: all).
     pub kernelspecs: Vec<String>,
-    /// Its resources.
+    /// The size it gives a kernel; the backend-specific settings are not shown.
     pub resources: ResourcesModel,
     /// Whether the caller's groups make it their default.
     pub default: bool,
@@ -118,10 +121,10 @@ pub struct ResourcesModel {
     /// Memory in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<u64>,
-    /// CPUs.
+    /// Whole CPUs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<u32>,
-    /// GPUs.
+    /// Whole GPUs (backends that place kernels on GPU nodes use it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpus: Option<u32>,
 }
@@ -181,11 +184,11 @@ pub struct AdminKernelModel {
     /// EG's fields.
     #[serde(flatten)]
     pub kernel: KernelModel,
-    /// The resource manager that runs it.
+    /// The registered name of the resource manager that runs it (`local`, `ssh`, `yarn`, ...).
     pub backend: String,
-    /// The address in its connection info (empty while it starts).
+    /// The IP address in its connection info: where its ZeroMQ ports are (empty while it starts).
     pub host: String,
-    /// Restarts so far.
+    /// Restarts since it was started, by clients and by the auto-restarter alike.
     pub restarts: u32,
     /// When it was started, in `last_activity`'s format.
     pub created: String,
@@ -215,9 +218,9 @@ pub struct ReadyModel {
 /// One readiness check's verdict.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckModel {
-    /// The check's name.
+    /// What was checked (`callback_listener`, `store`, or a check an embedder added).
     pub name: String,
-    /// Whether it passed.
+    /// Whether it passed; the gateway is ready only when every check is.
     pub ok: bool,
     /// Why not, when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -238,16 +241,16 @@ impl CheckModel {
 /// `GET /api/kernelspecs`.
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelSpecsModel {
-    /// The default kernelspec name.
+    /// The kernelspec a start without `name` gets (`default_kernel_name`).
     pub default: String,
-    /// Specs by name.
+    /// The kernelspecs by name; those no backend here runs are listed too, with `unavailable`.
     pub kernelspecs: BTreeMap<String, KernelSpecModel>,
 }
 
 /// One kernelspec as `GET /api/kernelspecs[/<name>]` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelSpecModel {
-    /// Kernelspec name.
+    /// Its directory's name, which is what clients pass to start it.
     pub name: String,
     /// The six `kernel.json` keys jupyter_client 6 reports.
     pub spec: SpecModel,
@@ -262,17 +265,18 @@ pub struct KernelSpecModel {
 /// The `spec` part of a kernelspec model.
 #[derive(Debug, Clone, Serialize)]
 pub struct SpecModel {
-    /// Command template.
+    /// The launch command with `{connection_file}` and the launcher variables still unfilled.
     pub argv: Vec<String>,
-    /// Kernelspec environment.
+    /// Variables the kernelspec adds to the kernel's environment.
     pub env: BTreeMap<String, String>,
-    /// Display name.
+    /// What a notebook front end shows in its kernel menu.
     pub display_name: String,
-    /// Language.
+    /// The kernel's language as its kernelspec says (`python`, `scala`, `R`).
     pub language: String,
-    /// `signal` or `message`.
+    /// `signal` (the gateway sends SIGINT) or `message` (an `interrupt_request` on control).
     pub interrupt_mode: &'static str,
-    /// Raw metadata.
+    /// The kernelspec's `metadata` object as written (EG's `process_proxy` lives here), `{}`
+    /// when absent.
     pub metadata: serde_json::Value,
 }
 
@@ -311,25 +315,25 @@ impl KernelSpecModel {
 /// jupyter_server's session model (with EG's `notebook.path`).
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionModel {
-    /// Session id.
+    /// The session's UUID (not the kernel's).
     pub id: String,
-    /// The document path.
+    /// The document path the front end opened the session for.
     pub path: String,
-    /// Session name.
+    /// The front end's name for it, if it gave one.
     pub name: Option<String>,
     /// Session type (`notebook`, `console`, ...).
     #[serde(rename = "type")]
     pub kind: String,
-    /// The session's kernel.
+    /// Its kernel's model, as `GET /api/kernels/<id>` returns it.
     pub kernel: KernelModel,
-    /// Old-style path holder.
+    /// `{"path": ...}` again, for clients older than jupyter_server's `path` key.
     pub notebook: NotebookModel,
 }
 
 /// `{"path": ...}` in a session model.
 #[derive(Debug, Clone, Serialize)]
 pub struct NotebookModel {
-    /// The document path.
+    /// The same path as the session's.
     pub path: String,
 }
 

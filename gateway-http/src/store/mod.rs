@@ -61,9 +61,9 @@ pub fn schema_version() -> i64 {
 /// One kernel as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredKernel {
-    /// Kernel id.
+    /// The kernel's UUID, the row's primary key.
     pub id: String,
-    /// Kernelspec name.
+    /// The kernelspec it was started from; a re-attaching gateway loads it again by this name.
     pub kernelspec: String,
     /// The owner (`KERNEL_USERNAME`).
     pub username: String,
@@ -75,11 +75,11 @@ pub struct StoredKernel {
     pub cwd: Option<PathBuf>,
     /// Restarts so far (API and automatic).
     pub restart_count: u32,
-    /// When it was started.
+    /// When it was first started (a restart keeps it).
     pub created: OffsetDateTime,
     /// Its last iopub activity (what culling measures).
     pub last_activity: OffsetDateTime,
-    /// Its last execution state.
+    /// The newest execution state written back (what a re-attaching gateway shows first).
     pub execution_state: String,
     /// The gateway holding the lease (its supervisor).
     pub gateway: String,
@@ -90,9 +90,9 @@ pub struct StoredKernel {
 /// Limits checked when a start is reserved (across every gateway sharing the store).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
-    /// Most kernels in total.
+    /// `max_kernels`: counted over every row, starting kernels included.
     pub max_total: Option<usize>,
-    /// Most kernels of one owner.
+    /// `max_kernels_per_user`: counted over the owner's rows.
     pub max_per_user: Option<usize>,
 }
 
@@ -115,11 +115,11 @@ pub enum Reservation {
 /// A batch entry of [`KernelStore::touch`].
 #[derive(Debug, Clone)]
 pub struct Activity {
-    /// Kernel id.
+    /// Which row to update; a row gone meanwhile is skipped, not recreated.
     pub id: String,
-    /// Last iopub activity.
+    /// The newest iopub activity the supervisor saw.
     pub last_activity: OffsetDateTime,
-    /// Last execution state.
+    /// The execution state at that moment.
     pub execution_state: String,
 }
 
