@@ -350,11 +350,11 @@ fn is_sha256_hex(text: &str) -> bool {
 /// What a new token is for.
 #[derive(Debug, Clone, Default)]
 pub struct NewToken {
-    /// The user.
+    /// Who requests with this token are authenticated as (their `KERNEL_USERNAME`).
     pub user: String,
     /// The user's groups.
     pub groups: Vec<String>,
-    /// Role names.
+    /// Role names (`admin`, `impersonate`).
     pub roles: Vec<String>,
     /// Free text for the operator.
     pub note: Option<String>,

@@ -65,9 +65,9 @@ pub struct StartRequest {
 /// A kernel's state as the manager sees it; the HTTP layer converts it to EG's kernel model.
 #[derive(Debug, Clone)]
 pub struct KernelSnapshot {
-    /// Kernel id.
+    /// The kernel's UUID.
     pub id: String,
-    /// Kernelspec name.
+    /// The kernelspec it was started from.
     pub name: String,
     /// Last iopub activity (UTC).
     pub last_activity: time::OffsetDateTime,

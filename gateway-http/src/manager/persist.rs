@@ -41,7 +41,7 @@ const UNRESPONSIVE_GRACE: Duration = Duration::from_secs(1);
 /// Where the manager persists its kernels, and as which gateway.
 #[derive(Debug, Clone)]
 pub struct Persistence {
-    /// The store.
+    /// The SQLite or PostgreSQL store; several gateways share one to serve the same kernels.
     pub store: Arc<dyn KernelStore>,
     /// This gateway's name in leases; a gateway restarted with the same name takes its kernels
     /// back at once, others wait until the leases expire.

@@ -115,11 +115,12 @@ pub(crate) struct Pools {
 /// What `GET`-style introspection shows of one pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolInfo {
-    /// Kernelspec.
+    /// The kernelspec the pool's kernels are started from.
     pub kernelspec: String,
-    /// Profile (empty: none).
+    /// The profile they are started under (empty: none); only a start asking for this
+    /// kernelspec and this profile can be served from the pool.
     pub profile: String,
-    /// Configured size.
+    /// How many ready kernels the pool keeps.
     pub size: usize,
     /// Ids of the ready kernels, oldest first.
     pub ready: Vec<String>,
