@@ -131,11 +131,14 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &shared.config.token else {
         return Ok(());
     };
+    // The scheme is case-insensitive (RFC 7235): the Python client's in-cluster config sends
+    // `bearer <token>`.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     if given == Some(token.as_str()) {
         Ok(())
     } else {
