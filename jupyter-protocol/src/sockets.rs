@@ -17,9 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use uuid::Uuid;
 
-use crate::transport::{FrameSink, FrameStream, KernelTransport, RequestSocket, ZmqTransport};
-use crate::wire::{DIGEST_HISTORY_SIZE, DigestHistory, check_and_split};
+use crate::transport::{FrameSink, FrameStream, KernelTransport, ZmqTransport};
+use crate::wire::{DIGEST_HISTORY_SIZE, DigestHistory, check_and_split, decode_signature};
 use crate::{Channel, ConnectionInfo, Error, Message, Signer};
 
 /// Socket settings.
@@ -80,12 +81,14 @@ impl UnitVerifier {
         if !self.signer.is_signed() {
             return Ok(msg);
         }
-        if self.history().contains(&signature) {
+        // The hex is decoded once; the MAC runs outside the lock, so sockets of one unit verify
+        // in parallel.
+        let tag = decode_signature(&signature)?;
+        if self.history().contains_tag(&tag) {
             return Err(Error::DuplicateSignature);
         }
-        // The MAC runs outside the lock, so sockets of one unit verify in parallel.
-        self.signer.verify(&signature, &msg)?;
-        self.history().insert(&signature)?;
+        self.signer.verify_decoded(&tag, &msg)?;
+        self.history().insert_tag(tag)?;
         Ok(msg)
     }
 }
@@ -347,13 +350,21 @@ async fn drain_iopub(
     }
 }
 
-/// Heartbeat REQ; rebuilt after every timeout as jupyter_client does.
+/// Heartbeat pings; the socket is rebuilt after every failure as jupyter_client does.
+///
+/// The socket is a DEALER that frames each ping as a REQ would (an empty delimiter, then the
+/// payload), under a fresh routing identity per connection. A plain REQ from the `zeromq` crate
+/// announces no `Identity` property in its READY command (libzmq's REQ always does, empty or
+/// not), and the JeroMQ inside Apache Toree 0.5 then throws a NullPointerException in
+/// `Mechanism.peerIdentity` on the first connection and retries it forever ("client sent invalid
+/// NULL handshake (duplicate READY)"), which kills the kernel's heartbeat and floods its log. A
+/// DEALER with an identity says who it is, and REP and ROUTER heartbeats answer it unchanged.
 #[derive(Debug)]
 pub struct Heartbeat {
     transport: Arc<dyn KernelTransport>,
     endpoint: String,
     connect_timeout: Duration,
-    socket: Option<Box<dyn RequestSocket>>,
+    socket: Option<(Box<dyn FrameSink>, Box<dyn FrameStream>)>,
 }
 
 impl Heartbeat {
@@ -379,7 +390,8 @@ impl Heartbeat {
     /// Sends a ping and waits up to `timeout` for the echo.
     ///
     /// The connect (when needed) counts against `timeout` too. After any failure the socket is
-    /// dropped, and the next ping connects a fresh one.
+    /// dropped, and the next ping connects a fresh one (with a new identity, so a kernel that still
+    /// holds the old connection does not take the new one for a duplicate).
     pub async fn ping(&mut self, timeout: Duration) -> Result<(), Error> {
         let result = match tokio::time::timeout(timeout, self.ping_inner()).await {
             Ok(result) => result,
@@ -395,21 +407,24 @@ impl Heartbeat {
     }
 
     async fn ping_inner(&mut self) -> Result<(), Error> {
-        let socket = match &mut self.socket {
+        let (sink, stream) = match &mut self.socket {
             Some(socket) => socket,
             empty => {
+                let identity = format!("heartbeat-{}", Uuid::new_v4().simple());
                 let socket = connect_bounded(
                     &self.endpoint,
                     self.connect_timeout,
-                    self.transport.connect_req(&self.endpoint),
+                    self.transport
+                        .connect_dealer(&self.endpoint, identity.as_bytes()),
                 )
                 .await?;
                 empty.insert(socket)
             }
         };
         let ping = Bytes::from_static(b"ping");
-        let echo = socket.request(vec![ping.clone()]).await?;
-        if echo != [ping] {
+        sink.send(vec![Bytes::new(), ping.clone()]).await?;
+        let echo = stream.recv().await?;
+        if echo != [Bytes::new(), ping] {
             return Err(Error::Malformed(
                 "heartbeat echo differs from the ping".into(),
             ));
