@@ -1,9 +1,10 @@
 //! Host choice: `round-robin` and `least-connection`, with failed hosts tried last for a while.
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use crate::Error;
@@ -47,7 +48,7 @@ pub(crate) struct Balancer {
 
 impl Balancer {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// The hosts in the order to try them: the algorithm's pick first, hosts that failed within

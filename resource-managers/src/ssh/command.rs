@@ -14,7 +14,7 @@ use crate::Error;
 pub(crate) const PID_MARKER: &str = "eg-launcher-pid:";
 
 /// `value` as one single-quoted POSIX shell word (`'` becomes `'\''`).
-pub fn quote(value: &str) -> String {
+pub(super) fn quote(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('\'');
     for c in value.chars() {
@@ -29,7 +29,7 @@ pub fn quote(value: &str) -> String {
 }
 
 /// Whether `name` is a portable environment variable name (`[A-Za-z_][A-Za-z0-9_]*`).
-pub fn is_env_name(name: &str) -> bool {
+pub(super) fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes
         .next()
@@ -56,7 +56,7 @@ fn checked<'a>(what: &str, value: &'a str) -> Result<&'a str, Error> {
 /// `setsid` (util-linux, busybox) makes the launcher the leader of its own session and process
 /// group, so the printed pid is also the group to signal. Env names must be portable names;
 /// values and argv items may contain anything but NUL.
-pub fn launch_command(
+pub(super) fn launch_command(
     env: &BTreeMap<String, String>,
     argv: &[String],
     cwd: Option<&Path>,
@@ -103,7 +103,7 @@ pub fn launch_command(
 }
 
 /// The pid from the launch command's output, if it printed one.
-pub fn parse_launch_pid(stdout: &str) -> Option<i32> {
+pub(super) fn parse_launch_pid(stdout: &str) -> Option<i32> {
     stdout
         .lines()
         .rev()
@@ -115,7 +115,7 @@ pub fn parse_launch_pid(stdout: &str) -> Option<i32> {
 /// Sends `signum` to the launcher's process group `-<group>` and to each of `kernel_groups`
 /// that belongs to the launcher's session (checked in `/proc`, so a launcher's report cannot name
 /// somebody else's processes); prints `0` if anything was signalled, else `1`. Signal 0 probes.
-pub fn kill_command(signum: i32, group: i32, kernel_groups: &[i32]) -> String {
+pub(super) fn kill_command(signum: i32, group: i32, kernel_groups: &[i32]) -> String {
     let mut line = String::from("r=1;");
     if group > 1 {
         let _ = write!(line, " kill -{signum} -- -{group} 2>/dev/null && r=0;");
@@ -131,7 +131,7 @@ pub fn kill_command(signum: i32, group: i32, kernel_groups: &[i32]) -> String {
 }
 
 /// `tail` of a remote file.
-pub fn tail_command(path: &Path, lines: usize) -> Result<String, Error> {
+pub(super) fn tail_command(path: &Path, lines: usize) -> Result<String, Error> {
     let path = checked("the log path", path_str(path)?)?;
     Ok(format!("tail -n {lines} -- {} 2>&1", quote(path)))
 }

@@ -3,9 +3,10 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use russh::client::{self, Handle};
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
@@ -141,9 +142,7 @@ impl client::Handler for Client {
         match self.verdict(key) {
             Ok(()) => Ok(true),
             Err(why) => {
-                if let Ok(mut slot) = self.rejected.lock() {
-                    *slot = Some(why);
-                }
+                *self.rejected.lock() = Some(why);
                 Ok(false)
             }
         }
@@ -152,28 +151,26 @@ impl client::Handler for Client {
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Host name as configured (for known_hosts and messages).
-    pub host: String,
+    pub(crate) host: String,
     /// The address to connect to.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The remote user.
-    pub user: String,
+    pub(crate) user: String,
 }
 
 /// What an `exec` printed and how it ended.
 #[derive(Debug, Clone, Default)]
-pub struct ExecOutput {
+pub(crate) struct ExecOutput {
     /// Standard output.
-    pub stdout: String,
+    pub(crate) stdout: String,
     /// Standard error.
-    pub stderr: String,
-    /// Exit status, if the server sent one.
-    pub status: Option<u32>,
+    pub(crate) stderr: String,
 }
 
 /// One authenticated connection; cheap to share (`Arc`). Dropping the last handle closes it.
-pub struct Session {
+pub(crate) struct Session {
     handle: Handle<Client>,
     target: Target,
 }
@@ -188,7 +185,7 @@ impl fmt::Debug for Session {
 
 impl Session {
     /// Connects, checks the host key and authenticates, all within `timeout`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         target: &Target,
         auth: &SshAuth,
         keys: &HostKeys,
@@ -225,7 +222,7 @@ impl Session {
         let mut handle = match client::connect(config, target.addr, handler).await {
             Ok(handle) => handle,
             Err(err) => {
-                let rejected = rejected.lock().ok().and_then(|mut r| r.take());
+                let rejected = rejected.lock().take();
                 return Err(match rejected {
                     Some(why) => SessionError::HostKey(format!("{where_}: {why}")),
                     None => SessionError::Unreachable(format!("{where_}: {}", describe(&err))),
@@ -291,19 +288,18 @@ impl Session {
         }))
     }
 
-    /// Where it is connected.
-    pub fn target(&self) -> &Target {
-        &self.target
-    }
-
     /// Whether the connection has ended.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.handle.is_closed()
     }
 
     /// Runs `command` through the remote user's shell and collects its output (at most 1 MiB
     /// of each stream), within `timeout`.
-    pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SessionError> {
+    pub(crate) async fn exec(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<ExecOutput, SessionError> {
         const LIMIT: usize = 1 << 20;
         let run = async {
             let mut channel = self
@@ -317,7 +313,6 @@ impl Session {
                 .map_err(|e| SessionError::Channel(format!("exec failed: {e}")))?;
             let mut stdout = Vec::new();
             let mut stderr = Vec::new();
-            let mut status = None;
             while let Some(msg) = channel.wait().await {
                 match msg {
                     ChannelMsg::Data { data } if stdout.len() < LIMIT => {
@@ -326,14 +321,12 @@ impl Session {
                     ChannelMsg::ExtendedData { data, .. } if stderr.len() < LIMIT => {
                         stderr.extend_from_slice(&data);
                     }
-                    ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
                     _ => {}
                 }
             }
             Ok(ExecOutput {
                 stdout: String::from_utf8_lossy(&stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&stderr).into_owned(),
-                status,
             })
         };
         match tokio::time::timeout(timeout, run).await {
@@ -346,7 +339,7 @@ impl Session {
     }
 
     /// Opens a `direct-tcpip` channel to `host:port` as the remote host sees it.
-    pub async fn open_direct(
+    pub(crate) async fn open_direct(
         &self,
         host: &str,
         port: u16,
@@ -364,7 +357,7 @@ impl Session {
     }
 
     /// Ends the connection politely.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         let _ = self
             .handle
             .disconnect(Disconnect::ByApplication, "", "en")

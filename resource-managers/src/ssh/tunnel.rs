@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use jupyter_protocol::ConnectionInfo;
 use kernel_launcher::{CommOutcome, PortRange};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -28,8 +29,36 @@ pub(crate) struct Tunnels {
 }
 
 impl Tunnels {
+    /// Tunnels for the five ports of a kernel that `remote` describes as its launcher reported
+    /// it; returns them with the connection info the gateway uses (the local listeners'
+    /// ports on `127.0.0.1`, the rest as in `remote`).
+    pub(crate) fn for_kernel(
+        session: Arc<Session>,
+        remote: &ConnectionInfo,
+        range: PortRange,
+    ) -> Result<(Tunnels, ConnectionInfo), Error> {
+        let ports = [
+            remote.shell_port,
+            remote.iopub_port,
+            remote.stdin_port,
+            remote.control_port,
+            remote.hb_port,
+        ];
+        let (tunnels, local) = Tunnels::open(session, &ports, range)?;
+        let mut connection = remote.clone();
+        if let [shell, iopub, stdin, control, hb] = local[..] {
+            connection.ip = Ipv4Addr::LOCALHOST.to_string();
+            connection.shell_port = shell;
+            connection.iopub_port = iopub;
+            connection.stdin_port = stdin;
+            connection.control_port = control;
+            connection.hb_port = hb;
+        }
+        Ok((tunnels, connection))
+    }
+
     /// Starts one local listener per remote port; returns the local ports in the same order.
-    pub(crate) fn open(
+    fn open(
         session: Arc<Session>,
         remote_ports: &[u16],
         range: PortRange,

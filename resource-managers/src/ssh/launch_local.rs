@@ -1,0 +1,161 @@
+//! A launch on a host that is this machine, without SSH (as EG does, unless
+//! [`super::SshOptions::ssh_to_local_hosts`]): the templated `argv` runs in its own process group
+//! with its output in `<log_dir>/kernel-<id>.log`; `poll` and `wait` follow the launcher process.
+
+use std::net::{IpAddr, SocketAddr};
+
+use kernel_launcher::{CommPort, LauncherResponse, PendingLaunch};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use super::control::Comm;
+use super::process::{Found, Launched, LocalLauncher, SshKernelProcess};
+use super::{SshResourceManager, timeout_error};
+use crate::process::{
+    create_private_dir, interrupt_signal_of, read_tail, resolve_program, spawn_logged, spawn_reaper,
+};
+use crate::{Error, LaunchRequest, LaunchedKernel, ProcessState};
+
+/// How long a failed launch waits for its killed launcher to be reaped.
+const REAP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl SshResourceManager {
+    /// Launches on this machine without SSH; `host` is the name the launch chose, `ip` its
+    /// address.
+    pub(super) async fn launch_here(
+        &self,
+        request: &LaunchRequest,
+        host: String,
+        ip: IpAddr,
+        argv: &[String],
+        mut pending: PendingLaunch,
+    ) -> Result<LaunchedKernel, Error> {
+        let spec = &request.spec;
+        let kernel_id = &request.kernel_id;
+        let Some(argv0) = spec.argv.first() else {
+            return Err(Error::Spawn(format!(
+                "kernelspec '{}' has an empty argv",
+                spec.name
+            )));
+        };
+        let program = resolve_program(spec, argv0, &request.env, &self.config.search_path)?;
+        create_private_dir(&self.config.log_dir)?;
+        let log_path = self.config.log_path(kernel_id);
+        // No JPY_PARENT_PID: a launcher started here is as independent of the gateway as one
+        // started over SSH (under nohup setsid), so its kernel survives the gateway and is
+        // re-attached through its communication port.
+        let child = spawn_logged(request, &program, argv, &log_path, "launcher", false)?;
+        let Some(pid) = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw)
+        else {
+            return Err(Error::Spawn(format!(
+                "kernel '{}' started without a process id",
+                spec.name
+            )));
+        };
+        let mut exit = spawn_reaper(child, pid);
+        tracing::info!(%kernel_id, %host, pid = pid.as_raw(), log = %log_path.display(), "launcher started locally; waiting for its connection info");
+
+        let mut exit_rx = exit.clone();
+        let deadline = tokio::time::sleep(request.timeout);
+        tokio::pin!(deadline);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                response = &mut pending => break response.map_err(|e| Error::Spawn(e.to_string())),
+                changed = exit_rx.changed() => {
+                    let state = *exit_rx.borrow_and_update();
+                    if changed.is_err() || state != ProcessState::Running {
+                        break Err(Error::ExitedDuringLaunch {
+                            status: state.to_string(),
+                            log_tail: read_tail(&log_path, 20).unwrap_or_default(),
+                        });
+                    }
+                }
+                () = &mut deadline => {
+                    break Err(timeout_error(kernel_id, request.timeout, &host, &log_path));
+                }
+            }
+        };
+        drop(pending);
+        let response = match outcome {
+            Ok(response) => response,
+            Err(err) => {
+                let _ = killpg(pid, Signal::SIGKILL);
+                let _ =
+                    tokio::time::timeout(REAP_WAIT, exit.wait_for(|s| *s != ProcessState::Running))
+                        .await;
+                tracing::warn!(%kernel_id, %host, "launch failed: {err}");
+                return Err(err);
+            }
+        };
+        let mut connection = response.connection.clone();
+        connection.ip = ip.to_string();
+        connection.kernel_name = spec.name.clone();
+        tracing::info!(%kernel_id, %host, kernel_pid = ?response.pid, comm_port = ?response.comm_port, "kernel connection info received");
+        let launcher = LocalLauncher {
+            pid,
+            exit,
+            kernel_group: verified_kernel_group(&response, pid),
+        };
+        let found = Found {
+            kernel_id: kernel_id.clone(),
+            ip,
+            connection,
+            comm: response.comm_port.map(|port| {
+                Comm::Direct(CommPort::new(
+                    SocketAddr::new(ip, port),
+                    self.config.comm_timeout,
+                ))
+            }),
+            comm_port: response.comm_port,
+            pid: response.pid,
+            pgid: response.pgid,
+            log_path,
+            interrupt_signal: interrupt_signal_of(spec),
+            host,
+        };
+        let slot = self.balancer.acquire(&found.host);
+        Ok(SshKernelProcess::launched(
+            found,
+            Launched::Here(launcher),
+            slot,
+        ))
+    }
+}
+
+/// The kernel's own process group, when it differs from the launcher's and the reported
+/// process really is the launcher's child. A payload is not trusted to name a group to kill.
+fn verified_kernel_group(response: &LauncherResponse, launcher: Pid) -> Option<Pid> {
+    let pgid = response
+        .pgid
+        .filter(|g| *g > 1 && *g != launcher.as_raw())?;
+    (parent_of(pgid)? == launcher.as_raw()).then(|| Pid::from_raw(pgid))
+}
+
+/// The parent pid of process `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold anything, ')' too; the fields after its last ')' are fixed.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parent_is_read_from_proc() {
+        let me = std::process::id() as i32;
+        let parent = std::os::unix::process::parent_id() as i32;
+        assert_eq!(parent_of(me), Some(parent));
+        assert_eq!(parent_of(i32::MAX), None);
+    }
+}
