@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use kernel_launcher::response::ResponseListener;
 use resource_managers::Registry;
+use resource_managers::launcher::LauncherSettings;
 use resource_managers::local::LocalResourceManager;
 use resource_managers::ssh::{SshConfig, SshResourceManager};
 use resource_managers::yarn::{YarnConfig, YarnResourceManager, YarnSecurity};
@@ -35,8 +36,11 @@ pub(crate) async fn registry(settings: &Settings) -> Registry {
                     YarnSecurity::Simple
                 },
                 ca_bundle: yarn.ca_bundle.clone(),
-                search_path: settings.local.search_path.clone(),
-                comm_timeout: settings.comm_timeout,
+                launcher: LauncherSettings {
+                    search_path: settings.local.search_path.clone(),
+                    comm_timeout: settings.comm_timeout,
+                    ..LauncherSettings::new(Arc::clone(&response), settings.local.log_dir.clone())
+                },
                 ..YarnConfig::new(Arc::clone(&response), settings.local.log_dir.clone())
             })));
             crate::docker::register(&mut registry, settings, &response);

@@ -10,18 +10,271 @@
 //! [`LauncherComm`] holds that state, and [`LauncherComm::terminate`] is the stop every such
 //! backend performs: SIGTERM and "stop listening" through the port, a grace period, then the
 //! backend's own kill (YARN's kill call, a signal over SSH, a container's removal).
+//!
+//! The launch side is shared too:
+//! * [`LauncherSettings`]: what every such backend's configuration holds (the response
+//!   listener, the log directory, the PATH for a relative `argv[0]`, the communication-port,
+//!   poll and request timeouts);
+//! * [`LauncherProcess::spawn`]: the launcher (or submit command) started here, logged, in its
+//!   own process group, reaped, and killed with a bound;
+//! * [`await_callback`]: waits for the launcher's callback while a backend's [`LaunchWatch`]
+//!   looks at where the kernel is placed (a YARN application, a pod, a container), with the
+//!   launch deadline, and says which of the usual ways it failed ([`WaitFailure`]);
+//! * [`FinalState`]: a kernel's final state once seen, so that later polls skip the backend.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kernel_launcher::{CommOutcome, CommPort, ResponseListener, template};
-use nix::sys::signal::Signal;
+use kernel_launcher::{
+    CommOutcome, CommPort, LauncherResponse, PendingLaunch, ResponseListener, template,
+};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::{Error, LaunchRequest, ProcessState};
+
+/// How long a killed launcher process has to go before [`LauncherProcess::kill`] stops waiting.
+const LAUNCHER_KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// What the configuration of every launcher backend holds. A backend's own settings struct
+/// carries one as its `launcher` field, next to what only that backend needs.
+#[derive(Debug, Clone)]
+pub struct LauncherSettings {
+    /// The gateway's response listener, which the launchers call back.
+    pub response: Arc<ResponseListener>,
+    /// Where launcher output goes (`EG_KERNEL_LOG_DIR`), one `kernel-<id>.log` a kernel.
+    pub log_dir: PathBuf,
+    /// The gateway's PATH, to resolve a relative `argv[0]`.
+    pub search_path: Vec<PathBuf>,
+    /// Connect timeout of communication-port requests (`EG_SOCKET_TIMEOUT`).
+    pub comm_timeout: Duration,
+    /// Pause between the backend's polls during a launch and afterwards (`EG_POLL_INTERVAL`).
+    pub poll_interval: Duration,
+    /// Timeout of one request to the backend's service (RM, API server, engine).
+    pub request_timeout: Duration,
+}
+
+impl LauncherSettings {
+    /// EG's defaults (0.5 s polls, 30 s requests, the comm port's default connect timeout)
+    /// for everything but the listener and the log directory.
+    pub fn new(response: Arc<ResponseListener>, log_dir: PathBuf) -> LauncherSettings {
+        LauncherSettings {
+            response,
+            log_dir,
+            search_path: Vec::new(),
+            comm_timeout: kernel_launcher::comm::DEFAULT_CONNECT_TIMEOUT,
+            poll_interval: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The log of one kernel's launch: `<log_dir>/kernel-<id>.log`.
+    pub fn log_path(&self, kernel_id: &str) -> PathBuf {
+        self.log_dir.join(format!("kernel-{kernel_id}.log"))
+    }
+
+    /// The communication port a launcher reported, at the kernel's address.
+    pub fn comm_port(&self, ip: std::net::IpAddr, port: u16) -> CommPort {
+        CommPort::new(std::net::SocketAddr::new(ip, port), self.comm_timeout)
+    }
+}
+
+/// A launcher (or submit command) started on the gateway's machine: its process group and the
+/// reaper's view of its exit.
+#[derive(Debug, Clone)]
+pub struct LauncherProcess {
+    pid: Pid,
+    exit: watch::Receiver<ProcessState>,
+}
+
+impl LauncherProcess {
+    /// Starts `argv` (`program` is the resolved `argv[0]`) as [`crate::process::spawn_logged`]
+    /// does, with `JPY_PARENT_PID`, and reaps it in the background. `what` names it in errors
+    /// and logs ("launcher", "submit command").
+    pub fn spawn(
+        request: &LaunchRequest,
+        program: &Path,
+        argv: &[String],
+        log_path: &Path,
+        what: &str,
+    ) -> Result<LauncherProcess, Error> {
+        let child = crate::process::spawn_logged(request, program, argv, log_path, what, true)?;
+        let Some(pid) = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw)
+        else {
+            return Err(Error::Spawn(format!(
+                "the {what} of kernel '{}' started without a process id",
+                request.spec.name
+            )));
+        };
+        Ok(LauncherProcess {
+            pid,
+            exit: crate::process::spawn_reaper(child, pid),
+        })
+    }
+
+    /// Its process id (and process group id).
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Its state now: running until the reaper saw it end.
+    pub fn state(&self) -> ProcessState {
+        *self.exit.borrow()
+    }
+
+    /// SIGKILLs its process group now, without waiting (for `Drop`).
+    pub fn kill_now(&self) {
+        if self.state() == ProcessState::Running {
+            let _ = killpg(self.pid, Signal::SIGKILL);
+        }
+    }
+
+    /// SIGKILLs its process group and waits, two seconds at most, for it to be reaped.
+    pub async fn kill(&self) {
+        if self.state() == ProcessState::Running {
+            let _ = killpg(self.pid, Signal::SIGKILL);
+            let mut exit = self.exit.clone();
+            let _ = tokio::time::timeout(
+                LAUNCHER_KILL_WAIT,
+                exit.wait_for(|s| *s != ProcessState::Running),
+            )
+            .await;
+        }
+    }
+}
+
+/// What a [`LaunchWatch`] saw of the kernel's placement in one look.
+#[derive(Debug)]
+pub enum Probe<P, F> {
+    /// Nothing of the kernel exists yet. A launcher that has exited non-zero by now failed.
+    NotFound,
+    /// It exists and is starting (waiting for resources, pulling an image, ...).
+    Starting,
+    /// It runs and is reachable as `P` (its address, host, ...).
+    Placed(P),
+    /// It ended or cannot start: the launch fails with `F`.
+    Failed(F),
+}
+
+/// A backend's view of where a launching kernel is placed, looked at by [`await_callback`]
+/// every poll interval. The watcher keeps what it learns (ids, the last service error), so
+/// that after the wait the backend can word its error from it.
+#[async_trait]
+pub trait LaunchWatch: Send {
+    /// Where a placed kernel is reachable.
+    type Placed: Send;
+    /// Why the placement failed, in the backend's terms.
+    type Failure: Send;
+    /// Looks once. A service error is not a failure: keep it for the timeout message and
+    /// answer what was seen before.
+    async fn probe(&mut self) -> Probe<Self::Placed, Self::Failure>;
+}
+
+/// How waiting for a launcher's callback ended without a kernel.
+#[derive(Debug)]
+pub enum WaitFailure<F> {
+    /// The response listener stopped (or refused the registration).
+    Listener(Error),
+    /// The launcher process exited non-zero before the kernel was seen anywhere.
+    LauncherExited(ProcessState),
+    /// The watcher saw the placement fail.
+    Placement(F),
+    /// The deadline passed (with or without a callback or a placement).
+    Timeout,
+}
+
+/// Waits until the launcher has called back *and* `watch` reports the kernel placed, or until
+/// it fails or `deadline` passes. Each round `watch` looks once (bounded by the deadline), then
+/// the wait sleeps until the callback arrives, `launcher` (if one runs here) exits, or
+/// `poll_interval` passes. A placement once seen is kept. Returns the callback's payload with
+/// the last placement.
+pub async fn await_callback<W: LaunchWatch>(
+    watch: &mut W,
+    pending: &mut PendingLaunch,
+    launcher: Option<&LauncherProcess>,
+    poll_interval: Duration,
+    deadline: Instant,
+) -> Result<(LauncherResponse, W::Placed), WaitFailure<W::Failure>> {
+    let mut exit = launcher.map(|l| l.exit.clone());
+    let mut launcher_state = ProcessState::Running;
+    let mut placed: Option<W::Placed> = None;
+    let mut response: Option<LauncherResponse> = None;
+    let mut tick = tokio::time::interval(poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        match tokio::time::timeout_at(deadline, watch.probe()).await {
+            Err(_) => return Err(WaitFailure::Timeout),
+            Ok(Probe::Failed(why)) => return Err(WaitFailure::Placement(why)),
+            Ok(Probe::Placed(at)) => placed = Some(at),
+            Ok(Probe::Starting) => {}
+            Ok(Probe::NotFound) => {
+                if let ProcessState::Exited { code, .. } = launcher_state
+                    && code != Some(0)
+                {
+                    return Err(WaitFailure::LauncherExited(launcher_state));
+                }
+            }
+        }
+        if response.is_some() && placed.is_some() {
+            break;
+        }
+        tokio::select! {
+            got = &mut *pending, if response.is_none() => match got {
+                Ok(r) => response = Some(r),
+                Err(err) => return Err(WaitFailure::Listener(Error::Spawn(err.to_string()))),
+            },
+            changed = async {
+                match exit.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            }, if exit.is_some() && launcher_state == ProcessState::Running => {
+                launcher_state = exit.as_mut().map_or(ProcessState::Unknown, |rx| *rx.borrow_and_update());
+                if changed.is_err() && launcher_state == ProcessState::Running {
+                    launcher_state = ProcessState::Unknown;
+                }
+                tracing::debug!(kernel_id = pending.kernel_id(), ?launcher_state, "the launcher process ended");
+            }
+            _ = tick.tick() => {}
+            () = tokio::time::sleep_until(deadline) => return Err(WaitFailure::Timeout),
+        }
+    }
+    match (response, placed) {
+        (Some(response), Some(placed)) => Ok((response, placed)),
+        _ => Err(WaitFailure::Timeout),
+    }
+}
+
+/// A kernel's final state once a backend has seen it (it cannot change any more), so that
+/// polls after it need not ask the backend's service again.
+#[derive(Debug, Default)]
+pub struct FinalState(parking_lot::Mutex<Option<ProcessState>>);
+
+impl FinalState {
+    /// The final state, if one was seen.
+    pub fn get(&self) -> Option<ProcessState> {
+        *self.0.lock()
+    }
+
+    /// Keeps `state` if it is final ([`ProcessState::Exited`]) and returns it either way.
+    pub fn remember(&self, state: ProcessState) -> ProcessState {
+        if matches!(state, ProcessState::Exited { .. }) {
+            *self.0.lock() = Some(state);
+        }
+        state
+    }
+}
 
 /// The `{…}` values a launcher's argv template gets: `kernel_id`, `response_address`,
 /// `public_key`, `port_range`, `resource_dir`, `transport_encryption` (empty, as EG sends it),
@@ -219,6 +472,88 @@ mod tests {
         comm.port()
             .map(|p| p.sent.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default()
+    }
+
+    /// A watch answering from a script (its last answer repeats), counting its looks.
+    struct ScriptedWatch {
+        answers: Vec<Probe<u16, &'static str>>,
+        looks: usize,
+    }
+
+    #[async_trait]
+    impl LaunchWatch for ScriptedWatch {
+        type Placed = u16;
+        type Failure = &'static str;
+        async fn probe(&mut self) -> Probe<u16, &'static str> {
+            self.looks += 1;
+            if self.answers.len() > 1 {
+                self.answers.remove(0)
+            } else {
+                match self.answers.first() {
+                    Some(Probe::Placed(p)) => Probe::Placed(*p),
+                    Some(Probe::Failed(f)) => Probe::Failed(*f),
+                    Some(Probe::Starting) => Probe::Starting,
+                    _ => Probe::NotFound,
+                }
+            }
+        }
+    }
+
+    async fn wait_with(
+        answers: Vec<Probe<u16, &'static str>>,
+        within: Duration,
+    ) -> (Result<u16, WaitFailure<&'static str>>, usize) {
+        let listener = ResponseListener::bind(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            kernel_launcher::ListenerOptions::default(),
+        )
+        .await
+        .expect("listener");
+        let mut pending = listener.register("k").expect("register");
+        let mut watch = ScriptedWatch { answers, looks: 0 };
+        let got = await_callback(
+            &mut watch,
+            &mut pending,
+            None,
+            Duration::from_millis(10),
+            Instant::now() + within,
+        )
+        .await
+        .map(|(_, placed)| placed);
+        (got, watch.looks)
+    }
+
+    #[tokio::test]
+    async fn a_failed_placement_ends_the_wait_at_once() {
+        let (got, looks) = wait_with(
+            vec![Probe::NotFound, Probe::Starting, Probe::Failed("gone")],
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(matches!(got, Err(WaitFailure::Placement("gone"))));
+        assert_eq!(looks, 3);
+    }
+
+    #[tokio::test]
+    async fn a_placement_without_a_callback_times_out() {
+        let started = Instant::now();
+        let (got, looks) = wait_with(vec![Probe::Placed(7)], Duration::from_millis(200)).await;
+        assert!(matches!(got, Err(WaitFailure::Timeout)));
+        assert!(looks > 2, "looked {looks} times");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn only_exits_are_remembered_as_final() {
+        let cell = FinalState::default();
+        assert_eq!(cell.remember(ProcessState::Running), ProcessState::Running);
+        assert_eq!(cell.get(), None);
+        let exit = ProcessState::Exited {
+            code: Some(0),
+            signal: None,
+        };
+        assert_eq!(cell.remember(exit), exit);
+        assert_eq!(cell.get(), Some(exit));
     }
 
     #[tokio::test]

@@ -364,6 +364,30 @@ pub struct KernelRecord {
     pub process: serde_json::Value,
 }
 
+impl KernelRecord {
+    /// The `process` object of a record that `backend` wrote, read by `parse` (a backend's
+    /// record type's reader: `None` for a malformed object). A record of another backend, or
+    /// one `parse` refuses, is an [`Error::Config`] naming the kernel.
+    pub fn process_of<T>(
+        &self,
+        backend: &str,
+        parse: impl FnOnce(&serde_json::Value) -> Option<T>,
+    ) -> Result<T, Error> {
+        if self.resource_manager != backend {
+            return Err(Error::Config(format!(
+                "kernel {} was launched by '{}', not by the {backend} backend",
+                self.kernel_id, self.resource_manager
+            )));
+        }
+        parse(&self.process).ok_or_else(|| {
+            Error::Config(format!(
+                "kernel {}: unreadable {backend} process record",
+                self.kernel_id
+            ))
+        })
+    }
+}
+
 /// One running kernel process as its backend sees it.
 #[async_trait]
 pub trait KernelProcess: Send + Sync + Debug {

@@ -251,18 +251,7 @@ impl ResourceManager for LocalResourceManager {
     }
 
     async fn reattach(&self, record: &KernelRecord) -> Result<LaunchedKernel, Error> {
-        if record.resource_manager != NAME {
-            return Err(Error::Config(format!(
-                "kernel {} was launched by '{}', not by the local backend",
-                record.kernel_id, record.resource_manager
-            )));
-        }
-        let info = LocalRecord::from_json(&record.process).ok_or_else(|| {
-            Error::Config(format!(
-                "kernel {}: unreadable local process record",
-                record.kernel_id
-            ))
-        })?;
+        let info = record.process_of(NAME, LocalRecord::from_json)?;
         let (pid, pgid) = (Pid::from_raw(info.pid), Pid::from_raw(info.pgid));
         if !is_alive(pid, pgid) {
             return Err(Error::NotRunning(format!(

@@ -74,10 +74,10 @@ async fn fixture(configure: impl FnOnce(&mut YarnConfig)) -> Fixture {
     .await
     .expect("listener");
     let mut config = YarnConfig::new(listener.clone(), dir.path().join("logs"));
-    config.search_path = vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")];
-    config.poll_interval = Duration::from_millis(100);
+    config.launcher.search_path = vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")];
+    config.launcher.poll_interval = Duration::from_millis(100);
     config.max_poll_attempts = 50;
-    config.request_timeout = 5 * SECOND;
+    config.launcher.request_timeout = 5 * SECOND;
     configure(&mut config);
     Fixture {
         dir,

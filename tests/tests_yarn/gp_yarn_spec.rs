@@ -100,10 +100,10 @@ async fn gp_yarn_spec_launches_interrupts_and_shuts_down() {
     .await
     .expect("listener");
     let mut config = YarnConfig::new(listener.clone(), root.path().join("logs"));
-    config.search_path = vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")];
-    config.poll_interval = Duration::from_millis(100);
+    config.launcher.search_path = vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")];
+    config.launcher.poll_interval = Duration::from_millis(100);
     config.max_poll_attempts = 50;
-    config.request_timeout = 5 * SECOND;
+    config.launcher.request_timeout = 5 * SECOND;
     config.yarn_endpoint = Some(format!("{}/ws/v1/cluster", emu.url()));
     let backend = YarnResourceManager::new(config);
     // The provisioner name the generated spec uses is one the yarn backend answers to.

@@ -54,26 +54,27 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use jupyter_protocol::ConnectionInfo;
-use kernel_launcher::{CommOutcome, CommPort, KernelSpec, LauncherResponse, ResponseListener};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::sync::watch;
+use kernel_launcher::{CommOutcome, CommPort, KernelSpec, PendingLaunch, ResponseListener};
+use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::client::{AppsQuery, Auth, YarnClient, YarnClientConfig, YarnError};
 use super::record::YarnRecord;
 use super::site::SiteConfig;
 use super::types::{App, AppState};
-use crate::launcher::LauncherComm;
+use crate::launcher::{
+    FinalState, LaunchWatch, LauncherComm, LauncherProcess, LauncherSettings, Probe, WaitFailure,
+    await_callback,
+};
 use crate::process::{
     create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
-    resolve_program, spawn_reaper,
+    resolve_program,
 };
 use crate::{
     Error, KernelProcess, KernelRecord, LaunchRequest, LaunchedKernel, ProcessState,
@@ -88,9 +89,6 @@ pub const DEFAULT_PARTITION_THRESHOLD: f64 = 95.0;
 
 /// How long a failed launch waits for its clean-up before leaving it to a background task.
 const CLEANUP_WAIT: Duration = Duration::from_millis(1500);
-
-/// How long the submit process has to go after SIGKILL.
-const SUBMIT_KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// Lines of the submit output quoted in errors.
 const TAIL_LINES: usize = 20;
@@ -119,21 +117,12 @@ pub struct YarnConfig {
     pub security: YarnSecurity,
     /// PEM CA bundle for `https` RMs (`EG_YARN_CERT_BUNDLE`).
     pub ca_bundle: Option<PathBuf>,
-    /// Where submit-command output goes (`EG_KERNEL_LOG_DIR`): `kernel-<id>.log`.
-    pub log_dir: PathBuf,
-    /// The gateway's response listener.
-    pub response: Arc<ResponseListener>,
-    /// The gateway's PATH, to resolve a relative `argv[0]`.
-    pub search_path: Vec<PathBuf>,
-    /// Connect timeout of communication-port requests (`EG_SOCKET_TIMEOUT`).
-    pub comm_timeout: Duration,
-    /// Pause between RM polls during launch, liveness waits and kill waits (`EG_POLL_INTERVAL`,
-    /// 0.5 s).
-    pub poll_interval: Duration,
+    /// The listener, the submit commands' log directory, the PATH, and the timeouts; its
+    /// `poll_interval` paces RM polls during a launch, liveness waits and kill waits, its
+    /// `request_timeout` bounds one RM request.
+    pub launcher: LauncherSettings,
     /// State polls after a kill request before giving up (`EG_MAX_POLL_ATTEMPTS`, 10).
     pub max_poll_attempts: u32,
-    /// Timeout of one RM request.
-    pub request_timeout: Duration,
 }
 
 impl YarnConfig {
@@ -145,13 +134,8 @@ impl YarnConfig {
             hadoop_conf_dir: None,
             security: YarnSecurity::Simple,
             ca_bundle: None,
-            log_dir,
-            response,
-            search_path: Vec::new(),
-            comm_timeout: kernel_launcher::comm::DEFAULT_CONNECT_TIMEOUT,
-            poll_interval: Duration::from_millis(500),
+            launcher: LauncherSettings::new(response, log_dir),
             max_poll_attempts: 10,
-            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -231,9 +215,9 @@ impl YarnResourceManager {
         if let Some(bundle) = &self.config.ca_bundle {
             config = config.with_ca_bundle_file(bundle)?;
         }
-        config.poll_interval = self.config.poll_interval;
+        config.poll_interval = self.config.launcher.poll_interval;
         config.max_poll_attempts = self.config.max_poll_attempts;
-        config.request_timeout = self.config.request_timeout;
+        config.request_timeout = self.config.launcher.request_timeout;
         Ok(config)
     }
 
@@ -302,7 +286,7 @@ impl YarnResourceManager {
                 )));
             }
             tracing::debug!(kernel_id = %request.kernel_id, %queue, %label, used, threshold, "queue over its threshold; waiting");
-            tokio::time::sleep(self.config.poll_interval.min(budget - waited)).await;
+            tokio::time::sleep(self.config.launcher.poll_interval.min(budget - waited)).await;
         }
     }
 }
@@ -413,42 +397,205 @@ async fn resolve(host: &str) -> Option<IpAddr> {
         .map(SocketAddr::ip)
 }
 
-/// The local submit process.
-#[derive(Debug, Clone)]
-struct Submitter {
-    pid: Pid,
-    exit: watch::Receiver<ProcessState>,
+/// A launch whose submit command runs: what [`YarnResourceManager::submit`] started and what
+/// the wait and the clean-up need of it.
+struct Submission {
+    kernel_id: String,
+    /// The kernel's Hadoop user.
+    user: String,
+    client: Arc<YarnClient>,
+    /// The resolved submit program (named in errors).
+    program: PathBuf,
+    log_path: PathBuf,
+    submitter: LauncherProcess,
+    /// When the submit command started (wall clock, as the RM counts).
+    launched_ms: i64,
+    pending: PendingLaunch,
 }
 
-impl Submitter {
-    fn state(&self) -> ProcessState {
-        *self.exit.borrow()
-    }
+/// Where a launched kernel's application master runs.
+struct AmPlace {
+    app_id: String,
+    host: String,
+    ip: IpAddr,
+}
 
-    /// SIGKILLs its process group and waits (bounded) for it to go.
-    async fn kill(&self) {
-        if self.state() == ProcessState::Running {
-            let _ = killpg(self.pid, Signal::SIGKILL);
-            let mut exit = self.exit.clone();
-            let _ = tokio::time::timeout(
-                SUBMIT_KILL_WAIT,
-                exit.wait_for(|s| *s != ProcessState::Running),
-            )
-            .await;
+/// The kernel's application as a launch sees it: looked for until it shows up, then followed
+/// until its AM host is known and resolved.
+struct AppWatch<'a> {
+    client: &'a YarnClient,
+    kernel_id: &'a str,
+    launched_ms: i64,
+    app: Option<App>,
+    host: Option<(String, IpAddr)>,
+    /// The last RM (or AM host lookup) error, quoted when the launch times out.
+    last_rm_error: Option<String>,
+}
+
+#[async_trait]
+impl LaunchWatch for AppWatch<'_> {
+    type Placed = AmPlace;
+    /// The application ended during start-up.
+    type Failure = Box<App>;
+
+    async fn probe(&mut self) -> Probe<Self::Placed, Self::Failure> {
+        let looked = match &self.app {
+            None => find_app(self.client, self.kernel_id, self.launched_ms).await,
+            Some(known) => self.client.app(&known.id).await.map(Some),
+        };
+        match looked {
+            Ok(Some(found)) => {
+                if self.app.is_none() {
+                    tracing::info!(kernel_id = %self.kernel_id, app_id = %found.id, state = %found.state, "YARN application found");
+                }
+                self.app = Some(found);
+                self.last_rm_error = None;
+            }
+            Ok(None) => self.last_rm_error = None,
+            Err(err) => {
+                tracing::debug!(kernel_id = %self.kernel_id, "YARN poll failed: {err}");
+                self.last_rm_error = Some(err.to_string());
+            }
+        }
+        let Some(known) = &self.app else {
+            return Probe::NotFound;
+        };
+        if known.state.is_final() {
+            return Probe::Failed(Box::new(known.clone()));
+        }
+        if self.host.is_none()
+            && let Some(am) = known.am_host()
+        {
+            match resolve(am).await {
+                Some(ip) => self.host = Some((am.to_owned(), ip)),
+                None => self.last_rm_error = Some(format!("cannot resolve the AM host '{am}'")),
+            }
+        }
+        match &self.host {
+            Some((host, ip)) => Probe::Placed(AmPlace {
+                app_id: known.id.clone(),
+                host: host.clone(),
+                ip: *ip,
+            }),
+            None => Probe::Starting,
         }
     }
 }
 
-/// Why a launch failed, before it is turned into an [`Error`].
-enum Failure {
-    /// A ready-made error.
-    Error(Error),
-    /// The submit command exited non-zero with no application seen.
-    SubmitFailed(ProcessState),
-    /// The application ended during start-up.
-    Ended(Box<App>),
-    /// The deadline passed.
-    Timeout,
+impl YarnResourceManager {
+    /// The first part of a launch: the checks (kernel id, RM client, container memory, queue
+    /// capacity), then the submit command started with the launcher's variables, its Spark
+    /// settings and `--proxy-user`, registered with the response listener.
+    async fn submit(&self, request: &LaunchRequest, started: Instant) -> Result<Submission, Error> {
+        let deadline = started + request.timeout;
+        let spec = &request.spec;
+        let kernel_id = request.kernel_id.clone();
+        if !is_safe_id(&kernel_id) {
+            return Err(Error::Config(format!("invalid kernel id '{kernel_id}'")));
+        }
+        let user = kernel_user(request);
+        let client = self.client(spec, &user)?;
+        self.check_container_memory(&request.env)?;
+        let queue_check = self.wait_for_queue(&client, request, started);
+        match tokio::time::timeout_at(deadline, queue_check).await {
+            Ok(checked) => checked?,
+            Err(_) => {
+                return Err(Error::Capacity(format!(
+                    "Yarn Compute Resource is unavailable after {} seconds (the ResourceManager \
+                     did not answer the queue check in time)",
+                    crate::python_seconds(started.elapsed())
+                )));
+            }
+        }
+
+        let Some(argv0) = spec.argv.first() else {
+            return Err(Error::Spawn(format!(
+                "kernelspec '{}' has an empty argv",
+                spec.name
+            )));
+        };
+        let settings = &self.config.launcher;
+        let program = resolve_program(spec, argv0, &request.env, &settings.search_path)?;
+        create_private_dir(&settings.log_dir)?;
+        let log_path = settings.log_path(&kernel_id);
+
+        let pending = settings.response.register(&kernel_id)?;
+        let mut argv = crate::launcher::launcher_argv(request, &settings.response);
+        argv = with_spark_settings(argv, &request.placement.spark);
+        if impersonation_enabled(&request.env) {
+            argv = with_proxy_user(argv, &user);
+        }
+        let launched_ms = now_ms();
+        let submitter =
+            LauncherProcess::spawn(request, &program, &argv, &log_path, "submit command")?;
+        tracing::info!(%kernel_id, pid = submitter.pid().as_raw(), log = %log_path.display(), "YARN submit command started; waiting for the application and its connection info");
+        Ok(Submission {
+            kernel_id,
+            user,
+            client,
+            program,
+            log_path,
+            submitter,
+            launched_ms,
+            pending,
+        })
+    }
+
+    /// The error of a launch that did not get its kernel, in EG's words.
+    fn classify(
+        failure: WaitFailure<Box<App>>,
+        submission: &Submission,
+        watch: &AppWatch<'_>,
+        request: &LaunchRequest,
+        started: Instant,
+    ) -> Error {
+        let kernel_id = &submission.kernel_id;
+        let tail = || read_tail(&submission.log_path, TAIL_LINES).unwrap_or_default();
+        let timeout = crate::python_seconds(request.timeout);
+        match failure {
+            WaitFailure::Listener(err) => err,
+            WaitFailure::LauncherExited(state) => Error::ExitedDuringLaunch {
+                status: format!(
+                    "Error occurred during launch of KernelID: {kernel_id}: the submit command {} ended with {}",
+                    submission.program.display(),
+                    state
+                ),
+                log_tail: tail(),
+            },
+            WaitFailure::Placement(app) => Error::ExitedDuringLaunch {
+                status: format!(
+                    "KernelID: '{kernel_id}', ApplicationID: '{}' unexpectedly found in state '{}' during kernel startup! Diagnostics: {}",
+                    app.id,
+                    app.state,
+                    app.diagnostics.trim()
+                ),
+                log_tail: tail(),
+            },
+            WaitFailure::Timeout => {
+                let prefix = format!("KernelID: '{kernel_id}' launch timeout due to: ");
+                let rm_note = watch
+                    .last_rm_error
+                    .as_deref()
+                    .map(|e| format!(" Last ResourceManager error: {e}"))
+                    .unwrap_or_default();
+                match &watch.app {
+                    None => Error::LaunchTimeout(format!(
+                        "{prefix}Application ID is None. Failed to submit a new application to YARN within {timeout} seconds.  Check Enterprise Gateway log for more information.{rm_note} Submit output: {}",
+                        tail()
+                    )),
+                    Some(app) if app.state == AppState::Running => Error::LaunchTimeout(format!(
+                        "{prefix}App {} is RUNNING, but waited too long ({timeout} secs) to get connection file.  Check YARN logs for more information.{rm_note}",
+                        app.id
+                    )),
+                    Some(app) => Error::Capacity(format!(
+                        "{prefix}YARN resources unavailable after {} seconds for app {}, launch timeout: {timeout}!  Check YARN configuration.{rm_note}",
+                        crate::python_seconds(started.elapsed()),
+                        app.id
+                    )),
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -468,206 +615,61 @@ impl ResourceManager for YarnResourceManager {
 
     async fn launch(&self, request: LaunchRequest) -> Result<LaunchedKernel, Error> {
         let started = Instant::now();
-        let deadline = started + request.timeout;
-        let spec = &request.spec;
-        let kernel_id = request.kernel_id.clone();
-        if !is_safe_id(&kernel_id) {
-            return Err(Error::Config(format!("invalid kernel id '{kernel_id}'")));
-        }
-        let user = kernel_user(&request);
-        let client = self.client(spec, &user)?;
-        self.check_container_memory(&request.env)?;
-        let queue_check = self.wait_for_queue(&client, &request, started);
-        match tokio::time::timeout_at(deadline, queue_check).await {
-            Ok(checked) => checked?,
-            Err(_) => {
-                return Err(Error::Capacity(format!(
-                    "Yarn Compute Resource is unavailable after {} seconds (the ResourceManager \
-                     did not answer the queue check in time)",
-                    crate::python_seconds(started.elapsed())
-                )));
-            }
-        }
-
-        let Some(argv0) = spec.argv.first() else {
-            return Err(Error::Spawn(format!(
-                "kernelspec '{}' has an empty argv",
-                spec.name
-            )));
+        let mut submission = self.submit(&request, started).await?;
+        let mut watch = AppWatch {
+            client: &submission.client,
+            kernel_id: &submission.kernel_id,
+            launched_ms: submission.launched_ms,
+            app: None,
+            host: None,
+            last_rm_error: None,
         };
-        let program = resolve_program(spec, argv0, &request.env, &self.config.search_path)?;
-        create_private_dir(&self.config.log_dir)?;
-        let log_path = self.config.log_dir.join(format!("kernel-{kernel_id}.log"));
-
-        let listener = &self.config.response;
-        let mut pending = listener.register(&kernel_id)?;
-        let mut argv = crate::launcher::launcher_argv(&request, listener);
-        argv = with_spark_settings(argv, &request.placement.spark);
-        if impersonation_enabled(&request.env) {
-            argv = with_proxy_user(argv, &user);
-        }
-        let launched_ms = now_ms();
-        let child = crate::process::spawn_logged(
-            &request,
-            &program,
-            &argv,
-            &log_path,
-            "submit command",
-            true,
-        )?;
-        let Some(pid) = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(Pid::from_raw)
-        else {
-            return Err(Error::Spawn(format!(
-                "the submit command of kernel '{}' started without a process id",
-                spec.name
-            )));
-        };
-        let submitter = Submitter {
-            pid,
-            exit: spawn_reaper(child, pid),
-        };
-        tracing::info!(%kernel_id, pid = pid.as_raw(), log = %log_path.display(), "YARN submit command started; waiting for the application and its connection info");
-
-        let mut exit_rx = submitter.exit.clone();
-        let mut submit_state = ProcessState::Running;
-        let mut app: Option<App> = None;
-        let mut host: Option<(String, IpAddr)> = None;
-        let mut response: Option<LauncherResponse> = None;
-        let mut last_rm_error: Option<String> = None;
-        let mut tick = tokio::time::interval(self.config.poll_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let outcome = loop {
-            // Where the application is.
-            let look = async {
-                match &app {
-                    None => find_app(&client, &kernel_id, launched_ms).await,
-                    Some(known) => client.app(&known.id).await.map(Some),
-                }
-            };
-            let Ok(looked) = tokio::time::timeout_at(deadline, look).await else {
-                break Err(Failure::Timeout);
-            };
-            match looked {
-                Ok(Some(found)) => {
-                    if app.is_none() {
-                        tracing::info!(%kernel_id, app_id = %found.id, state = %found.state, "YARN application found");
-                    }
-                    app = Some(found);
-                    last_rm_error = None;
-                }
-                Ok(None) => last_rm_error = None,
-                Err(err) => {
-                    tracing::debug!(%kernel_id, "YARN poll failed: {err}");
-                    last_rm_error = Some(err.to_string());
-                }
-            }
-            if let Some(known) = &app {
-                if known.state.is_final() {
-                    break Err(Failure::Ended(Box::new(known.clone())));
-                }
-                if host.is_none()
-                    && let Some(am) = known.am_host()
-                {
-                    match resolve(am).await {
-                        Some(ip) => host = Some((am.to_owned(), ip)),
-                        None => {
-                            last_rm_error = Some(format!("cannot resolve the AM host '{am}'"));
-                        }
-                    }
-                }
-            } else if let ProcessState::Exited { code, .. } = submit_state
-                && code != Some(0)
-            {
-                break Err(Failure::SubmitFailed(submit_state));
-            }
-            if response.is_some() && app.is_some() && host.is_some() {
-                break Ok(());
-            }
-            tokio::select! {
-                got = &mut pending, if response.is_none() => match got {
-                    Ok(r) => response = Some(r),
-                    Err(err) => break Err(Failure::Error(Error::Spawn(err.to_string()))),
-                },
-                changed = exit_rx.changed(), if submit_state == ProcessState::Running => {
-                    submit_state = *exit_rx.borrow_and_update();
-                    if changed.is_err() && submit_state == ProcessState::Running {
-                        submit_state = ProcessState::Unknown;
-                    }
-                    tracing::debug!(%kernel_id, ?submit_state, "YARN submit command ended");
-                }
-                _ = tick.tick() => {}
-                () = tokio::time::sleep_until(deadline) => break Err(Failure::Timeout),
+        let waited = await_callback(
+            &mut watch,
+            &mut submission.pending,
+            Some(&submission.submitter),
+            self.config.launcher.poll_interval,
+            started + request.timeout,
+        )
+        .await;
+        let (response, AmPlace { app_id, host, ip }) = match waited {
+            Ok(done) => done,
+            Err(failure) => {
+                let err = Self::classify(failure, &submission, &watch, &request, started);
+                let app_id = watch.app.map(|a| a.id);
+                tracing::warn!(kernel_id = %submission.kernel_id, "YARN launch failed: {err}");
+                let Submission {
+                    kernel_id,
+                    client,
+                    submitter,
+                    launched_ms,
+                    pending,
+                    ..
+                } = submission;
+                drop(pending);
+                abandon(client, submitter, kernel_id, launched_ms, app_id).await;
+                return Err(err);
             }
         };
-        drop(pending);
-
-        let (Ok(()), Some(app), Some((host, ip)), Some(response)) =
-            (&outcome, app.clone(), host, response)
-        else {
-            let tail = || read_tail(&log_path, TAIL_LINES).unwrap_or_default();
-            let timeout = crate::python_seconds(request.timeout);
-            let err = match outcome {
-                Err(Failure::Error(err)) => err,
-                Err(Failure::SubmitFailed(state)) => Error::ExitedDuringLaunch {
-                    status: format!(
-                        "Error occurred during launch of KernelID: {kernel_id}: the submit command {} ended with {}",
-                        program.display(),
-                        state
-                    ),
-                    log_tail: tail(),
-                },
-                Err(Failure::Ended(app)) => Error::ExitedDuringLaunch {
-                    status: format!(
-                        "KernelID: '{kernel_id}', ApplicationID: '{}' unexpectedly found in state '{}' during kernel startup! Diagnostics: {}",
-                        app.id,
-                        app.state,
-                        app.diagnostics.trim()
-                    ),
-                    log_tail: tail(),
-                },
-                Err(Failure::Timeout) | Ok(()) => {
-                    let prefix = format!("KernelID: '{kernel_id}' launch timeout due to: ");
-                    let rm_note = last_rm_error
-                        .as_deref()
-                        .map(|e| format!(" Last ResourceManager error: {e}"))
-                        .unwrap_or_default();
-                    match &app {
-                        None => Error::LaunchTimeout(format!(
-                            "{prefix}Application ID is None. Failed to submit a new application to YARN within {timeout} seconds.  Check Enterprise Gateway log for more information.{rm_note} Submit output: {}",
-                            tail()
-                        )),
-                        Some(app) if app.state == AppState::Running => {
-                            Error::LaunchTimeout(format!(
-                                "{prefix}App {} is RUNNING, but waited too long ({timeout} secs) to get connection file.  Check YARN logs for more information.{rm_note}",
-                                app.id
-                            ))
-                        }
-                        Some(app) => Error::Capacity(format!(
-                            "{prefix}YARN resources unavailable after {} seconds for app {}, launch timeout: {timeout}!  Check YARN configuration.{rm_note}",
-                            crate::python_seconds(started.elapsed()),
-                            app.id
-                        )),
-                    }
-                }
-            };
-            tracing::warn!(%kernel_id, "YARN launch failed: {err}");
-            abandon(client, submitter, kernel_id, launched_ms, app.map(|a| a.id)).await;
-            return Err(err);
-        };
+        let Submission {
+            kernel_id,
+            user,
+            client,
+            log_path,
+            submitter,
+            ..
+        } = submission;
 
         let mut connection = response.connection.clone();
         connection.ip = ip.to_string();
-        connection.kernel_name = spec.name.clone();
+        connection.kernel_name = request.spec.name.clone();
         let comm = response
             .comm_port
-            .map(|port| CommPort::new(SocketAddr::new(ip, port), self.config.comm_timeout));
-        tracing::info!(%kernel_id, app_id = %app.id, %host, comm_port = ?response.comm_port, "YARN kernel connection info received");
+            .map(|port| self.config.launcher.comm_port(ip, port));
+        tracing::info!(%kernel_id, %app_id, %host, comm_port = ?response.comm_port, "YARN kernel connection info received");
         let process = YarnKernelProcess {
             kernel_id,
-            app_id: app.id,
+            app_id,
             user,
             client,
             host,
@@ -678,9 +680,9 @@ impl ResourceManager for YarnResourceManager {
             remote_pgid: response.pgid,
             submitter: Some(submitter),
             log_path,
-            interrupt_signal: interrupt_signal_of(spec) as i32,
-            poll_interval: self.config.poll_interval,
-            last_final: Mutex::new(None),
+            interrupt_signal: interrupt_signal_of(&request.spec) as i32,
+            poll_interval: self.config.launcher.poll_interval,
+            final_state: FinalState::default(),
             finished: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
@@ -691,18 +693,7 @@ impl ResourceManager for YarnResourceManager {
     }
 
     async fn reattach(&self, record: &KernelRecord) -> Result<LaunchedKernel, Error> {
-        if record.resource_manager != NAME {
-            return Err(Error::Config(format!(
-                "kernel {} was launched by '{}', not by the yarn backend",
-                record.kernel_id, record.resource_manager
-            )));
-        }
-        let stored = YarnRecord::from_json(&record.process).ok_or_else(|| {
-            Error::Config(format!(
-                "kernel {}: unreadable yarn process record",
-                record.kernel_id
-            ))
-        })?;
+        let stored = record.process_of(NAME, YarnRecord::from_json)?;
         let app_id = stored.application_id.clone();
         if app_id.is_empty() {
             return Err(Error::Config(format!(
@@ -730,7 +721,7 @@ impl ResourceManager for YarnResourceManager {
         let comm = stored
             .comm_port
             .filter(|p| *p != 0)
-            .map(|port| CommPort::new(SocketAddr::new(ip, port), self.config.comm_timeout));
+            .map(|port| self.config.launcher.comm_port(ip, port));
         let process = YarnKernelProcess {
             kernel_id: record.kernel_id.clone(),
             app_id,
@@ -746,8 +737,8 @@ impl ResourceManager for YarnResourceManager {
             log_path: stored.log_path,
             interrupt_signal: parse_signal_name(&stored.interrupt_signal).unwrap_or(Signal::SIGINT)
                 as i32,
-            poll_interval: self.config.poll_interval,
-            last_final: Mutex::new(None),
+            poll_interval: self.config.launcher.poll_interval,
+            final_state: FinalState::default(),
             finished: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
@@ -763,7 +754,7 @@ impl ResourceManager for YarnResourceManager {
 /// the background.
 async fn abandon(
     client: Arc<YarnClient>,
-    submitter: Submitter,
+    submitter: LauncherProcess,
     kernel_id: String,
     launched_ms: i64,
     app_id: Option<String>,
@@ -810,12 +801,12 @@ pub struct YarnKernelProcess {
     remote_pid: Option<i32>,
     remote_pgid: Option<i32>,
     /// The local submit process (launches only; reaped at clean-up as EG does).
-    submitter: Option<Submitter>,
+    submitter: Option<LauncherProcess>,
     log_path: PathBuf,
     interrupt_signal: i32,
     poll_interval: Duration,
     /// The final state once seen (it cannot change any more).
-    last_final: Mutex<Option<ProcessState>>,
+    final_state: FinalState,
     finished: AtomicBool,
     detached: AtomicBool,
 }
@@ -862,20 +853,11 @@ impl YarnKernelProcess {
     }
 
     fn cached(&self) -> Option<ProcessState> {
-        *self
-            .last_final
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.final_state.get()
     }
 
     fn remember(&self, state: ProcessState) -> ProcessState {
-        if matches!(state, ProcessState::Exited { .. }) {
-            *self
-                .last_final
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(state);
-        }
-        state
+        self.final_state.remember(state)
     }
 
     /// The application's state from the RM: final states as exits, others as running; an
@@ -1055,10 +1037,8 @@ impl Drop for YarnKernelProcess {
         if self.finished.load(Ordering::SeqCst) || self.detached.load(Ordering::SeqCst) {
             return;
         }
-        if let Some(submitter) = &self.submitter
-            && submitter.state() == ProcessState::Running
-        {
-            let _ = killpg(submitter.pid, Signal::SIGKILL);
+        if let Some(submitter) = &self.submitter {
+            submitter.kill_now();
         }
         if self.cached().is_some() {
             return;

@@ -1,112 +1,20 @@
 //! [`YarnClient`]: a typed client of the ResourceManager REST API with active-RM selection.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
+pub use super::error::YarnError;
 use super::site::SiteConfig;
 use super::types::{
     App, AppEnvelope, AppState, AppStateBody, AppsEnvelope, CapacityQueue, ClusterInfo,
     ClusterInfoEnvelope, FairQueue, NewApplication, RemoteExceptionEnvelope, SchedulerEnvelope,
     SchedulerInfo, SubmissionContext, parse_app_id,
 };
-
-/// Errors of the YARN client. Each says which RM (or which file) it concerns.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum YarnError {
-    /// Invalid client configuration (endpoint URL, CA bundle, ...).
-    #[error("YARN client configuration: {0}")]
-    Config(String),
-    /// `yarn-site.xml` could not be read or understood.
-    #[error("{path}: {message}")]
-    Site {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// Kerberos/SPNEGO was asked for; this client does not speak it yet.
-    #[error(
-        "Kerberos (SPNEGO) authentication to the YARN ResourceManager is not supported yet; \
-         use simple authentication or a gateway-side proxy"
-    )]
-    KerberosUnsupported,
-    /// The request did not get an HTTP response (connection refused, timeout, TLS, ...).
-    #[error("request to YARN ResourceManager {endpoint} failed: {source}")]
-    Transport {
-        /// The RM base URL.
-        endpoint: String,
-        /// The underlying error.
-        #[source]
-        source: reqwest::Error,
-    },
-    /// None of the configured RMs says it is active.
-    #[error("No active YARN ResourceManager found (tried: {})", tried.join("; "))]
-    NoActiveRm {
-        /// One line per endpoint: what it answered.
-        tried: Vec<String>,
-    },
-    /// The RM answered as a standby even after a fresh active-RM probe.
-    #[error("YARN ResourceManager {endpoint} is a standby: {detail}")]
-    Standby {
-        /// The RM base URL.
-        endpoint: String,
-        /// Location or body of its answer.
-        detail: String,
-    },
-    /// The RM answered with an error in its `RemoteException` JSON shape.
-    #[error("YARN ResourceManager answered {status}: {exception}: {message}")]
-    Remote {
-        /// HTTP status.
-        status: u16,
-        /// Exception simple name, e.g. `NotFoundException`.
-        exception: String,
-        /// The message.
-        message: String,
-    },
-    /// The RM answered with an unexpected status and a non-JSON body.
-    #[error("YARN ResourceManager answered {status}: {body}")]
-    Status {
-        /// HTTP status.
-        status: u16,
-        /// The start of the body.
-        body: String,
-    },
-    /// A response body did not have the expected shape.
-    #[error("unexpected {what} response from the YARN ResourceManager: {message}")]
-    Decode {
-        /// Which call.
-        what: &'static str,
-        /// The parse error.
-        message: String,
-    },
-    /// An application id that is not `application_<ts>_<seq>`.
-    #[error("invalid YARN application id {0:?}")]
-    InvalidAppId(String),
-    /// A kill was accepted but the application did not reach a final state in time.
-    #[error("YARN application {app_id} still in state {last_state} after the kill request")]
-    KillTimeout {
-        /// The application.
-        app_id: String,
-        /// Its last observed state.
-        last_state: AppState,
-    },
-}
-
-impl YarnError {
-    /// Whether the RM said the thing asked for does not exist (HTTP 404).
-    pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            YarnError::Remote { status: 404, .. } | YarnError::Status { status: 404, .. }
-        )
-    }
-}
 
 /// How the client authenticates to the RM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,10 +202,6 @@ fn normalize_endpoint(raw: &str) -> Result<Url, YarnError> {
     Ok(url)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn check_app_id(id: &str) -> Result<(), YarnError> {
     if parse_app_id(id).is_some() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         Ok(())
@@ -373,7 +277,7 @@ impl YarnClient {
 
     /// The RM currently believed active, if one has been probed.
     pub fn active_endpoint(&self) -> Option<String> {
-        let idx = (*lock(&self.active))?;
+        let idx = (*self.active.lock())?;
         self.endpoints
             .get(idx)
             .map(|e| e.base.as_str().trim_end_matches('/').to_owned())
@@ -398,7 +302,7 @@ impl YarnClient {
             .map_err(|e| YarnError::Config(format!("bad request path {path:?}: {e}")))?;
         let mut retried_without_cookie = false;
         loop {
-            let cookie = lock(&endpoint.cookie).clone();
+            let cookie = endpoint.cookie.lock().clone();
             {
                 let mut pairs = url.query_pairs_mut();
                 pairs.clear();
@@ -435,7 +339,7 @@ impl YarnClient {
                 let pair = value.split(';').next().unwrap_or_default().trim();
                 if let Some(v) = pair.strip_prefix("hadoop.auth=") {
                     let v = v.trim_matches('"');
-                    *lock(&endpoint.cookie) = (!v.is_empty()).then(|| pair.to_owned());
+                    *endpoint.cookie.lock() = (!v.is_empty()).then(|| pair.to_owned());
                 }
             }
             let body = resp
@@ -452,7 +356,7 @@ impl YarnClient {
                 && !retried_without_cookie
             {
                 // The cookie expired or was not accepted: authenticate again by name.
-                *lock(&endpoint.cookie) = None;
+                *endpoint.cookie.lock() = None;
                 retried_without_cookie = true;
                 continue;
             }
@@ -509,7 +413,7 @@ impl YarnClient {
                 Ok(r) if r.status == StatusCode::OK => {
                     match serde_json::from_slice::<ClusterInfoEnvelope>(&r.body) {
                         Ok(info) if info.cluster_info.is_active() => {
-                            *lock(&self.active) = Some(idx);
+                            *self.active.lock() = Some(idx);
                             return Ok(idx);
                         }
                         Ok(info) => {
@@ -535,7 +439,7 @@ impl YarnClient {
     ) -> Result<Reply, YarnError> {
         let mut last_err = None;
         for _ in 0..2 {
-            let cached = *lock(&self.active);
+            let cached = *self.active.lock();
             let idx = match cached {
                 Some(i) => i,
                 None => self.probe().await?,
@@ -544,7 +448,7 @@ impl YarnClient {
             match self.classify(idx, result)? {
                 Outcome::Answer(reply) => return Ok(reply),
                 Outcome::NotActive(e) => {
-                    let mut active = lock(&self.active);
+                    let mut active = self.active.lock();
                     if *active == Some(idx) {
                         *active = None;
                     }

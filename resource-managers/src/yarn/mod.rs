@@ -32,11 +32,13 @@
 
 pub mod backend;
 pub mod client;
+mod error;
 mod record;
 pub mod site;
 pub mod types;
 
 pub use backend::{YarnConfig, YarnKernelProcess, YarnResourceManager, YarnSecurity};
-pub use client::{AppsQuery, Auth, YarnClient, YarnClientConfig, YarnError};
+pub use client::{AppsQuery, Auth, YarnClient, YarnClientConfig};
+pub use error::YarnError;
 pub use site::SiteConfig;
 pub use types::{App, AppState, ClusterInfo, NewApplication, SubmissionContext};

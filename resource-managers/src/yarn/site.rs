@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::client::YarnError;
+use super::error::YarnError;
 
 /// The properties of one Hadoop `*-site.xml` file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
