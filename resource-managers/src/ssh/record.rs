@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use jupyter_protocol::ConnectionInfo;
 use serde::{Deserialize, Serialize};
 
+use super::process::{Found, Launched};
+
 /// The `process` object of an `ssh` kernel's record. Its JSON shape is the one earlier gateways
 /// stored (every key present, `null` for what a launch did not have), so their records still
 /// re-attach; keys a record lacks take their defaults.
@@ -60,6 +62,34 @@ fn sigint() -> String {
 }
 
 impl SshRecord {
+    /// The record of a kernel handle's parts.
+    pub(super) fn of(found: &Found, launched: &Launched) -> SshRecord {
+        let (ssh, remote_connection, launcher_pid) = match launched {
+            Launched::Here(launcher) => (None, None, Some(launcher.pid.as_raw())),
+            Launched::OverSsh {
+                ssh,
+                remote_connection,
+            } => (Some(ssh), remote_connection.clone(), None),
+            Launched::PortOnly => (None, None, None),
+        };
+        SshRecord {
+            host: found.host.clone(),
+            ip: found.ip,
+            pid: found.pid,
+            pgid: found.pgid,
+            comm_port: found.comm_port,
+            launcher_pid,
+            launcher_group: ssh.map(|s| s.group),
+            user: ssh.map(|s| s.target.user.clone()),
+            ssh_port: ssh.map(|s| s.target.addr.port()),
+            remote_log: ssh.map(|s| s.remote_log.clone()),
+            tunneled: remote_connection.is_some(),
+            remote_connection,
+            log_path: found.log_path.clone(),
+            interrupt_signal: found.interrupt_signal.as_str().to_owned(),
+        }
+    }
+
     /// The record as stored JSON.
     pub(crate) fn to_json(&self) -> serde_json::Value {
         // A struct of plain fields always serialises.
@@ -113,6 +143,76 @@ mod tests {
         assert_eq!(
             SshRecord::from_json(&serde_json::json!({"ip": "nowhere"})),
             None
+        );
+    }
+
+    #[test]
+    fn a_kernel_over_ssh_is_recorded_with_its_way_back() {
+        use std::net::SocketAddr;
+        use std::sync::Arc;
+
+        use nix::sys::signal::Signal;
+
+        use crate::ssh::config::{Remote, SshOptions};
+        use crate::ssh::control::SshControl;
+        use crate::ssh::session::Target;
+
+        let ip: IpAddr = "10.0.0.5".parse().expect("ip");
+        let remote = ConnectionInfo::from_json(
+            br#"{"ip": "10.0.0.5", "shell_port": 50001, "iopub_port": 50002, "stdin_port": 50003,
+                 "control_port": 50004, "hb_port": 50005, "key": "k"}"#,
+        )
+        .expect("connection info");
+        let mut local = remote.clone();
+        local.ip = "127.0.0.1".to_owned();
+        let target = Target {
+            host: "node1".to_owned(),
+            addr: SocketAddr::new(ip, 2222),
+            user: "alice".to_owned(),
+        };
+        let ssh = SshControl::new(
+            Arc::new(Remote::new(SshOptions::default())),
+            target,
+            4700,
+            PathBuf::from("/remote/kernel-k.log"),
+        );
+        let found = Found {
+            kernel_id: "k".to_owned(),
+            host: "node1".to_owned(),
+            ip,
+            connection: local,
+            comm: None,
+            comm_port: Some(41000),
+            pid: Some(4711),
+            pgid: Some(4711),
+            log_path: PathBuf::from("/var/log/eg/kernel-k.log"),
+            interrupt_signal: Signal::SIGUSR2,
+        };
+        let launched = Launched::OverSsh {
+            ssh: Box::new(ssh),
+            remote_connection: Some(remote.clone()),
+        };
+        let record = SshRecord::of(&found, &launched);
+        assert_eq!(
+            (
+                record.launcher_group,
+                record.user.as_deref(),
+                record.ssh_port
+            ),
+            (Some(4700), Some("alice"), Some(2222))
+        );
+        assert_eq!(record.launcher_pid, None);
+        assert!(record.tunneled);
+        assert_eq!(record.remote_connection.as_ref(), Some(&remote));
+        assert_eq!(record.interrupt_signal, "SIGUSR2");
+        let stored = record.to_json();
+        assert_eq!(SshRecord::from_json(&stored), Some(record));
+        assert_eq!(stored["remote_log"], "/remote/kernel-k.log");
+
+        let port_only = SshRecord::of(&found, &Launched::PortOnly);
+        assert_eq!(
+            (port_only.user, port_only.launcher_pid, port_only.tunneled),
+            (None, None, false)
         );
     }
 }
