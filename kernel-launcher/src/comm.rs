@@ -64,17 +64,28 @@ impl CommPort {
     }
 
     /// Sends one request on a fresh connection, then half-closes it.
+    ///
+    /// The connection is made and written by a task of its own, so a caller that stops waiting
+    /// (a `select!` that took another branch) cannot cut it between the connect and the write:
+    /// a launcher would then read an empty request, and the Toree launcher's listener thread
+    /// dies on one (its JSON parse throws), leaving later signals unanswered.
     pub async fn send(&self, request: &serde_json::Value) -> CommOutcome {
         let bytes = request.to_string();
-        let attempt = async {
-            let mut stream = TcpStream::connect(self.addr).await?;
-            stream.write_all(bytes.as_bytes()).await?;
-            stream.shutdown().await
-        };
-        let result = tokio::time::timeout(self.connect_timeout, attempt)
-            .await
-            .ok();
-        self.classify(result)
+        let (addr, timeout) = (self.addr, self.connect_timeout);
+        let attempt = tokio::spawn(async move {
+            let deliver = async {
+                let mut stream = TcpStream::connect(addr).await?;
+                stream.write_all(bytes.as_bytes()).await?;
+                stream.shutdown().await
+            };
+            tokio::time::timeout(timeout, deliver).await.ok()
+        });
+        match attempt.await {
+            Ok(result) => self.classify(result),
+            Err(err) => {
+                CommOutcome::Unknown(format!("{}: the request task failed: {err}", self.addr))
+            }
+        }
     }
 
     /// The outcome of one attempt; `None` = timed out.
@@ -188,6 +199,32 @@ mod tests {
             port.classify(Some(Err(reset))),
             CommOutcome::Unknown(_)
         ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_stops_waiting_does_not_leave_an_empty_request() -> std::io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = CommPort::new(listener.local_addr()?, DEFAULT_CONNECT_TIMEOUT);
+        // The send is polled once (its connect under way), then dropped for another branch.
+        tokio::select! {
+            biased;
+            _ = port.signal(2) => {}
+            () = std::future::ready(()) => {}
+        }
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .map_err(std::io::Error::other)??;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        assert_eq!(
+            CommRequest::parse(text.as_bytes()),
+            Some(CommRequest {
+                signum: Some(2),
+                shutdown: false
+            }),
+            "the launcher read {text:?}"
+        );
         Ok(())
     }
 }
