@@ -18,6 +18,7 @@
 
 mod balanced;
 mod client;
+mod kubernetes;
 mod proc;
 mod report;
 mod ssh;
@@ -383,6 +384,18 @@ async fn run(options: Options) -> Result<bool> {
         .await
         .context("the YARN workloads need the RM emulator")?;
         env.yarn = Some(cluster.access());
+        Some(cluster)
+    } else {
+        None
+    };
+    // Likewise the Kubernetes API-server emulator (it kills its containers when it stops).
+    let _k8s_cluster = if workloads.iter().any(Workload::needs_kubernetes) {
+        let script = env.launcher.argv.get(1).cloned().unwrap_or_default();
+        let cluster =
+            kubernetes::K8sCluster::start(&env.root, &options.bin_dir, env.dir.path(), &script)
+                .await
+                .context("the Kubernetes workloads need the API-server emulator")?;
+        env.kubernetes = Some(cluster.access());
         Some(cluster)
     } else {
         None

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::client::{self, WsClient, WsProtocol};
 use super::proc::{self, ChildGuard};
 use super::ssh::{self, SshAccess};
+use super::kubernetes::{self, K8sAccess};
 use super::yarn::YarnAccess;
 
 /// The line both gateways print once they listen.
@@ -124,6 +125,13 @@ pub(crate) struct Env {
     /// How gateways reach the RM emulator, while it runs (only when YARN workloads were
     /// selected); every gateway started meanwhile gets it ([`YarnAccess::gateway_env`]).
     pub(crate) yarn: Option<YarnAccess>,
+    /// The launcher in a pod through the Kubernetes emulator, with EG's `KubernetesProcessProxy`
+    /// metadata ([`kubernetes::spec`]).
+    pub(crate) kubernetes_launcher: Spec,
+    /// How gateways reach the Kubernetes emulator, while it runs (only when Kubernetes workloads
+    /// were selected); every gateway started meanwhile runs in-cluster for it
+    /// ([`K8sAccess::in_cluster`]).
+    pub(crate) kubernetes: Option<K8sAccess>,
     /// How gateways reach the SSH host, while it runs (only when SSH workloads were selected);
     /// gateways for the SSH workloads are started with it ([`Gateway::start`]'s `ssh`), the others
     /// without (ours would otherwise reach `localhost` over SSH as well).
@@ -238,6 +246,7 @@ impl Env {
         // gateway_provisioners' launcher leaves its connection file in the temp dir when the
         // kernel is stopped by a signal: keep those in the benchmark's own.
         let launcher_env = serde_json::json!({"TMPDIR": tmp});
+        let kubernetes_launcher = kubernetes::spec(root, dir.path());
         let yarn_env = serde_json::json!({"TMPDIR": tmp, "HADOOP_CONF_DIR": hadoop_conf_dir});
         let no_env = serde_json::json!({});
         for (spec, language, kernel_env) in [
@@ -248,6 +257,7 @@ impl Env {
             (&ssh_launcher, "python", &launcher_env),
             (&yarn_launcher, "python", &yarn_env),
             (&pooled_yarn, "python", &yarn_env),
+            (&kubernetes_launcher, "python", &launcher_env),
         ] {
             let spec_dir = dir.path().join("kernels").join(spec.name);
             std::fs::create_dir_all(&spec_dir)?;
@@ -276,6 +286,8 @@ impl Env {
             pooled_yarn,
             hadoop_conf_dir,
             yarn: None,
+            kubernetes_launcher,
+            kubernetes: None,
             ssh: None,
             ports: kernel_launcher::PortAllocator::for_this_host(),
             ws,
@@ -489,6 +501,10 @@ impl Gateway {
         }
         if let Some(yarn) = &env.yarn {
             cmd.envs(yarn.gateway_env());
+        }
+        if let Some(k8s) = &env.kubernetes {
+            cmd.envs(k8s.gateway_env());
+            cmd = k8s.in_cluster(&cmd, dir.path())?;
         }
         let log = env.log_path(&format!("{}-{port}.log", kind.key()));
         let name = kind.label().to_owned();

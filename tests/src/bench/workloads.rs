@@ -14,6 +14,7 @@ use jupyter_protocol::content::{ExecuteRequest, KernelInfoRequest, Stream};
 use tokio::time::Instant;
 
 use super::client::{self, WsClient};
+use super::kubernetes;
 use super::proc;
 use super::ssh;
 use super::stats;
@@ -51,6 +52,10 @@ pub(crate) enum Backend {
     Pool,
     /// The YARN kernel of [`Backend::Yarn`] from our gateway's warm pool (EG starts it cold).
     YarnPool,
+    /// The launcher in a pod: GP's `launch_kubernetes.py` creates it through the Kubernetes
+    /// API-server emulator ([`kubernetes`]), whose kubelet runs it here. The floor is the kernel
+    /// started directly.
+    Kubernetes,
 }
 
 impl Backend {
@@ -62,6 +67,7 @@ impl Backend {
             Backend::Yarn => "yarn",
             Backend::Pool => "pool",
             Backend::YarnPool => "yarn_pool",
+            Backend::Kubernetes => "kubernetes",
         }
     }
 
@@ -73,6 +79,7 @@ impl Backend {
             Backend::Yarn => &env.yarn_launcher,
             Backend::Pool => &env.pooled_python,
             Backend::YarnPool => &env.pooled_yarn,
+            Backend::Kubernetes => &env.kubernetes_launcher,
         }
     }
 
@@ -85,7 +92,8 @@ impl Backend {
             | Backend::Ssh
             | Backend::Yarn
             | Backend::Pool
-            | Backend::YarnPool => &env.python,
+            | Backend::YarnPool
+            | Backend::Kubernetes => &env.python,
         }
     }
 }
@@ -185,6 +193,13 @@ impl Workload {
                 kind: Kind::Start(Backend::YarnPool),
             },
             Workload {
+                id: format!("start_{}", Backend::Kubernetes.key()),
+                title: "kernel start → kernel_info_reply (ipykernel in a pod: GP's \
+                        launch_kubernetes.py, API-server emulator)"
+                    .to_owned(),
+                kind: Kind::Start(Backend::Kubernetes),
+            },
+            Workload {
                 id: "execute_pass".to_owned(),
                 title: format!(
                     "execute `pass` round trip ({} requests)",
@@ -262,6 +277,12 @@ impl Workload {
             self.kind,
             Kind::Start(Backend::Yarn | Backend::YarnPool) | Kind::Execute(Backend::Yarn)
         )
+    }
+
+    /// Whether the workload launches kernels as pods (the run then starts the API-server
+    /// emulator).
+    pub(crate) fn needs_kubernetes(&self) -> bool {
+        matches!(self.kind, Kind::Start(Backend::Kubernetes))
     }
 
     /// Whether the workload has a direct-floor variant.
@@ -392,7 +413,8 @@ async fn pool_metric(port: u16, spec: &str, family: &str, label: &str) -> Result
 /// Checks, for a gateway's kernel, that it runs where the backend says (so neither gateway
 /// quietly launched it locally). SSH: the kernel's `SSH_CONNECTION` must name the SSH host.
 /// YARN: the RM must list one RUNNING application named after the kernel, and the kernel must
-/// run in one of its containers (the NodeManager's `CONTAINER_ID`).
+/// run in one of its containers (the NodeManager's `CONTAINER_ID`). Kubernetes: one Running pod
+/// carries the kernel's labels, and the kernel's `HOSTNAME` is that pod's name.
 async fn check_backend(env: &Env, session: &mut Session, backend: Backend) -> Result<()> {
     let Some(kernel_id) = session.kernel_id().map(str::to_owned) else {
         return Ok(());
@@ -412,6 +434,14 @@ async fn check_backend(env: &Env, session: &mut Session, backend: Backend) -> Re
             let app_id = yarn::check_app_running(access, &kernel_id).await?;
             let printed = kernel_env_var(session, "CONTAINER_ID").await?;
             yarn::check_container(&printed, &app_id)
+        }
+        Backend::Kubernetes => {
+            let access = env
+                .kubernetes
+                .as_ref()
+                .context("the Kubernetes emulator is not running")?;
+            let printed = kernel_env_var(session, "HOSTNAME").await?;
+            kubernetes::check_pod_running(access, &kernel_id, &printed).await
         }
     }
 }
@@ -435,9 +465,9 @@ async fn kernel_env_var(session: &mut Session, name: &str) -> Result<String> {
     Ok(printed)
 }
 
-/// Closes the session; for an SSH or YARN kernel behind a gateway, also waits until no process
-/// of the kernel is left (it is not the gateway's descendant, so nothing else would notice), and
-/// for YARN until its application has ended.
+/// Closes the session; for an SSH, YARN or Kubernetes kernel behind a gateway, also waits until
+/// no process of the kernel is left (it is not the gateway's descendant, so nothing else would
+/// notice), for YARN until its application has ended, and for Kubernetes until its pod is gone.
 async fn close_checked(env: &Env, session: Session, backend: Backend) -> Result<()> {
     let kernel_id = session.kernel_id().map(str::to_owned);
     session.close().await?;
@@ -453,6 +483,13 @@ async fn close_checked(env: &Env, session: Session, backend: Backend) -> Result<
                 .as_ref()
                 .context("the YARN emulator is not running")?;
             yarn::await_kernel_gone(access, &id).await
+        }
+        Backend::Kubernetes => {
+            let access = env
+                .kubernetes
+                .as_ref()
+                .context("the Kubernetes emulator is not running")?;
+            kubernetes::await_kernel_gone(access, &id).await
         }
     }
 }
