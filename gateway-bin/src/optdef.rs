@@ -236,7 +236,7 @@ macro_rules! from_str_values {
     )*};
 }
 from_str_values!(
-    resource_managers::ssh::balance::LoadBalancing,
+    resource_managers::ssh::LoadBalancing,
     gateway_http::auth::mtls::UserField
 );
 

@@ -17,7 +17,7 @@ use gateway_http::auth::mtls::UserField;
 use gateway_http::auth::{SharedToken, jupyterhub, jwt};
 use gateway_http::config::{Culling, HttpLimits, RestartBackoff};
 use kernel_launcher::PortRange;
-use resource_managers::ssh::balance::LoadBalancing;
+use resource_managers::ssh::LoadBalancing;
 
 pub(crate) use crate::optdef::OptionDef;
 use crate::optdef::{LogFormat, LogLevel};

@@ -15,7 +15,7 @@ use kernel_launcher::env::EnvPolicy;
 use kernel_launcher::response::ListenerOptions;
 use resource_managers::local::LocalConfig;
 use resource_managers::ssh::SshOptions;
-use resource_managers::ssh::session::{HostKeys, Secret, SshAuth};
+use resource_managers::ssh::{HostKeys, Secret, SshAuth};
 
 use crate::options::Values;
 

@@ -4,19 +4,20 @@
 //! A kernelspec of this backend starts a *launcher* (EG's or gateway_provisioners'
 //! `launch_ipykernel.py`, or this workspace's `kernel-launcher` agent) on one of the remote
 //! hosts. The launcher chooses the kernel's ports, starts the kernel and calls the gateway's
-//! [`ResponseListener`] back with the encrypted connection info; the kernel is then signalled
-//! and stopped through the launcher's communication port ([`CommPort`]).
+//! [`kernel_launcher::ResponseListener`] back with the encrypted connection info; the kernel is
+//! then signalled and stopped through the launcher's communication port.
 //!
 //! # Hosts
 //!
-//! The request env's `KERNEL_REMOTE_HOST` pins the host; otherwise the kernelspec's
-//! `config.remote_hosts`, else [`SshConfig::remote_hosts`], ordered by
+//! The request env's `KERNEL_REMOTE_HOST` pins the host; otherwise a kernel profile's host
+//! group, the kernelspec's `config.remote_hosts`, else [`SshConfig::remote_hosts`], ordered by
 //! [`SshOptions::load_balancing`]: `round-robin` (one counter per backend, shared by all
 //! kernelspecs, as EG's) or `least-connection` (fewest running kernels of this backend). A host
-//! that cannot be used (refused, timed out, host key or authentication refused) is skipped for
-//! this launch and tried last by launches in the next [`SshOptions::host_retry_after`]; the error
-//! names every host and why only when all of them fail. Once a launch command has run on a host,
-//! its failure is final (a launch is never started twice).
+//! that cannot be used (unresolvable, refused, timed out, host key or authentication refused:
+//! a [`SessionError`]) is skipped for this launch and tried last by launches in the next
+//! [`SshOptions::host_retry_after`]; the error names every host and why only when all of them
+//! fail, and is `Unauthorized` when every host refused our credentials. Once a launch command
+//! has run on a host, its failure is final (a launch is never started twice).
 //!
 //! A host that resolves to this machine is launched locally without SSH, as EG does (unless
 //! [`SshOptions::ssh_to_local_hosts`]): the templated `argv` runs in its own process group with
@@ -24,16 +25,16 @@
 //!
 //! # Remote launch
 //!
-//! Over one russh connection ([`session`]): host key checked against a known_hosts file
-//! ([`HostKeys`]), authentication by key file, agent or password ([`SshAuth`]), as
+//! Over one russh connection: host key checked against a known_hosts file ([`HostKeys`]),
+//! authentication by key file, agent or password ([`SshAuth`]), as
 //! [`SshOptions::remote_user`] or, with [`SshOptions::impersonation`], as the request's
-//! `KERNEL_USERNAME`. The launch is one shell line from [`command::launch_command`]: every env
-//! value and argv item single-quoted, so nothing a client sends can change what runs. The
-//! launcher runs detached under `nohup setsid` with its output in the remote
-//! `<remote_log_dir>/kernel-<id>.log`. While waiting for the callback the backend checks every
-//! second that the launcher's process group is alive; when it dies or the launch times out, the
-//! remote log's tail is fetched into the local `<log_dir>/kernel-<id>.log`, so the error (and
-//! [`KernelProcess::log_tail`]) shows the real reason, and the launcher's group is killed.
+//! `KERNEL_USERNAME`. The launch is one shell line with every env value and argv item
+//! single-quoted, so nothing a client sends can change what runs. The launcher runs detached
+//! under `nohup setsid` with its output in the remote `<remote_log_dir>/kernel-<id>.log`. While
+//! waiting for the callback the backend checks every second that the launcher's process group
+//! is alive; when it dies or the launch times out, the remote log's tail is fetched into the
+//! local `<log_dir>/kernel-<id>.log`, so the error (and the handle's `log_tail`) shows the real
+//! reason, and the launcher's group is killed.
 //!
 //! With [`SshOptions::tunneling`] the connection stays open: the five kernel ports get local
 //! listeners on `127.0.0.1` piped through `direct-tcpip` channels to `127.0.0.1:<port>` on the
@@ -49,11 +50,20 @@
 //! The returned [`SshKernelProcess`] sends interrupts and other signals through the
 //! communication port; when the port gives no answer it falls back to signalling the process
 //! groups (locally, or with `kill` over SSH: the launcher's group, and the kernel's group if it
-//! is in the launcher's session). `terminate` sends `{"signum": 15}` then `{"shutdown": 1}`,
-//! waits, and kills the process groups as a last resort. For a local launch, `poll` and `wait`
-//! follow the launcher process, as EG does; a remote kernel is polled through the communication
-//! port (and `kill -0` over SSH when the port gives no answer).
-pub mod balance;
+//! is in the launcher's session). `terminate` is [`crate::launcher::LauncherComm::terminate`]:
+//! `{"signum": 15}` then `{"shutdown": 1}`, the grace period, and this backend's kill of the
+//! process groups as the forced stop. For a local launch, `poll` and `wait` follow the launcher
+//! process, as EG does; a remote kernel is polled through the communication port (and `kill -0`
+//! over SSH when the port gives no answer).
+//!
+//! # Layout
+//!
+//! `mod.rs` the backend and its launch loop; `host` the host order and remote user;
+//! `launch_local` and `launch_remote` the two ways to start a launcher; `process` the handle
+//! (one `Launched` shape per way) and `record` what it stores; `control` the ways back to a
+//! kernel (communication port, SSH); `config`, `balance`, `command` (the quoted shell lines),
+//! `session` (russh) and `tunnel`.
+mod balance;
 mod command;
 mod config;
 mod control;
@@ -62,7 +72,7 @@ mod launch_local;
 mod launch_remote;
 mod process;
 mod record;
-pub mod session;
+mod session;
 mod tunnel;
 
 use std::net::SocketAddr;

@@ -114,7 +114,7 @@ impl Ending {
     }
 }
 
-/// A kernel started through a launcher; see the [module docs](self).
+/// A kernel started through a launcher; see the [backend's docs](super).
 #[derive(Debug)]
 pub struct SshKernelProcess {
     found: Found,

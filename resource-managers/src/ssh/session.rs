@@ -229,63 +229,16 @@ impl Session {
                 });
             }
         };
-        let mut tried = Vec::new();
-        if let Some(path) = &auth.key_file {
-            tried.push("key file");
-            let passphrase = auth.key_passphrase.as_ref().map(Secret::expose);
-            let key = load_secret_key(path, passphrase).map_err(|e| {
-                SessionError::Auth(format!("{where_}: cannot load key {}: {e}", path.display()))
-            })?;
-            let hash = handle
-                .best_supported_rsa_hash()
-                .await
-                .map_err(|e| SessionError::Unreachable(format!("{where_}: {e}")))?
-                .flatten();
-            let result = handle
-                .authenticate_publickey(
-                    target.user.clone(),
-                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-                )
-                .await
-                .map_err(|e| SessionError::Unreachable(format!("{where_}: {e}")))?;
-            if result.success() {
-                return Ok(Session {
-                    handle,
-                    target: target.clone(),
-                });
+        match authenticate(&mut handle, &target.user, auth, &where_).await {
+            Ok(()) => Ok(Session {
+                handle,
+                target: target.clone(),
+            }),
+            Err(e) => {
+                let _ = handle.disconnect(Disconnect::ByApplication, "", "en").await;
+                Err(e)
             }
         }
-        if let Some(socket) = &auth.agent_socket {
-            tried.push("agent");
-            if agent_auth(&mut handle, &target.user, socket).await {
-                return Ok(Session {
-                    handle,
-                    target: target.clone(),
-                });
-            }
-        }
-        if let Some(password) = &auth.password {
-            tried.push("password");
-            let result = handle
-                .authenticate_password(target.user.clone(), password.expose())
-                .await
-                .map_err(|e| SessionError::Unreachable(format!("{where_}: {e}")))?;
-            if result.success() {
-                return Ok(Session {
-                    handle,
-                    target: target.clone(),
-                });
-            }
-        }
-        let _ = handle.disconnect(Disconnect::ByApplication, "", "en").await;
-        Err(SessionError::Auth(if tried.is_empty() {
-            format!("{where_}: no SSH key file, agent or password is configured")
-        } else {
-            format!(
-                "{where_}: authentication failed (tried: {})",
-                tried.join(", ")
-            )
-        }))
     }
 
     /// Whether the connection has ended.
@@ -363,6 +316,61 @@ impl Session {
             .disconnect(Disconnect::ByApplication, "", "en")
             .await;
     }
+}
+
+/// Tries the configured methods in turn (key file, agent, password) until one is accepted.
+async fn authenticate(
+    handle: &mut Handle<Client>,
+    user: &str,
+    auth: &SshAuth,
+    where_: &str,
+) -> Result<(), SessionError> {
+    let unreachable = |e: russh::Error| SessionError::Unreachable(format!("{where_}: {e}"));
+    let mut tried = Vec::new();
+    if let Some(path) = &auth.key_file {
+        tried.push("key file");
+        let passphrase = auth.key_passphrase.as_ref().map(Secret::expose);
+        let key = load_secret_key(path, passphrase).map_err(|e| {
+            SessionError::Auth(format!("{where_}: cannot load key {}: {e}", path.display()))
+        })?;
+        let hash = handle
+            .best_supported_rsa_hash()
+            .await
+            .map_err(unreachable)?
+            .flatten();
+        let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+        let result = handle
+            .authenticate_publickey(user.to_owned(), key)
+            .await
+            .map_err(unreachable)?;
+        if result.success() {
+            return Ok(());
+        }
+    }
+    if let Some(socket) = &auth.agent_socket {
+        tried.push("agent");
+        if agent_auth(handle, user, socket).await {
+            return Ok(());
+        }
+    }
+    if let Some(password) = &auth.password {
+        tried.push("password");
+        let result = handle
+            .authenticate_password(user.to_owned(), password.expose())
+            .await
+            .map_err(unreachable)?;
+        if result.success() {
+            return Ok(());
+        }
+    }
+    Err(SessionError::Auth(if tried.is_empty() {
+        format!("{where_}: no SSH key file, agent or password is configured")
+    } else {
+        format!(
+            "{where_}: authentication failed (tried: {})",
+            tried.join(", ")
+        )
+    }))
 }
 
 /// Tries each identity the agent holds.
