@@ -1,11 +1,12 @@
 //! What the workspace's tests share, so each crate's tests stop carrying their own copy:
 //! waiting for a condition ([`eventually`]), asking whether processes are still there
-//! ([`group_exists`], [`pid_exists`], [`pid_running`]) and talking raw HTTP/1.1 to a server
-//! under test ([`http`]). A dev-dependency of the crates whose tests use it, never a dependency
+//! ([`group_exists`], [`pid_exists`], [`pid_running`]), where things are ([`workspace_root`],
+//! [`venv`], [`system_path`]), whether a file is private ([`permission_bits`]) and talking raw HTTP/1.1 to a server under test ([`http`]). A dev-dependency of the crates whose tests use it, never a dependency
 //! of a product crate.
 
 pub mod http;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -28,6 +29,29 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The workspace's root directory (where `Cargo.lock` and the venvs are).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// The test virtualenv, `.venv` (ipykernel, Jupyter Server; `cargo xtask setup` makes it).
+pub fn venv() -> PathBuf {
+    workspace_root().join(".venv")
+}
+
+/// The system's program directories, `/usr/bin` and `/bin`: the PATH a test backend resolves a
+/// relative `argv[0]` with when the test wants nothing of the caller's PATH.
+pub fn system_path() -> Vec<PathBuf> {
+    vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")]
+}
+
+/// A file's permission bits (`mode & 0o777`), to check that a secret is private (`0o600`).
+pub fn permission_bits(path: &Path) -> std::io::Result<u32> {
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path)?.permissions());
+    Ok(mode & 0o777)
 }
 
 /// Whether any process (zombies included) is in process group `pgid`. Groups 0 and 1 are never
@@ -76,5 +100,14 @@ mod tests {
         assert!(pid_running(me));
         assert!(!pid_exists(0));
         assert!(!group_exists(1));
+    }
+
+    #[test]
+    fn the_workspace_root_holds_the_workspace_manifest() {
+        assert!(workspace_root().join("Cargo.lock").exists());
+        assert!(venv().ends_with(".venv"));
+        assert!(system_path().iter().all(|d| d.is_absolute()));
+        let lock = workspace_root().join("Cargo.lock");
+        assert!(permission_bits(&lock).is_ok_and(|bits| bits & 0o400 != 0));
     }
 }

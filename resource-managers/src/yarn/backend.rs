@@ -26,8 +26,8 @@
 //!    group, its output appended to `<log_dir>/kernel-<id>.log`. With `EG_IMPERSONATION_ENABLED`
 //!    (or `GP_IMPERSONATION_ENABLED`) = `True` in that environment and an `argv[0]` ending in
 //!    `spark-submit`, `--proxy-user <KERNEL_USERNAME>` is inserted after it.
-//! 4. Every [`YarnConfig::poll_interval`] the application is looked for among those started
-//!    since the launch began: a tag equal to the kernel id (`spark.yarn.tags`) or a name
+//! 4. Every poll interval ([`LauncherSettings::poll_interval`]) the application is looked for
+//!    among those started since the launch began: a tag equal to the kernel id (`spark.yarn.tags`) or a name
 //!    containing it (`--name`, what EG matches); the newest id wins, compared numerically. Once
 //!    known, its state and `amHostHttpAddress` are read; the AM host's address becomes the
 //!    kernel's `ip`. The launch completes when the launcher's connection info has arrived and
@@ -60,11 +60,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jupyter_protocol::ConnectionInfo;
-use kernel_launcher::{CommOutcome, CommPort, KernelSpec, PendingLaunch, ResponseListener};
+use kernel_launcher::{CommOutcome, KernelSpec, PendingLaunch, ResponseListener};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use super::client::{AppsQuery, Auth, YarnClient, YarnClientConfig, YarnError};
+use super::client::{AppsQuery, Auth, YarnClient, YarnClientConfig};
+use super::error::YarnError;
 use super::record::YarnRecord;
 use super::site::SiteConfig;
 use super::types::{App, AppState};
@@ -85,7 +86,7 @@ use crate::{
 pub const NAME: &str = "yarn";
 
 /// EG's default `YARN_PARTITION_THRESHOLD` (percent).
-pub const DEFAULT_PARTITION_THRESHOLD: f64 = 95.0;
+const DEFAULT_PARTITION_THRESHOLD: f64 = 95.0;
 
 /// How long a failed launch waits for its clean-up before leaving it to a background task.
 const CLEANUP_WAIT: Duration = Duration::from_millis(1500);
@@ -152,14 +153,9 @@ impl YarnResourceManager {
         YarnResourceManager { config }
     }
 
-    /// The settings.
-    pub fn config(&self) -> &YarnConfig {
-        &self.config
-    }
-
     /// The RM client configuration for a kernelspec and Hadoop user (see the module docs for
     /// where the endpoints come from).
-    pub fn client_config(&self, spec: &KernelSpec, user: &str) -> Result<YarnClientConfig, Error> {
+    fn client_config(&self, spec: &KernelSpec, user: &str) -> Result<YarnClientConfig, Error> {
         let from_spec = |key: &str| {
             spec.config
                 .raw
@@ -313,7 +309,7 @@ fn impersonation_enabled(env: &BTreeMap<String, String>) -> bool {
 }
 
 /// Inserts `--proxy-user <user>` after a `spark-submit` program.
-pub fn with_proxy_user(argv: Vec<String>, user: &str) -> Vec<String> {
+fn with_proxy_user(argv: Vec<String>, user: &str) -> Vec<String> {
     let is_submit = argv
         .first()
         .is_some_and(|a| a.trim_end_matches('/').ends_with("spark-submit"));
@@ -333,7 +329,7 @@ pub fn with_proxy_user(argv: Vec<String>, user: &str) -> Vec<String> {
 /// A profile's Spark settings (`--queue`, driver and executor memory, executor count and cores)
 /// inserted right after `spark-submit`, before the kernelspec's own arguments; a submit command
 /// that is not `spark-submit` (a `run.sh`) is left as it is.
-pub fn with_spark_settings(argv: Vec<String>, spark: &crate::SparkSettings) -> Vec<String> {
+fn with_spark_settings(argv: Vec<String>, spark: &crate::SparkSettings) -> Vec<String> {
     let extra = spark.arguments();
     let is_submit = argv.first().is_some_and(|a| a.ends_with("spark-submit"));
     if extra.is_empty() || !is_submit {
@@ -813,7 +809,7 @@ pub struct YarnKernelProcess {
 
 /// A final application state as a process exit: FINISHED = code 0, FAILED = code 1,
 /// KILLED = SIGKILL.
-pub fn exit_of(state: &AppState) -> ProcessState {
+fn exit_of(state: &AppState) -> ProcessState {
     match state {
         AppState::Finished => ProcessState::Exited {
             code: Some(0),
@@ -832,26 +828,6 @@ pub fn exit_of(state: &AppState) -> ProcessState {
 }
 
 impl YarnKernelProcess {
-    /// The YARN application id.
-    pub fn application_id(&self) -> &str {
-        &self.app_id
-    }
-
-    /// The host running the application master (the kernel).
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The launcher's communication port, if it has one.
-    pub fn comm_port(&self) -> Option<CommPort> {
-        self.comm.port().copied()
-    }
-
-    /// The RM client this kernel uses.
-    pub fn client(&self) -> &YarnClient {
-        &self.client
-    }
-
     fn cached(&self) -> Option<ProcessState> {
         self.final_state.get()
     }

@@ -8,7 +8,7 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
-pub use super::error::YarnError;
+use super::error::YarnError;
 use super::site::SiteConfig;
 use super::types::{
     App, AppEnvelope, AppState, AppStateBody, AppsEnvelope, CapacityQueue, ClusterInfo,

@@ -10,8 +10,9 @@
 //!   a kernel backend needs: [`YarnClient::find_app_by_tag_or_name`], [`YarnClient::app`],
 //!   [`YarnClient::app_state`], [`YarnClient::kill`] (202, then poll until final),
 //!   [`YarnClient::queue_partition_usage`], and REST submission.
-//! * [`types`] holds the serde envelopes; errors are [`YarnError`].
-//! * [`backend`] is the `yarn` resource manager built on the client:
+//! * [`types`] holds the serde envelopes; errors are [`YarnError`] (its own module, which the
+//!   client and the `yarn-site.xml` reader both use).
+//! * The `yarn` resource manager is built on the client:
 //!   [`YarnResourceManager`] runs a kernelspec's `spark-submit` and follows the application;
 //!   [`YarnKernelProcess`] is one kernel as a YARN application.
 //!
@@ -31,10 +32,10 @@
 //! ```
 
 pub mod backend;
-pub mod client;
+mod client;
 mod error;
 mod record;
-pub mod site;
+mod site;
 pub mod types;
 
 pub use backend::{YarnConfig, YarnKernelProcess, YarnResourceManager, YarnSecurity};

@@ -5,6 +5,8 @@ use std::time::Duration;
 use jupyter_protocol::{KernelClient, SocketOptions};
 use resource_managers::{ProcessState, ResourceManager};
 
+use test_support::permission_bits;
+
 use crate::support::{Fixture, group_exists, pid_exists, pid_pgid, request, venv_python3_spec};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -22,8 +24,7 @@ async fn ipykernel_runs_answers_interrupts_and_terminates_cleanly() -> anyhow::R
 
     // The connection file: private, and what the kernel was told.
     let file = fx.connection_file(&kernel_id);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file)?.permissions());
-    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(permission_bits(&file)?, 0o600);
     assert_eq!(
         jupyter_protocol::ConnectionInfo::read(&file)?,
         kernel.connection

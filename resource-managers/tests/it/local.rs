@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use resource_managers::{Error, ProcessState, ResourceManager};
 
+use test_support::permission_bits;
+
 use crate::support::{
-    Fixture, eventually, group_exists, pid_exists, pid_pgid, pid_running, request, spec,
-    wait_for_log,
+    Fixture, eventually, exited, group_exists, killed, pid_exists, pid_pgid, pid_running, request,
+    spec, wait_for_log,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -49,23 +51,9 @@ async fn missing_program_fails_with_spawn_and_leaves_nothing() -> anyhow::Result
 #[tokio::test]
 async fn immediate_exit_is_reported_with_its_code() -> anyhow::Result<()> {
     let fx = Fixture::new()?;
-    let kernel = fx
-        .backend
-        .launch(request(spec(
-            fx.dir.path(),
-            "quitter",
-            &["/bin/sh", "-c", "exit 3"],
-            &[],
-        )?))
-        .await?;
+    let kernel = fx.launch("quitter", &["/bin/sh", "-c", "exit 3"]).await?;
     let state = tokio::time::timeout(5 * SECOND, kernel.process.wait()).await?;
-    assert_eq!(
-        state,
-        ProcessState::Exited {
-            code: Some(3),
-            signal: None
-        }
-    );
+    assert_eq!(state, exited(3));
     assert_eq!(kernel.process.poll().await, state);
     let (pid, _) = pid_pgid(kernel.process.as_ref());
     assert!(!pid_exists(pid), "the exited kernel was reaped");
@@ -95,13 +83,7 @@ async fn log_gets_stdout_stderr_and_templated_args() -> anyhow::Result<()> {
     let kernel_id = request.kernel_id.clone();
     let kernel = fx.backend.launch(request).await?;
     let state = tokio::time::timeout(5 * SECOND, kernel.process.wait()).await?;
-    assert_eq!(
-        state,
-        ProcessState::Exited {
-            code: Some(0),
-            signal: None
-        }
-    );
+    assert_eq!(state, exited(0));
     let log = std::fs::read_to_string(fx.log_file(&kernel_id))?;
     assert!(
         log.contains("out-line\n") && log.contains("err-line\n"),
@@ -109,10 +91,7 @@ async fn log_gets_stdout_stderr_and_templated_args() -> anyhow::Result<()> {
     );
     let tail = kernel.process.log_tail(2);
     assert_eq!(tail, format!("err-line\nargs={kernel_id} 0..0"));
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(fx.log_file(&kernel_id))?.permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(permission_bits(&fx.log_file(&kernel_id))?, 0o600);
     Ok(())
 }
 
@@ -150,15 +129,7 @@ async fn terminate_escalates_to_sigkill_and_empties_the_group() -> anyhow::Resul
     let fx = Fixture::new()?;
     // Ignores SIGTERM, using only shell builtins so the group holds just this process.
     let script = r#"trap "" TERM; echo ready; while :; do :; done"#;
-    let kernel = fx
-        .backend
-        .launch(request(spec(
-            fx.dir.path(),
-            "stubborn",
-            &["/bin/sh", "-c", script],
-            &[],
-        )?))
-        .await?;
+    let kernel = fx.launch("stubborn", &["/bin/sh", "-c", script]).await?;
     wait_for_log(kernel.process.as_ref(), "ready", 5 * SECOND).await?;
     let (pid, pgid) = pid_pgid(kernel.process.as_ref());
     assert_eq!(pid, pgid, "the kernel leads its own process group");
@@ -170,13 +141,7 @@ async fn terminate_escalates_to_sigkill_and_empties_the_group() -> anyhow::Resul
     kernel.process.signal(0).await?;
     let started = tokio::time::Instant::now();
     let state = kernel.process.terminate(Duration::from_millis(300)).await?;
-    assert_eq!(
-        state,
-        ProcessState::Exited {
-            code: None,
-            signal: Some(9)
-        }
-    );
+    assert_eq!(state, killed(9));
     assert!(
         started.elapsed() < 3 * SECOND,
         "took {:?}",
@@ -187,65 +152,52 @@ async fn terminate_escalates_to_sigkill_and_empties_the_group() -> anyhow::Resul
     Ok(())
 }
 
-#[tokio::test]
-async fn terminate_reaches_the_whole_group() -> anyhow::Result<()> {
+/// How a test ends a kernel that started a child of its own.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// The gateway terminates it (SIGTERM to the group).
+    Terminate,
+    /// It exits by itself, leaving the child behind.
+    Exits,
+}
+
+/// Launches `script`, which starts `/bin/sleep 300` in the background and prints `child=<pid>`,
+/// ends it as `end` says, expects `state`, and checks that the child no longer runs (it is not
+/// ours to reap and may linger as init's zombie, but it must not run).
+async fn check_child_does_not_outlive(
+    script: &str,
+    end: End,
+    state: ProcessState,
+) -> anyhow::Result<()> {
     let fx = Fixture::new()?;
-    let script = r#"/bin/sleep 300 & echo "child=$!"; wait"#;
-    let kernel = fx
-        .backend
-        .launch(request(spec(
-            fx.dir.path(),
-            "parent",
-            &["/bin/sh", "-c", script],
-            &[],
-        )?))
-        .await?;
+    let kernel = fx.launch("parent", &["/bin/sh", "-c", script]).await?;
     wait_for_log(kernel.process.as_ref(), "child=", 5 * SECOND).await?;
     let child = child_pid(&kernel.process.log_tail(5))?;
-    assert!(pid_running(child));
-    let state = kernel.process.terminate(5 * SECOND).await?;
-    assert_eq!(
-        state,
-        ProcessState::Exited {
-            code: None,
-            signal: Some(15)
+    let ended = match end {
+        End::Terminate => {
+            assert!(pid_running(child));
+            kernel.process.terminate(5 * SECOND).await?
         }
-    );
-    // The grandchild is not ours to reap (it may linger as a zombie of init), but it must not run.
+        End::Exits => tokio::time::timeout(5 * SECOND, kernel.process.wait()).await?,
+    };
+    assert_eq!(ended, state, "{end:?}");
     assert!(
         eventually(2 * SECOND, || !pid_running(child)).await,
-        "grandchild {child} still runs"
+        "{end:?}: child {child} still runs"
     );
     Ok(())
 }
 
 #[tokio::test]
+async fn terminate_reaches_the_whole_group() -> anyhow::Result<()> {
+    let script = r#"/bin/sleep 300 & echo "child=$!"; wait"#;
+    check_child_does_not_outlive(script, End::Terminate, killed(15)).await
+}
+
+#[tokio::test]
 async fn leftovers_of_a_kernel_that_exits_are_killed() -> anyhow::Result<()> {
-    let fx = Fixture::new()?;
     let script = r#"/bin/sleep 300 & echo "child=$!"; exit 0"#;
-    let kernel = fx
-        .backend
-        .launch(request(spec(
-            fx.dir.path(),
-            "leaver",
-            &["/bin/sh", "-c", script],
-            &[],
-        )?))
-        .await?;
-    let state = tokio::time::timeout(5 * SECOND, kernel.process.wait()).await?;
-    assert_eq!(
-        state,
-        ProcessState::Exited {
-            code: Some(0),
-            signal: None
-        }
-    );
-    let child = child_pid(&kernel.process.log_tail(5))?;
-    assert!(
-        eventually(2 * SECOND, || !pid_running(child)).await,
-        "orphan {child} still runs"
-    );
-    Ok(())
+    check_child_does_not_outlive(script, End::Exits, exited(0)).await
 }
 
 #[tokio::test]
@@ -268,13 +220,7 @@ async fn interrupt_uses_the_alternate_signal_and_signal_zero_probes() -> anyhow:
     );
     kernel.process.interrupt().await?;
     let state = tokio::time::timeout(5 * SECOND, kernel.process.wait()).await?;
-    assert_eq!(
-        state,
-        ProcessState::Exited {
-            code: Some(7),
-            signal: None
-        }
-    );
+    assert_eq!(state, exited(7));
     let log = kernel.process.log_tail(10);
     assert!(
         log.contains("got-usr2") && !log.contains("got-int"),
@@ -294,15 +240,7 @@ async fn interrupt_uses_the_alternate_signal_and_signal_zero_probes() -> anyhow:
 #[tokio::test]
 async fn invalid_signal_numbers_are_refused() -> anyhow::Result<()> {
     let fx = Fixture::new()?;
-    let kernel = fx
-        .backend
-        .launch(request(spec(
-            fx.dir.path(),
-            "sleeper",
-            &["/bin/sleep", "300"],
-            &[],
-        )?))
-        .await?;
+    let kernel = fx.launch("sleeper", &["/bin/sleep", "300"]).await?;
     assert!(matches!(
         kernel.process.signal(12345).await,
         Err(Error::Unsupported(_))
@@ -315,15 +253,7 @@ async fn invalid_signal_numbers_are_refused() -> anyhow::Result<()> {
 #[tokio::test]
 async fn dropped_handle_kills_the_kernel() -> anyhow::Result<()> {
     let fx = Fixture::new()?;
-    let kernel = fx
-        .backend
-        .launch(request(spec(
-            fx.dir.path(),
-            "sleeper",
-            &["/bin/sleep", "300"],
-            &[],
-        )?))
-        .await?;
+    let kernel = fx.launch("sleeper", &["/bin/sleep", "300"]).await?;
     let (pid, pgid) = pid_pgid(kernel.process.as_ref());
     assert!(pid_running(pid));
     drop(kernel);
@@ -342,8 +272,7 @@ async fn restart_keeps_ports_and_key_and_cleanup_removes_the_file() -> anyhow::R
     let kernel_id = first_request.kernel_id.clone();
     let first = fx.backend.launch(first_request).await?;
     let file = fx.connection_file(&kernel_id);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file)?.permissions());
-    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(permission_bits(&file)?, 0o600);
     assert_eq!(
         jupyter_protocol::ConnectionInfo::read(&file)?,
         first.connection
@@ -411,15 +340,7 @@ async fn ports_honour_the_range() -> anyhow::Result<()> {
 #[tokio::test]
 async fn reattach_controls_a_detached_kernel() -> anyhow::Result<()> {
     let fx = Fixture::new()?;
-    let kernel = fx
-        .backend
-        .launch(request(spec(
-            fx.dir.path(),
-            "sleeper",
-            &["/bin/sleep", "300"],
-            &[],
-        )?))
-        .await?;
+    let kernel = fx.launch("sleeper", &["/bin/sleep", "300"]).await?;
     let record = kernel.process.record();
     let (pid, pgid) = pid_pgid(kernel.process.as_ref());
     // The record survives a JSON round trip, as a persisted session would.

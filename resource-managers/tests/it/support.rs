@@ -1,24 +1,21 @@
-//! Shared fixtures: a local backend in a temp dir, kernelspecs, process checks.
+//! Shared fixtures: a local backend in a temp dir, kernelspecs, launch requests; the process
+//! checks and polling come from `test-support`.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kernel_launcher::{KernelSpec, PortRange};
-use nix::errno::Errno;
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
 use resource_managers::local::{LocalConfig, LocalResourceManager};
-use resource_managers::{KernelProcess, LaunchRequest};
-
-/// The workspace root.
-pub(crate) fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use resource_managers::{
+    KernelProcess, LaunchRequest, LaunchedKernel, ProcessState, ResourceManager,
+};
+pub(crate) use test_support::workspace_root as workspace;
+pub(crate) use test_support::{eventually, group_exists, pid_exists, pid_running};
 
 /// The venv's ipykernel kernelspec (argv[0] is `python`).
 pub(crate) fn venv_python3_spec() -> anyhow::Result<KernelSpec> {
     Ok(KernelSpec::load(
-        &workspace().join(".venv/share/jupyter/kernels/python3"),
+        &test_support::venv().join("share/jupyter/kernels/python3"),
     )?)
 }
 
@@ -35,7 +32,7 @@ impl Fixture {
             runtime_dir: dir.path().join("runtime"),
             log_dir: dir.path().join("logs"),
             ip: "127.0.0.1".to_owned(),
-            search_path: vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")],
+            search_path: test_support::system_path(),
         });
         Ok(Fixture { dir, backend })
     }
@@ -53,6 +50,29 @@ impl Fixture {
             .path()
             .join("logs")
             .join(format!("kernel-{kernel_id}.log"))
+    }
+
+    /// Launches a kernelspec `name` with `argv` (written under the fixture's dir) through the
+    /// local backend.
+    pub(crate) async fn launch(&self, name: &str, argv: &[&str]) -> anyhow::Result<LaunchedKernel> {
+        let spec = spec(self.dir.path(), name, argv, &[])?;
+        Ok(self.backend.launch(request(spec)).await?)
+    }
+}
+
+/// An exit with `code`.
+pub(crate) fn exited(code: i32) -> ProcessState {
+    ProcessState::Exited {
+        code: Some(code),
+        signal: None,
+    }
+}
+
+/// An end by signal `signal`.
+pub(crate) fn killed(signal: i32) -> ProcessState {
+    ProcessState::Exited {
+        code: None,
+        signal: Some(signal),
     }
 }
 
@@ -110,58 +130,17 @@ pub(crate) fn pid_pgid(process: &dyn KernelProcess) -> (i32, i32) {
     (get("pid"), get("pgid"))
 }
 
-/// Whether any process (zombies included) is in group `pgid`.
-pub(crate) fn group_exists(pgid: i32) -> bool {
-    kill(Pid::from_raw(-pgid), None) != Err(Errno::ESRCH)
-}
-
-/// Whether `pid` exists at all (a zombie counts).
-pub(crate) fn pid_exists(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None) != Err(Errno::ESRCH)
-}
-
-/// Whether `pid` is running (exists and is not a zombie).
-pub(crate) fn pid_running(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, Some('Z') | Some('X') | None)
-}
-
 /// Waits until the kernel's log contains `needle`.
 pub(crate) async fn wait_for_log(
     process: &dyn KernelProcess,
     needle: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if process.log_tail(200).contains(needle) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "log never showed {needle:?}; tail:\n{}",
-                process.log_tail(20)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if eventually(timeout, || process.log_tail(200).contains(needle)).await {
+        return Ok(());
     }
-}
-
-/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
-pub(crate) async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    anyhow::bail!(
+        "log never showed {needle:?}; tail:\n{}",
+        process.log_tail(20)
+    )
 }
