@@ -17,6 +17,9 @@
 //! local = { memory = "512M", cpu_time = 3600, cpus = 1 } # memory and cpus default to resources
 //! yarn = { queue = "small", driver_memory = "1g", executor_memory = "2g", executor_count = 2, executor_cores = 1 }
 //! ssh = { hosts = ["10.0.0.5", "10.0.0.6"] } # replaces remote_hosts
+//! # Pods the gateway renders (EG_KUBERNETES_LAUNCH=native); refused for launcher-made pods.
+//! kubernetes = { node_selector = { disktype = "ssd" }, pod_template = "/etc/eg/pod.yaml.j2", tolerations = [
+//!   { key = "gpu", operator = "Equal", value = "a100", effect = "NoSchedule" } ] }
 //!
 //! [[pools]]
 //! kernelspec = "python3"
@@ -29,7 +32,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use gateway_http::profiles::{PoolSize, Profile, ProfileSet, Resources};
 use kernel_launcher::env::EnvPolicy;
-use resource_managers::{Placement, ProcessLimits, SparkSettings};
+use resource_managers::{Placement, PodPlacement, ProcessLimits, SparkSettings, Toleration};
 use serde::Deserialize;
 
 /// The largest pool a file may ask for.
@@ -68,6 +71,8 @@ struct RawProfile {
     yarn: RawYarn,
     #[serde(default)]
     ssh: RawSsh,
+    #[serde(default)]
+    kubernetes: RawKubernetes,
 }
 
 /// A size: bytes as an integer, or a string with a binary unit (`512M`, `2G`, `1.5g`).
@@ -109,6 +114,26 @@ struct RawYarn {
 struct RawSsh {
     #[serde(default)]
     hosts: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    #[serde(default)]
+    node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    tolerations: Vec<RawToleration>,
+    pod_template: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawToleration {
+    key: Option<String>,
+    operator: Option<String>,
+    value: Option<String>,
+    effect: Option<String>,
+    toleration_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +253,32 @@ fn profile(name: String, raw: RawProfile, policy: &EnvPolicy) -> anyhow::Result<
     {
         bail!("profile {name:?}: ssh host {host:?} is not a host name");
     }
+    let kubernetes = PodPlacement {
+        node_selector: raw.kubernetes.node_selector,
+        tolerations: raw
+            .kubernetes
+            .tolerations
+            .into_iter()
+            .map(|t| Toleration {
+                key: t.key,
+                operator: t.operator,
+                value: t.value,
+                effect: t.effect,
+                toleration_seconds: t.toleration_seconds,
+            })
+            .collect(),
+        pod_template: raw.kubernetes.pod_template,
+    };
+    resource_managers::kubernetes::validate::pod_placement(&kubernetes)
+        .map_err(|e| anyhow::anyhow!("profile {name:?}: {e}"))?;
+    if let Some(path) = &kubernetes.pod_template
+        && !path.is_file()
+    {
+        bail!(
+            "profile {name:?}: kubernetes.pod_template {} is not a file",
+            path.display()
+        );
+    }
     Ok(Profile {
         name,
         description: raw.description,
@@ -255,6 +306,7 @@ fn profile(name: String, raw: RawProfile, policy: &EnvPolicy) -> anyhow::Result<
                 executor_count: raw.yarn.executor_count,
                 executor_cores: raw.yarn.executor_cores,
             },
+            kubernetes,
         },
     })
 }
@@ -318,6 +370,7 @@ users = ["alice"]
 yarn = { queue = "big", driver_memory = "4g", executor_memory = "8g", executor_count = 4, executor_cores = 2 }
 ssh = { hosts = ["127.0.0.2", "127.0.0.3"] }
 local = { memory = 2147483648, cpu_time = 60 }
+kubernetes = { node_selector = { disktype = "ssd" }, tolerations = [{ key = "gpu", operator = "Exists", effect = "NoSchedule" }] }
 
 [[pools]]
 kernelspec = "python3"
@@ -336,6 +389,11 @@ size = 2
         assert_eq!(large.placement.limits.memory_bytes, Some(2 << 30));
         assert_eq!(large.placement.limits.cpu_seconds, Some(60));
         assert_eq!(large.placement.hosts, ["127.0.0.2", "127.0.0.3"]);
+        assert_eq!(large.placement.kubernetes.node_selector["disktype"], "ssd");
+        assert_eq!(
+            large.placement.kubernetes.tolerations[0].effect.as_deref(),
+            Some("NoSchedule")
+        );
         assert_eq!(
             large.placement.spark.arguments(),
             [
@@ -376,6 +434,20 @@ size = 2
             refused("[[pools]]\nkernelspec = \"p\"\nprofile = \"nope\"\nsize = 1").contains("nope")
         );
         assert!(refused("[[pools]]\nkernelspec = \"p\"\nsize = 1000").contains("at most"));
+        assert!(
+            refused("[[profiles]]\nname = \"a\"\nkubernetes = { tolerations = [{ key = \"g\", effect = \"Often\" }] }")
+                .contains("kubernetes.tolerations[0].effect")
+        );
+        assert!(
+            refused(
+                "[[profiles]]\nname = \"a\"\nkubernetes = { node_selector = { \"a b\" = \"c\" } }"
+            )
+            .contains("kubernetes.node_selector key")
+        );
+        assert!(
+            refused("[[profiles]]\nname = \"a\"\nkubernetes = { pod_template = \"/nonexistent/pod.j2\" }")
+                .contains("not a file")
+        );
         assert!(
             refused("[[profiles]]\nname = \"a\"\nkernelspecs = [\"r\"]\n[[pools]]\nkernelspec = \"p\"\nprofile = \"a\"\nsize = 1")
                 .contains("does not apply")

@@ -62,17 +62,25 @@ impl Profile {
     }
 
     /// The variables this profile puts in a kernel's environment: its own, the resources under
-    /// EG's names, and `KERNEL_PROFILE`.
+    /// EG's names, and `KERNEL_PROFILE`. Each resource is both the request and the limit
+    /// (`KERNEL_CPUS` and `KERNEL_CPUS_LIMIT`, ...: a kernel pod gets what its profile names and
+    /// no more), unless the profile's own `env` sets the limit otherwise.
     pub fn kernel_env(&self) -> BTreeMap<String, String> {
         let mut env = self.env.clone();
-        if let Some(memory) = self.resources.memory {
-            env.insert("KERNEL_MEMORY".to_owned(), memory.to_string());
-        }
-        if let Some(cpus) = self.resources.cpus {
-            env.insert("KERNEL_CPUS".to_owned(), cpus.to_string());
-        }
-        if let Some(gpus) = self.resources.gpus {
-            env.insert("KERNEL_GPUS".to_owned(), gpus.to_string());
+        let resources = [
+            (
+                "KERNEL_MEMORY",
+                self.resources.memory.map(|m| m.to_string()),
+            ),
+            ("KERNEL_CPUS", self.resources.cpus.map(|c| c.to_string())),
+            ("KERNEL_GPUS", self.resources.gpus.map(|g| g.to_string())),
+        ];
+        for (name, value) in resources {
+            if let Some(value) = value {
+                env.entry(format!("{name}_LIMIT"))
+                    .or_insert_with(|| value.clone());
+                env.insert(name.to_owned(), value);
+            }
         }
         env.insert("KERNEL_PROFILE".to_owned(), self.name.clone());
         env
@@ -180,6 +188,7 @@ mod tests {
         let env = p.kernel_env();
         assert_eq!(env["KERNEL_PROFILE"], "medium");
         assert_eq!(env["KERNEL_MEMORY"], "1073741824");
+        assert_eq!(env["KERNEL_MEMORY_LIMIT"], "1073741824");
         assert_eq!(env["KERNEL_CPUS"], "2");
         assert!(!env.contains_key("KERNEL_GPUS"));
         assert_eq!(env["KERNEL_SPARK_CONF"], "x");

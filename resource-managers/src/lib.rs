@@ -210,6 +210,42 @@ pub struct Placement {
     pub hosts: Vec<String>,
     /// Spark settings the `yarn` backend adds to a `spark-submit` command.
     pub spark: SparkSettings,
+    /// What the `kubernetes` backend adds to the kernel's pod.
+    pub kubernetes: PodPlacement,
+}
+
+/// A profile's part of a kernel pod: node selector and tolerations merged into the rendered pod's
+/// `spec` (as data, never as template text), and a pod template that replaces the kernelspec's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodPlacement {
+    /// `spec.nodeSelector` entries (label key to value).
+    pub node_selector: BTreeMap<String, String>,
+    /// `spec.tolerations` entries.
+    pub tolerations: Vec<Toleration>,
+    /// A Jinja2 pod template used instead of the kernelspec's `kernel-pod.yaml.j2`.
+    pub pod_template: Option<PathBuf>,
+}
+
+impl PodPlacement {
+    /// Whether the profile asks for nothing of the pod.
+    pub fn is_empty(&self) -> bool {
+        self.node_selector.is_empty() && self.tolerations.is_empty() && self.pod_template.is_none()
+    }
+}
+
+/// One pod toleration (`core/v1 Toleration`); `None` fields are left out of the pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Toleration {
+    /// The taint key (a label key); `None` with `Exists` tolerates every taint.
+    pub key: Option<String>,
+    /// `Exists` or `Equal` (Kubernetes' default).
+    pub operator: Option<String>,
+    /// The taint value (a label value; only with `Equal`).
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; `None`: every effect.
+    pub effect: Option<String>,
+    /// With `NoExecute`: how long the pod stays bound after the taint appears.
+    pub toleration_seconds: Option<i64>,
 }
 
 /// Resource limits of a local kernel process, applied by `prlimit` and `taskset` (util-linux)
@@ -305,6 +341,15 @@ pub enum ProcessState {
     },
     /// The backend cannot tell right now (e.g. the remote host is unreachable).
     Unknown,
+}
+
+impl ProcessState {
+    /// Ended, with neither an exit code nor a signal known: a kernel the backend no longer finds
+    /// (an application the RM has forgotten, a launcher whose listener is gone).
+    pub const GONE: ProcessState = ProcessState::Exited {
+        code: None,
+        signal: None,
+    };
 }
 
 impl std::fmt::Display for ProcessState {
@@ -451,6 +496,13 @@ impl Capabilities {
         host: KernelHost::Elsewhere,
         honours_run_as: false,
         uses_callback_listener: false,
+    };
+
+    /// A backend whose kernels run elsewhere and start through a launcher that calls the
+    /// gateway's response listener back (ssh, yarn, the container backends).
+    pub const CALLBACK_LAUNCHER: Capabilities = Capabilities {
+        uses_callback_listener: true,
+        ..Capabilities::ELSEWHERE
     };
 }
 

@@ -87,7 +87,7 @@ use crate::local::{
 };
 use crate::{
     BackendNames, Capabilities, Error, KernelProcess, KernelRecord, LaunchRequest, LaunchedKernel,
-    ProcessState, ResourceManager,
+    PodPlacement, ProcessState, ResourceManager,
 };
 
 /// The name of this backend in a [`crate::Registry`].
@@ -415,6 +415,17 @@ impl KubernetesResourceManager {
             })?,
             None => cfg.launch_mode,
         };
+        let placement = &request.placement.kubernetes;
+        validate::pod_placement(placement)?;
+        if !placement.is_empty() && matches!(mode, LaunchMode::Launcher) {
+            return Err(Error::Config(format!(
+                "kernelspec '{}': the profile's kubernetes settings (node selector, tolerations, \
+                 pod template) apply to pods the gateway renders; this kernelspec's pod is made by \
+                 its launcher (use EG_KUBERNETES_LAUNCH=native or the kernelspec's config.launch \
+                 'native')",
+                spec.name
+            )));
+        }
         Ok(Plan {
             pod_name,
             namespace,
@@ -872,7 +883,18 @@ impl ResourceManager for KubernetesResourceManager {
             }
             LaunchMode::Native => {
                 let container_env: BTreeMap<String, String> = env.clone();
-                let rendered = self.render(spec, &argv, &env, &container_env);
+                let rendered = self
+                    .render(
+                        spec,
+                        &argv,
+                        &env,
+                        &container_env,
+                        &request.placement.kubernetes,
+                    )
+                    .and_then(|mut r| {
+                        place_pod(&mut r.pod, &request.placement.kubernetes)?;
+                        Ok(r)
+                    });
                 match rendered {
                     Ok(r) => create_objects(&client, &plan, r, &mut created).await,
                     Err(e) => Err(e),
@@ -1174,15 +1196,16 @@ impl ResourceManager for KubernetesResourceManager {
 }
 
 impl KubernetesResourceManager {
-    /// The native path's objects: the kernelspec's template, or the built-in pod.
+    /// The native path's objects: the profile's template, the kernelspec's, or the built-in pod.
     fn render(
         &self,
         spec: &KernelSpec,
         argv: &[String],
         env: &BTreeMap<String, String>,
         container_env: &BTreeMap<String, String>,
+        placement: &PodPlacement,
     ) -> Result<Rendered, Error> {
-        let configured = spec_text(spec, "pod_template").map(|p| {
+        let from_spec = spec_text(spec, "pod_template").map(|p| {
             let p = PathBuf::from(p);
             if p.is_absolute() {
                 p
@@ -1190,6 +1213,7 @@ impl KubernetesResourceManager {
                 spec.resource_dir.join(p)
             }
         });
+        let configured = placement.pod_template.clone().or(from_spec);
         let beside_launcher = argv
             .iter()
             .find(|a| a.ends_with("launch_kubernetes.py"))
@@ -1219,6 +1243,58 @@ impl KubernetesResourceManager {
             None => pod::default_pod(env, container_env),
         }
     }
+}
+
+/// Adds a profile's node selector and tolerations to a rendered pod's `spec` (as values in the
+/// tree: nothing is parsed from them). A selector key the template set keeps the profile's value.
+fn place_pod(pod: &mut Value, placement: &PodPlacement) -> Result<(), Error> {
+    if placement.node_selector.is_empty() && placement.tolerations.is_empty() {
+        return Ok(());
+    }
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Err(Error::Config(
+            "the rendered pod has no spec mapping for the profile's node selector and tolerations"
+                .into(),
+        ));
+    };
+    if !placement.node_selector.is_empty() {
+        let selector = spec.entry("nodeSelector").or_insert_with(|| json!({}));
+        let Some(map) = selector.as_object_mut() else {
+            return Err(Error::Config(
+                "the rendered pod's spec.nodeSelector is not a mapping".into(),
+            ));
+        };
+        for (k, v) in &placement.node_selector {
+            map.insert(k.clone(), json!(v));
+        }
+    }
+    if !placement.tolerations.is_empty() {
+        let list = spec.entry("tolerations").or_insert_with(|| json!([]));
+        let Some(items) = list.as_array_mut() else {
+            return Err(Error::Config(
+                "the rendered pod's spec.tolerations is not a list".into(),
+            ));
+        };
+        for t in &placement.tolerations {
+            let mut item = serde_json::Map::new();
+            let fields = [
+                ("key", &t.key),
+                ("operator", &t.operator),
+                ("value", &t.value),
+                ("effect", &t.effect),
+            ];
+            for (name, value) in fields {
+                if let Some(v) = value {
+                    item.insert(name.to_owned(), json!(v));
+                }
+            }
+            if let Some(seconds) = t.toleration_seconds {
+                item.insert("tolerationSeconds".to_owned(), json!(seconds));
+            }
+            items.push(Value::Object(item));
+        }
+    }
+    Ok(())
 }
 
 /// Creates the rendered objects: the pod first (in the plan's namespace, with its name), then

@@ -180,6 +180,117 @@ pub fn user_id(field: &str, value: &str, prohibited: &[u32]) -> Result<u32, Erro
     Ok(id)
 }
 
+/// Whether `s` is the name part of a label key or a non-empty label value: 1–63 of
+/// `[A-Za-z0-9-_.]`, alphanumeric at both ends.
+fn is_label_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_LABEL
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Whether `s` is a label key: an optional DNS-subdomain prefix and `/`, then a label name.
+pub fn is_label_key(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(s),
+    }
+}
+
+/// Whether `s` is a label value: empty, or a label name.
+pub fn is_label_value(s: &str) -> bool {
+    s.is_empty() || is_label_name(s)
+}
+
+/// A profile's pod settings ([`crate::PodPlacement`]): node-selector keys and values as labels,
+/// tolerations as the API accepts them. A failure is a 400 naming the field as the profiles file
+/// spells it (`kubernetes.tolerations[0].effect`).
+pub fn pod_placement(placement: &crate::PodPlacement) -> Result<(), Error> {
+    let bad = |field: String, value: &str, what: &str| {
+        Err(Error::InvalidRequest(format!(
+            "profile setting {field} '{}' is not {what}",
+            excerpt(value)
+        )))
+    };
+    for (key, value) in &placement.node_selector {
+        if !is_label_key(key) {
+            return bad(
+                "kubernetes.node_selector key".into(),
+                key,
+                "a label key ([prefix/]name, name 1 to 63 of letters, digits, '-', '_', '.')",
+            );
+        }
+        if !is_label_value(value) {
+            return bad(
+                format!("kubernetes.node_selector.{key}"),
+                value,
+                "a label value (at most 63 of letters, digits, '-', '_', '.')",
+            );
+        }
+    }
+    for (i, t) in placement.tolerations.iter().enumerate() {
+        let field = |name: &str| format!("kubernetes.tolerations[{i}].{name}");
+        if let Some(key) = &t.key
+            && !is_label_key(key)
+        {
+            return bad(field("key"), key, "a label key");
+        }
+        let exists = match t.operator.as_deref() {
+            None | Some("Equal") => false,
+            Some("Exists") => true,
+            Some(other) => return bad(field("operator"), other, "Exists or Equal"),
+        };
+        if let Some(value) = &t.value {
+            if exists && !value.is_empty() {
+                return bad(field("value"), value, "empty, as operator Exists wants");
+            }
+            if !is_label_value(value) {
+                return bad(field("value"), value, "a label value");
+            }
+        }
+        if t.key.is_none() && !exists {
+            return bad(
+                field("key"),
+                "",
+                "given (an empty key needs operator Exists)",
+            );
+        }
+        if let Some(effect) = &t.effect
+            && !matches!(
+                effect.as_str(),
+                "NoSchedule" | "PreferNoSchedule" | "NoExecute"
+            )
+        {
+            return bad(
+                field("effect"),
+                effect,
+                "NoSchedule, PreferNoSchedule or NoExecute",
+            );
+        }
+        if let Some(seconds) = t.toleration_seconds
+            && t.effect.as_deref() != Some("NoExecute")
+        {
+            return bad(
+                field("toleration_seconds"),
+                &seconds.to_string(),
+                "allowed without effect NoExecute",
+            );
+        }
+    }
+    if let Some(path) = &placement.pod_template
+        && !path.is_absolute()
+    {
+        return bad(
+            "kubernetes.pod_template".into(),
+            &path.display().to_string(),
+            "an absolute path",
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +340,79 @@ mod tests {
         assert!(image("KERNEL_IMAGE", "elyra/kernel-py:3.2.3").is_ok());
         assert!(image("KERNEL_IMAGE", "a b").is_err());
         assert!(image("KERNEL_IMAGE", "a\"\nkind: Secret").is_err());
+    }
+
+    #[test]
+    fn kubernetes_pod_placement_of_profiles() {
+        use crate::{PodPlacement, Toleration};
+        let good = PodPlacement {
+            node_selector: [
+                ("disktype".to_owned(), "ssd".to_owned()),
+                ("kubernetes.io/arch".to_owned(), "amd64".to_owned()),
+            ]
+            .into(),
+            tolerations: vec![
+                Toleration {
+                    key: Some("gpu".into()),
+                    operator: Some("Equal".into()),
+                    value: Some("a100".into()),
+                    effect: Some("NoExecute".into()),
+                    toleration_seconds: Some(30),
+                },
+                Toleration {
+                    operator: Some("Exists".into()),
+                    ..Toleration::default()
+                },
+            ],
+            pod_template: Some("/etc/eg/gpu-pod.yaml.j2".into()),
+        };
+        assert!(pod_placement(&good).is_ok());
+        let refused = |p: PodPlacement| pod_placement(&p).expect_err("refused").to_string();
+        let with_toleration = |t: Toleration| PodPlacement {
+            tolerations: vec![t],
+            ..PodPlacement::default()
+        };
+        let text = refused(PodPlacement {
+            node_selector: [("bad key: {x}".to_owned(), "v".to_owned())].into(),
+            ..PodPlacement::default()
+        });
+        assert!(text.contains("kubernetes.node_selector key"), "{text}");
+        let text = refused(PodPlacement {
+            node_selector: [("k".to_owned(), "a\nkind: Secret".to_owned())].into(),
+            ..PodPlacement::default()
+        });
+        assert!(text.contains("kubernetes.node_selector.k"), "{text}");
+        let text = refused(with_toleration(Toleration {
+            key: Some("gpu".into()),
+            effect: Some("Sometimes".into()),
+            ..Toleration::default()
+        }));
+        assert!(text.contains("kubernetes.tolerations[0].effect"), "{text}");
+        let text = refused(with_toleration(Toleration {
+            key: Some("gpu".into()),
+            operator: Some("In".into()),
+            ..Toleration::default()
+        }));
+        assert!(text.contains("tolerations[0].operator"), "{text}");
+        let text = refused(with_toleration(Toleration {
+            key: Some("gpu".into()),
+            operator: Some("Exists".into()),
+            value: Some("x".into()),
+            ..Toleration::default()
+        }));
+        assert!(text.contains("tolerations[0].value"), "{text}");
+        let text = refused(with_toleration(Toleration::default()));
+        assert!(text.contains("tolerations[0].key"), "{text}");
+        let text = refused(with_toleration(Toleration {
+            key: Some("gpu".into()),
+            toleration_seconds: Some(5),
+            ..Toleration::default()
+        }));
+        assert!(text.contains("toleration_seconds"), "{text}");
+        let text = refused(PodPlacement {
+            pod_template: Some("relative.yaml.j2".into()),
+            ..PodPlacement::default()
+        });
+        assert!(text.contains("kubernetes.pod_template"), "{text}");
     }
 }
