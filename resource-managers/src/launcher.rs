@@ -106,7 +106,32 @@ impl LauncherProcess {
         log_path: &Path,
         what: &str,
     ) -> Result<LauncherProcess, Error> {
-        let child = crate::process::spawn_logged(request, program, argv, log_path, what, true)?;
+        LauncherProcess::start(request, program, argv, log_path, what, true)
+    }
+
+    /// As [`Self::spawn`], without `JPY_PARENT_PID`: a launcher as independent of the gateway
+    /// as one started on another host, whose kernel outlives the gateway and is re-attached
+    /// (the `ssh` backend's launches on this machine).
+    pub fn spawn_independent(
+        request: &LaunchRequest,
+        program: &Path,
+        argv: &[String],
+        log_path: &Path,
+        what: &str,
+    ) -> Result<LauncherProcess, Error> {
+        LauncherProcess::start(request, program, argv, log_path, what, false)
+    }
+
+    fn start(
+        request: &LaunchRequest,
+        program: &Path,
+        argv: &[String],
+        log_path: &Path,
+        what: &str,
+        parent_pid: bool,
+    ) -> Result<LauncherProcess, Error> {
+        let child =
+            crate::process::spawn_logged(request, program, argv, log_path, what, parent_pid)?;
         let Some(pid) = child
             .id()
             .and_then(|id| i32::try_from(id).ok())
@@ -131,6 +156,15 @@ impl LauncherProcess {
     /// Its state now: running until the reaper saw it end.
     pub fn state(&self) -> ProcessState {
         *self.exit.borrow()
+    }
+
+    /// Until the reaper saw it end: its final state (`Unknown` if the reaper is gone).
+    pub async fn wait(&self) -> ProcessState {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(|s| *s != ProcessState::Running).await {
+            Ok(state) => *state,
+            Err(_) => ProcessState::Unknown,
+        }
     }
 
     /// SIGKILLs its process group now, without waiting (for `Drop`).
@@ -377,6 +411,15 @@ impl<C: CommChannel> LauncherComm<C> {
     /// Whether the listener, told to stop, now refuses connections: the kernel is gone.
     pub async fn listener_gone(&self) -> bool {
         self.listener_stopped() && self.signal(0).await == CommOutcome::Refused
+    }
+
+    /// For [`crate::KernelProcess::poll`]: the backend's own view of the kernel, `state`, except
+    /// that a kernel the backend still sees running is gone once [`Self::listener_gone`].
+    pub async fn poll_state(&self, state: ProcessState) -> ProcessState {
+        if state == ProcessState::Running && self.listener_gone().await {
+            return ProcessState::GONE;
+        }
+        state
     }
 
     /// Asks the launcher to stop the kernel: SIGTERM, then "stop listening". Returns whether

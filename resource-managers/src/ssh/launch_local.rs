@@ -5,19 +5,14 @@
 use std::net::{IpAddr, SocketAddr};
 
 use kernel_launcher::{CommPort, LauncherResponse, PendingLaunch};
-use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use super::control::Comm;
 use super::process::{Found, Launched, LocalLauncher, SshKernelProcess};
 use super::{SshResourceManager, timeout_error};
-use crate::process::{
-    create_private_dir, interrupt_signal_of, read_tail, resolve_program, spawn_logged, spawn_reaper,
-};
-use crate::{Error, LaunchRequest, LaunchedKernel, ProcessState};
-
-/// How long a failed launch waits for its killed launcher to be reaped.
-const REAP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+use crate::launcher::LauncherProcess;
+use crate::process::{create_private_dir, interrupt_signal_of, read_tail, resolve_program};
+use crate::{Error, LaunchRequest, LaunchedKernel};
 
 impl SshResourceManager {
     /// Launches on this machine without SSH; `host` is the name the launch chose, `ip` its
@@ -44,49 +39,27 @@ impl SshResourceManager {
         // No JPY_PARENT_PID: a launcher started here is as independent of the gateway as one
         // started over SSH (under nohup setsid), so its kernel survives the gateway and is
         // re-attached through its communication port.
-        let child = spawn_logged(request, &program, argv, &log_path, "launcher", false)?;
-        let Some(pid) = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(Pid::from_raw)
-        else {
-            return Err(Error::Spawn(format!(
-                "kernel '{}' started without a process id",
-                spec.name
-            )));
-        };
-        let mut exit = spawn_reaper(child, pid);
+        let process =
+            LauncherProcess::spawn_independent(request, &program, argv, &log_path, "launcher")?;
+        let pid = process.pid();
         tracing::info!(%kernel_id, %host, pid = pid.as_raw(), log = %log_path.display(), "launcher started locally; waiting for its connection info");
 
-        let mut exit_rx = exit.clone();
-        let deadline = tokio::time::sleep(request.timeout);
-        tokio::pin!(deadline);
-        let outcome = loop {
-            tokio::select! {
-                biased;
-                response = &mut pending => break response.map_err(|e| Error::Spawn(e.to_string())),
-                changed = exit_rx.changed() => {
-                    let state = *exit_rx.borrow_and_update();
-                    if changed.is_err() || state != ProcessState::Running {
-                        break Err(Error::ExitedDuringLaunch {
-                            status: state.to_string(),
-                            log_tail: read_tail(&log_path, 20).unwrap_or_default(),
-                        });
-                    }
-                }
-                () = &mut deadline => {
-                    break Err(timeout_error(kernel_id, request.timeout, &host, &log_path));
-                }
+        let outcome = tokio::select! {
+            biased;
+            response = &mut pending => response.map_err(|e| Error::Spawn(e.to_string())),
+            state = process.wait() => Err(Error::ExitedDuringLaunch {
+                status: state.to_string(),
+                log_tail: read_tail(&log_path, 20).unwrap_or_default(),
+            }),
+            () = tokio::time::sleep(request.timeout) => {
+                Err(timeout_error(kernel_id, request.timeout, &host, &log_path))
             }
         };
         drop(pending);
         let response = match outcome {
             Ok(response) => response,
             Err(err) => {
-                let _ = killpg(pid, Signal::SIGKILL);
-                let _ =
-                    tokio::time::timeout(REAP_WAIT, exit.wait_for(|s| *s != ProcessState::Running))
-                        .await;
+                process.kill().await;
                 tracing::warn!(%kernel_id, %host, "launch failed: {err}");
                 return Err(err);
             }
@@ -96,9 +69,8 @@ impl SshResourceManager {
         connection.kernel_name = spec.name.clone();
         tracing::info!(%kernel_id, %host, kernel_pid = ?response.pid, comm_port = ?response.comm_port, "kernel connection info received");
         let launcher = LocalLauncher {
-            pid,
-            exit,
             kernel_group: verified_kernel_group(&response, pid),
+            process,
         };
         let found = Found {
             kernel_id: kernel_id.clone(),

@@ -258,15 +258,9 @@ impl ResourceManager for SshResourceManager {
 
     async fn reattach(&self, record: &KernelRecord) -> Result<LaunchedKernel, Error> {
         let kernel_id = &record.kernel_id;
-        if record.resource_manager != NAME {
-            return Err(Error::Config(format!(
-                "kernel {kernel_id} was launched by '{}', not by the ssh backend",
-                record.resource_manager
-            )));
-        }
+        let stored = record.process_of(NAME, SshRecord::from_json)?;
         let unreadable =
             || Error::Config(format!("kernel {kernel_id}: unreadable ssh process record"));
-        let stored = SshRecord::from_json(&record.process).ok_or_else(unreadable)?;
         let ip = stored.ip;
         let comm_port = stored.comm_port().ok_or_else(|| {
             Error::Unsupported(format!(

@@ -16,14 +16,13 @@ use kernel_launcher::CommOutcome;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use parking_lot::Mutex;
-use tokio::sync::watch;
 
 use super::NAME;
 use super::balance::HostSlot;
 use super::control::{Comm, SshControl};
 use super::record::SshRecord;
 use super::session::SessionError;
-use crate::launcher::LauncherComm;
+use crate::launcher::{LauncherComm, LauncherProcess};
 use crate::process::read_tail;
 use crate::{Error, KernelProcess, KernelRecord, LaunchedKernel, ProcessState};
 
@@ -53,8 +52,7 @@ pub(super) enum Launched {
 /// A launcher process started on this machine.
 #[derive(Debug)]
 pub(super) struct LocalLauncher {
-    pub(super) pid: Pid,
-    pub(super) exit: watch::Receiver<ProcessState>,
+    pub(super) process: LauncherProcess,
     /// The kernel's own process group when the launcher started it in a separate one (our
     /// agent) and it was verified to be the launcher's child.
     pub(super) kernel_group: Option<Pid>,
@@ -154,7 +152,7 @@ impl SshKernelProcess {
     /// The local launcher's state (launches here only).
     fn local_state(&self) -> Option<ProcessState> {
         match &self.launched {
-            Launched::Here(launcher) => Some(*launcher.exit.borrow()),
+            Launched::Here(launcher) => Some(launcher.process.state()),
             _ => None,
         }
     }
@@ -166,8 +164,8 @@ impl SshKernelProcess {
             return false;
         };
         let mut sent = false;
-        if *launcher.exit.borrow() == ProcessState::Running {
-            sent |= killpg(launcher.pid, signal).is_ok();
+        if launcher.process.state() == ProcessState::Running {
+            sent |= killpg(launcher.process.pid(), signal).is_ok();
         }
         if let Some(group) = launcher.kernel_group {
             sent |= killpg(group, signal).is_ok();
@@ -178,11 +176,7 @@ impl SshKernelProcess {
     /// Until the kernel is gone: the local launcher's exit, or polls of a remote one.
     async fn wait_exit(&self) -> ProcessState {
         if let Launched::Here(launcher) = &self.launched {
-            let mut exit = launcher.exit.clone();
-            let state = match exit.wait_for(|s| *s != ProcessState::Running).await {
-                Ok(state) => *state,
-                Err(_) => ProcessState::Unknown,
-            };
+            let state = launcher.process.wait().await;
             // The agent normally takes its kernel along; make sure.
             if let Some(group) = launcher.kernel_group {
                 let _ = killpg(group, Signal::SIGKILL);
@@ -283,7 +277,7 @@ impl SshKernelProcess {
         };
         tracing::warn!(%kernel_id, "signal {signum} via the communication port failed ({why}); signalling the local process group");
         let delivered = if signum == 0 {
-            kill(launcher.pid, None).is_ok()
+            kill(launcher.process.pid(), None).is_ok()
         } else {
             let signal = Signal::try_from(signum).map_err(|_| {
                 Error::Unsupported(format!("{signum} is not a signal number on this system"))

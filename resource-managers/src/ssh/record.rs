@@ -65,7 +65,7 @@ impl SshRecord {
     /// The record of a kernel handle's parts.
     pub(super) fn of(found: &Found, launched: &Launched) -> SshRecord {
         let (ssh, remote_connection, launcher_pid) = match launched {
-            Launched::Here(launcher) => (None, None, Some(launcher.pid.as_raw())),
+            Launched::Here(launcher) => (None, None, Some(launcher.process.pid().as_raw())),
             Launched::OverSsh {
                 ssh,
                 remote_connection,

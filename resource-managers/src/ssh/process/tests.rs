@@ -22,18 +22,33 @@ fn the_end_is_decided_once_stopped_and_detach_does_not_undo_a_stop() {
 /// A handle of a real process started here (`sleep`, in its own process group), without a
 /// communication port, counted on host `h` of `balancer`.
 fn here(balancer: &Balancer, log_dir: &std::path::Path) -> (SshKernelProcess, Pid) {
-    let child = tokio::process::Command::new("sleep")
-        .arg("60")
-        .process_group(0)
-        .spawn()
-        .expect("sleep starts");
-    let pid = Pid::from_raw(
-        child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .expect("pid"),
-    );
-    let exit = crate::process::spawn_reaper(child, pid);
+    let json = serde_json::json!({
+        "argv": ["sleep", "60"], "display_name": "S", "language": "none",
+    });
+    let spec = kernel_launcher::KernelSpec::from_json("s", log_dir, &json).expect("kernelspec");
+    let request = crate::LaunchRequest {
+        kernel_id: "k".to_owned(),
+        spec,
+        env: std::collections::BTreeMap::new(),
+        cwd: None,
+        port_range: kernel_launcher::PortRange::ANY,
+        timeout: Duration::from_secs(5),
+        previous: None,
+        username: "u".to_owned(),
+        run_as: None,
+        placement: Default::default(),
+    };
+    let argv = ["sleep".to_owned(), "60".to_owned()];
+    let log = log_dir.join("kernel-k.log");
+    let process = LauncherProcess::spawn_independent(
+        &request,
+        std::path::Path::new("/bin/sleep"),
+        &argv,
+        &log,
+        "launcher",
+    )
+    .expect("sleep starts");
+    let pid = process.pid();
     let found = Found {
         kernel_id: "k".to_owned(),
         host: "h".to_owned(),
@@ -51,8 +66,7 @@ fn here(balancer: &Balancer, log_dir: &std::path::Path) -> (SshKernelProcess, Pi
         interrupt_signal: Signal::SIGUSR2,
     };
     let launcher = LocalLauncher {
-        pid,
-        exit,
+        process,
         kernel_group: None,
     };
     let slot = balancer.acquire("h");
@@ -110,24 +124,19 @@ async fn a_dropped_handle_kills_its_launcher_unless_detached() {
     let dir = tempfile::tempdir().expect("tempdir");
     let balancer = Balancer::default();
     let (owned, pid) = here(&balancer, dir.path());
-    let mut exit = match &owned.launched {
-        Launched::Here(launcher) => launcher.exit.clone(),
+    let launcher = match &owned.launched {
+        Launched::Here(launcher) => launcher.process.clone(),
         _ => unreachable!("a launch here"),
     };
     drop(owned);
-    let state = tokio::time::timeout(
-        Duration::from_secs(5),
-        exit.wait_for(|s| *s != ProcessState::Running),
-    )
-    .await
-    .map(|s| s.map(|s| *s));
+    let state = tokio::time::timeout(Duration::from_secs(5), launcher.wait()).await;
     assert!(
         matches!(
             state,
-            Ok(Ok(ProcessState::Exited {
+            Ok(ProcessState::Exited {
                 signal: Some(9),
                 ..
-            }))
+            })
         ),
         "{state:?} (pid {pid})"
     );
