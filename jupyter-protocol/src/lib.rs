@@ -85,6 +85,6 @@ pub use client::KernelClient;
 pub use connection::{ConnectionInfo, Transport};
 pub use error::Error;
 pub use header::Header;
-pub use message::Message;
+pub use message::{HeaderFields, Message};
 pub use sockets::{KernelSockets, SocketOptions};
 pub use wire::{SignatureScheme, Signer, Verifier};

@@ -1,4 +1,6 @@
 //! Messages with their JSON parts kept as raw bytes.
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -76,6 +78,21 @@ impl Message {
             .map_err(|err| Error::Malformed(format!("header: {err}")))
     }
 
+    /// Reads only the header's `msg_id` and `msg_type`, borrowed from the raw header (copied only
+    /// when they contain JSON escapes): what forwarding needs, without building a [`Header`].
+    /// Missing fields are empty.
+    pub fn header_fields(&self) -> Result<HeaderFields<'_>, Error> {
+        serde_json::from_slice(&self.header)
+            .map_err(|err| Error::Malformed(format!("header: {err}")))
+    }
+
+    /// The header's `msg_type` (empty when the header does not parse or has none).
+    pub fn msg_type(&self) -> Cow<'_, str> {
+        self.header_fields()
+            .map(|fields| fields.msg_type)
+            .unwrap_or_default()
+    }
+
     /// Parses the content into a typed value.
     pub fn parse_content<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_slice(&self.content)
@@ -104,6 +121,17 @@ impl Message {
     }
 }
 
+/// The two header fields forwarding looks at (see [`Message::header_fields`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct HeaderFields<'a> {
+    /// `msg_id`.
+    #[serde(borrow, default)]
+    pub msg_id: Cow<'a, str>,
+    /// `msg_type`.
+    #[serde(borrow, default)]
+    pub msg_type: Cow<'a, str>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +145,29 @@ mod tests {
         assert_eq!(msg.parse_header().expect("header"), header);
         assert_eq!(msg.parent_msg_id(), None);
         assert_eq!(msg.size(), msg.header.len() + 4 + msg.content.len());
+    }
+
+    #[test]
+    fn header_fields_are_borrowed_unless_escaped() {
+        let header = Header::new("execute_request", "s", "u");
+        let msg = Message::new(&header, &serde_json::json!({}));
+        let fields = msg.header_fields().expect("fields");
+        assert_eq!(fields.msg_id, header.msg_id);
+        assert!(matches!(fields.msg_type, Cow::Borrowed("execute_request")));
+        assert_eq!(msg.msg_type(), "execute_request");
+        let escaped = Message {
+            header: Bytes::from_static(br#"{"msg_type":"a\"b","x":[1,{"y":2}]}"#),
+            ..msg.clone()
+        };
+        let fields = escaped.header_fields().expect("fields");
+        assert_eq!(fields.msg_type, "a\"b");
+        assert_eq!(fields.msg_id, "");
+        let broken = Message {
+            header: Bytes::from_static(b"{"),
+            ..msg
+        };
+        assert!(broken.header_fields().is_err());
+        assert_eq!(broken.msg_type(), "");
     }
 
     #[test]

@@ -67,17 +67,32 @@ fn is_empty_container(raw: &RawValue) -> bool {
     inner.is_some_and(|t| t.bytes().all(|b| b.is_ascii_whitespace()))
 }
 
-fn object_part(raw: Option<&RawValue>, name: &str) -> Result<Bytes, Error> {
+/// A part of a legacy message: a slice of `source` (the frame `raw` was parsed from) when there
+/// is one, a copy otherwise.
+fn raw_part(raw: &RawValue, source: Option<&Bytes>) -> Bytes {
+    match source {
+        // `raw` borrows from the text parsed out of `source`, so it is a sub-slice of it.
+        Some(source) => source.slice_ref(raw.get().as_bytes()),
+        None => Bytes::copy_from_slice(raw.get().as_bytes()),
+    }
+}
+
+fn object_part(raw: Option<&RawValue>, name: &str, source: Option<&Bytes>) -> Result<Bytes, Error> {
     match raw {
         None => Ok(Bytes::from_static(b"{}")),
         Some(raw) if raw.get() == "null" => Ok(Bytes::from_static(b"{}")),
-        Some(raw) if is_object(raw) => Ok(Bytes::copy_from_slice(raw.get().as_bytes())),
+        Some(raw) if is_object(raw) => Ok(raw_part(raw, source)),
         Some(_) => Err(malformed(format!("{name} is not a JSON object"))),
     }
 }
 
 /// Parses a legacy JSON message; `binary` says whether buffers come from the binary frame.
-fn decode_envelope(json: &str, binary: bool) -> Result<(Channel, Message), Error> {
+/// With `source` (the bytes `json` is a view of), the parts share its memory.
+fn decode_envelope(
+    json: &str,
+    binary: bool,
+    source: Option<&Bytes>,
+) -> Result<(Channel, Message), Error> {
     let env: Envelope<'_> =
         serde_json::from_str(json).map_err(|err| malformed(format!("message JSON: {err}")))?;
     let channel = match env.channel.as_deref() {
@@ -96,10 +111,10 @@ fn decode_envelope(json: &str, binary: bool) -> Result<(Channel, Message), Error
         return Err(malformed("header is not a JSON object"));
     }
     let msg = Message {
-        header: Bytes::copy_from_slice(env.header.get().as_bytes()),
-        parent_header: object_part(env.parent_header, "parent_header")?,
-        metadata: object_part(env.metadata, "metadata")?,
-        content: object_part(Some(env.content), "content")?,
+        header: raw_part(env.header, source),
+        parent_header: object_part(env.parent_header, "parent_header", source)?,
+        metadata: object_part(env.metadata, "metadata", source)?,
+        content: object_part(Some(env.content), "content", source)?,
         buffers: Vec::new(),
     };
     Ok((channel, msg))
@@ -113,24 +128,37 @@ fn part_text<'a>(part: &'a Bytes, name: &str) -> Result<&'a str, Error> {
     std::str::from_utf8(part).map_err(|err| malformed(format!("{name} is not UTF-8: {err}")))
 }
 
-/// Writes the legacy JSON form; `with_buffers` adds the `"buffers":[]` key of text frames.
+/// Appends `text` as a JSON string: quoted as it is when nothing in it needs an escape (what
+/// message ids and types are), through serde_json otherwise.
+fn push_json_str(out: &mut String, text: &str) -> Result<(), Error> {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+        return Ok(());
+    }
+    let quoted = serde_json::to_string(text).map_err(|err| malformed(format!("header: {err}")))?;
+    out.push_str(&quoted);
+    Ok(())
+}
+
+/// Writes the legacy JSON form into one allocation; `with_buffers` adds the `"buffers":[]` key
+/// of text frames. Only the header's `msg_id` and `msg_type` are parsed; the parts are copied
+/// verbatim.
 fn encode_json(channel: Channel, msg: &Message, with_buffers: bool) -> Result<String, Error> {
-    let header = msg.parse_header()?;
+    let fields = msg.header_fields()?;
     let header_text = part_text(&msg.header, "header")?;
     let parent = part_text(&msg.parent_header, "parent_header")?;
     let metadata = part_text(&msg.metadata, "metadata")?;
     let content = part_text(&msg.content, "content")?;
-    let msg_id =
-        serde_json::to_string(&header.msg_id).map_err(|err| malformed(format!("msg_id: {err}")))?;
-    let msg_type = serde_json::to_string(&header.msg_type)
-        .map_err(|err| malformed(format!("msg_type: {err}")))?;
-    let mut out = String::with_capacity(msg.size() + 160);
+    let mut out =
+        String::with_capacity(msg.size() + fields.msg_id.len() + fields.msg_type.len() + 160);
     out.push_str("{\"header\":");
     out.push_str(header_text);
     out.push_str(",\"msg_id\":");
-    out.push_str(&msg_id);
+    push_json_str(&mut out, &fields.msg_id)?;
     out.push_str(",\"msg_type\":");
-    out.push_str(&msg_type);
+    push_json_str(&mut out, &fields.msg_type)?;
     out.push_str(",\"parent_header\":");
     out.push_str(parent);
     out.push_str(",\"metadata\":");
@@ -152,7 +180,15 @@ pub mod legacy {
 
     /// Decodes a client text frame; a missing `channel` means shell; `buffers` may be absent, `[]` or `{}`.
     pub fn decode_text(text: &str) -> Result<(Channel, Message), Error> {
-        decode_envelope(text, false)
+        decode_envelope(text, false, None)
+    }
+
+    /// Like [`decode_text`] for a frame held as bytes: the parts are slices of `text`, not
+    /// copies. Text that is not UTF-8 is an error.
+    pub fn decode_text_bytes(text: Bytes) -> Result<(Channel, Message), Error> {
+        let json = std::str::from_utf8(&text)
+            .map_err(|err| malformed(format!("text frame is not UTF-8: {err}")))?;
+        decode_envelope(json, false, Some(&text))
     }
 
     /// Decodes a client binary frame (u32 BE count + offsets, JSON part, buffers).
@@ -163,7 +199,7 @@ pub mod legacy {
         };
         let json = std::str::from_utf8(json)
             .map_err(|err| malformed(format!("JSON part is not UTF-8: {err}")))?;
-        let (channel, mut msg) = decode_envelope(json, true)?;
+        let (channel, mut msg) = decode_envelope(json, true, None)?;
         msg.buffers = buffers.iter().map(|b| Bytes::copy_from_slice(b)).collect();
         Ok((channel, msg))
     }
@@ -359,6 +395,15 @@ mod tests {
         let (channel, back) = legacy::decode_text(&text).expect("decode");
         assert_eq!(channel, Channel::Iopub);
         assert_eq!(back, msg, "parts are copied byte for byte");
+        let frame = Bytes::from(text.clone());
+        let (channel, shared) = legacy::decode_text_bytes(frame.clone()).expect("decode");
+        assert_eq!((channel, &shared), (Channel::Iopub, &msg));
+        let inside = frame.as_ptr_range();
+        assert!(
+            inside.contains(&shared.content.as_ptr()),
+            "parts share the frame"
+        );
+        assert!(legacy::decode_text_bytes(Bytes::from_static(b"\xff")).is_err());
     }
 
     #[test]

@@ -96,10 +96,23 @@ impl Signer {
 
     /// Lower-case hex HMAC over header ‖ parent ‖ metadata ‖ content (buffers excluded); empty when unsigned.
     pub fn sign(&self, msg: &Message) -> String {
-        match &self.mac {
-            Some(mac) => hex::encode(self.tag(mac, msg).finalize().into_bytes()),
-            None => String::new(),
+        String::from_utf8_lossy(&self.sign_frame(msg)).into_owned()
+    }
+
+    /// [`Signer::sign`] as the signature frame: the hex written into a fixed buffer and copied
+    /// once into the frame (what sending does for every message).
+    fn sign_frame(&self, msg: &Message) -> Bytes {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let Some(mac) = &self.mac else {
+            return Bytes::new();
+        };
+        let tag = self.tag(mac, msg).finalize().into_bytes();
+        let mut text = [0u8; TAG_LEN * 2];
+        for (pair, byte) in text.chunks_exact_mut(2).zip(tag.iter()) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
         }
+        Bytes::copy_from_slice(&text)
     }
 
     /// Checks a hex signature in constant time. Always `Ok` when unsigned.
@@ -112,6 +125,14 @@ impl Signer {
         };
         let tag = decode_signature(signature)?;
         self.verify_tag(mac, &tag, msg)
+    }
+
+    /// Checks an already decoded tag (see [`decode_signature`]). Always `Ok` when unsigned.
+    pub(crate) fn verify_decoded(&self, tag: &[u8; TAG_LEN], msg: &Message) -> Result<(), Error> {
+        match &self.mac {
+            Some(mac) => self.verify_tag(mac, tag, msg),
+            None => Ok(()),
+        }
     }
 
     fn verify_tag(
@@ -130,7 +151,7 @@ impl Signer {
         let mut frames = Vec::with_capacity(identities.len() + 6 + msg.buffers.len());
         frames.extend(identities.iter().cloned());
         frames.push(Bytes::from_static(DELIMITER));
-        frames.push(Bytes::from(self.sign(msg)));
+        frames.push(self.sign_frame(msg));
         frames.push(msg.header.clone());
         frames.push(msg.parent_header.clone());
         frames.push(msg.metadata.clone());
@@ -140,7 +161,8 @@ impl Signer {
     }
 }
 
-fn decode_signature(signature: &[u8]) -> Result<[u8; TAG_LEN], Error> {
+/// The 32-byte tag a 64-character lower-case hex signature spells.
+pub(crate) fn decode_signature(signature: &[u8]) -> Result<[u8; TAG_LEN], Error> {
     if signature.len() != TAG_LEN * 2 {
         return Err(Error::InvalidSignature);
     }
@@ -164,11 +186,48 @@ fn decode_signature(signature: &[u8]) -> Result<[u8; TAG_LEN], Error> {
     Ok(tag)
 }
 
+/// A 32-byte tag as a set key, hashed by its first eight bytes: tags are HMAC outputs (and only
+/// verified ones are remembered), so those bytes are already uniformly spread, and a keyed
+/// SipHash over all 32 would only cost time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TagKey([u8; TAG_LEN]);
+
+impl std::hash::Hash for TagKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(self.0.get(..8).unwrap_or(&[0; 8]));
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// The hasher of [`TagKey`]s: the key's one `u64` is the hash.
+#[derive(Debug, Default)]
+struct TagHasher(u64);
+
+impl std::hash::Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached through `write_u64`'s default if a caller hashed something else.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type TagSet = HashSet<TagKey, std::hash::BuildHasherDefault<TagHasher>>;
+
 /// The bounded set of signatures already seen. When full, the oldest tenth is forgotten
 /// (jupyter_client forgets a random tenth; forgetting the oldest keeps recent replays detectable).
 #[derive(Debug)]
 pub struct DigestHistory {
-    seen: HashSet<[u8; TAG_LEN]>,
+    seen: TagSet,
     order: VecDeque<[u8; TAG_LEN]>,
     capacity: usize,
 }
@@ -178,7 +237,7 @@ impl DigestHistory {
     pub fn new(capacity: usize) -> DigestHistory {
         let capacity = capacity.max(1);
         DigestHistory {
-            seen: HashSet::new(),
+            seen: TagSet::default(),
             order: VecDeque::new(),
             capacity,
         }
@@ -189,24 +248,30 @@ impl DigestHistory {
         self.insert_tag(decode_signature(signature)?)
     }
 
-    fn insert_tag(&mut self, tag: [u8; TAG_LEN]) -> Result<(), Error> {
-        if self.seen.contains(&tag) {
+    /// Whether a decoded tag was seen (and not yet forgotten).
+    pub(crate) fn contains_tag(&self, tag: &[u8; TAG_LEN]) -> bool {
+        self.seen.contains(&TagKey(*tag))
+    }
+
+    /// [`DigestHistory::insert`] for a decoded tag.
+    pub(crate) fn insert_tag(&mut self, tag: [u8; TAG_LEN]) -> Result<(), Error> {
+        if self.contains_tag(&tag) {
             return Err(Error::DuplicateSignature);
         }
         if self.order.len() >= self.capacity {
             let cull = (self.capacity / 10).max(1);
             for old in self.order.drain(..cull.min(self.order.len())) {
-                self.seen.remove(&old);
+                self.seen.remove(&TagKey(old));
             }
         }
-        self.seen.insert(tag);
+        self.seen.insert(TagKey(tag));
         self.order.push_back(tag);
         Ok(())
     }
 
     /// Whether a signature was seen (and not yet forgotten).
     pub fn contains(&self, signature: &[u8]) -> bool {
-        decode_signature(signature).is_ok_and(|tag| self.seen.contains(&tag))
+        decode_signature(signature).is_ok_and(|tag| self.contains_tag(&tag))
     }
 
     /// Number of remembered signatures.
@@ -260,7 +325,7 @@ impl Verifier {
             return Ok(());
         };
         let tag = decode_signature(signature)?;
-        if self.history.seen.contains(&tag) {
+        if self.history.contains_tag(&tag) {
             return Err(Error::DuplicateSignature);
         }
         self.signer.verify_tag(mac, &tag, msg)?;
