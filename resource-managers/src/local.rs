@@ -330,10 +330,7 @@ impl LocalKernelProcess {
         match &self.exit {
             Some(exit) => *exit.borrow(),
             None if is_alive(self.pid, self.pgid) => ProcessState::Running,
-            None => ProcessState::Exited {
-                code: None,
-                signal: None,
-            },
+            None => ProcessState::GONE,
         }
     }
 

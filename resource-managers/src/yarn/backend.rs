@@ -603,10 +603,7 @@ impl ResourceManager for YarnResourceManager {
         crate::BackendNames::built_in(NAME)
     }
     fn capabilities(&self) -> crate::Capabilities {
-        crate::Capabilities {
-            uses_callback_listener: true,
-            ..crate::Capabilities::ELSEWHERE
-        }
+        crate::Capabilities::CALLBACK_LAUNCHER
     }
 
     async fn launch(&self, request: LaunchRequest) -> Result<LaunchedKernel, Error> {
@@ -844,10 +841,7 @@ impl YarnKernelProcess {
         }
         match self.client.app_state(&self.app_id).await {
             Ok(state) => self.remember(exit_of(&state)),
-            Err(err) if err.is_not_found() => self.remember(ProcessState::Exited {
-                code: None,
-                signal: None,
-            }),
+            Err(err) if err.is_not_found() => self.remember(ProcessState::GONE),
             Err(err) => {
                 tracing::debug!(kernel_id = %self.kernel_id, app_id = %self.app_id, "liveness unknown: {err}");
                 ProcessState::Unknown
@@ -868,10 +862,7 @@ impl YarnKernelProcess {
     async fn kill_app(&self) -> Result<ProcessState, Error> {
         match self.client.kill(&self.app_id).await {
             Ok(state) => Ok(self.remember(exit_of(&state))),
-            Err(err) if err.is_not_found() => Ok(self.remember(ProcessState::Exited {
-                code: None,
-                signal: None,
-            })),
+            Err(err) if err.is_not_found() => Ok(self.remember(ProcessState::GONE)),
             Err(err) => Err(err.into()),
         }
     }
@@ -911,14 +902,7 @@ impl KernelProcess for YarnKernelProcess {
     }
 
     async fn poll(&self) -> ProcessState {
-        let state = self.app_state().await;
-        if state == ProcessState::Running && self.comm.listener_gone().await {
-            return ProcessState::Exited {
-                code: None,
-                signal: None,
-            };
-        }
-        state
+        self.comm.poll_state(self.app_state().await).await
     }
 
     async fn wait(&self) -> ProcessState {
