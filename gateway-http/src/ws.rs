@@ -447,7 +447,8 @@ impl Bridge {
     /// Handles a client frame; `Some` ends the connection.
     async fn on_client_frame(&mut self, frame: WsMessage) -> Option<Stop> {
         let decoded = match (&frame, self.mode) {
-            (WsMessage::Text(text), _) => match legacy::decode_text(text.as_str()) {
+            // The parts are slices of the frame's bytes, not copies.
+            (WsMessage::Text(text), _) => match legacy::decode_text_bytes(text.clone().into()) {
                 Ok(decoded) => decoded,
                 Err(err) => {
                     tracing::warn!(kernel_id = %self.kernel_id, error = %err, "ignoring a malformed text frame");
@@ -457,7 +458,7 @@ impl Bridge {
             (WsMessage::Binary(data), mode) => {
                 let decoded = match mode {
                     Mode::Legacy => legacy::decode_binary(data),
-                    Mode::V1 => v1::decode(data),
+                    Mode::V1 => v1::decode_bytes(data.clone()),
                 };
                 match decoded {
                     Ok(decoded) => decoded,

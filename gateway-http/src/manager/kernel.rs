@@ -126,7 +126,12 @@ impl KernelShared {
 
     /// Records an iopub message: activity always, execution state from `status` messages.
     pub(crate) fn observe_iopub(&self, msg: &Message) {
-        let state = execution_state_of(msg);
+        self.observe_iopub_of(msg, &msg.msg_type());
+    }
+
+    /// [`KernelShared::observe_iopub`] for a message whose type the caller already read.
+    pub(crate) fn observe_iopub_of(&self, msg: &Message, msg_type: &str) {
+        let state = execution_state_if_status(msg, msg_type);
         let mut status = self.status();
         status.last_activity = time::OffsetDateTime::now_utc();
         status.last_activity_at = Instant::now();
@@ -143,8 +148,12 @@ struct StatusContent {
 
 /// The `execution_state` of an iopub `status` message.
 pub(crate) fn execution_state_of(msg: &Message) -> Option<String> {
-    let header = msg.parse_header().ok()?;
-    if header.msg_type != "status" {
+    execution_state_if_status(msg, &msg.msg_type())
+}
+
+/// [`execution_state_of`] for a message of type `msg_type` (only `status` has one).
+fn execution_state_if_status(msg: &Message, msg_type: &str) -> Option<String> {
+    if msg_type != "status" {
         return None;
     }
     msg.parse_content::<StatusContent>()
@@ -154,7 +163,7 @@ pub(crate) fn execution_state_of(msg: &Message) -> Option<String> {
 
 /// A message type, or an empty string when the header does not parse.
 pub(crate) fn msg_type(msg: &Message) -> String {
-    msg.parse_header().map(|h| h.msg_type).unwrap_or_default()
+    msg.msg_type().into_owned()
 }
 
 /// Everything needed to launch (and relaunch) one kernel; fixed at start.

@@ -21,8 +21,8 @@ use super::error::ManagerError;
 use super::events::{KernelEvent, ShutdownReason};
 use super::hub::{Attached, GATEWAY_USERNAME, Handover, Hub, Kick};
 use super::kernel::{
-    Incarnation, KernelShared, LaunchPlan, describe_exit, launch, msg_type, socket_options,
-    teardown, with_log,
+    Incarnation, KernelShared, LaunchPlan, describe_exit, launch, socket_options, teardown,
+    with_log,
 };
 use super::rules::{self, Liveness, RestartDecision, RestartTracker};
 use super::{KernelSnapshot, Table};
@@ -777,8 +777,10 @@ impl Supervisor {
 /// Updates state and activity from an iopub message and forwards it to clients (the gateway's own
 /// `iopub_welcome` is not forwarded: it concerns only the gateway's subscription).
 fn fan_out(shared: &KernelShared, hub: &mut Hub, msg: Message) {
-    shared.observe_iopub(&msg);
-    if msg_type(&msg) == "iopub_welcome" {
+    // The header is read once here (two fields, nothing allocated) for both uses.
+    let kind = msg.msg_type();
+    shared.observe_iopub_of(&msg, &kind);
+    if kind == "iopub_welcome" {
         return;
     }
     hub.publish(&msg);
