@@ -12,8 +12,22 @@ use anyhow::{Context as _, Result, bail};
 
 /// Runs the benchmark with `args` passed through to `gateway-bench`.
 pub(crate) fn run(args: &[String]) -> Result<()> {
-    let root = crate::workspace_root()?;
     let args: Vec<&String> = args.iter().filter(|a| a.as_str() != "--").collect();
+    build_and_run(&args)
+}
+
+/// `cargo xtask profile-forwarding [args]`: `gateway-bench --profile-forwarding` (callgrind
+/// instruction counts per forwarded message; see bench/README.md), after the same setup and build.
+pub(crate) fn profile(args: &[String]) -> Result<()> {
+    let flag = "--profile-forwarding".to_owned();
+    let args: Vec<&String> = std::iter::once(&flag)
+        .chain(args.iter().filter(|a| a.as_str() != "--"))
+        .collect();
+    build_and_run(&args)
+}
+
+fn build_and_run(args: &[&String]) -> Result<()> {
+    let root = crate::workspace_root()?;
     if args.iter().any(|a| *a == "--help" || *a == "-h") {
         println!("usage: cargo xtask bench [gateway-bench options]\n");
     } else {
@@ -35,7 +49,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         bail!("{} was not built", binary.display());
     }
     let status = Command::new(&binary)
-        .args(&args)
+        .args(args)
         .current_dir(&root)
         .status()
         .with_context(|| format!("running {}", binary.display()))?;

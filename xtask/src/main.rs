@@ -35,6 +35,9 @@ tasks:
   fuzz [--seconds N]      run every cargo-fuzz target under fuzz/ for N seconds each (default 60)
   bench [args]            build release and run gateway-bench: our gateway beside the direct
                           floor and, with --compare, Enterprise Gateway 3.3.0 (--quick, --help)
+  profile-forwarding [args]
+                          build release and count the gateway's instructions per forwarded
+                          message under callgrind, both directions and framings (--help)
   serve [--] [gateway args]
                           .venv with ipykernel only (requirements/serve.txt; no apt, no test
                           venvs), build release, run target/release/enterprise-gateway with
@@ -65,6 +68,12 @@ fn run() -> Result<()> {
         Some("fuzz") => fuzz(&root, &rest),
         Some("serve") => serve(&root, rest),
         Some("bench") => bench::run(
+            &rest
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+        ),
+        Some("profile-forwarding") => bench::profile(
             &rest
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
@@ -236,6 +245,8 @@ fn ensure_debian_packages() -> Result<()> {
         // The kernel store tests: PostgreSQL started by the harness, HAProxy in front of gateways.
         ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
         ("/usr/sbin/haproxy", "haproxy"),
+        // `cargo xtask profile-forwarding`: instruction counts of the forwarding path.
+        ("/usr/bin/valgrind", "valgrind"),
         // The Kubernetes emulator's honesty test runs the real kubectl against it.
         ("/usr/bin/kubectl", "kubernetes-client"),
         // The Docker backends' tests: a real engine started by the harness on a private socket.

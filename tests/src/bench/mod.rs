@@ -20,6 +20,7 @@ mod balanced;
 mod client;
 mod kubernetes;
 mod proc;
+mod profile;
 mod report;
 mod ssh;
 mod stats;
@@ -68,6 +69,18 @@ usage: gateway-bench [options]
   --no-write            write no files
   --root DIR            workspace root (default: this crate's parent)
   --bin-dir DIR         where enterprise-gateway and test-kernel are (default: this binary's dir)
+
+usage: gateway-bench --profile-forwarding [options]   (what `cargo xtask profile-forwarding` runs)
+
+  instructions per forwarded message, counted by callgrind on our gateway (see bench/README.md)
+  --messages N          messages per counted workload (default 2000)
+  --display-mb N        size of the counted display_data in MB (default 10)
+  --ws legacy|v1|both   framings to profile (default both)
+  --profile-dir DIR     callgrind files and annotations (default <root>/target/profile-forwarding)
+  --out DIR             also write <DIR>/<date>-forwarding-profile.md (default: no file)
+  --gateway-bin PATH    profile this gateway binary (e.g. a copy of an earlier build)
+  --from-dumps          only summarise the dumps in --profile-dir (a run with the same counts)
+  --root DIR, --bin-dir DIR as above
 ";
 
 /// Parsed command line.
@@ -205,10 +218,111 @@ fn parse_options(args: &[String]) -> Result<Option<Options>> {
     Ok(Some(o))
 }
 
+/// `--profile-forwarding` and its options: the options and where to write the table.
+fn parse_profile_options(
+    args: &[String],
+) -> Result<(profile::ProfileOptions, PathBuf, PathBuf, Option<PathBuf>)> {
+    let mut root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let mut options = profile::ProfileOptions {
+        messages: 2000,
+        display_bytes: 10_000_000,
+        dir: PathBuf::new(),
+        framings: vec![WsProtocol::Legacy, WsProtocol::V1],
+        gateway_bin: None,
+        reuse: false,
+    };
+    let mut dir = None;
+    let mut out = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || -> Result<String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => iter
+                    .next()
+                    .cloned()
+                    .with_context(|| format!("{name} needs a value")),
+            }
+        };
+        match name {
+            "--profile-forwarding" => {}
+            "--messages" => options.messages = value()?.parse()?,
+            "--display-mb" => {
+                options.display_bytes = (value()?.parse::<f64>()? * 1e6) as usize;
+            }
+            "--ws" => {
+                options.framings = match value()?.as_str() {
+                    "legacy" => vec![WsProtocol::Legacy],
+                    "v1" => vec![WsProtocol::V1],
+                    "both" => vec![WsProtocol::Legacy, WsProtocol::V1],
+                    other => bail!("--ws must be legacy, v1 or both, got `{other}`"),
+                }
+            }
+            "--profile-dir" => dir = Some(PathBuf::from(value()?)),
+            "--gateway-bin" => options.gateway_bin = Some(PathBuf::from(value()?)),
+            "--from-dumps" => options.reuse = true,
+            "--out" => out = Some(PathBuf::from(value()?)),
+            "--no-write" => out = None,
+            "--root" => root = PathBuf::from(value()?),
+            "--bin-dir" => bin_dir = PathBuf::from(value()?),
+            other => bail!("unknown option `{other}` for --profile-forwarding\n{USAGE}"),
+        }
+    }
+    if options.messages < 4 {
+        bail!("--messages must be at least 4");
+    }
+    options.dir = dir.unwrap_or_else(|| root.join("target/profile-forwarding"));
+    Ok((options, root, bin_dir, out))
+}
+
+/// `gateway-bench --profile-forwarding`.
+async fn run_profile(args: &[String]) -> Result<bool> {
+    let (options, root, bin_dir, out) = parse_profile_options(args)?;
+    let table = profile::run(&root, &bin_dir, &options).await?;
+    println!("\n{table}");
+    if let Some(out) = out {
+        std::fs::create_dir_all(&out)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let date = report::utc_date(now);
+        let file = out.join(format!("{date}-forwarding-profile.md"));
+        std::fs::write(&file, format!("# Forwarding profile, {date}\n\n{table}"))?;
+        println!("profile: wrote {}", file.display());
+    }
+    Ok(true)
+}
+
+/// The benchmark's options (`Some(Some(..))`), or `Some(None)` for a profiling run; `None` after
+/// `--help`.
+fn parse_options_or_profile(profiling: bool, args: &[String]) -> Result<Option<Option<Options>>> {
+    if profiling {
+        if args.iter().any(|a| a == "--help" || a == "-h") {
+            print!("{USAGE}");
+            return Ok(None);
+        }
+        return Ok(Some(None));
+    }
+    Ok(parse_options(args)?.map(Some))
+}
+
 /// Entry point of the `gateway-bench` binary.
 pub(crate) fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let options = match parse_options(&args) {
+    let profiling = args.iter().any(|a| a == "--profile-forwarding");
+    let options = match parse_options_or_profile(profiling, &args) {
         Ok(Some(o)) => o,
         Ok(None) => return ExitCode::SUCCESS,
         Err(err) => {
@@ -228,7 +342,12 @@ pub(crate) fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         tokio::select! {
-            result = run(options) => result,
+            result = async {
+                match options {
+                    Some(options) => run(options).await,
+                    None => run_profile(&args).await,
+                }
+            } => result,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         }
     });

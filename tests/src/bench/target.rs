@@ -14,9 +14,9 @@ use jupyter_protocol::{Channel, ConnectionInfo, KernelClient, Message, SocketOpt
 use tokio::time::Instant;
 
 use super::client::{self, WsClient, WsProtocol};
+use super::kubernetes::{self, K8sAccess};
 use super::proc::{self, ChildGuard};
 use super::ssh::{self, SshAccess};
-use super::kubernetes::{self, K8sAccess};
 use super::yarn::YarnAccess;
 
 /// The line both gateways print once they listen.
@@ -140,6 +140,8 @@ pub(crate) struct Env {
     pub(crate) ws: WsProtocol,
     /// `RLIMIT_NOFILE` given to each gateway.
     pub(crate) gateway_nofile: u64,
+    /// A program (with its arguments) our gateway is run under, e.g. valgrind; empty for none.
+    pub(crate) gateway_wrapper: Vec<String>,
     /// Temp dir: kernelspecs (`kernels/`), connection files, logs.
     pub(crate) dir: tempfile::TempDir,
 }
@@ -292,6 +294,7 @@ impl Env {
             ports: kernel_launcher::PortAllocator::for_this_host(),
             ws,
             gateway_nofile,
+            gateway_wrapper: Vec::new(),
             dir,
         })
     }
@@ -426,7 +429,14 @@ impl Gateway {
         let response_port = proc::free_port()?;
         let mut cmd = match kind {
             TargetKind::Ours | TargetKind::OursNoMetrics => {
-                let mut cmd = proc::with_nofile(&env.gateway_bin, env.gateway_nofile);
+                let mut cmd = match env.gateway_wrapper.split_first() {
+                    Some((program, args)) => {
+                        let mut cmd = proc::with_nofile(Path::new(program), env.gateway_nofile);
+                        cmd.args(args).arg(&env.gateway_bin);
+                        cmd
+                    }
+                    None => proc::with_nofile(&env.gateway_bin, env.gateway_nofile),
+                };
                 cmd.args(["--ip", "127.0.0.1", "--port", &port.to_string()])
                     .arg("--port_retries=0");
                 if kind == TargetKind::OursNoMetrics {

@@ -19,7 +19,8 @@
 //! the remaining lines. Every request is wrapped in iopub `status` busy/idle; execute also
 //! publishes `execute_input` and replies `execute_reply`. `kernel_info_request`,
 //! `comm_info_request`, `is_complete_request`, `interrupt_request` and `shutdown_request` (reply,
-//! then exit 0) are answered too. SIGINT outside `sleep` is ignored.
+//! then exit 0) are answered too. Messages on stdin are read and dropped. SIGINT outside `sleep`
+//! is ignored.
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -160,8 +161,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
 
     let control_task = tokio::spawn(serve(control, Channel::Control, kernel.clone()));
     let shell_task = tokio::spawn(serve(shell, Channel::Shell, kernel));
-    // Stdin stays bound so clients can connect; this kernel never asks for input.
-    let _stdin = stdin;
+    // This kernel never asks for input: what clients send on stdin is read and dropped (so a
+    // client can send any number of messages there without being held up).
+    tokio::spawn(drain(stdin));
     tokio::select! {
         done = control_task => done?,
         done = shell_task => done?,
@@ -181,6 +183,15 @@ async fn publish(
         let frames = signer.encode(&[topic], &msg);
         if let Ok(zmq) = ZmqMessage::try_from(frames) {
             let _ = socket.send(zmq).await;
+        }
+    }
+}
+
+/// Reads and drops everything arriving on a socket.
+async fn drain(mut socket: zeromq::RouterSocket) {
+    loop {
+        if socket.recv().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
