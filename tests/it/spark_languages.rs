@@ -11,11 +11,12 @@
 //!   Scala from `jupyter-ssh-spec install --spark --spark-init-mode lazy`, R assembled from the
 //!   wheel's own template and `launch_IRkernel.R` (GP 0.5.0's installer looks for
 //!   `kernel-launchers/r` while the wheel ships `kernel-launchers/R`, so `--language R` fails),
-//!   and our agent (`kernel-launcher`) in lazy mode;
+//!   and our agent (`kernel-launcher`) in lazy and in eager mode;
 //! * YARN cluster mode (the RM emulator, the launcher as the application master): Python from
-//!   `jupyter-yarn-spec install --spark-init-mode lazy`, R from the wheel's `yarn_spark_r`
-//!   template. Toree on YARN is not covered: the stand-in `spark-submit` runs a `*.jar` AM with
-//!   `java -cp <jar>` only, without Spark's jars or `--jars`, which GP's Toree launcher needs.
+//!   and Scala from `jupyter-yarn-spec install --spark-init-mode lazy`, R from the wheel's
+//!   `yarn_spark_r` template. For Scala the stand-in `spark-submit` runs GP's Toree launcher jar
+//!   in the AM through the real `spark-submit` of the AM's `SPARK_HOME` (Spark's jars, `--jars`
+//!   with Toree's assembly, `--class launcher.ToreeLauncher`).
 //!
 //! Deployment values the installers leave to the operator (`PYSPARK_PYTHON`) are set; the small
 //! Spark settings come in `KERNEL_EXTRA_SPARK_OPTS` from the notebook server's environment.
@@ -362,6 +363,13 @@ fn make_specs(dir: &Path, spark_home: &Path, master: &str) -> Result<Specs> {
         &kernels.join("agent_python/kernel.json"),
         &agent_spec("lazy", &ipykernel, env),
     )?;
+    // The same in eager mode: the start answers only once the session exists.
+    let mut env = local_env.clone();
+    env["PYSPARK_SUBMIT_ARGS"] = format!("--master {master} {small} pyspark-shell").into();
+    write_json(
+        &kernels.join("agent_python_eager/kernel.json"),
+        &agent_spec("eager", &ipykernel, env),
+    )?;
     let mut env = local_env.clone();
     env["PYSPARK_SUBMIT_ARGS"] = "--master nowhere://at-all pyspark-shell".into();
     write_json(
@@ -428,6 +436,36 @@ fn make_yarn_specs(dir: &Path, kernels: &Path, spark_home: &Path, master: &str) 
     let path = kernels.join("yarn_python/kernel.json");
     let mut spec = read_json(&path)?;
     spec["env"]["PYSPARK_PYTHON"] = python3.clone().into();
+    spec["env"]["HADOOP_CONF_DIR"] = dir.join("hadoop-conf").display().to_string().into();
+    write_json(&path, &spec)?;
+
+    // Scala: GP's installer too, with Toree's assembly in the spec's lib/ (as for SSH). The AM
+    // runs GP's Toree launcher jar as a Spark driver through the real spark-submit of the AM's
+    // SPARK_HOME.
+    let mut gp = Command::new(venv()?.join("bin/jupyter-yarn-spec"));
+    gp.args([
+        "install",
+        "--user",
+        "--language=Scala",
+        "--spark-init-mode=lazy",
+        "--kernel-name=yarn_scala",
+    ])
+    .arg(format!("--spark-home={}", fake_home.display()));
+    install(
+        "jupyter-yarn-spec install --language=Scala",
+        gp,
+        dir,
+        &dir.join("gp-yarn-scala.log"),
+    )?;
+    let toree_jar =
+        site_packages(&venv_spark3()?)?.join("toree/lib/toree-assembly-0.5.0-incubating.jar");
+    std::fs::copy(
+        &toree_jar,
+        kernels.join("yarn_scala/lib/toree-assembly-0.5.0-incubating.jar"),
+    )
+    .with_context(|| format!("copying {}", toree_jar.display()))?;
+    let path = kernels.join("yarn_scala/kernel.json");
+    let mut spec = read_json(&path)?;
     spec["env"]["HADOOP_CONF_DIR"] = dir.join("hadoop-conf").display().to_string().into();
     write_json(&path, &spec)?;
 
@@ -622,32 +660,19 @@ async fn e2e_spark_languages_local_ssh_yarn() -> Result<()> {
     // `SPARK_LANGUAGES_ONLY=ssh_scala,...` runs just those kernelspecs (for debugging one).
     let only = std::env::var("SPARK_LANGUAGES_ONLY").unwrap_or_default();
     let picked = |spec: &str| only.is_empty() || only.split(',').any(|s| s == spec);
-    // Toree runs only when named (`SPARK_LANGUAGES_ONLY=local_scala,ssh_scala`): when the
-    // gateway's heartbeat times out while Toree's JVM is busy (its Spark session starting on a
-    // loaded machine), Toree's JeroMQ heartbeat socket logs "client sent invalid NULL
-    // handshake (duplicate READY)" and then a NullPointerException in a tight loop: gigabytes
-    // of kernel log within minutes, heartbeat and communication port dead, interrupts lost.
-    // On a quiet machine every Toree step passed here (local: cell, DataFrame, interrupt,
-    // restart with a new application, shutdown); under CI's load it is a disk-filling hang.
-    let toree = [
-        ("local_scala", "scala", "spark"),
-        ("ssh_scala", "scala", "lazy"),
-    ];
-    let toree = toree
-        .iter()
-        .filter(|(spec, _, _)| only.split(',').any(|s| s == *spec));
     for (spec, language, spark) in [
         ("local_python", "python", "spark"),
         ("local_r", "r", "none"),
         ("ssh_python_spark", "python", "lazy"),
         ("ssh_r", "r", "none"),
         ("agent_python", "python", "lazy"),
+        ("agent_python_eager", "python", "eager"),
         ("yarn_python", "python", "lazy"),
         ("yarn_r", "r", "none"),
-    ]
-    .iter()
-    .chain(toree)
-    {
+        ("local_scala", "scala", "spark"),
+        ("ssh_scala", "scala", "lazy"),
+        ("yarn_scala", "scala", "lazy"),
+    ] {
         if !picked(spec) {
             continue;
         }

@@ -14,9 +14,13 @@
 //! non-zero unless it SUCCEEDED. Submission failures exit 1 with the reason on stderr.
 //!
 //! What the AM runs: `*.py` with `spark.yarn.appMasterEnv.PYSPARK_PYTHON`,
-//! `spark.pyspark.python`, `$PYSPARK_PYTHON` or `python3`; `*.R` with `Rscript`; `*.jar` with
-//! `java -cp <jar> <--class>`; anything else is executed directly. Nothing is uploaded: the
-//! app file must be readable by the (local) NodeManager at its absolute path.
+//! `spark.pyspark.python`, `$PYSPARK_PYTHON` or `python3`; `*.R` with `Rscript`; `*.jar` as a
+//! Spark driver, the way a real AM runs the user class: the real `spark-submit` of the AM's
+//! `SPARK_HOME` (`spark.yarn.appMasterEnv.SPARK_HOME`, else this process's `SPARK_HOME` when it
+//! is not this stand-in) in client mode, with the jar, `--class`, `--jars`, `--name`,
+//! `--driver-memory` and the non-YARN `--conf`s, so Spark's own jars are on the classpath and the
+//! master comes from the AM's `SPARK_CONF_DIR`; anything else is executed directly. Nothing is
+//! uploaded: the app file must be readable by the (local) NodeManager at its absolute path.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +35,6 @@ use resource_managers::yarn::{Auth, SiteConfig, SubmissionContext, YarnClient, Y
 
 /// Options that take a value (spark-submit's), besides the ones handled explicitly.
 const VALUE_OPTIONS: &[&str] = &[
-    "--jars",
     "--files",
     "--py-files",
     "--archives",
@@ -55,6 +58,7 @@ struct Submit {
     deploy_mode: Option<String>,
     name: Option<String>,
     class: Option<String>,
+    jars: Option<String>,
     queue: Option<String>,
     proxy_user: Option<String>,
     driver_memory: Option<String>,
@@ -92,6 +96,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Submit> 
             "--deploy-mode" => s.deploy_mode = Some(value("--deploy-mode")?),
             "--name" => s.name = Some(value("--name")?),
             "--class" => s.class = Some(value("--class")?),
+            "--jars" => s.jars = Some(value("--jars")?),
             "--queue" => s.queue = Some(value("--queue")?),
             "--proxy-user" => s.proxy_user = Some(value("--proxy-user")?),
             "--driver-memory" => s.driver_memory = Some(value("--driver-memory")?),
@@ -155,7 +160,62 @@ fn quote(arg: &str) -> String {
     }
 }
 
-fn am_command(s: &Submit, app: &Path, env: &BTreeMap<String, String>) -> String {
+/// The real `spark-submit` a `*.jar` AM runs: `$SPARK_HOME/bin/spark-submit` of the AM's
+/// environment, else of this process's, but never this stand-in itself.
+fn real_spark_submit(env: &BTreeMap<String, String>) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().and_then(std::fs::canonicalize).ok();
+    let homes = env
+        .get("SPARK_HOME")
+        .cloned()
+        .into_iter()
+        .chain(std::env::var("SPARK_HOME").ok());
+    for home in homes {
+        let submit = Path::new(&home).join("bin/spark-submit");
+        let Ok(real) = std::fs::canonicalize(&submit) else {
+            continue;
+        };
+        if Some(&real) != me.as_ref() {
+            return Ok(submit);
+        }
+    }
+    bail!(
+        "a *.jar application needs a Spark distribution in the application master: set \
+         spark.yarn.appMasterEnv.SPARK_HOME to one (its bin/spark-submit runs the driver)"
+    )
+}
+
+/// The driver command of a `*.jar` AM: the real `spark-submit` in client mode.
+fn jar_driver(
+    s: &Submit,
+    app: &str,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<Vec<String>> {
+    let mut argv = vec![real_spark_submit(env)?.display().to_string()];
+    let mut opt = |flag: &str, value: Option<&String>| {
+        if let Some(v) = value {
+            argv.push(flag.to_owned());
+            argv.push(v.clone());
+        }
+    };
+    opt("--class", s.class.as_ref());
+    opt("--jars", s.jars.as_ref());
+    opt("--name", s.name.as_ref());
+    opt("--driver-memory", s.driver_memory.as_ref());
+    for (k, v) in &s.conf {
+        // What made this a YARN cluster submit stays here; the driver's master comes from the
+        // AM's SPARK_CONF_DIR.
+        let yarn = k.starts_with("spark.yarn.")
+            || matches!(k.as_str(), "spark.master" | "spark.submit.deployMode");
+        if !yarn {
+            argv.push("--conf".into());
+            argv.push(format!("{k}={v}"));
+        }
+    }
+    argv.push(app.to_owned());
+    Ok(argv)
+}
+
+fn am_command(s: &Submit, app: &Path, env: &BTreeMap<String, String>) -> anyhow::Result<String> {
     let app_str = app.display().to_string();
     let ext = app
         .extension()
@@ -173,20 +233,16 @@ fn am_command(s: &Submit, app: &Path, env: &BTreeMap<String, String>) -> String 
             vec![python, app_str]
         }
         "r" => vec!["Rscript".into(), app_str],
-        "jar" => {
-            let mut v = vec!["java".into(), "-cp".into(), app_str];
-            v.extend(s.class.clone());
-            v
-        }
+        "jar" => jar_driver(s, &app_str, env)?,
         _ => vec![app_str],
     };
     argv.extend(s.app_args.iter().cloned());
     let line: Vec<String> = argv.iter().map(|a| quote(a)).collect();
     // `exec`: the AM itself is the container's main process (like the JVM of a real Spark AM).
-    format!(
+    Ok(format!(
         "exec {} 1><LOG_DIR>/stdout 2><LOG_DIR>/stderr",
         line.join(" ")
-    )
+    ))
 }
 
 /// The RM endpoints: `$YARN_EMULATOR_RM_URL`, else yarn-site.xml in `$YARN_CONF_DIR` or
@@ -269,6 +325,7 @@ async fn run(s: Submit) -> anyhow::Result<ExitCode> {
             ))
         })
         .collect();
+    let command = am_command(&s, &app_path, &env)?;
     let name = s
         .name
         .clone()
@@ -334,9 +391,7 @@ async fn run(s: Submit) -> anyhow::Result<ExitCode> {
         application_type: "SPARK".into(),
         application_tags: ApplicationTags { tag: tags },
         am_container_spec: AmContainerSpec {
-            commands: Commands {
-                command: am_command(&s, &app_path, &env),
-            },
+            commands: Commands { command },
             environment: Environment {
                 entry: env
                     .iter()
