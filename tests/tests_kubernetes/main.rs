@@ -11,10 +11,13 @@
 //!   deadline and leaves nothing behind; bad `KERNEL_*` values are refused before the API.
 //! * [`render`] — hostile `KERNEL_*` values never change the structure of GP's rendered pod.
 //! * [`e2e_honesty`] — kubectl and the Python `kubernetes` client against the emulator.
+//! * [`profiles`] — a kernel profile's node selector, tolerations, template and resources on
+//!   the pod; bad values refused with the field's name.
 
 mod e2e_faults;
 mod e2e_honesty;
 mod e2e_lifecycle;
+mod profiles;
 mod render;
 
 use std::collections::BTreeMap;
