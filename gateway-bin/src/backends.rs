@@ -47,10 +47,11 @@ pub(crate) async fn registry(settings: &Settings) -> Registry {
             crate::kubernetes::register(&mut registry, settings, &response);
             let ssh = SshConfig {
                 remote_hosts: settings.remote_hosts.clone(),
-                log_dir: settings.local.log_dir.clone(),
-                response,
-                search_path: settings.local.search_path.clone(),
-                comm_timeout: settings.comm_timeout,
+                launcher: LauncherSettings {
+                    search_path: settings.local.search_path.clone(),
+                    comm_timeout: settings.comm_timeout,
+                    ..LauncherSettings::new(response, settings.local.log_dir.clone())
+                },
             };
             registry.register(Arc::new(SshResourceManager::with_options(
                 ssh,

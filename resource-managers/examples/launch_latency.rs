@@ -107,13 +107,11 @@ async fn main() -> anyhow::Result<()> {
         ListenerOptions::default(),
     )
     .await?;
-    let ssh = SshResourceManager::new(SshConfig {
-        remote_hosts: vec!["localhost".to_owned()],
-        log_dir: work.path().join("logs"),
-        response: listener,
-        search_path: vec![PathBuf::from("/usr/bin")],
-        comm_timeout: Duration::from_secs(1),
-    });
+    let mut config = SshConfig::new(listener, work.path().join("logs"));
+    config.remote_hosts = vec!["localhost".to_owned()];
+    config.launcher.search_path = vec![PathBuf::from("/usr/bin")];
+    config.launcher.comm_timeout = Duration::from_secs(1);
+    let ssh = SshResourceManager::new(config);
     let prefix = work.path().join("prefix");
     let status = std::process::Command::new(venv().join("bin/jupyter-ssh-spec"))
         .args(["install", "--prefix"])

@@ -9,6 +9,7 @@ use kernel_launcher::ResponseListener;
 
 use super::balance::LoadBalancing;
 use super::session::{HostKeys, Session, SessionError, SshAuth, Target};
+use crate::launcher::LauncherSettings;
 
 /// Settings of the `ssh` backend.
 #[derive(Debug, Clone)]
@@ -16,21 +17,21 @@ pub struct SshConfig {
     /// Hosts kernels may run on (`EG_REMOTE_HOSTS`, default `localhost`); a kernelspec's
     /// `config.remote_hosts` replaces them.
     pub remote_hosts: Vec<String>,
-    /// Where launcher logs go (`EG_KERNEL_LOG_DIR`): `kernel-<id>.log`.
-    pub log_dir: PathBuf,
-    /// The gateway's response listener.
-    pub response: Arc<ResponseListener>,
-    /// The gateway's PATH, to resolve a relative `argv[0]` for local launches.
-    pub search_path: Vec<PathBuf>,
-    /// Connect timeout of communication-port requests (`EG_SOCKET_TIMEOUT`; 1 s is sane, EG's
-    /// 5 ms default is not).
-    pub comm_timeout: Duration,
+    /// What every launcher backend holds: the response listener, where launcher logs go
+    /// (`EG_KERNEL_LOG_DIR`, `kernel-<id>.log`), the PATH for a relative `argv[0]` of a launch
+    /// on this machine, the communication port's connect timeout (`EG_SOCKET_TIMEOUT`; 1 s is
+    /// sane, EG's 5 ms default is not).
+    pub launcher: LauncherSettings,
 }
 
 impl SshConfig {
-    /// The local log of kernel `kernel_id`.
-    pub(super) fn log_path(&self, kernel_id: &str) -> PathBuf {
-        self.log_dir.join(format!("kernel-{kernel_id}.log"))
+    /// No configured hosts (launches go to `localhost` unless a kernelspec names hosts) and
+    /// [`LauncherSettings::new`]'s defaults.
+    pub fn new(response: Arc<ResponseListener>, log_dir: PathBuf) -> SshConfig {
+        SshConfig {
+            remote_hosts: Vec::new(),
+            launcher: LauncherSettings::new(response, log_dir),
+        }
     }
 }
 
@@ -60,7 +61,7 @@ pub struct SshOptions {
     pub command_timeout: Duration,
     /// A host that could not be reached is tried last for this long.
     pub host_retry_after: Duration,
-    /// Where launchers log on the hosts; `None` = [`SshConfig::log_dir`] (EG uses
+    /// Where launchers log on the hosts; `None` = the local log directory (EG uses
     /// `EG_KERNEL_LOG_DIR` for both).
     pub remote_log_dir: Option<PathBuf>,
     /// Use SSH even for hosts that are this machine (EG launches those directly).

@@ -2,9 +2,9 @@
 //! [`super::SshOptions::ssh_to_local_hosts`]): the templated `argv` runs in its own process group
 //! with its output in `<log_dir>/kernel-<id>.log`; `poll` and `wait` follow the launcher process.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use kernel_launcher::{CommPort, LauncherResponse, PendingLaunch};
+use kernel_launcher::{LauncherResponse, PendingLaunch};
 use nix::unistd::Pid;
 
 use super::control::Comm;
@@ -33,9 +33,10 @@ impl SshResourceManager {
                 spec.name
             )));
         };
-        let program = resolve_program(spec, argv0, &request.env, &self.config.search_path)?;
-        create_private_dir(&self.config.log_dir)?;
-        let log_path = self.config.log_path(kernel_id);
+        let program =
+            resolve_program(spec, argv0, &request.env, &self.config.launcher.search_path)?;
+        create_private_dir(&self.config.launcher.log_dir)?;
+        let log_path = self.config.launcher.log_path(kernel_id);
         // No JPY_PARENT_PID: a launcher started here is as independent of the gateway as one
         // started over SSH (under nohup setsid), so its kernel survives the gateway and is
         // re-attached through its communication port.
@@ -76,12 +77,9 @@ impl SshResourceManager {
             kernel_id: kernel_id.clone(),
             ip,
             connection,
-            comm: response.comm_port.map(|port| {
-                Comm::Direct(CommPort::new(
-                    SocketAddr::new(ip, port),
-                    self.config.comm_timeout,
-                ))
-            }),
+            comm: response
+                .comm_port
+                .map(|port| Comm::Direct(self.config.launcher.comm_port(ip, port))),
             comm_port: response.comm_port,
             pid: response.pid,
             pgid: response.pgid,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kernel_launcher::{CommPort, LauncherResponse, PendingLaunch};
+use kernel_launcher::{LauncherResponse, PendingLaunch};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
@@ -61,11 +61,11 @@ impl SshResourceManager {
             .await
             .map_err(Attempt::HostDown)?;
         let session = Arc::new(session);
-        let log_path = self.config.log_path(kernel_id);
+        let log_path = self.config.launcher.log_path(kernel_id);
         let remote_log = options
             .remote_log_dir
             .as_deref()
-            .unwrap_or(&self.config.log_dir)
+            .unwrap_or(&self.config.launcher.log_dir)
             .join(format!("kernel-{kernel_id}.log"));
         let line = command::launch_command(&request.env, argv, request.cwd.as_deref(), &remote_log)
             .map_err(Attempt::Failed)?;
@@ -117,7 +117,7 @@ impl SshResourceManager {
         let mut connection = response.connection.clone();
         connection.kernel_name = request.spec.name.clone();
         connection.ip = ip.to_string();
-        let timeout = self.config.comm_timeout;
+        let timeout = self.config.launcher.comm_timeout;
         let (comm, remote_connection) = if options.tunneling {
             match Tunnels::for_kernel(Arc::clone(&session), &connection, request.port_range) {
                 Ok((tunnels, local)) => {
@@ -144,7 +144,7 @@ impl SshResourceManager {
             session.close().await;
             let comm = response
                 .comm_port
-                .map(|port| Comm::Direct(CommPort::new(SocketAddr::new(ip, port), timeout)));
+                .map(|port| Comm::Direct(self.config.launcher.comm_port(ip, port)));
             (comm, None)
         };
         tracing::info!(%kernel_id, %host, kernel_pid = ?response.pid, comm_port = ?response.comm_port, tunneled = options.tunneling, "kernel connection info received");

@@ -81,7 +81,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kernel_launcher::{CommOutcome, CommPort, net};
+use kernel_launcher::{CommOutcome, net};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
@@ -210,8 +210,8 @@ impl ResourceManager for SshResourceManager {
         }
         let deadline = Instant::now() + request.timeout;
         let hosts = self.candidates(&request);
-        let argv = launcher_argv(&request, &self.config.response);
-        let mut pending = self.config.response.register(&kernel_id)?;
+        let argv = launcher_argv(&request, &self.config.launcher.response);
+        let mut pending = self.config.launcher.response.register(&kernel_id)?;
         let mut failures = Vec::new();
         // Authentication refused everywhere is the caller's credentials' fault, not the hosts'.
         let mut all_refused_auth = true;
@@ -267,7 +267,7 @@ impl ResourceManager for SshResourceManager {
                 "kernel {kernel_id} has no communication port to re-attach through"
             ))
         })?;
-        let timeout = self.config.comm_timeout;
+        let timeout = self.config.launcher.comm_timeout;
         let mut connection = record.connection.clone();
         let (launched, comm) = match (stored.launcher_group, &stored.user) {
             (Some(group), Some(user)) => {
@@ -303,7 +303,7 @@ impl ResourceManager for SshResourceManager {
                             timeout,
                         }
                     }
-                    None => Comm::Direct(CommPort::new(SocketAddr::new(ip, comm_port), timeout)),
+                    None => Comm::Direct(self.config.launcher.comm_port(ip, comm_port)),
                 };
                 let remote_connection = stored.remote_connection.clone();
                 (
@@ -318,7 +318,7 @@ impl ResourceManager for SshResourceManager {
             _ if stored.remote_connection.is_some() => return Err(unreadable()),
             _ => (
                 Launched::PortOnly,
-                Comm::Direct(CommPort::new(SocketAddr::new(ip, comm_port), timeout)),
+                Comm::Direct(self.config.launcher.comm_port(ip, comm_port)),
             ),
         };
         if comm.send(&serde_json::json!({ "signum": 0 })).await == CommOutcome::Refused {

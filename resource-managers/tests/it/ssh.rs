@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use jupyter_protocol::{KernelClient, SocketOptions};
 use kernel_launcher::{CommOutcome, KernelSpec, ListenerOptions, ResponseListener};
+use resource_managers::launcher::LauncherSettings;
 use resource_managers::ssh::{SshConfig, SshResourceManager};
 use resource_managers::{Error, ProcessState, Registry, ResourceManager};
 
@@ -31,10 +32,11 @@ async fn fixture(remote_hosts: &[&str]) -> anyhow::Result<SshFixture> {
     .await?;
     let backend = SshResourceManager::new(SshConfig {
         remote_hosts: remote_hosts.iter().map(|h| (*h).to_owned()).collect(),
-        log_dir: dir.path().join("logs"),
-        response: listener.clone(),
-        search_path: vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")],
-        comm_timeout: SECOND,
+        launcher: LauncherSettings {
+            search_path: vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")],
+            comm_timeout: SECOND,
+            ..LauncherSettings::new(listener.clone(), dir.path().join("logs"))
+        },
     });
     Ok(SshFixture {
         dir,
@@ -63,10 +65,11 @@ async fn provisioner_spec(fx: &SshFixture) -> anyhow::Result<KernelSpec> {
     let mut registry = Registry::new();
     registry.register(Arc::new(SshResourceManager::new(SshConfig {
         remote_hosts: Vec::new(),
-        log_dir: fx.dir.path().join("logs"),
-        response: fx.listener.clone(),
-        search_path: Vec::new(),
-        comm_timeout: SECOND,
+        launcher: LauncherSettings {
+            search_path: Vec::new(),
+            comm_timeout: SECOND,
+            ..LauncherSettings::new(fx.listener.clone(), fx.dir.path().join("logs"))
+        },
     })));
     let resolved = registry.resolve(&spec).map(|b| b.name().to_owned());
     assert_eq!(resolved, Ok("ssh".to_owned()), "{:?}", spec.backend);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use jupyter_protocol::{KernelClient, SocketOptions};
 use kernel_launcher::{KernelSpec, ListenerOptions, ResponseListener};
+use resource_managers::launcher::LauncherSettings;
 use resource_managers::ssh::{
     HostKeys, LoadBalancing, Secret, SshAuth, SshConfig, SshOptions, SshResourceManager,
 };
@@ -69,10 +70,11 @@ impl Remote {
         SshResourceManager::with_options(
             SshConfig {
                 remote_hosts: self.hosts.names(),
-                log_dir: self.dir.path().join("logs"),
-                response: self.listener.clone(),
-                search_path: vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")],
-                comm_timeout: SECOND,
+                launcher: LauncherSettings {
+                    search_path: vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")],
+                    comm_timeout: SECOND,
+                    ..LauncherSettings::new(self.listener.clone(), self.dir.path().join("logs"))
+                },
             },
             options,
         )
@@ -234,10 +236,11 @@ async fn e2e_a_profiles_host_group_replaces_the_configured_hosts() -> anyhow::Re
     let backend = SshResourceManager::with_options(
         SshConfig {
             remote_hosts: vec![names[0].clone()],
-            log_dir: remote.dir.path().join("logs"),
-            response: remote.listener.clone(),
-            search_path: vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")],
-            comm_timeout: SECOND,
+            launcher: LauncherSettings {
+                search_path: vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")],
+                comm_timeout: SECOND,
+                ..LauncherSettings::new(remote.listener.clone(), remote.dir.path().join("logs"))
+            },
         },
         remote.options(),
     );
