@@ -156,6 +156,10 @@ struct Plan {
     /// The container's environment (the native path).
     container_env: BTreeMap<String, String>,
     native: bool,
+    /// The profile's memory limit in bytes and CPU count (the native path's container or
+    /// service limits).
+    memory_bytes: Option<u64>,
+    cpus: Option<u32>,
 }
 
 /// What the engine says about a kernel's workload during launch.
@@ -344,6 +348,8 @@ impl DockerResourceManager {
             launch_env,
             container_env,
             native,
+            memory_bytes: request.placement.limits.memory_bytes,
+            cpus: request.placement.limits.cpus,
         })
     }
 
@@ -360,33 +366,56 @@ impl DockerResourceManager {
         } else {
             vec!["100".into()]
         };
+        let nano_cpus = plan.cpus.map(|c| u64::from(c) * 1_000_000_000);
         match self.mode {
-            DockerMode::Container => serde_json::json!({
-                "Image": plan.image,
-                "Env": env,
-                "Labels": plan.labels,
-                "User": user,
-                "HostConfig": {
-                    "NetworkMode": self.config.network,
-                    "GroupAdd": groups,
-                },
-            }),
-            DockerMode::Swarm => serde_json::json!({
-                "Name": plan.name,
-                "Labels": plan.labels,
-                "TaskTemplate": {
-                    "ContainerSpec": {
-                        "Image": plan.image,
-                        "Env": env,
-                        "Labels": plan.labels,
-                        "User": user,
-                        "Groups": groups,
+            DockerMode::Container => {
+                let mut body = serde_json::json!({
+                    "Image": plan.image,
+                    "Env": env,
+                    "Labels": plan.labels,
+                    "User": user,
+                    "HostConfig": {
+                        "NetworkMode": self.config.network,
+                        "GroupAdd": groups,
                     },
-                    "RestartPolicy": {"Condition": "none"},
-                    "Networks": [{"Target": self.config.network}],
-                },
-                "EndpointSpec": {"Mode": "dnsrr"},
-            }),
+                });
+                if let Some(bytes) = plan.memory_bytes {
+                    body["HostConfig"]["Memory"] = serde_json::json!(bytes);
+                }
+                if let Some(nano) = nano_cpus {
+                    body["HostConfig"]["NanoCpus"] = serde_json::json!(nano);
+                }
+                body
+            }
+            DockerMode::Swarm => {
+                let mut body = serde_json::json!({
+                    "Name": plan.name,
+                    "Labels": plan.labels,
+                    "TaskTemplate": {
+                        "ContainerSpec": {
+                            "Image": plan.image,
+                            "Env": env,
+                            "Labels": plan.labels,
+                            "User": user,
+                            "Groups": groups,
+                        },
+                        "RestartPolicy": {"Condition": "none"},
+                        "Networks": [{"Target": self.config.network}],
+                    },
+                    "EndpointSpec": {"Mode": "dnsrr"},
+                });
+                let mut limits = serde_json::Map::new();
+                if let Some(bytes) = plan.memory_bytes {
+                    limits.insert("MemoryBytes".into(), serde_json::json!(bytes));
+                }
+                if let Some(nano) = nano_cpus {
+                    limits.insert("NanoCPUs".into(), serde_json::json!(nano));
+                }
+                if !limits.is_empty() {
+                    body["TaskTemplate"]["Resources"] = serde_json::json!({"Limits": limits});
+                }
+                body
+            }
         }
     }
 
@@ -1419,6 +1448,45 @@ impl Drop for DockerKernelProcess {
 mod tests {
     use super::*;
     use crate::docker::client::TaskStatus;
+
+    #[tokio::test]
+    async fn a_profiles_limits_become_the_containers() {
+        let listener = ResponseListener::bind(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            kernel_launcher::ListenerOptions::default(),
+        )
+        .await
+        .expect("listener");
+        let config = DockerConfig::new(listener, std::env::temp_dir());
+        let plan = Plan {
+            name: "alice-k".into(),
+            image: "kernel-py".into(),
+            uid: 1000,
+            gid: 100,
+            labels: BTreeMap::new(),
+            launch_env: BTreeMap::new(),
+            container_env: BTreeMap::new(),
+            native: true,
+            memory_bytes: Some(1 << 30),
+            cpus: Some(2),
+        };
+        let container = DockerResourceManager::new(DockerMode::Container, config.clone());
+        let body = container.create_body(&plan);
+        assert_eq!(body["HostConfig"]["Memory"], 1u64 << 30);
+        assert_eq!(body["HostConfig"]["NanoCpus"], 2_000_000_000u64);
+        let swarm = DockerResourceManager::new(DockerMode::Swarm, config);
+        let body = swarm.create_body(&plan);
+        let limits = &body["TaskTemplate"]["Resources"]["Limits"];
+        assert_eq!(limits["MemoryBytes"], 1u64 << 30);
+        assert_eq!(limits["NanoCPUs"], 2_000_000_000u64);
+        let unlimited = Plan {
+            memory_bytes: None,
+            cpus: None,
+            ..plan
+        };
+        let body = container.create_body(&unlimited);
+        assert!(body["HostConfig"].get("Memory").is_none(), "{body}");
+    }
 
     fn task(state: &str, desired: &str, created: &str) -> Task {
         Task {
