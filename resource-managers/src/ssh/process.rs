@@ -217,17 +217,24 @@ impl SshKernelProcess {
     }
 
     /// This backend's forced stop, for [`LauncherComm::terminate`]: SIGKILL to the local
-    /// groups, or over SSH (an unreachable host is the error), or through the port for a
-    /// kernel nothing else reaches; then a short wait for the end.
+    /// groups, or over SSH (when the host cannot be reached, through the port; the error is
+    /// that the kernel is still there), or through the port for a kernel nothing else reaches;
+    /// then a short wait for the end.
     async fn force_kill(&self) -> Result<ProcessState, Error> {
         match &self.launched {
             Launched::Here(_) => {
                 self.kill_local(Signal::SIGKILL);
             }
             Launched::OverSsh { ssh, .. } => {
-                ssh.kill(None, Signal::SIGKILL as i32, &self.kernel_groups())
-                    .await
-                    .map_err(|e| self.unreachable(&e))?;
+                let groups = self.kernel_groups();
+                if let Err(e) = ssh.kill(None, Signal::SIGKILL as i32, &groups).await {
+                    // The port may still reach it; only a kernel still there is a failure.
+                    let _ = self.comm.signal(Signal::SIGKILL as i32).await;
+                    return match tokio::time::timeout(KILL_WAIT, self.wait_exit()).await {
+                        Ok(state @ ProcessState::Exited { .. }) => Ok(state),
+                        _ => Err(self.unreachable(&e)),
+                    };
+                }
             }
             Launched::PortOnly => {
                 let _ = self.comm.signal(Signal::SIGKILL as i32).await;
