@@ -72,68 +72,79 @@ const ITEMS: &[&str] = &[
     "WebSocket (tungstenite, axum ws)",
     "allocation (malloc/free)",
     "copies (memcpy/memmove/memset)",
-    "task wake-ups (tokio runtime, channels)",
-    "locks (mutexes, atomics)",
-    "HTTP/IO (hyper, mio, syscall stubs)",
+    "bytes crate (refcounts, slicing)",
+    "task wake-ups (tokio runtime, channels, futures)",
+    "locks (mutexes)",
+    "IO (hyper, mio, tokio net/io)",
     "gateway code (jupyter-protocol, gateway-http)",
+    "core/std (UTF-8 checks, hashing, iterators)",
     "other",
 ];
 
-/// The item a function belongs to, from callgrind_annotate's `file:function [object]` name.
-fn classify(name: &str) -> &'static str {
-    let n = name;
-    let has = |s: &str| n.contains(s);
-    if has("zeromq::") || has("asynchronous_codec") {
-        "zeromq crate"
-    } else if has("sha2::") || has("hmac::") || has("digest::") || has("sha256") {
-        "HMAC-SHA256"
-    } else if has("serde_json") || has("serde::de") || has("serde::ser") {
-        "JSON (serde_json)"
-    } else if has("tungstenite") || has("axum::extract::ws") || has("apply_mask") {
-        "WebSocket (tungstenite, axum ws)"
-    } else if has("malloc")
-        || has("free")
-        || has("realloc")
-        || has("calloc")
-        || has("__rust_alloc")
-        || has("__rust_dealloc")
-        || has("alloc::raw_vec")
-        || has("_int_")
-        || has("tcache")
+/// The item an instruction belongs to, from the source file it was compiled from (inlined code
+/// counts where it came from) and the function it ran in.
+fn classify(file: &str, function: &str) -> &'static str {
+    let in_file = |s: &str| file.contains(s);
+    let named = |s: &str| function.contains(s);
+    if named("memcpy") || named("memmove") || named("memset") || named("memcmp") || named("bcmp") {
+        "copies (memcpy/memmove/memset)"
+    } else if in_file("malloc.c")
+        || in_file("arena.c")
+        || in_file("/alloc/src/raw_vec")
+        || in_file("/alloc/src/alloc.rs")
+        || in_file("/std/src/sys/alloc")
+        || named("malloc")
+        || named("_int_free")
+        || named("cfree")
+        || named("realloc")
+        || named("__rust_alloc")
+        || named("__rust_dealloc")
+        || named("__rdl_")
     {
         "allocation (malloc/free)"
-    } else if has("memcpy") || has("memmove") || has("memset") || has("memcmp") || has("bcmp") {
-        "copies (memcpy/memmove/memset)"
-    } else if has("parking_lot")
-        || has("pthread_mutex")
-        || has("std::sync::")
-        || has("futex")
-        || has("lll_")
-        || has("tokio::sync::mutex")
+    } else if in_file("/zeromq-") || in_file("/asynchronous-codec") {
+        "zeromq crate"
+    } else if in_file("/sha2-")
+        || in_file("/hmac-")
+        || in_file("/digest-")
+        || in_file("/block-buffer")
+        || named("sha2::")
     {
-        "locks (mutexes, atomics)"
-    } else if has("tokio::runtime")
-        || has("tokio::sync")
-        || has("tokio::task")
-        || has("futures_")
-        || has("tokio::time")
-        || has("tokio_util")
+        "HMAC-SHA256"
+    } else if in_file("/serde_json-") || in_file("/serde_core-") || in_file("/serde-") {
+        "JSON (serde_json)"
+    } else if in_file("/tungstenite-")
+        || in_file("/tokio-tungstenite-")
+        || in_file("src/extract/ws")
     {
-        "task wake-ups (tokio runtime, channels)"
-    } else if has("hyper")
-        || has("mio::")
-        || has("tokio::net")
-        || has("tokio::io")
-        || has("epoll")
-        || has("libc.so")
-        || has("/syscall")
-        || has("sendmsg")
-        || has("recvmsg")
-        || has("__libc_")
+        "WebSocket (tungstenite, axum ws)"
+    } else if in_file("/bytes-") {
+        "bytes crate (refcounts, slicing)"
+    } else if in_file("parking_lot")
+        || in_file("/std/src/sys/sync")
+        || in_file("pthread_mutex")
+        || named("pthread_mutex")
+        || named("futex")
+        || in_file("/tokio-1") && in_file("/sync/mutex")
     {
-        "HTTP/IO (hyper, mio, syscall stubs)"
-    } else if has("jupyter_protocol") || has("gateway_http") || has("enterprise_gateway") {
+        "locks (mutexes)"
+    } else if in_file("/hyper-")
+        || in_file("/hyper-util-")
+        || in_file("/mio-")
+        || in_file("/tokio-1") && (in_file("/src/net/") || in_file("/src/io/"))
+        || in_file("sysdeps/unix/sysv/linux")
+    {
+        "IO (hyper, mio, tokio net/io)"
+    } else if in_file("/tokio-1")
+        || in_file("/tokio-util-")
+        || in_file("/futures-")
+        || in_file("/async-trait")
+    {
+        "task wake-ups (tokio runtime, channels, futures)"
+    } else if in_file("jupyter-protocol/src") || in_file("gateway-http/src") {
         "gateway code (jupyter-protocol, gateway-http)"
+    } else if in_file("/library/core/") || in_file("/library/std/") || in_file("/library/alloc/") {
+        "core/std (UTF-8 checks, hashing, iterators)"
     } else {
         "other"
     }
@@ -419,8 +430,29 @@ fn annotate(file: &Path) -> Result<Costs> {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut names: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let mut self_cost: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut files: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let mut current = String::new();
+    // The function's file (`fl=`) and the file of the cost lines that follow (`fi=`/`fe=`,
+    // code inlined from elsewhere).
+    let mut fn_file = String::new();
+    let mut line_file = String::new();
     let mut after_calls = false;
+    let mut file_of = |spec: &str| -> String {
+        let spec = spec.trim();
+        match spec.strip_prefix('(').and_then(|r| r.split_once(')')) {
+            Some((id, rest)) => {
+                let rest = rest.trim();
+                if rest.is_empty() {
+                    files.get(id).cloned().unwrap_or_default()
+                } else {
+                    files.insert(id.to_owned(), rest.to_owned());
+                    rest.to_owned()
+                }
+            }
+            None => spec.to_owned(),
+        }
+    };
+    let mut by_item: BTreeMap<&'static str, u64> = BTreeMap::new();
     // `fn=(12) name` defines id 12; a later `fn=(12)` refers to it (the same for `cfn=`).
     let mut resolve = |spec: &str| -> String {
         let spec = spec.trim();
@@ -438,8 +470,22 @@ fn annotate(file: &Path) -> Result<Costs> {
         }
     };
     for line in text.lines() {
-        if let Some(spec) = line.strip_prefix("fn=") {
+        if let Some(spec) = line.strip_prefix("fl=") {
+            fn_file = file_of(spec);
+            line_file.clone_from(&fn_file);
+        } else if let Some(spec) = line
+            .strip_prefix("fi=")
+            .or_else(|| line.strip_prefix("fe="))
+        {
+            line_file = file_of(spec);
+        } else if let Some(spec) = line
+            .strip_prefix("cfi=")
+            .or_else(|| line.strip_prefix("cfl="))
+        {
+            file_of(spec);
+        } else if let Some(spec) = line.strip_prefix("fn=") {
             current = resolve(spec);
+            line_file.clone_from(&fn_file);
             after_calls = false;
         } else if let Some(spec) = line.strip_prefix("cfn=") {
             resolve(spec);
@@ -459,13 +505,16 @@ fn annotate(file: &Path) -> Result<Costs> {
                 after_calls = false;
             } else {
                 *self_cost.entry(current.clone()).or_default() += cost;
+                *by_item.entry(classify(&line_file, &current)).or_default() += cost;
             }
         }
     }
-    let mut costs = Costs::default();
+    let mut costs = Costs {
+        items: by_item,
+        ..Costs::default()
+    };
     for (name, cost) in self_cost {
         costs.total += cost;
-        *costs.items.entry(classify(&name)).or_default() += cost;
         costs.top.push((cost, name));
     }
     costs.top.sort_by_key(|entry| std::cmp::Reverse(entry.0));
