@@ -52,9 +52,11 @@ const MIN_PONG_TIMEOUT: Duration = Duration::from_secs(30);
 const WRITE_BATCH: usize = 64;
 /// Read buffer of each WebSocket. tungstenite zero-fills the free part of its read buffer before
 /// every read attempt, including the ones that find nothing; with its 128 KiB default that fill
-/// was the largest single cost of forwarding a small message. Large client frames still arrive
-/// whole (the buffer grows to the frame's length), in reads of this size.
-const WS_READ_BUFFER: usize = 16 * 1024;
+/// was the largest single cost of forwarding a small message, and at 16 KiB it was still 16% of
+/// the instructions of an execute round trip (callgrind, bench/README.md). Client requests are
+/// small; large client frames still arrive whole (the buffer grows to the frame's length), in
+/// reads of this size.
+const WS_READ_BUFFER: usize = 4 * 1024;
 /// How long the gateway tries to deliver its close frame (behind whatever the socket has not
 /// taken yet) before it drops the connection.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
