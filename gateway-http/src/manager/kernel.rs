@@ -439,6 +439,11 @@ async fn ready(
             process,
         ))
     };
+    // One wait for the whole launch, polled by every `select!` below: making a new one per loop
+    // turn would restart a backend's liveness check (a communication-port probe for launcher
+    // kernels) on every iopub message.
+    let exit = process.wait();
+    tokio::pin!(exit);
     let (mut iopub, mut session) = loop {
         let opts = socket_options(deadline.saturating_duration_since(Instant::now()));
         let connect = async {
@@ -453,7 +458,7 @@ async fn ready(
                 Err(jupyter_protocol::Error::ConnectTimeout(_)) => return Err(timed_out()),
                 Err(err) => err,
             },
-            state = process.wait() => return Err(exited(state)),
+            state = &mut exit => return Err(exited(state)),
             () = sleep_until(deadline) => return Err(timed_out()),
             () = abort.cancelled() => return Err(abandoned()),
         };
@@ -461,7 +466,7 @@ async fn ready(
         // of its was taken before it bound it): say so, with its log, once its exit is seen.
         // A kernel still alive afterwards is connected to again, within the same deadline.
         let settle = (Instant::now() + CONNECT_RETRY_WAIT).min(deadline);
-        if let Ok(state) = timeout_at(settle, process.wait()).await {
+        if let Ok(state) = timeout_at(settle, &mut exit).await {
             return Err(exited(state));
         }
         if Instant::now() >= deadline {
@@ -518,7 +523,7 @@ async fn ready(
                 }
                 None => return Err(failed(format!("the iopub socket of kernel {} closed during launch", plan.kernel_id))),
             },
-            state = process.wait() => return Err(exited(state)),
+            state = &mut exit => return Err(exited(state)),
             () = sleep_until(settle_at), if settle_by.is_some() => {}
             () = sleep_until(deadline) => return Err(timed_out()),
             () = abort.cancelled() => return Err(abandoned()),
@@ -584,22 +589,26 @@ pub(crate) async fn reattach(
             )));
         }
     }
-    loop {
-        tokio::select! {
-            reply = session.replies.recv() => match reply {
-                Some((_, msg)) => {
-                    if msg_type(&msg) == "kernel_info_reply" && msg.parent_msg_id().is_some_and(|id| sent.contains(&id)) {
-                        break;
+    {
+        let exit = process.wait();
+        tokio::pin!(exit);
+        loop {
+            tokio::select! {
+                reply = session.replies.recv() => match reply {
+                    Some((_, msg)) => {
+                        if msg_type(&msg) == "kernel_info_reply" && msg.parent_msg_id().is_some_and(|id| sent.contains(&id)) {
+                            break;
+                        }
                     }
-                }
-                None => return Err(unresponsive("its sockets closed".to_owned())),
-            },
-            msg = iopub.messages.recv() => match msg {
-                Some(msg) => on_iopub(msg),
-                None => return Err(unresponsive("its iopub socket closed".to_owned())),
-            },
-            state = process.wait() => return Err(ReattachError::Gone(format!("it ended ({})", describe_exit(&state)))),
-            () = sleep_until(deadline) => return Err(unresponsive("it did not answer kernel_info in time".to_owned())),
+                    None => return Err(unresponsive("its sockets closed".to_owned())),
+                },
+                msg = iopub.messages.recv() => match msg {
+                    Some(msg) => on_iopub(msg),
+                    None => return Err(unresponsive("its iopub socket closed".to_owned())),
+                },
+                state = &mut exit => return Err(ReattachError::Gone(format!("it ended ({})", describe_exit(&state)))),
+                () = sleep_until(deadline) => return Err(unresponsive("it did not answer kernel_info in time".to_owned())),
+            }
         }
     }
     Ok(Incarnation {

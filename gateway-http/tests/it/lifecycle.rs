@@ -3,6 +3,7 @@
 //! `test-kernel` (build it first: `cargo build -p tests --bin test-kernel`), plus the pure rules.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,8 +17,8 @@ use http::{Method, StatusCode};
 use jupyter_protocol::{ConnectionInfo, KernelClient, SocketOptions};
 use resource_managers::local::{LocalConfig, LocalResourceManager};
 use resource_managers::{
-    Error as RmError, KernelRecord, LaunchRequest, LaunchedKernel, ProcessState, Registry,
-    ResourceManager,
+    Error as RmError, KernelProcess, KernelRecord, LaunchRequest, LaunchedKernel, ProcessState,
+    Registry, ResourceManager,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -51,12 +52,15 @@ struct Lab {
     router: Router,
     runtime_dir: PathBuf,
     dir: TempDir,
+    /// Calls of `wait` on the `remote` kernels' processes.
+    waits: Arc<AtomicUsize>,
 }
 
 /// The local backend under another name. The gateway treats kernels of every backend but
-/// `local` as remote; everything else is the real local backend.
+/// `local` as remote; everything else is the real local backend, except that its processes count
+/// the calls of `wait` (each call starts a backend's liveness watch anew).
 #[derive(Debug)]
-struct Elsewhere(LocalResourceManager);
+struct Elsewhere(LocalResourceManager, Arc<AtomicUsize>);
 
 #[async_trait::async_trait]
 impl ResourceManager for Elsewhere {
@@ -64,10 +68,60 @@ impl ResourceManager for Elsewhere {
         "elsewhere"
     }
     async fn launch(&self, request: LaunchRequest) -> Result<LaunchedKernel, RmError> {
-        self.0.launch(request).await
+        let launched = self.0.launch(request).await?;
+        Ok(self.counted(launched))
     }
     async fn reattach(&self, record: &KernelRecord) -> Result<LaunchedKernel, RmError> {
-        self.0.reattach(record).await
+        let launched = self.0.reattach(record).await?;
+        Ok(self.counted(launched))
+    }
+}
+
+impl Elsewhere {
+    fn counted(&self, launched: LaunchedKernel) -> LaunchedKernel {
+        LaunchedKernel {
+            connection: launched.connection,
+            process: Box::new(Counted(launched.process, Arc::clone(&self.1))),
+        }
+    }
+}
+
+/// A kernel process that counts the calls of its `wait`.
+#[derive(Debug)]
+struct Counted(Box<dyn KernelProcess>, Arc<AtomicUsize>);
+
+#[async_trait::async_trait]
+impl KernelProcess for Counted {
+    fn record(&self) -> KernelRecord {
+        self.0.record()
+    }
+    async fn poll(&self) -> ProcessState {
+        self.0.poll().await
+    }
+    async fn wait(&self) -> ProcessState {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.wait().await
+    }
+    async fn signal(&self, signum: i32) -> Result<(), RmError> {
+        self.0.signal(signum).await
+    }
+    async fn interrupt(&self) -> Result<(), RmError> {
+        self.0.interrupt().await
+    }
+    async fn terminate(&self, grace: Duration) -> Result<ProcessState, RmError> {
+        self.0.terminate(grace).await
+    }
+    async fn cleanup(&self, keep_connection_file: bool) {
+        self.0.cleanup(keep_connection_file).await;
+    }
+    async fn shutdown_requested(&self) {
+        self.0.shutdown_requested().await;
+    }
+    fn log_tail(&self, max_lines: usize) -> String {
+        self.0.log_tail(max_lines)
+    }
+    fn detach(&self) {
+        self.0.detach();
     }
 }
 
@@ -129,13 +183,18 @@ impl Lab {
         };
         let mut registry = Registry::new();
         registry.register(Arc::new(LocalResourceManager::new(local.clone())));
-        registry.register(Arc::new(Elsewhere(LocalResourceManager::new(local))));
+        let waits = Arc::new(AtomicUsize::new(0));
+        registry.register(Arc::new(Elsewhere(
+            LocalResourceManager::new(local),
+            Arc::clone(&waits),
+        )));
         let manager = KernelManager::new(Arc::new(config), registry);
         Ok(Lab {
             router: gateway_http::router(Arc::clone(&manager)),
             manager,
             runtime_dir,
             dir,
+            waits,
         })
     }
 
@@ -506,6 +565,28 @@ async fn a_remote_kernel_is_restarted_only_for_its_clients() -> anyhow::Result<(
         .await
     );
     lab.manager.shutdown_all().await;
+    Ok(())
+}
+
+/// The launch waits for the kernel's exit with one `wait` for the whole launch, and the
+/// supervisor with one more: a `wait` made anew for every iopub message the starting kernel
+/// publishes would restart a backend's liveness check each time (for launcher kernels a
+/// communication-port probe; Toree's launcher drowned in them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waits_for_the_kernel_s_exit_once() -> anyhow::Result<()> {
+    let lab = Lab::new(|_| {})?;
+    for _ in 0..3 {
+        lab.waits.store(0, Ordering::SeqCst);
+        let (status, model) = lab.start(json!({"name": "remote"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{model}");
+        let waits = lab.waits.load(Ordering::SeqCst);
+        assert!(
+            (1..=2).contains(&waits),
+            "{waits} calls of wait for one start (the launch and the supervisor make one each)"
+        );
+    }
+    lab.manager.shutdown_all().await;
+    assert!(eventually(T, || lab.processes().is_empty()).await);
     Ok(())
 }
 

@@ -44,7 +44,7 @@ impl CommChannel for Comm {
                 session,
                 port,
                 timeout,
-            } => tunnel::send_comm(session, *port, request, *timeout).await,
+            } => tunnel::send_comm(Arc::clone(session), *port, request, *timeout).await,
         }
     }
 }

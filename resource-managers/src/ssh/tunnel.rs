@@ -141,8 +141,14 @@ const OPEN_RETRY_FOR: Duration = Duration::from_secs(30);
 const OPEN_RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// Sends one communication-port request through the SSH connection.
+///
+/// The channel is opened and written by a task of its own (as [`CommPort::send`] does for a
+/// direct port), so a caller that stops waiting cannot cut the request between the open and the
+/// write: the launcher would read an empty request, and Toree's listener thread dies on one.
+///
+/// [`CommPort::send`]: kernel_launcher::CommPort::send
 pub(crate) async fn send_comm(
-    session: &Session,
+    session: Arc<Session>,
     port: u16,
     request: &serde_json::Value,
     timeout: Duration,
@@ -152,7 +158,7 @@ pub(crate) async fn send_comm(
     }
     let bytes = request.to_string();
     let origin = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let attempt = async {
+    let attempt = async move {
         let channel = match session.open_direct(REMOTE_LOOPBACK, port, origin).await {
             Ok(channel) => channel,
             Err(e) => {
@@ -170,11 +176,18 @@ pub(crate) async fn send_comm(
             Err(e) => CommOutcome::Unknown(format!("tunnelled port {port}: {e}")),
         }
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| {
-            CommOutcome::Unknown(format!(
-                "tunnelled port {port}: no answer within {timeout:?}"
-            ))
-        })
+    let task = tokio::spawn(async move {
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                CommOutcome::Unknown(format!(
+                    "tunnelled port {port}: no answer within {timeout:?}"
+                ))
+            })
+    });
+    task.await.unwrap_or_else(|e| {
+        CommOutcome::Unknown(format!(
+            "tunnelled port {port}: the request task failed: {e}"
+        ))
+    })
 }
