@@ -310,22 +310,31 @@ pub(crate) async fn launch(
     let mut retries = 0;
     loop {
         match launch_once(plan, previous.clone(), deadline, on_iopub, abort).await {
-            Err(err)
-                if retries < PORT_RETRIES && port_was_taken(&err) && Instant::now() < deadline =>
-            {
+            Ok(incarnation) => return Ok(incarnation),
+            Err(Attempt::PortTaken(err)) if retries < PORT_RETRIES && Instant::now() < deadline => {
                 retries += 1;
                 tracing::warn!(kernel_id = %plan.kernel_id, error = %err,
                     "a kernel port was taken before the kernel bound it; launching again on fresh ports");
                 previous = None;
             }
-            result => return result,
+            Err(Attempt::PortTaken(err) | Attempt::Failed(err)) => return Err(err),
         }
     }
 }
 
-/// The launch failed because the kernel could not bind a port it was given.
-fn port_was_taken(err: &ManagerError) -> bool {
-    matches!(err, ManagerError::LaunchFailed { reason, .. } if reason.contains("Address already in use"))
+/// Why one launch attempt failed.
+enum Attempt {
+    /// The kernel exited during the launch and its log says a port it was given was in use: the
+    /// one failure a new attempt on fresh ports cures.
+    PortTaken(ManagerError),
+    /// Anything else.
+    Failed(ManagerError),
+}
+
+/// Whether a kernel's log says it could not bind a port: `EADDRINUSE` as ZeroMQ reports it
+/// (libzmq's and pyzmq's text, the same in every language binding).
+fn bind_failed(log: &str) -> bool {
+    log.contains("Address already in use")
 }
 
 async fn launch_once(
@@ -334,12 +343,12 @@ async fn launch_once(
     deadline: Instant,
     on_iopub: &mut (dyn FnMut(Message) + Send),
     abort: &CancellationToken,
-) -> Result<Incarnation, ManagerError> {
+) -> Result<Incarnation, Attempt> {
     if abort.is_cancelled() {
-        return Err(failed(format!(
+        return Err(Attempt::Failed(failed(format!(
             "the launch of kernel {} was abandoned",
             plan.kernel_id
-        )));
+        ))));
     }
     let request = LaunchRequest {
         kernel_id: plan.kernel_id.clone(),
@@ -355,13 +364,13 @@ async fn launch_once(
     };
     let launched = match timeout_at(deadline + BACKEND_GRACE, plan.backend.launch(request)).await {
         Ok(Ok(launched)) => launched,
-        Ok(Err(err)) => return Err(launch_error(err)),
+        Ok(Err(err)) => return Err(Attempt::Failed(launch_error(err))),
         Err(_) => {
-            return Err(failed(format!(
+            return Err(Attempt::Failed(failed(format!(
                 "kernel {} was not launched within {:.1} s",
                 plan.kernel_id,
                 plan.timeout.as_secs_f64()
-            )));
+            ))));
         }
     };
     let process: Arc<dyn KernelProcess> = Arc::from(launched.process);
@@ -384,8 +393,16 @@ async fn launch_once(
             ready_at: Instant::now(),
         }),
         Err(err) => {
+            // Decided from the kernel's own evidence (it ended, and its log says why), never from
+            // the text of the error built above.
+            let port_taken = matches!(process.poll().await, ProcessState::Exited { .. })
+                && bind_failed(&process.log_tail(LOG_TAIL_LINES));
             teardown(process.as_ref(), Duration::from_secs(1), false).await;
-            Err(err)
+            Err(if port_taken {
+                Attempt::PortTaken(err)
+            } else {
+                Attempt::Failed(err)
+            })
         }
     }
 }

@@ -153,6 +153,22 @@ impl Lab {
                 json!([test_kernel(), "-f", "{connection_file}"]),
                 "Remote test kernel",
             ),
+            // Fails its first start as a kernel whose port was taken does, then starts.
+            (
+                "port_taken_once",
+                python(&format!(
+                    "import os, sys\n\
+                     marker = {marker:?}\n\
+                     if not os.path.exists(marker):\n    \
+                         open(marker, 'w').close()\n    \
+                         print(\"zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:1')\", file=sys.stderr)\n    \
+                         sys.exit(1)\n\
+                     os.execv({kernel:?}, [{kernel:?}, '-f', sys.argv[1]])\n",
+                    marker = dir.path().join("bind-tried").display().to_string(),
+                    kernel = test_kernel().display().to_string(),
+                )),
+                "Port taken once",
+            ),
         ];
         for (name, argv, display_name) in list {
             std::fs::create_dir_all(specs.join(name))?;
@@ -585,6 +601,25 @@ async fn a_start_waits_for_the_kernel_s_exit_once() -> anyhow::Result<()> {
             "{waits} calls of wait for one start (the launch and the supervisor make one each)"
         );
     }
+    lab.manager.shutdown_all().await;
+    assert!(eventually(T, || lab.processes().is_empty()).await);
+    Ok(())
+}
+
+/// A kernel that exits because a port it was given was taken (its log says `Address already in
+/// use`) is launched again on fresh ports within the same start; one that exits for another
+/// reason is not (`failed_launches_answer_within_the_deadline_with_the_reason`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_whose_port_was_taken_is_launched_again() -> anyhow::Result<()> {
+    let lab = Lab::new(|_| {})?;
+    let (status, model) = lab.start(json!({"name": "port_taken_once"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{model}");
+    assert!(
+        lab.dir.path().join("bind-tried").exists(),
+        "the first attempt ran"
+    );
+    let id = model["id"].as_str().unwrap_or_default();
+    assert_eq!(lab.manager.get(id).map(|k| k.restarts).ok(), Some(0));
     lab.manager.shutdown_all().await;
     assert!(eventually(T, || lab.processes().is_empty()).await);
     Ok(())
