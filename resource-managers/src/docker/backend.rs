@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jupyter_protocol::ConnectionInfo;
-use kernel_launcher::{CommOutcome, CommPort, LauncherResponse, ResponseListener, template};
+use kernel_launcher::{CommOutcome, CommPort, LauncherResponse, ResponseListener};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::sync::watch;
@@ -759,20 +759,7 @@ impl ResourceManager for DockerResourceManager {
                 )));
             };
             let program = resolve_program(spec, argv0, &plan.launch_env, &self.config.search_path)?;
-            let mut vars: BTreeMap<&str, String> = BTreeMap::new();
-            vars.insert("kernel_id", kernel_id.clone());
-            vars.insert("response_address", listener.response_address());
-            vars.insert("public_key", listener.public_key_b64().to_owned());
-            vars.insert("port_range", request.port_range.to_template());
-            vars.insert(
-                "resource_dir",
-                spec.resource_dir.to_string_lossy().into_owned(),
-            );
-            vars.insert("transport_encryption", String::new());
-            if let Some(prefix) = spec.prefix() {
-                vars.insert("prefix", prefix.to_string_lossy().into_owned());
-            }
-            let argv = template::substitute(&spec.argv, &vars);
+            let argv = crate::launcher::launcher_argv(&request, listener);
             let launch_request = LaunchRequest {
                 env: plan.launch_env.clone(),
                 run_as: None,

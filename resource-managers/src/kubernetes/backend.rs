@@ -787,19 +787,7 @@ impl ResourceManager for KubernetesResourceManager {
 
         // The argv's variables (the launcher needs them; the native path reads the template's
         // place from the argv).
-        let mut vars: BTreeMap<&str, String> = BTreeMap::new();
-        vars.insert("kernel_id", kernel_id.clone());
-        vars.insert("response_address", listener.response_address());
-        vars.insert("public_key", listener.public_key_b64().to_owned());
-        vars.insert("port_range", request.port_range.to_template());
-        vars.insert(
-            "resource_dir",
-            spec.resource_dir.to_string_lossy().into_owned(),
-        );
-        vars.insert("transport_encryption", String::new());
-        if let Some(prefix) = spec.prefix() {
-            vars.insert("prefix", prefix.to_string_lossy().into_owned());
-        }
+        let vars = crate::launcher::launcher_vars(&request, listener);
         let argv = template::substitute(&spec.argv, &vars);
         let mut env = plan.env.clone();
         env.insert("KERNEL_ID".into(), kernel_id.clone());
