@@ -2,8 +2,8 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::client::{DockerClient, DockerError, Task};
 use super::validate;
+use crate::launcher::FinalState;
 use crate::local::{
     create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
     resolve_program, spawn_reaper,
@@ -921,7 +922,7 @@ impl ResourceManager for DockerResourceManager {
             interrupt_signal: interrupt_signal_of(spec) as i32,
             poll_interval: self.config.poll_interval,
             remove: self.mode == DockerMode::Swarm || self.config.remove_container,
-            last_final: Mutex::new(None),
+            last_final: FinalState::default(),
             finished: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             listener_stopped: AtomicBool::new(false),
@@ -997,7 +998,7 @@ impl ResourceManager for DockerResourceManager {
             remove: field("remove")
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(true),
-            last_final: Mutex::new(None),
+            last_final: FinalState::default(),
             finished: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             listener_stopped: AtomicBool::new(false),
@@ -1054,7 +1055,7 @@ pub struct DockerKernelProcess {
     poll_interval: Duration,
     /// Remove the workload once the kernel ended.
     remove: bool,
-    last_final: Mutex<Option<ProcessState>>,
+    last_final: FinalState,
     finished: AtomicBool,
     removed: AtomicBool,
     listener_stopped: AtomicBool,
@@ -1078,20 +1079,11 @@ impl DockerKernelProcess {
     }
 
     fn cached(&self) -> Option<ProcessState> {
-        *self
-            .last_final
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.last_final.get()
     }
 
     fn remember(&self, state: ProcessState) -> ProcessState {
-        if matches!(state, ProcessState::Exited { .. }) {
-            *self
-                .last_final
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(state);
-        }
-        state
+        self.last_final.remember(state)
     }
 
     /// The workload's state from the engine: gone or ended as an exit, an unreachable engine

@@ -62,8 +62,8 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -81,6 +81,7 @@ use super::client::{Kind, KubeClient, KubeError, NAMESPACES, PODS, ROLE_BINDINGS
 use super::config::ClusterConfig;
 use super::pod::{self, Rendered};
 use super::validate;
+use crate::launcher::FinalState;
 use crate::local::{
     create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
     resolve_program, spawn_reaper,
@@ -1064,7 +1065,7 @@ impl ResourceManager for KubernetesResourceManager {
             log_path,
             interrupt_signal: interrupt_signal_of(spec) as i32,
             poll_interval: self.config.poll_interval,
-            last_final: Mutex::new(None),
+            last_final: FinalState::default(),
             pod_deleted: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             listener_stopped: AtomicBool::new(false),
@@ -1170,7 +1171,7 @@ impl ResourceManager for KubernetesResourceManager {
                 .and_then(parse_signal_name)
                 .unwrap_or(Signal::SIGINT) as i32,
             poll_interval: self.config.poll_interval,
-            last_final: Mutex::new(None),
+            last_final: FinalState::default(),
             pod_deleted: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             listener_stopped: AtomicBool::new(false),
@@ -1402,7 +1403,7 @@ pub struct KubernetesKernelProcess {
     log_path: PathBuf,
     interrupt_signal: i32,
     poll_interval: Duration,
-    last_final: Mutex<Option<ProcessState>>,
+    last_final: FinalState,
     pod_deleted: AtomicBool,
     finished: AtomicBool,
     listener_stopped: AtomicBool,
@@ -1449,20 +1450,11 @@ impl KubernetesKernelProcess {
     }
 
     fn cached(&self) -> Option<ProcessState> {
-        *self
-            .last_final
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.last_final.get()
     }
 
     fn remember(&self, state: ProcessState) -> ProcessState {
-        if matches!(state, ProcessState::Exited { .. }) {
-            *self
-                .last_final
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(state);
-        }
-        state
+        self.last_final.remember(state)
     }
 
     async fn pod_state(&self) -> ProcessState {
