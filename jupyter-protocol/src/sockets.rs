@@ -10,8 +10,10 @@
 //!
 //! Background tasks read the sockets. They end, and release their sockets, once the receiving end
 //! of their channel (`replies` or `messages`) is dropped.
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -71,9 +73,8 @@ impl UnitVerifier {
         }
     }
 
-    fn history(&self) -> std::sync::MutexGuard<'_, DigestHistory> {
-        // The history stays consistent even if a holder panicked: recover it.
-        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    fn history(&self) -> parking_lot::MutexGuard<'_, DigestHistory> {
+        self.history.lock()
     }
 
     fn decode(&self, frames: Vec<Bytes>) -> Result<Message, Error> {
