@@ -1310,8 +1310,8 @@ async fn user_lists_apply_to_starts_and_listings() -> anyhow::Result<()> {
     };
     // (user, kernelspecs listed for ?user=)
     let listings = [
-        ("alice", vec!["never", "quits", "remote", "tk"]),
-        ("bob", vec!["never", "quits", "remote", "tk"]),
+        ("alice", vec!["never", "port_taken_once", "quits", "remote", "tk"]),
+        ("bob", vec!["never", "port_taken_once", "quits", "remote", "tk"]),
         ("carol", vec!["carol-only"]),
         ("mallory", vec![]),
         ("bobby", vec![]),
@@ -1328,7 +1328,7 @@ async fn user_lists_apply_to_starts_and_listings() -> anyhow::Result<()> {
         assert_eq!(names(&body), want, "{user}");
     }
     let (_, all) = lab.http(Method::GET, "/api/kernelspecs", Value::Null).await;
-    assert_eq!(names(&all).len(), 5);
+    assert_eq!(names(&all).len(), 6);
     // Starts are refused with EG's texts before anything is allocated.
     let refusals = [
         (
