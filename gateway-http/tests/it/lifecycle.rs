@@ -1310,8 +1310,14 @@ async fn user_lists_apply_to_starts_and_listings() -> anyhow::Result<()> {
     };
     // (user, kernelspecs listed for ?user=)
     let listings = [
-        ("alice", vec!["never", "port_taken_once", "quits", "remote", "tk"]),
-        ("bob", vec!["never", "port_taken_once", "quits", "remote", "tk"]),
+        (
+            "alice",
+            vec!["never", "port_taken_once", "quits", "remote", "tk"],
+        ),
+        (
+            "bob",
+            vec!["never", "port_taken_once", "quits", "remote", "tk"],
+        ),
         ("carol", vec!["carol-only"]),
         ("mallory", vec![]),
         ("bobby", vec![]),
