@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use kernel_launcher::response::ResponseListener;
 use resource_managers::Registry;
 use resource_managers::docker::{DockerConfig, DockerMode, DockerResourceManager};
@@ -57,19 +57,7 @@ impl DockerSettings {
                 }
             },
         };
-        let ids = |key: &str| -> anyhow::Result<Vec<u32>> {
-            let Some(list) = text(key) else {
-                return Ok(vec![0]);
-            };
-            list.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<u32>()
-                        .with_context(|| format!("{key}: {s:?} is not a user or group id"))
-                })
-                .collect()
-        };
+        let ids = |key: &str| crate::kubernetes::id_list(key, text(key));
         let remove_container = match text("EG_REMOVE_CONTAINER").map(|v| v.to_ascii_lowercase()) {
             None => true,
             Some(v) if v == "true" => true,

@@ -58,6 +58,23 @@ pub(crate) struct KubernetesSettings {
     launch_mode: LaunchMode,
 }
 
+/// EG's prohibited user or group ids (`EG_PROHIBITED_UIDS`/`GIDS`, which the Docker backends
+/// read too): a comma list, `0` when unset; an entry that is not an id stops the gateway at start,
+/// naming `key`.
+pub(crate) fn id_list(key: &str, list: Option<String>) -> anyhow::Result<Vec<u32>> {
+    let Some(list) = list else {
+        return Ok(vec![0]);
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<u32>()
+                .with_context(|| format!("{key}: {s:?} is not a user or group id"))
+        })
+        .collect()
+}
+
 fn flag(key: &str, value: Option<String>, default: bool) -> anyhow::Result<bool> {
     match value.map(|v| v.to_ascii_lowercase()) {
         None => Ok(default),
@@ -81,19 +98,7 @@ impl KubernetesSettings {
                 .filter(|v| !v.is_empty())
         };
         let either = |eg: &str, gp: &str| text(eg).or_else(|| text(gp));
-        let ids = |eg: &str, gp: &str| -> anyhow::Result<Vec<u32>> {
-            let Some(list) = either(eg, gp) else {
-                return Ok(vec![0]);
-            };
-            list.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<u32>()
-                        .with_context(|| format!("{eg}: {s:?} is not a user or group id"))
-                })
-                .collect()
-        };
+        let ids = |eg: &str, gp: &str| id_list(eg, either(eg, gp));
         let in_cluster = flag(
             "GP_USE_INCLUSTER_CONFIG",
             text("GP_USE_INCLUSTER_CONFIG"),
