@@ -167,6 +167,12 @@ impl LauncherProcess {
         }
     }
 
+    /// A receiver of its state, for a loop that watches the launcher among other things without
+    /// making a new [`Self::wait`] on every turn.
+    pub fn exit_watch(&self) -> tokio::sync::watch::Receiver<ProcessState> {
+        self.exit.clone()
+    }
+
     /// SIGKILLs its process group now, without waiting (for `Drop`).
     pub fn kill_now(&self) {
         if self.state() == ProcessState::Running {

@@ -9,17 +9,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jupyter_protocol::ConnectionInfo;
 use kernel_launcher::{CommOutcome, CommPort, LauncherResponse, ResponseListener};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::sync::watch;
+use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::client::{DockerClient, DockerError, Task};
 use super::validate;
-use crate::launcher::FinalState;
+use crate::launcher::{FinalState, LauncherProcess};
 use crate::local::{
     create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
-    resolve_program, spawn_reaper,
+    resolve_program,
 };
 use crate::{
     Error, KernelProcess, KernelRecord, LaunchRequest, LaunchedKernel, ProcessState,
@@ -47,9 +45,6 @@ const TAIL_LINES: usize = 20;
 
 /// How long a failed launch waits for its clean-up before leaving it to a background task.
 const CLEANUP_WAIT: Duration = Duration::from_secs(5);
-
-/// How long the launcher process has to go after SIGKILL.
-const SUBMIT_KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// Plain containers or swarm services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -658,31 +653,6 @@ fn task_failure(task: &Task) -> String {
     why
 }
 
-/// The local launcher process (EG's path).
-#[derive(Debug, Clone)]
-struct Submitter {
-    pid: Pid,
-    exit: watch::Receiver<ProcessState>,
-}
-
-impl Submitter {
-    fn state(&self) -> ProcessState {
-        *self.exit.borrow()
-    }
-
-    async fn kill(&self) {
-        if self.state() == ProcessState::Running {
-            let _ = killpg(self.pid, Signal::SIGKILL);
-            let mut exit = self.exit.clone();
-            let _ = tokio::time::timeout(
-                SUBMIT_KILL_WAIT,
-                exit.wait_for(|s| *s != ProcessState::Running),
-            )
-            .await;
-        }
-    }
-}
-
 /// Why a launch failed, before it is turned into an [`Error`].
 enum Failure {
     Error(Error),
@@ -739,7 +709,7 @@ impl ResourceManager for DockerResourceManager {
         let mut pending = listener.register(&kernel_id)?;
 
         let mut workload: Option<String> = None;
-        let mut submitter: Option<Submitter> = None;
+        let mut submitter: Option<LauncherProcess> = None;
         if plan.native {
             match self.create_native(&plan, deadline).await {
                 Ok(id) => {
@@ -766,32 +736,14 @@ impl ResourceManager for DockerResourceManager {
                 run_as: None,
                 ..request.clone()
             };
-            let child = crate::local::spawn_logged(
-                &launch_request,
-                &program,
-                &argv,
-                &log_path,
-                "launcher",
-                true,
-            )?;
-            let Some(pid) = child
-                .id()
-                .and_then(|id| i32::try_from(id).ok())
-                .map(Pid::from_raw)
-            else {
-                return Err(Error::Spawn(format!(
-                    "the launcher of kernel '{}' started without a process id",
-                    spec.name
-                )));
-            };
-            submitter = Some(Submitter {
-                pid,
-                exit: spawn_reaper(child, pid),
-            });
+            let launcher =
+                LauncherProcess::spawn(&launch_request, &program, &argv, &log_path, "launcher")?;
+            let pid = launcher.pid();
+            submitter = Some(launcher);
             tracing::info!(%kernel_id, pid = pid.as_raw(), log = %log_path.display(), "Docker launcher started; waiting for the kernel's {} and its connection info", self.mode.what());
         }
 
-        let mut exit_rx = submitter.as_ref().map(|s| s.exit.clone());
+        let mut exit_rx = submitter.as_ref().map(LauncherProcess::exit_watch);
         let mut submit_state = ProcessState::Running;
         let mut ip: Option<IpAddr> = None;
         let mut response: Option<LauncherResponse> = None;
@@ -1049,7 +1001,7 @@ pub struct DockerKernelProcess {
     remote_pid: Option<i32>,
     remote_pgid: Option<i32>,
     /// The local launcher process (EG's path, launches only).
-    submitter: Option<Submitter>,
+    submitter: Option<LauncherProcess>,
     log_path: PathBuf,
     interrupt_signal: i32,
     poll_interval: Duration,
@@ -1387,10 +1339,8 @@ impl KernelProcess for DockerKernelProcess {
 
 impl Drop for DockerKernelProcess {
     fn drop(&mut self) {
-        if let Some(submitter) = &self.submitter
-            && submitter.state() == ProcessState::Running
-        {
-            let _ = killpg(submitter.pid, Signal::SIGKILL);
+        if let Some(submitter) = &self.submitter {
+            submitter.kill_now();
         }
         if self.detached.load(Ordering::SeqCst) || self.removed.load(Ordering::SeqCst) {
             return;
