@@ -71,20 +71,19 @@ use jupyter_protocol::ConnectionInfo;
 use kernel_launcher::{
     CommOutcome, CommPort, KernelSpec, LauncherResponse, ResponseListener, template,
 };
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::client::{Kind, KubeClient, KubeError, NAMESPACES, PODS, ROLE_BINDINGS};
 use super::config::ClusterConfig;
 use super::pod::{self, Rendered};
 use super::validate;
-use crate::launcher::FinalState;
+use crate::launcher::{FinalState, LauncherProcess};
 use crate::local::{
     create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
-    resolve_program, spawn_reaper,
+    resolve_program,
 };
 use crate::{
     BackendNames, Capabilities, Error, KernelProcess, KernelRecord, LaunchRequest, LaunchedKernel,
@@ -672,31 +671,6 @@ fn follow_pods(
     rx
 }
 
-/// The local launcher process.
-#[derive(Debug, Clone)]
-struct Launcher {
-    pid: Pid,
-    exit: watch::Receiver<ProcessState>,
-}
-
-impl Launcher {
-    fn state(&self) -> ProcessState {
-        *self.exit.borrow()
-    }
-
-    async fn kill(&self) {
-        if self.state() == ProcessState::Running {
-            let _ = killpg(self.pid, Signal::SIGKILL);
-            let mut exit = self.exit.clone();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                exit.wait_for(|s| *s != ProcessState::Running),
-            )
-            .await;
-        }
-    }
-}
-
 /// An object created for a kernel, deleted with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Created {
@@ -821,7 +795,7 @@ impl ResourceManager for KubernetesResourceManager {
             }
         };
         let mut created: Vec<Created> = Vec::new();
-        let mut launcher: Option<Launcher> = None;
+        let mut launcher: Option<LauncherProcess> = None;
 
         let start = match plan.mode {
             LaunchMode::Launcher => {
@@ -829,7 +803,7 @@ impl ResourceManager for KubernetesResourceManager {
                 for (k, v) in &self.config.launcher_env {
                     launch_env.insert(k.clone(), v.clone());
                 }
-                let spawn = || -> Result<Launcher, Error> {
+                let spawn = || -> Result<LauncherProcess, Error> {
                     let Some(argv0) = argv.first() else {
                         return Err(Error::Spawn(format!(
                             "kernelspec '{}' has an empty argv",
@@ -842,31 +816,16 @@ impl ResourceManager for KubernetesResourceManager {
                         env: launch_env.clone(),
                         ..request.clone()
                     };
-                    let child = crate::local::spawn_logged(
+                    LauncherProcess::spawn_independent(
                         &launch_request,
                         &program,
                         &argv,
                         &log_path,
                         "pod launcher",
-                        false,
-                    )?;
-                    let pid = child
-                        .id()
-                        .and_then(|id| i32::try_from(id).ok())
-                        .map(Pid::from_raw)
-                        .ok_or_else(|| {
-                            Error::Spawn(format!(
-                                "the pod launcher of kernel '{}' started without a process id",
-                                spec.name
-                            ))
-                        })?;
-                    Ok(Launcher {
-                        pid,
-                        exit: spawn_reaper(child, pid),
-                    })
+                    )
                 };
                 spawn().map(|l| {
-                    tracing::info!(%kernel_id, pid = l.pid.as_raw(), log = %log_path.display(), "pod launcher started; watching for the pod");
+                    tracing::info!(%kernel_id, pid = l.pid().as_raw(), log = %log_path.display(), "pod launcher started; watching for the pod");
                     launcher = Some(l);
                 })
             }
@@ -903,7 +862,7 @@ impl ResourceManager for KubernetesResourceManager {
             selector,
             self.config.poll_interval,
         );
-        let mut exit_rx = launcher.as_ref().map(|l| l.exit.clone());
+        let mut exit_rx = launcher.as_ref().map(LauncherProcess::exit_watch);
         let mut launcher_state = ProcessState::Running;
         let mut view = PodView::Absent;
         let mut seen_pod = false;
@@ -1344,7 +1303,7 @@ async fn create_objects(
 /// named it otherwise), the other objects, the namespace. Waits [`CLEANUP_WAIT`] at most.
 async fn abandon(
     client: Arc<KubeClient>,
-    launcher: Option<Launcher>,
+    launcher: Option<LauncherProcess>,
     plan: Plan,
     created: Vec<Created>,
 ) {
@@ -1398,7 +1357,7 @@ pub struct KubernetesKernelProcess {
     comm: Option<CommPort>,
     remote_pid: Option<i32>,
     remote_pgid: Option<i32>,
-    launcher: Option<Launcher>,
+    launcher: Option<LauncherProcess>,
     created: Vec<Created>,
     log_path: PathBuf,
     interrupt_signal: i32,
@@ -1704,10 +1663,8 @@ impl Drop for KubernetesKernelProcess {
         if self.finished.load(Ordering::SeqCst) || self.detached.load(Ordering::SeqCst) {
             return;
         }
-        if let Some(l) = &self.launcher
-            && l.state() == ProcessState::Running
-        {
-            let _ = killpg(l.pid, Signal::SIGKILL);
+        if let Some(l) = &self.launcher {
+            l.kill_now();
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             tracing::warn!(kernel_id = %self.kernel_id, pod = %self.pod_name, "kernel handle dropped while running: deleting its pod");
