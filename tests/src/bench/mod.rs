@@ -22,6 +22,7 @@ mod kubernetes;
 mod proc;
 mod profile;
 mod report;
+mod spark;
 mod ssh;
 mod stats;
 mod target;
@@ -476,7 +477,13 @@ async fn run(options: Options) -> Result<bool> {
             })
             .filter(|w| options.balanced || w.kind != workloads::Kind::Takeover)
             .collect();
-    if workloads.is_empty() {
+    // The Spark rows run only when `--only` names them, never with `--quick` (spark.rs).
+    let spark_rows = if options.quick {
+        Vec::new()
+    } else {
+        spark::workloads(&options.only)
+    };
+    if workloads.is_empty() && spark_rows.is_empty() {
         bail!("--only matched no workload");
     }
     // Declared after `env`, so it is dropped first: sshd stops and any kernel left on it is
@@ -599,8 +606,11 @@ async fn run(options: Options) -> Result<bool> {
         }
     }
 
+    samples.extend(spark::run(&mut env, &spark_rows, &gateway_kinds, options.repeats).await?);
+
     let load_after = proc::load_average();
-    let report = Report::new(&workloads, &samples, &all_targets);
+    let reported: Vec<Workload> = workloads.iter().chain(&spark_rows).cloned().collect();
+    let report = Report::new(&reported, &samples, &all_targets);
     println!("\n{}", report.text());
     println!(
         "direct floor = the same kernel launched by the benchmark and driven with our own \
