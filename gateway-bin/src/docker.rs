@@ -16,6 +16,7 @@ use anyhow::bail;
 use kernel_launcher::response::ResponseListener;
 use resource_managers::Registry;
 use resource_managers::docker::{DockerConfig, DockerMode, DockerResourceManager};
+use resource_managers::launcher::{KernelIds, LauncherSettings};
 
 /// The `EG_*` variables read here (so the start-up check does not call them unknown).
 pub(crate) const ENV: &[&str] = &[
@@ -33,8 +34,7 @@ pub(crate) struct DockerSettings {
     network: String,
     remove_container: bool,
     image: Option<String>,
-    prohibited_uids: Vec<u32>,
-    prohibited_gids: Vec<u32>,
+    ids: KernelIds,
 }
 
 impl DockerSettings {
@@ -69,8 +69,10 @@ impl DockerSettings {
             network: text("EG_DOCKER_NETWORK").unwrap_or_else(|| "bridge".into()),
             remove_container,
             image: text("EG_KERNEL_IMAGE"),
-            prohibited_uids: ids("EG_PROHIBITED_UIDS")?,
-            prohibited_gids: ids("EG_PROHIBITED_GIDS")?,
+            ids: KernelIds {
+                prohibited_uids: ids("EG_PROHIBITED_UIDS")?,
+                prohibited_gids: ids("EG_PROHIBITED_GIDS")?,
+            },
         })
     }
 
@@ -101,10 +103,12 @@ pub(crate) fn register(
         network: docker.network,
         remove_container: docker.remove_container,
         image: docker.image,
-        prohibited_uids: docker.prohibited_uids,
-        prohibited_gids: docker.prohibited_gids,
-        search_path: settings.local.search_path.clone(),
-        comm_timeout: settings.comm_timeout,
+        ids: docker.ids,
+        launcher: LauncherSettings {
+            search_path: settings.local.search_path.clone(),
+            comm_timeout: settings.comm_timeout,
+            ..LauncherSettings::new(Arc::clone(response), settings.local.log_dir.clone())
+        },
         ..DockerConfig::new(Arc::clone(response), settings.local.log_dir.clone())
     };
     for mode in [DockerMode::Container, DockerMode::Swarm] {
@@ -130,7 +134,7 @@ mod tests {
         assert_eq!(defaults.socket, Some(PathBuf::from("/var/run/docker.sock")));
         assert_eq!(defaults.network, "bridge");
         assert!(defaults.remove_container);
-        assert_eq!(defaults.prohibited_uids, vec![0]);
+        assert_eq!(defaults.ids.prohibited_uids, vec![0]);
         let set = read(&[
             ("DOCKER_HOST", "unix:///tmp/d.sock"),
             ("EG_DOCKER_NETWORK", "host"),
@@ -140,7 +144,7 @@ mod tests {
         assert_eq!(set.socket, Some(PathBuf::from("/tmp/d.sock")));
         assert_eq!(set.network, "host");
         assert!(!set.remove_container);
-        assert_eq!(set.prohibited_uids, vec![0, 1001]);
+        assert_eq!(set.ids.prohibited_uids, vec![0, 1001]);
         assert_eq!(read(&[("DOCKER_HOST", "tcp://h:2375")])?.socket, None);
         assert!(read(&[("EG_PROHIBITED_GIDS", "0,root")]).is_err());
         assert!(read(&[("EG_REMOVE_CONTAINER", "maybe")]).is_err());

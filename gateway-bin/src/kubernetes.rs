@@ -27,6 +27,7 @@ use resource_managers::Registry;
 use resource_managers::kubernetes::{
     ClusterConfig, KubernetesConfig, KubernetesResourceManager, LaunchMode, SERVICE_ACCOUNT_DIR,
 };
+use resource_managers::launcher::{KernelIds, LauncherSettings};
 
 /// The `EG_*` variables read here, so the start-up check does not report them unsupported.
 pub(crate) const ENV: &[&str] = &[
@@ -52,8 +53,7 @@ pub(crate) struct KubernetesSettings {
     kernel_cluster_role: String,
     default_service_account: String,
     image: Option<String>,
-    prohibited_uids: Vec<u32>,
-    prohibited_gids: Vec<u32>,
+    ids: KernelIds,
     mirror_working_dirs: bool,
     launch_mode: LaunchMode,
 }
@@ -152,8 +152,10 @@ impl KubernetesSettings {
             )
             .unwrap_or_else(|| "default".into()),
             image: either("EG_KERNEL_IMAGE", "GP_IMAGE_NAME"),
-            prohibited_uids: ids("EG_PROHIBITED_UIDS", "GP_PROHIBITED_UIDS")?,
-            prohibited_gids: ids("EG_PROHIBITED_GIDS", "GP_PROHIBITED_GIDS")?,
+            ids: KernelIds {
+                prohibited_uids: ids("EG_PROHIBITED_UIDS", "GP_PROHIBITED_UIDS")?,
+                prohibited_gids: ids("EG_PROHIBITED_GIDS", "GP_PROHIBITED_GIDS")?,
+            },
             mirror_working_dirs: flag(
                 "EG_MIRROR_WORKING_DIRS",
                 text("EG_MIRROR_WORKING_DIRS"),
@@ -202,12 +204,14 @@ pub(crate) fn register(
         kernel_cluster_role: k8s.kernel_cluster_role,
         default_service_account: k8s.default_service_account,
         default_image: k8s.image,
-        prohibited_uids: k8s.prohibited_uids,
-        prohibited_gids: k8s.prohibited_gids,
+        ids: k8s.ids,
         mirror_working_dirs: k8s.mirror_working_dirs,
         launch_mode: k8s.launch_mode,
-        search_path: settings.local.search_path.clone(),
-        comm_timeout: settings.comm_timeout,
+        launcher: LauncherSettings {
+            search_path: settings.local.search_path.clone(),
+            comm_timeout: settings.comm_timeout,
+            ..LauncherSettings::new(Arc::clone(response), settings.local.log_dir.clone())
+        },
         ..KubernetesConfig::new(
             k8s.cluster,
             Arc::clone(response),
@@ -244,7 +248,7 @@ mod tests {
             ("default", false)
         );
         assert_eq!(s.kernel_cluster_role, "cluster-admin");
-        assert_eq!(s.prohibited_uids, vec![0]);
+        assert_eq!(s.ids.prohibited_uids, vec![0]);
         assert_eq!(s.launch_mode, LaunchMode::Launcher);
 
         let kc = dir.path().join("kc");
@@ -274,7 +278,7 @@ mod tests {
             ("kernels", true)
         );
         assert_eq!(s.kernel_cluster_role, "kernel-controller");
-        assert_eq!(s.prohibited_uids, vec![0, 65534]);
+        assert_eq!(s.ids.prohibited_uids, vec![0, 65534]);
         assert_eq!(s.launch_mode, LaunchMode::Native);
         assert_eq!(s.launcher_env.get("KUBECONFIG"), Some(&kc_text));
         assert!(!s.launcher_env.contains_key("PATH"));

@@ -219,6 +219,14 @@ pub trait LaunchWatch: Send {
     /// Looks once. A service error is not a failure: keep it for the timeout message and
     /// answer what was seen before.
     async fn probe(&mut self) -> Probe<Self::Placed, Self::Failure>;
+
+    /// Resolves when the watcher has news to look at before the next poll interval (a watch
+    /// event of the backend's service), so that [`await_callback`] looks again at once. It
+    /// must be cancel-safe: the wait drops it when something else wakes it first. The
+    /// default never resolves: looks follow the poll interval.
+    async fn changed(&mut self) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// How waiting for a launcher's callback ended without a kernel.
@@ -236,8 +244,8 @@ pub enum WaitFailure<F> {
 
 /// Waits until the launcher has called back *and* `watch` reports the kernel placed, or until
 /// it fails or `deadline` passes. Each round `watch` looks once (bounded by the deadline), then
-/// the wait sleeps until the callback arrives, `launcher` (if one runs here) exits, or
-/// `poll_interval` passes. A placement once seen is kept. Returns the callback's payload with
+/// the wait sleeps until the callback arrives, `launcher` (if one runs here) exits, `watch`
+/// has news ([`LaunchWatch::changed`]), or `poll_interval` passes. A placement once seen is kept. Returns the callback's payload with
 /// the last placement.
 pub async fn await_callback<W: LaunchWatch>(
     watch: &mut W,
@@ -286,6 +294,7 @@ pub async fn await_callback<W: LaunchWatch>(
                 }
                 tracing::debug!(kernel_id = pending.kernel_id(), ?launcher_state, "the launcher process ended");
             }
+            () = watch.changed() => {}
             _ = tick.tick() => {}
             () = tokio::time::sleep_until(deadline) => return Err(WaitFailure::Timeout),
         }
@@ -314,6 +323,79 @@ impl FinalState {
         }
         state
     }
+}
+
+/// The user and group a container backend's kernel runs as (`KERNEL_UID`, `KERNEL_GID`; EG's
+/// defaults 1000 and 100) and the ids refused (`EG_PROHIBITED_UIDS`, `EG_PROHIBITED_GIDS`;
+/// default `0`): what the `docker` and `kubernetes` settings share beside [`LauncherSettings`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelIds {
+    /// `KERNEL_UID` values refused.
+    pub prohibited_uids: Vec<u32>,
+    /// `KERNEL_GID` values refused.
+    pub prohibited_gids: Vec<u32>,
+}
+
+impl Default for KernelIds {
+    fn default() -> KernelIds {
+        KernelIds {
+            prohibited_uids: vec![0],
+            prohibited_gids: vec![0],
+        }
+    }
+}
+
+impl KernelIds {
+    /// The request's `KERNEL_UID` and `KERNEL_GID` (EG's defaults when absent), checked with
+    /// EG's messages; a bad or prohibited id is [`Error::Unauthorized`] (EG's 403).
+    pub fn check(&self, env: &BTreeMap<String, String>) -> Result<(u32, u32), Error> {
+        let uid = check_id(env, "UID", "1000", &self.prohibited_uids)?;
+        let gid = check_id(env, "GID", "100", &self.prohibited_gids)?;
+        Ok((uid, gid))
+    }
+}
+
+fn check_id(
+    env: &BTreeMap<String, String>,
+    what: &str,
+    default: &str,
+    prohibited: &[u32],
+) -> Result<u32, Error> {
+    let value = env
+        .get(&format!("KERNEL_{what}"))
+        .map_or(default, String::as_str);
+    let number: i128 = value.trim().parse().map_err(|_| {
+        Error::Unauthorized(format!(
+            "Invalid KERNEL_{what} value '{}': not a valid integer!",
+            excerpt(value)
+        ))
+    })?;
+    let id = u32::try_from(number).map_err(|_| {
+        Error::Unauthorized(format!(
+            "Invalid KERNEL_{what} value '{}': must be in range 0-4294967295!",
+            excerpt(value)
+        ))
+    })?;
+    if prohibited.contains(&id) {
+        return Err(Error::Unauthorized(format!(
+            "Kernel's {what} value of '{id}' has been denied via EG_PROHIBITED_{what}S!"
+        )));
+    }
+    Ok(id)
+}
+
+/// A printable excerpt of a client value for error messages: control characters escaped, at
+/// most 80 characters (then `…`).
+pub fn excerpt(value: &str) -> String {
+    let mut out: String = value
+        .chars()
+        .take(80)
+        .flat_map(char::escape_debug)
+        .collect();
+    if value.chars().count() > 80 {
+        out.push('…');
+    }
+    out
 }
 
 /// The `{…}` values a launcher's argv template gets: `kernel_id`, `response_address`,
@@ -590,6 +672,54 @@ mod tests {
         assert!(matches!(got, Err(WaitFailure::Timeout)));
         assert!(looks > 2, "looked {looks} times");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn kernel_ids_as_eg_checks_them() {
+        let ids = KernelIds::default();
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(ids.check(&env(&[])).ok(), Some((1000, 100)));
+        let message = |pairs: &[(&str, &str)]| {
+            ids.check(&env(pairs))
+                .map_err(|e| (matches!(e, Error::Unauthorized(_)), e.to_string()))
+                .err()
+        };
+        assert_eq!(
+            message(&[("KERNEL_UID", "0")]),
+            Some((
+                true,
+                "Kernel's UID value of '0' has been denied via EG_PROHIBITED_UIDS!".into()
+            ))
+        );
+        assert_eq!(
+            message(&[("KERNEL_GID", "x")]),
+            Some((
+                true,
+                "Invalid KERNEL_GID value 'x': not a valid integer!".into()
+            ))
+        );
+        assert_eq!(
+            message(&[("KERNEL_UID", "4294967296")]),
+            Some((
+                true,
+                "Invalid KERNEL_UID value '4294967296': must be in range 0-4294967295!".into()
+            ))
+        );
+        assert!(message(&[("KERNEL_UID", "-1")]).is_some());
+        assert!(message(&[("KERNEL_GID", "0")]).is_some());
+        let open = KernelIds {
+            prohibited_uids: Vec::new(),
+            prohibited_gids: Vec::new(),
+        };
+        assert_eq!(
+            open.check(&env(&[("KERNEL_UID", " 0 ")])).ok(),
+            Some((0, 100))
+        );
     }
 
     #[test]

@@ -200,13 +200,13 @@ impl Cluster {
             "KUBECONFIG".to_owned(),
             self.kubeconfig.display().to_string(),
         )]);
-        config.search_path = vec![
+        config.launcher.search_path = vec![
             venv().join("bin"),
             PathBuf::from("/usr/bin"),
             PathBuf::from("/bin"),
         ];
-        config.poll_interval = Duration::from_millis(100);
-        config.request_timeout = 10 * SECOND;
+        config.launcher.poll_interval = Duration::from_millis(100);
+        config.launcher.request_timeout = 10 * SECOND;
         config.launch_mode = mode;
         config
     }

@@ -1,6 +1,6 @@
 //! The `docker` and `docker-swarm` resource managers; see the [module docs](super).
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,13 +8,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jupyter_protocol::ConnectionInfo;
-use kernel_launcher::{CommOutcome, CommPort, LauncherResponse, ResponseListener};
+use kernel_launcher::{CommOutcome, CommPort, ResponseListener};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::client::{DockerClient, DockerError, Task};
 use super::validate;
-use crate::launcher::{FinalState, LauncherProcess};
+use crate::launcher::{
+    FinalState, KernelIds, LaunchWatch, LauncherProcess, LauncherSettings, Probe, WaitFailure,
+    await_callback,
+};
 use crate::local::{
     create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
     resolve_program,
@@ -86,25 +89,15 @@ pub struct DockerConfig {
     /// The image when neither the kernelspec (`image_name`) nor the client (`KERNEL_IMAGE`)
     /// names one (`EG_KERNEL_IMAGE`).
     pub image: Option<String>,
-    /// `KERNEL_UID` values refused (`EG_PROHIBITED_UIDS`, default `0`).
-    pub prohibited_uids: Vec<u32>,
-    /// `KERNEL_GID` values refused (`EG_PROHIBITED_GIDS`, default `0`).
-    pub prohibited_gids: Vec<u32>,
+    /// The ids kernels may not run as.
+    pub ids: KernelIds,
     /// The address of a kernel on the host network: the engine's host as the gateway reaches
     /// it (the engine is on a local socket, so this machine: 127.0.0.1).
     pub host_ip: IpAddr,
-    /// Where launcher output goes (`EG_KERNEL_LOG_DIR`): `kernel-<id>.log`.
-    pub log_dir: PathBuf,
-    /// The gateway's response listener.
-    pub response: Arc<ResponseListener>,
-    /// The gateway's PATH, to resolve a relative `argv[0]`.
-    pub search_path: Vec<PathBuf>,
-    /// Connect timeout of communication-port requests (`EG_SOCKET_TIMEOUT`).
-    pub comm_timeout: Duration,
-    /// Pause between status polls (`EG_POLL_INTERVAL`, 0.5 s).
-    pub poll_interval: Duration,
-    /// Timeout of one engine request (an image pull is bounded by the launch deadline instead).
-    pub request_timeout: Duration,
+    /// The listener, the launchers' log directory (`EG_KERNEL_LOG_DIR`), the PATH and the
+    /// timeouts; `poll_interval` paces the engine polls, `request_timeout` bounds one engine
+    /// request (an image pull is bounded by the launch deadline instead).
+    pub launcher: LauncherSettings,
 }
 
 impl DockerConfig {
@@ -118,15 +111,9 @@ impl DockerConfig {
             network: "bridge".into(),
             remove_container: true,
             image: None,
-            prohibited_uids: vec![0],
-            prohibited_gids: vec![0],
+            ids: KernelIds::default(),
             host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            log_dir,
-            response,
-            search_path: Vec::new(),
-            comm_timeout: kernel_launcher::comm::DEFAULT_CONNECT_TIMEOUT,
-            poll_interval: Duration::from_millis(500),
-            request_timeout: Duration::from_secs(30),
+            launcher: LauncherSettings::new(response, log_dir),
         }
     }
 }
@@ -158,20 +145,10 @@ struct Plan {
     cpus: Option<u32>,
 }
 
-/// What the engine says about a kernel's workload during launch.
-enum Seen {
-    /// Created, being scheduled or started.
-    Starting,
-    /// Running, at this address.
-    Running(IpAddr),
-    /// Ended or in an error state: why.
-    Failed(String),
-}
-
 impl DockerResourceManager {
     /// A backend of this mode (no engine traffic until a launch).
     pub fn new(mode: DockerMode, config: DockerConfig) -> DockerResourceManager {
-        let client = DockerClient::new(config.socket.clone(), config.request_timeout);
+        let client = DockerClient::new(config.socket.clone(), config.launcher.request_timeout);
         DockerResourceManager {
             mode,
             config,
@@ -232,20 +209,7 @@ impl DockerResourceManager {
                 image
             }
         };
-        let uid = validate::check_id(
-            env.get("KERNEL_UID").map_or("1000", String::as_str),
-            "UID",
-            &self.config.prohibited_uids,
-            "EG_PROHIBITED_UIDS",
-        )
-        .map_err(Error::Unauthorized)?;
-        let gid = validate::check_id(
-            env.get("KERNEL_GID").map_or("100", String::as_str),
-            "GID",
-            &self.config.prohibited_gids,
-            "EG_PROHIBITED_GIDS",
-        )
-        .map_err(Error::Unauthorized)?;
+        let (uid, gid) = self.config.ids.check(env)?;
         let user = env
             .get("KERNEL_USERNAME")
             .cloned()
@@ -298,6 +262,7 @@ impl DockerResourceManager {
         if !launch_env.contains_key("PATH") {
             let path: Vec<String> = self
                 .config
+                .launcher
                 .search_path
                 .iter()
                 .map(|p| p.display().to_string())
@@ -312,7 +277,7 @@ impl DockerResourceManager {
         launch_env.extend(launcher_only);
 
         // What the launcher script would add for the container (launch_docker.py).
-        let listener = &self.config.response;
+        let listener = &self.config.launcher.response;
         container_env.insert("KERNEL_ID".into(), request.kernel_id.clone());
         container_env.insert("RESPONSE_ADDRESS".into(), listener.response_address());
         container_env.insert("PUBLIC_KEY".into(), listener.public_key_b64().to_owned());
@@ -485,13 +450,13 @@ impl DockerResourceManager {
     }
 
     /// The workload's state during launch.
-    async fn seen(&self, id: &str) -> Result<Seen, DockerError> {
+    async fn seen(&self, id: &str) -> Result<Probe<IpAddr, String>, DockerError> {
         match self.mode {
             DockerMode::Container => {
                 let inspect = match self.client.inspect_container(id).await {
                     Ok(inspect) => inspect,
                     Err(err) if err.is_not_found() => {
-                        return Ok(Seen::Failed(
+                        return Ok(Probe::Failed(
                             "Error starting kernel container; it was removed (it ended and was auto-removed)".into(),
                         ));
                     }
@@ -499,7 +464,7 @@ impl DockerResourceManager {
                 };
                 let state = &inspect.state;
                 Ok(match state.status.as_str() {
-                    "created" => Seen::Starting,
+                    "created" => Probe::Starting,
                     "running" => {
                         let settings = &inspect.network_settings;
                         let on_network = settings
@@ -514,28 +479,28 @@ impl DockerResourceManager {
                             })
                             .and_then(|ip| ip.parse().ok())
                             .unwrap_or(self.config.host_ip);
-                        Seen::Running(ip)
+                        Probe::Placed(ip)
                     }
-                    other => Seen::Failed(container_failure(other, state)),
+                    other => Probe::Failed(container_failure(other, state)),
                 })
             }
             DockerMode::Swarm => {
                 let tasks = match self.client.service_tasks(id).await {
                     Ok(tasks) => tasks,
                     Err(err) if err.is_not_found() => {
-                        return Ok(Seen::Failed(
+                        return Ok(Probe::Failed(
                             "Error starting kernel service; it was removed".into(),
                         ));
                     }
                     Err(err) => return Err(err),
                 };
                 let Some(task) = current_task(&tasks) else {
-                    return Ok(Seen::Starting);
+                    return Ok(Probe::Starting);
                 };
                 match task.status.state.as_str() {
-                    "running" => Ok(Seen::Running(self.task_ip(task).await)),
-                    state if is_task_final(state) => Ok(Seen::Failed(task_failure(task))),
-                    _ => Ok(Seen::Starting),
+                    "running" => Ok(Probe::Placed(self.task_ip(task).await)),
+                    state if is_task_final(state) => Ok(Probe::Failed(task_failure(task))),
+                    _ => Ok(Probe::Starting),
                 }
             }
         }
@@ -653,12 +618,57 @@ fn task_failure(task: &Task) -> String {
     why
 }
 
-/// Why a launch failed, before it is turned into an [`Error`].
-enum Failure {
-    Error(Error),
-    SubmitFailed(ProcessState),
-    Failed(String),
-    Timeout,
+/// The kernel's workload as a launch sees it: looked for by its `kernel_id` label until it
+/// shows up (EG's path; the native path knows it from the start), then inspected until it
+/// runs.
+struct WorkloadWatch<'a> {
+    backend: &'a DockerResourceManager,
+    kernel_id: &'a str,
+    /// The container or service id, once known.
+    workload: Option<String>,
+    /// The last engine error, quoted when the launch times out.
+    last_engine_error: Option<String>,
+    /// The workload's last state, for the timeout message.
+    last_status: &'static str,
+}
+
+#[async_trait]
+impl LaunchWatch for WorkloadWatch<'_> {
+    /// The kernel's address.
+    type Placed = IpAddr;
+    /// Why the workload ended or cannot run, in EG's words.
+    type Failure = String;
+
+    async fn probe(&mut self) -> Probe<IpAddr, String> {
+        if self.workload.is_none() {
+            match self.backend.find(self.kernel_id).await {
+                Ok(found) => {
+                    if let Some(id) = &found {
+                        tracing::info!(kernel_id = %self.kernel_id, %id, "kernel {} found", self.backend.mode.what());
+                    }
+                    self.workload = found;
+                    self.last_engine_error = None;
+                }
+                Err(err) => self.last_engine_error = Some(err.to_string()),
+            }
+        }
+        let Some(id) = &self.workload else {
+            return Probe::NotFound;
+        };
+        match self.backend.seen(id).await {
+            Ok(probe) => {
+                self.last_status = match &probe {
+                    Probe::Placed(_) => "running",
+                    _ => "starting",
+                };
+                probe
+            }
+            Err(err) => {
+                self.last_engine_error = Some(err.to_string());
+                Probe::Starting
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -703,9 +713,9 @@ impl ResourceManager for DockerResourceManager {
                 self.config.socket.display()
             )));
         }
-        create_private_dir(&self.config.log_dir)?;
-        let log_path = self.config.log_dir.join(format!("kernel-{kernel_id}.log"));
-        let listener = &self.config.response;
+        create_private_dir(&self.config.launcher.log_dir)?;
+        let log_path = self.config.launcher.log_path(&kernel_id);
+        let listener = &self.config.launcher.response;
         let mut pending = listener.register(&kernel_id)?;
 
         let mut workload: Option<String> = None;
@@ -729,7 +739,12 @@ impl ResourceManager for DockerResourceManager {
                     self.mode.what()
                 )));
             };
-            let program = resolve_program(spec, argv0, &plan.launch_env, &self.config.search_path)?;
+            let program = resolve_program(
+                spec,
+                argv0,
+                &plan.launch_env,
+                &self.config.launcher.search_path,
+            )?;
             let argv = crate::launcher::launcher_argv(&request, listener);
             let launch_request = LaunchRequest {
                 env: plan.launch_env.clone(),
@@ -743,105 +758,67 @@ impl ResourceManager for DockerResourceManager {
             tracing::info!(%kernel_id, pid = pid.as_raw(), log = %log_path.display(), "Docker launcher started; waiting for the kernel's {} and its connection info", self.mode.what());
         }
 
-        let mut exit_rx = submitter.as_ref().map(LauncherProcess::exit_watch);
-        let mut submit_state = ProcessState::Running;
-        let mut ip: Option<IpAddr> = None;
-        let mut response: Option<LauncherResponse> = None;
-        let mut last_engine_error: Option<String> = None;
-        let mut last_status = String::from("not found yet");
-        let mut tick = tokio::time::interval(self.config.poll_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let outcome = loop {
-            if workload.is_none() {
-                match tokio::time::timeout_at(deadline, self.find(&kernel_id)).await {
-                    Err(_) => break Err(Failure::Timeout),
-                    Ok(Ok(found)) => {
-                        if let Some(id) = &found {
-                            tracing::info!(%kernel_id, %id, "kernel {} found", self.mode.what());
-                        }
-                        workload = found;
-                        last_engine_error = None;
-                    }
-                    Ok(Err(err)) => last_engine_error = Some(err.to_string()),
-                }
-            }
-            if let Some(id) = &workload {
-                match tokio::time::timeout_at(deadline, self.seen(id)).await {
-                    Err(_) => break Err(Failure::Timeout),
-                    Ok(Ok(Seen::Starting)) => last_status = "starting".into(),
-                    Ok(Ok(Seen::Running(found))) => {
-                        last_status = "running".into();
-                        ip = Some(found);
-                    }
-                    Ok(Ok(Seen::Failed(why))) => break Err(Failure::Failed(why)),
-                    Ok(Err(err)) => last_engine_error = Some(err.to_string()),
-                }
-            } else if let ProcessState::Exited { code, .. } = submit_state
-                && code != Some(0)
-            {
-                break Err(Failure::SubmitFailed(submit_state));
-            }
-            if response.is_some() && ip.is_some() {
-                break Ok(());
-            }
-            tokio::select! {
-                got = &mut pending, if response.is_none() => match got {
-                    Ok(r) => response = Some(r),
-                    Err(err) => break Err(Failure::Error(Error::Spawn(err.to_string()))),
-                },
-                changed = async {
-                    match exit_rx.as_mut() {
-                        Some(rx) => rx.changed().await,
-                        None => std::future::pending().await,
-                    }
-                }, if submit_state == ProcessState::Running => {
-                    submit_state = exit_rx.as_mut().map_or(ProcessState::Unknown, |rx| *rx.borrow_and_update());
-                    if changed.is_err() && submit_state == ProcessState::Running {
-                        submit_state = ProcessState::Unknown;
-                    }
-                    tracing::debug!(%kernel_id, ?submit_state, "Docker launcher ended");
-                }
-                _ = tick.tick() => {}
-                () = tokio::time::sleep_until(deadline) => break Err(Failure::Timeout),
-            }
+        let mut watch = WorkloadWatch {
+            backend: self,
+            kernel_id: &kernel_id,
+            workload,
+            last_engine_error: None,
+            last_status: "not found yet",
         };
+        let waited = await_callback(
+            &mut watch,
+            &mut pending,
+            submitter.as_ref(),
+            self.config.launcher.poll_interval,
+            deadline,
+        )
+        .await;
         drop(pending);
+        let WorkloadWatch {
+            workload,
+            last_engine_error,
+            last_status,
+            ..
+        } = watch;
 
-        let (Ok(()), Some(ip), Some(response)) = (&outcome, ip, response.clone()) else {
-            let launcher_tail = || read_tail(&log_path, TAIL_LINES).unwrap_or_default();
-            let output = match &workload {
-                Some(id) => self.workload_logs(id).await,
-                None => launcher_tail(),
-            };
-            let engine_note = last_engine_error
-                .as_deref()
-                .map(|e| format!(" Last Docker engine error: {e}"))
-                .unwrap_or_default();
-            let err = match outcome {
-                Err(Failure::Error(err)) => err,
-                Err(Failure::SubmitFailed(state)) => Error::ExitedDuringLaunch {
-                    status: format!(
-                        "Error occurred during launch of KernelID: {kernel_id}: the launcher ended with {state} before the kernel's {} was created{engine_note}",
-                        self.mode.what()
-                    ),
-                    log_tail: launcher_tail(),
-                },
-                Err(Failure::Failed(why)) => Error::ExitedDuringLaunch {
-                    status: format!("KernelID: '{kernel_id}': {why}"),
-                    log_tail: output,
-                },
-                Err(Failure::Timeout) | Ok(()) => Error::LaunchTimeout(format!(
-                    "KernelID: '{kernel_id}' launch timeout due to: Waited too long ({}s) to get connection file (kernel {} {last_status}).{engine_note} Output: {output}",
-                    crate::python_seconds(request.timeout),
-                    self.mode.what(),
-                )),
-            };
-            tracing::warn!(%kernel_id, "Docker launch failed: {err}");
-            if let Some(submitter) = &submitter {
-                submitter.kill().await;
+        let (response, ip) = match waited {
+            Ok(done) => done,
+            Err(failure) => {
+                let launcher_tail = || read_tail(&log_path, TAIL_LINES).unwrap_or_default();
+                let output = match &workload {
+                    Some(id) => self.workload_logs(id).await,
+                    None => launcher_tail(),
+                };
+                let engine_note = last_engine_error
+                    .as_deref()
+                    .map(|e| format!(" Last Docker engine error: {e}"))
+                    .unwrap_or_default();
+                let err = match failure {
+                    WaitFailure::Listener(err) => err,
+                    WaitFailure::LauncherExited(state) => Error::ExitedDuringLaunch {
+                        status: format!(
+                            "Error occurred during launch of KernelID: {kernel_id}: the launcher ended with {state} before the kernel's {} was created{engine_note}",
+                            self.mode.what()
+                        ),
+                        log_tail: launcher_tail(),
+                    },
+                    WaitFailure::Placement(why) => Error::ExitedDuringLaunch {
+                        status: format!("KernelID: '{kernel_id}': {why}"),
+                        log_tail: output,
+                    },
+                    WaitFailure::Timeout => Error::LaunchTimeout(format!(
+                        "KernelID: '{kernel_id}' launch timeout due to: Waited too long ({}s) to get connection file (kernel {} {last_status}).{engine_note} Output: {output}",
+                        crate::python_seconds(request.timeout),
+                        self.mode.what(),
+                    )),
+                };
+                tracing::warn!(%kernel_id, "Docker launch failed: {err}");
+                if let Some(submitter) = &submitter {
+                    submitter.kill().await;
+                }
+                self.remove_all(&kernel_id, workload.as_deref()).await;
+                return Err(err);
             }
-            self.remove_all(&kernel_id, workload.as_deref()).await;
-            return Err(err);
         };
         let Some(id) = workload else {
             return Err(Error::Config(format!(
@@ -855,7 +832,7 @@ impl ResourceManager for DockerResourceManager {
         connection.kernel_name = spec.name.clone();
         let comm = response
             .comm_port
-            .map(|port| CommPort::new(SocketAddr::new(ip, port), self.config.comm_timeout));
+            .map(|port| self.config.launcher.comm_port(ip, port));
         tracing::info!(%kernel_id, %id, %ip, comm_port = ?response.comm_port, "Docker kernel connection info received");
         let process = DockerKernelProcess {
             mode: self.mode,
@@ -872,7 +849,7 @@ impl ResourceManager for DockerResourceManager {
             submitter,
             log_path,
             interrupt_signal: interrupt_signal_of(spec) as i32,
-            poll_interval: self.config.poll_interval,
+            poll_interval: self.config.launcher.poll_interval,
             remove: self.mode == DockerMode::Swarm || self.config.remove_container,
             last_final: FinalState::default(),
             finished: AtomicBool::new(false),
@@ -927,7 +904,7 @@ impl ResourceManager for DockerResourceManager {
             .and_then(serde_json::Value::as_u64)
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
-            .map(|port| CommPort::new(SocketAddr::new(ip, port), self.config.comm_timeout));
+            .map(|port| self.config.launcher.comm_port(ip, port));
         let process = DockerKernelProcess {
             mode: self.mode,
             backend: self.name().to_owned(),
@@ -946,7 +923,7 @@ impl ResourceManager for DockerResourceManager {
                 .and_then(serde_json::Value::as_str)
                 .and_then(parse_signal_name)
                 .unwrap_or(Signal::SIGINT) as i32,
-            poll_interval: self.config.poll_interval,
+            poll_interval: self.config.launcher.poll_interval,
             remove: field("remove")
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(true),

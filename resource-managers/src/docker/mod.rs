@@ -35,9 +35,9 @@
 //! dropped (EG's default without `EG_MIRROR_WORKING_DIRS`).
 //!
 //! # Launch
-//! Every [`DockerConfig::poll_interval`] the workload's state is read: a container `created` or
-//! `running` is alive, anything else (`exited`, `dead`, `restarting`, `removing`, `paused`, or
-//! gone) fails the launch with EG's "Error starting kernel container; status: ..." and the
+//! Every [`poll_interval`](crate::launcher::LauncherSettings::poll_interval) the workload's
+//! state is read: a container `created` or `running` is alive, anything else (`exited`,
+//! `dead`, `restarting`, `removing`, `paused`, or gone) fails the launch with EG's "Error starting kernel container; status: ..." and the
 //! container's last output; a service's current task (the newest one desired running) in
 //! `complete`, `failed`, `rejected`, `shutdown`, `orphaned` or `remove` fails it with the
 //! task's error (e.g. the engine's "No such image"). A launcher that exits non-zero before a

@@ -199,24 +199,6 @@ pub fn check_name(name: &str, service: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// A `KERNEL_UID`/`KERNEL_GID` value: EG's checks and messages (an integer in 0..2^32-1 that is
-/// not prohibited). `what` is `UID` or `GID`, `list` the prohibiting setting's name.
-pub fn check_id(value: &str, what: &str, prohibited: &[u32], list: &str) -> Result<u32, String> {
-    let trimmed = value.trim();
-    let number: i128 = trimmed
-        .parse()
-        .map_err(|_| format!("Invalid KERNEL_{what} value '{value}': not a valid integer!"))?;
-    let id = u32::try_from(number).map_err(|_| {
-        format!("Invalid KERNEL_{what} value '{value}': must be in range 0-4294967295!")
-    })?;
-    if prohibited.contains(&id) {
-        return Err(format!(
-            "Kernel's {what} value of '{id}' has been denied via {list}!"
-        ));
-    }
-    Ok(id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,26 +247,5 @@ mod tests {
         assert_eq!(check_name("alice-3f1c", true), Ok(()));
         assert!(check_name("a.b-3f1c", true).is_err());
         assert!(check_name(&format!("{}-x", "a".repeat(63)), true).is_err());
-    }
-
-    #[test]
-    fn ids_as_eg_checks_them() {
-        assert_eq!(
-            check_id("1000", "UID", &[0], "EG_PROHIBITED_UIDS"),
-            Ok(1000)
-        );
-        assert_eq!(
-            check_id("0", "UID", &[0], "EG_PROHIBITED_UIDS"),
-            Err("Kernel's UID value of '0' has been denied via EG_PROHIBITED_UIDS!".into())
-        );
-        assert_eq!(
-            check_id("x", "GID", &[0], "EG_PROHIBITED_GIDS"),
-            Err("Invalid KERNEL_GID value 'x': not a valid integer!".into())
-        );
-        assert_eq!(
-            check_id("4294967296", "UID", &[], "EG_PROHIBITED_UIDS"),
-            Err("Invalid KERNEL_UID value '4294967296': must be in range 0-4294967295!".into())
-        );
-        assert!(check_id("-1", "UID", &[], "EG_PROHIBITED_UIDS").is_err());
     }
 }

@@ -60,7 +60,7 @@
 //! would add minutes of compile time on 2-core machines (k8s-openapi alone is one of the
 //! largest crates on crates.io) for typed structs of which a kernel pod uses a few fields.
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,9 +68,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jupyter_protocol::ConnectionInfo;
-use kernel_launcher::{
-    CommOutcome, CommPort, KernelSpec, LauncherResponse, ResponseListener, template,
-};
+use kernel_launcher::{CommOutcome, CommPort, KernelSpec, ResponseListener, template};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -80,7 +78,10 @@ use super::client::{Kind, KubeClient, KubeError, NAMESPACES, PODS, ROLE_BINDINGS
 use super::config::ClusterConfig;
 use super::pod::{self, Rendered};
 use super::validate;
-use crate::launcher::{FinalState, LauncherProcess};
+use crate::launcher::{
+    FinalState, KernelIds, LaunchWatch, LauncherProcess, LauncherSettings, Probe, WaitFailure,
+    await_callback,
+};
 use crate::local::{
     create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
     resolve_program,
@@ -161,26 +162,16 @@ pub struct KubernetesConfig {
     pub default_service_account: String,
     /// `EG_KERNEL_IMAGE`: the image when neither the request nor the kernelspec names one.
     pub default_image: Option<String>,
-    /// `EG_PROHIBITED_UIDS` (default `0`).
-    pub prohibited_uids: Vec<u32>,
-    /// `EG_PROHIBITED_GIDS` (default `0`).
-    pub prohibited_gids: Vec<u32>,
+    /// The ids kernels may not run as.
+    pub ids: KernelIds,
     /// `EG_MIRROR_WORKING_DIRS`: keep `KERNEL_WORKING_DIR` (else it is dropped).
     pub mirror_working_dirs: bool,
     /// Who creates pods unless a kernelspec's `config.launch` says otherwise.
     pub launch_mode: LaunchMode,
-    /// Where launcher output goes: `kernel-<id>.log`.
-    pub log_dir: PathBuf,
-    /// The gateway's response listener.
-    pub response: Arc<ResponseListener>,
-    /// The gateway's PATH, to resolve a relative `argv[0]`.
-    pub search_path: Vec<PathBuf>,
-    /// Connect timeout of communication-port requests (`EG_SOCKET_TIMEOUT`).
-    pub comm_timeout: Duration,
-    /// Pause before a broken watch is re-established, and between polls when watching fails.
-    pub poll_interval: Duration,
-    /// Timeout of one API request.
-    pub request_timeout: Duration,
+    /// The listener, the launchers' log directory, the PATH and the timeouts;
+    /// `poll_interval` is the pause before a broken watch is re-established (and between
+    /// polls when watching fails), `request_timeout` bounds one API request.
+    pub launcher: LauncherSettings,
 }
 
 impl KubernetesConfig {
@@ -199,16 +190,10 @@ impl KubernetesConfig {
             kernel_cluster_role: "cluster-admin".into(),
             default_service_account: "default".into(),
             default_image: None,
-            prohibited_uids: vec![0],
-            prohibited_gids: vec![0],
+            ids: KernelIds::default(),
             mirror_working_dirs: false,
             launch_mode: LaunchMode::Launcher,
-            log_dir,
-            response,
-            search_path: Vec::new(),
-            comm_timeout: kernel_launcher::comm::DEFAULT_CONNECT_TIMEOUT,
-            poll_interval: Duration::from_millis(500),
-            request_timeout: Duration::from_secs(30),
+            launcher: LauncherSettings::new(response, log_dir),
         }
     }
 }
@@ -224,7 +209,7 @@ impl KubernetesResourceManager {
     /// A `kubernetes` backend (no API traffic until a launch).
     pub fn new(config: KubernetesConfig) -> KubernetesResourceManager {
         let client = match &config.cluster {
-            Ok(cluster) => KubeClient::new(cluster, config.request_timeout)
+            Ok(cluster) => KubeClient::new(cluster, config.launcher.request_timeout)
                 .map(Arc::new)
                 .map_err(|e| format!("{e} ({})", cluster.source)),
             Err(why) => Err(why.clone()),
@@ -372,16 +357,7 @@ impl KubernetesResourceManager {
         };
         env.insert("KERNEL_NAMESPACE".into(), namespace.clone());
 
-        let uid = validate::user_id(
-            "KERNEL_UID",
-            env.get("KERNEL_UID").map_or("1000", String::as_str),
-            &cfg.prohibited_uids,
-        )?;
-        let gid = validate::user_id(
-            "KERNEL_GID",
-            env.get("KERNEL_GID").map_or("100", String::as_str),
-            &cfg.prohibited_gids,
-        )?;
+        let (uid, gid) = cfg.ids.check(&env)?;
         env.insert("KERNEL_UID".into(), uid.to_string());
         env.insert("KERNEL_GID".into(), gid.to_string());
 
@@ -718,15 +694,98 @@ async fn delete_all(
     first_error.map_or(Ok(()), Err)
 }
 
-/// Why a launch failed, before it becomes an [`Error`].
-enum Failure {
-    Error(Error),
-    LauncherFailed(ProcessState),
+/// Why a pod's launch failed, as the watch saw it.
+#[derive(Debug)]
+enum PodFailure {
+    /// Phase Failed or Succeeded: why.
     Ended(String),
+    /// Deleted during the launch.
     Vanished,
+    /// Cannot be scheduled.
     Unschedulable(String),
+    /// Its container cannot be pulled, created or kept running.
     Stuck(String),
-    Timeout,
+    /// The watch stopped.
+    WatchEnded,
+}
+
+/// The kernel's pod as a launch sees it: the first pod labelled with the kernel id, as the
+/// watch of [`follow_pods`] reports it. Every update wakes the wait ([`LaunchWatch::changed`]),
+/// so a failing pod ends the launch as soon as the API server says so.
+struct PodWatch<'a> {
+    updates: mpsc::Receiver<Result<Option<Value>, String>>,
+    kernel_id: &'a str,
+    view: PodView,
+    seen_pod: bool,
+    /// The pod's name (the launcher may name it otherwise than the plan).
+    pod_name: String,
+    /// The last API error, quoted when the launch times out.
+    last_api_error: Option<String>,
+    /// The watch's sender is gone.
+    closed: bool,
+}
+
+impl PodWatch<'_> {
+    fn apply(&mut self, update: Option<Result<Option<Value>, String>>) {
+        match update {
+            Some(Ok(Some(pod))) => {
+                self.seen_pod = true;
+                self.last_api_error = None;
+                if let Some(name) = pod["metadata"]["name"].as_str() {
+                    self.pod_name = name.to_owned();
+                }
+                let next = classify(&pod);
+                if next != self.view {
+                    tracing::debug!(kernel_id = %self.kernel_id, pod = %self.pod_name, state = ?next, "kernel pod");
+                }
+                self.view = next;
+            }
+            Some(Ok(None)) => self.view = PodView::Absent,
+            Some(Err(e)) => self.last_api_error = Some(e),
+            None => self.closed = true,
+        }
+    }
+}
+
+#[async_trait]
+impl LaunchWatch for PodWatch<'_> {
+    /// The pod's address and its node's.
+    type Placed = (IpAddr, Option<String>);
+    type Failure = PodFailure;
+
+    async fn probe(&mut self) -> Probe<Self::Placed, PodFailure> {
+        loop {
+            match self.updates.try_recv() {
+                Ok(update) => self.apply(Some(update)),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.apply(None);
+                    break;
+                }
+            }
+        }
+        match &self.view {
+            PodView::Ended { reason, .. } => Probe::Failed(PodFailure::Ended(reason.clone())),
+            PodView::Unschedulable(why) => Probe::Failed(PodFailure::Unschedulable(why.clone())),
+            PodView::Stuck(why) => Probe::Failed(PodFailure::Stuck(why.clone())),
+            PodView::Absent if self.seen_pod => Probe::Failed(PodFailure::Vanished),
+            _ if self.closed => Probe::Failed(PodFailure::WatchEnded),
+            PodView::Absent => Probe::NotFound,
+            PodView::Running {
+                ip: Some(ip),
+                node_ip,
+            } => Probe::Placed((*ip, node_ip.clone())),
+            PodView::Running { ip: None, .. } | PodView::Pending(_) => Probe::Starting,
+        }
+    }
+
+    async fn changed(&mut self) {
+        if self.closed {
+            return std::future::pending().await;
+        }
+        let update = self.updates.recv().await;
+        self.apply(update);
+    }
 }
 
 #[async_trait]
@@ -756,9 +815,9 @@ impl ResourceManager for KubernetesResourceManager {
         let plan = self.plan(&request)?;
         let client = self.client()?;
         let spec = &request.spec;
-        let listener = &self.config.response;
-        create_private_dir(&self.config.log_dir)?;
-        let log_path = self.config.log_dir.join(format!("kernel-{kernel_id}.log"));
+        let listener = &self.config.launcher.response;
+        create_private_dir(&self.config.launcher.log_dir)?;
+        let log_path = self.config.launcher.log_path(&kernel_id);
 
         // The argv's variables (the launcher needs them; the native path reads the template's
         // place from the argv).
@@ -810,8 +869,12 @@ impl ResourceManager for KubernetesResourceManager {
                             spec.name
                         )));
                     };
-                    let program =
-                        resolve_program(spec, argv0, &launch_env, &self.config.search_path)?;
+                    let program = resolve_program(
+                        spec,
+                        argv0,
+                        &launch_env,
+                        &self.config.launcher.search_path,
+                    )?;
                     let launch_request = LaunchRequest {
                         env: launch_env.clone(),
                         ..request.clone()
@@ -856,148 +919,110 @@ impl ResourceManager for KubernetesResourceManager {
         }
 
         let selector = format!("kernel_id={kernel_id},component=kernel");
-        let mut updates = follow_pods(
-            Arc::clone(&client),
-            plan.namespace.clone(),
-            selector,
-            self.config.poll_interval,
-        );
-        let mut exit_rx = launcher.as_ref().map(LauncherProcess::exit_watch);
-        let mut launcher_state = ProcessState::Running;
-        let mut view = PodView::Absent;
-        let mut seen_pod = false;
-        let mut pod_name = plan.pod_name.clone();
-        let mut response: Option<LauncherResponse> = None;
-        let mut last_api_error: Option<String> = None;
-        let outcome = loop {
-            match &view {
-                PodView::Ended { reason, .. } => break Err(Failure::Ended(reason.clone())),
-                PodView::Unschedulable(why) => break Err(Failure::Unschedulable(why.clone())),
-                PodView::Stuck(why) => break Err(Failure::Stuck(why.clone())),
-                PodView::Absent if seen_pod => break Err(Failure::Vanished),
-                PodView::Absent => {
-                    if let ProcessState::Exited { code, .. } = launcher_state
-                        && code != Some(0)
-                    {
-                        break Err(Failure::LauncherFailed(launcher_state));
-                    }
-                }
-                _ => {}
-            }
-            if let (Some(_), PodView::Running { ip: Some(_), .. }) = (&response, &view) {
-                break Ok(());
-            }
-            let launcher_running = launcher_state == ProcessState::Running && exit_rx.is_some();
-            tokio::select! {
-                got = &mut pending, if response.is_none() => match got {
-                    Ok(r) => response = Some(r),
-                    Err(err) => break Err(Failure::Error(Error::Spawn(err.to_string()))),
-                },
-                update = updates.recv() => match update {
-                    Some(Ok(Some(pod))) => {
-                        seen_pod = true;
-                        last_api_error = None;
-                        if let Some(name) = pod["metadata"]["name"].as_str() {
-                            pod_name = name.to_owned();
-                        }
-                        let next = classify(&pod);
-                        if next != view {
-                            tracing::debug!(%kernel_id, pod = %pod_name, state = ?next, "kernel pod");
-                        }
-                        view = next;
-                    }
-                    Some(Ok(None)) => view = PodView::Absent,
-                    Some(Err(e)) => last_api_error = Some(e),
-                    None => break Err(Failure::Error(Error::Io(std::io::Error::other("the pod watch ended")))),
-                },
-                changed = async { match exit_rx.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } }, if launcher_running => {
-                    if let Some(rx) = exit_rx.as_mut() {
-                        launcher_state = *rx.borrow_and_update();
-                    }
-                    if changed.is_err() && launcher_state == ProcessState::Running {
-                        launcher_state = ProcessState::Unknown;
-                    }
-                    tracing::debug!(%kernel_id, ?launcher_state, "pod launcher ended");
-                }
-                () = tokio::time::sleep_until(deadline) => break Err(Failure::Timeout),
-            }
+        let mut watch = PodWatch {
+            updates: follow_pods(
+                Arc::clone(&client),
+                plan.namespace.clone(),
+                selector,
+                self.config.launcher.poll_interval,
+            ),
+            kernel_id: &kernel_id,
+            view: PodView::Absent,
+            seen_pod: false,
+            pod_name: plan.pod_name.clone(),
+            last_api_error: None,
+            closed: false,
         };
+        let waited = await_callback(
+            &mut watch,
+            &mut pending,
+            launcher.as_ref(),
+            self.config.launcher.poll_interval,
+            deadline,
+        )
+        .await;
         drop(pending);
-        drop(updates);
+        let PodWatch {
+            view,
+            seen_pod,
+            pod_name,
+            last_api_error,
+            ..
+        } = watch;
 
-        let (
-            Ok(()),
-            Some(response),
-            PodView::Running {
-                ip: Some(ip),
-                node_ip,
-            },
-        ) = (&outcome, response, view.clone())
-        else {
-            // The launcher's output, then the container's log (what the kernel said as it died).
-            let mut logs = read_tail(&log_path, TAIL_LINES).unwrap_or_default();
-            if seen_pod
-                && let Ok(Ok(text)) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    client.pod_log(&plan.namespace, &pod_name, TAIL_LINES),
-                )
-                .await
-                && !text.trim().is_empty()
-            {
-                if !logs.is_empty() {
-                    logs.push('\n');
+        let (response, (ip, node_ip)) = match waited {
+            Ok(done) => done,
+            Err(failure) => {
+                // The launcher's output, then the container's log (what the kernel said as it died).
+                let mut logs = read_tail(&log_path, TAIL_LINES).unwrap_or_default();
+                if seen_pod
+                    && let Ok(Ok(text)) = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        client.pod_log(&plan.namespace, &pod_name, TAIL_LINES),
+                    )
+                    .await
+                    && !text.trim().is_empty()
+                {
+                    if !logs.is_empty() {
+                        logs.push('\n');
+                    }
+                    logs.push_str("container log: ");
+                    logs.push_str(text.trim());
                 }
-                logs.push_str("container log: ");
-                logs.push_str(text.trim());
+                let tail = || logs.clone();
+                let timeout = crate::python_seconds(request.timeout);
+                let where_ = format!("pod '{pod_name}' in namespace '{}'", plan.namespace);
+                let err = match failure {
+                    WaitFailure::Listener(err) => err,
+                    WaitFailure::LauncherExited(state) => Error::ExitedDuringLaunch {
+                        status: format!(
+                            "Error occurred during launch of KernelID: {kernel_id}: the pod launcher ended with {state} before {where_} appeared"
+                        ),
+                        log_tail: tail(),
+                    },
+                    WaitFailure::Placement(PodFailure::Ended(reason)) => {
+                        Error::ExitedDuringLaunch {
+                            status: format!("Error starting kernel container; {where_}: {reason}"),
+                            log_tail: tail(),
+                        }
+                    }
+                    WaitFailure::Placement(PodFailure::Vanished) => Error::ExitedDuringLaunch {
+                        status: format!(
+                            "Error starting kernel container; {where_} was deleted during the launch"
+                        ),
+                        log_tail: tail(),
+                    },
+                    WaitFailure::Placement(PodFailure::Stuck(why)) => Error::ExitedDuringLaunch {
+                        status: format!("Error starting kernel container; {where_}: {why}"),
+                        log_tail: tail(),
+                    },
+                    WaitFailure::Placement(PodFailure::Unschedulable(why)) => Error::Capacity(
+                        format!("KernelID: '{kernel_id}': {where_} cannot be scheduled: {why}"),
+                    ),
+                    WaitFailure::Placement(PodFailure::WatchEnded) => Error::Io(
+                        std::io::Error::other(format!("the watch of {where_} ended")),
+                    ),
+                    WaitFailure::Timeout => {
+                        let state = match &view {
+                            PodView::Absent => "no pod was created".to_owned(),
+                            PodView::Pending(detail) => format!("{where_} is Pending ({detail})"),
+                            PodView::Running { .. } => format!("{where_} is Running"),
+                            other => format!("{where_}: {other:?}"),
+                        };
+                        let api = last_api_error
+                            .map(|e| format!(" Last API error: {e}"))
+                            .unwrap_or_default();
+                        Error::LaunchTimeout(format!(
+                            "KernelID: '{kernel_id}' launch timeout due to: Waited too long ({timeout}s) to get connection file; {state}.{api} Launcher output: {}",
+                            tail()
+                        ))
+                    }
+                };
+                tracing::warn!(%kernel_id, "Kubernetes launch failed: {err}");
+                let plan = Plan { pod_name, ..plan };
+                abandon(client, launcher, plan, created).await;
+                return Err(err);
             }
-            let tail = || logs.clone();
-            let timeout = crate::python_seconds(request.timeout);
-            let where_ = format!("pod '{pod_name}' in namespace '{}'", plan.namespace);
-            let err = match outcome {
-                Err(Failure::Error(err)) => err,
-                Err(Failure::LauncherFailed(state)) => Error::ExitedDuringLaunch {
-                    status: format!(
-                        "Error occurred during launch of KernelID: {kernel_id}: the pod launcher ended with {state} before {where_} appeared"
-                    ),
-                    log_tail: tail(),
-                },
-                Err(Failure::Ended(reason)) => Error::ExitedDuringLaunch {
-                    status: format!("Error starting kernel container; {where_}: {reason}"),
-                    log_tail: tail(),
-                },
-                Err(Failure::Vanished) => Error::ExitedDuringLaunch {
-                    status: format!(
-                        "Error starting kernel container; {where_} was deleted during the launch"
-                    ),
-                    log_tail: tail(),
-                },
-                Err(Failure::Stuck(why)) => Error::ExitedDuringLaunch {
-                    status: format!("Error starting kernel container; {where_}: {why}"),
-                    log_tail: tail(),
-                },
-                Err(Failure::Unschedulable(why)) => Error::Capacity(format!(
-                    "KernelID: '{kernel_id}': {where_} cannot be scheduled: {why}"
-                )),
-                Err(Failure::Timeout) | Ok(()) => {
-                    let state = match &view {
-                        PodView::Absent => "no pod was created".to_owned(),
-                        PodView::Pending(detail) => format!("{where_} is Pending ({detail})"),
-                        PodView::Running { .. } => format!("{where_} is Running"),
-                        other => format!("{where_}: {other:?}"),
-                    };
-                    let api = last_api_error
-                        .map(|e| format!(" Last API error: {e}"))
-                        .unwrap_or_default();
-                    Error::LaunchTimeout(format!(
-                        "KernelID: '{kernel_id}' launch timeout due to: Waited too long ({timeout}s) to get connection file; {state}.{api} Launcher output: {}",
-                        tail()
-                    ))
-                }
-            };
-            tracing::warn!(%kernel_id, "Kubernetes launch failed: {err}");
-            let plan = Plan { pod_name, ..plan };
-            abandon(client, launcher, plan, created).await;
-            return Err(err);
         };
 
         let mut connection = response.connection.clone();
@@ -1005,7 +1030,7 @@ impl ResourceManager for KubernetesResourceManager {
         connection.kernel_name = spec.name.clone();
         let comm = response
             .comm_port
-            .map(|port| CommPort::new(SocketAddr::new(ip, port), self.config.comm_timeout));
+            .map(|port| self.config.launcher.comm_port(ip, port));
         tracing::info!(%kernel_id, pod = %pod_name, namespace = %plan.namespace, %ip, comm_port = ?response.comm_port, "Kubernetes kernel connection info received");
         let process = KubernetesKernelProcess {
             kernel_id,
@@ -1023,7 +1048,7 @@ impl ResourceManager for KubernetesResourceManager {
             created,
             log_path,
             interrupt_signal: interrupt_signal_of(spec) as i32,
-            poll_interval: self.config.poll_interval,
+            poll_interval: self.config.launcher.poll_interval,
             last_final: FinalState::default(),
             pod_deleted: AtomicBool::new(false),
             finished: AtomicBool::new(false),
@@ -1092,7 +1117,7 @@ impl ResourceManager for KubernetesResourceManager {
             .and_then(Value::as_u64)
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
-            .map(|port| CommPort::new(SocketAddr::new(ip, port), self.config.comm_timeout));
+            .map(|port| self.config.launcher.comm_port(ip, port));
         let created = field("created")
             .and_then(Value::as_array)
             .map(|list| {
@@ -1129,7 +1154,7 @@ impl ResourceManager for KubernetesResourceManager {
                 .and_then(Value::as_str)
                 .and_then(parse_signal_name)
                 .unwrap_or(Signal::SIGINT) as i32,
-            poll_interval: self.config.poll_interval,
+            poll_interval: self.config.launcher.poll_interval,
             last_final: FinalState::default(),
             pod_deleted: AtomicBool::new(false),
             finished: AtomicBool::new(false),

@@ -23,19 +23,7 @@ pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-/// A printable excerpt of a client value for error messages (control characters escaped,
-/// long values cut).
-pub fn excerpt(value: &str) -> String {
-    let mut out: String = value
-        .chars()
-        .take(80)
-        .flat_map(char::escape_debug)
-        .collect();
-    if value.chars().count() > 80 {
-        out.push('…');
-    }
-    out
-}
+pub use crate::launcher::excerpt;
 
 /// `value` of `field` as a DNS label, or a 400 naming the field.
 pub fn dns_label(field: &str, value: &str) -> Result<(), Error> {
@@ -149,35 +137,6 @@ pub fn normalize_name(raw: &str) -> String {
         }
     }
     out
-}
-
-/// EG's id check (`KERNEL_UID`, `KERNEL_GID`): an integer in 0..=4294967295 and not prohibited;
-/// refusals are 403s with EG's texts.
-pub fn user_id(field: &str, value: &str, prohibited: &[u32]) -> Result<u32, Error> {
-    let parsed: i128 = value.trim().parse().map_err(|_| {
-        Error::Unauthorized(format!(
-            "Invalid {field} value '{}': not a valid integer!",
-            excerpt(value)
-        ))
-    })?;
-    let id = u32::try_from(parsed).map_err(|_| {
-        Error::Unauthorized(format!(
-            "Invalid {field} value '{}': must be in range 0-4294967295!",
-            excerpt(value)
-        ))
-    })?;
-    if prohibited.contains(&id) {
-        let list = if field == "KERNEL_GID" {
-            "EG_PROHIBITED_GIDS"
-        } else {
-            "EG_PROHIBITED_UIDS"
-        };
-        let what = if field == "KERNEL_GID" { "GID" } else { "UID" };
-        return Err(Error::Unauthorized(format!(
-            "Kernel's {what} value of '{id}' has been denied via {list}!"
-        )));
-    }
-    Ok(id)
 }
 
 /// Whether `s` is the name part of a label key or a non-empty label value: 1–63 of
@@ -321,18 +280,6 @@ mod tests {
         assert_eq!(normalize_name("Alice_Smith--3F1C"), "alice-smith-3f1c");
         assert_eq!(normalize_name("__x__"), "x");
         assert_eq!(normalize_name("a: b\nc"), "a-b-c");
-    }
-
-    #[test]
-    fn ids() {
-        assert_eq!(user_id("KERNEL_UID", "1000", &[0]).ok(), Some(1000));
-        let denied = user_id("KERNEL_UID", "0", &[0]).map_err(|e| e.to_string());
-        assert_eq!(
-            denied.err().as_deref(),
-            Some("Kernel's UID value of '0' has been denied via EG_PROHIBITED_UIDS!")
-        );
-        assert!(user_id("KERNEL_GID", "x", &[]).is_err());
-        assert!(user_id("KERNEL_GID", "4294967296", &[]).is_err());
     }
 
     #[test]
