@@ -10,6 +10,7 @@
 //! Bytes always leave in the order they were written; a caller's `flush` returns only when the
 //! queue is empty and the socket flushed. Past the bound, writes wait like a full socket would.
 //! What the queue holds is charged to the connection's [`Account`] of the client memory budget.
+//! Vectored writes are not queued (see [`QueuedWriter::poll_write_vectored`]).
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -129,6 +130,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for QueuedWriter<S> {
             // The socket is full (and will wake the task): take what fits in the queue.
             Poll::Pending => this.enqueue(buf),
         }
+    }
+
+    /// Vectored writes are the WebSocket frame writer's ([`crate::ws_out`]), which keeps its own
+    /// segments until the socket takes them: they pass straight through (behind whatever is
+    /// still queued), and a full socket makes them wait instead of being copied into the queue.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

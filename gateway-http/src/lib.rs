@@ -37,6 +37,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod ws;
+mod ws_out;
 
 pub use api::router;
 pub use auth::{Authenticators, Identity};

@@ -19,27 +19,40 @@
 //! its share, or is the largest holder while the budget is used up), the bridge drops what it
 //! still had to deliver and closes with 1008 and a reason naming the amount; a client that reads
 //! nothing at all never sees that frame, and its connection is dropped after [`CLOSE_GRACE`].
+//!
+//! The upgrade is done here ([`ChannelsUpgrade`]) rather than by axum, so the connection owns
+//! its socket: tungstenite reads the client's frames and answers its pings and closes, and the
+//! outgoing frames are written from the kernel message's own parts ([`crate::ws_out`]).
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{
-    CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade, close_code,
-};
-use axum::response::Response;
-use futures_util::SinkExt as _;
+use axum::extract::FromRequestParts;
+use axum::extract::ws::close_code;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use hyper_util::rt::TokioIo;
 use jupyter_protocol::sockets::SessionChannels;
-use jupyter_protocol::websocket::{V1_SUBPROTOCOL, WsFrame, legacy, v1};
+use jupyter_protocol::websocket::{V1_SUBPROTOCOL, WsPayload, legacy, v1};
 use jupyter_protocol::{Channel, ConnectionInfo, Message};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::Error;
 use crate::budget::{Account, MemoryBudget};
-use crate::manager::{
-    ClientLease, ClientNotice, Handover, KernelManager, Kick, KickSignal, socket_options,
-};
+use crate::manager::{ClientLease, ClientNotice, Handover, KernelManager, Kick, socket_options};
+use crate::ws_out::{ControlIo, FrameWriter, Outbox};
+
+/// The upgraded connection.
+type Io = TokioIo<hyper::upgrade::Upgraded>;
 
 /// How long a new connection waits for the connection it replaces to hand over.
 const REPLACE_WAIT: Duration = Duration::from_secs(2);
@@ -50,6 +63,9 @@ const MIN_PONG_TIMEOUT: Duration = Duration::from_secs(30);
 /// Messages already waiting are written behind each other and flushed together, at most this
 /// many at a time (one write instead of one per message during an output burst).
 const WRITE_BATCH: usize = 64;
+/// No further kernel message is taken while this much is queued for the socket (one message
+/// may take it past that: a large one is never split across this bound).
+const WRITE_HIGH: usize = 256 * 1024;
 /// Read buffer of each WebSocket. tungstenite zero-fills the free part of its read buffer before
 /// every read attempt, including the ones that find nothing; with its 128 KiB default that fill
 /// was the largest single cost of forwarding a small message, and at 16 KiB it was still 16% of
@@ -70,6 +86,86 @@ enum Mode {
     V1,
 }
 
+/// A request to upgrade to the channels WebSocket (HTTP/1.1, RFC 6455 §4.2.1), taken from the
+/// request; [`upgrade`] answers it.
+#[derive(Debug)]
+pub struct ChannelsUpgrade {
+    key: HeaderValue,
+    v1: bool,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+/// Why a request is not a WebSocket upgrade (answered with 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotUpgrade(&'static str);
+
+impl std::fmt::Display for NotUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for NotUpgrade {}
+
+impl IntoResponse for NotUpgrade {
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, self.0).into_response()
+    }
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitively).
+fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ChannelsUpgrade {
+    type Rejection = NotUpgrade;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if parts.method != http::Method::GET {
+            return Err(NotUpgrade("a WebSocket upgrade must be a GET"));
+        }
+        if !lists(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(NotUpgrade("Connection header does not name upgrade"));
+        }
+        if !lists(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(NotUpgrade("Upgrade header does not name websocket"));
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
+        {
+            return Err(NotUpgrade("Sec-WebSocket-Version must be 13"));
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or(NotUpgrade("Sec-WebSocket-Key is missing"))?;
+        let v1 = lists(
+            &parts.headers,
+            header::SEC_WEBSOCKET_PROTOCOL,
+            V1_SUBPROTOCOL,
+        );
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or(NotUpgrade("the connection cannot be upgraded"))?;
+        Ok(ChannelsUpgrade {
+            key,
+            v1,
+            on_upgrade,
+        })
+    }
+}
+
 /// Upgrades a request to the kernel's channels WebSocket. The HTTP layer calls this after its
 /// token and origin checks. Unknown kernels are refused before the upgrade (404). What the
 /// connection holds is not bounded by a memory budget (see [`crate::serve`] for that).
@@ -77,7 +173,7 @@ pub async fn upgrade(
     manager: Arc<KernelManager>,
     kernel_id: String,
     session_id: Option<String>,
-    ws: WebSocketUpgrade,
+    ws: ChannelsUpgrade,
 ) -> Result<Response, Error> {
     upgrade_charged(manager, kernel_id, session_id, ws, None).await
 }
@@ -88,22 +184,19 @@ pub(crate) async fn upgrade_charged(
     manager: Arc<KernelManager>,
     kernel_id: String,
     session_id: Option<String>,
-    ws: WebSocketUpgrade,
+    ws: ChannelsUpgrade,
     account: Option<Account>,
 ) -> Result<Response, Error> {
     let account = account.unwrap_or_else(|| MemoryBudget::unbounded().open());
     manager.find(&kernel_id).await?;
     let max = manager.config().ws_max_message_size;
-    let ws = ws
+    // tungstenite only reads here and writes control frames (into the outbox, at once).
+    let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
-        .protocols([V1_SUBPROTOCOL])
-        .max_message_size(max)
-        .max_frame_size(max);
-    let mode = if ws.selected_protocol().is_some() {
-        Mode::V1
-    } else {
-        Mode::Legacy
-    };
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let mode = if ws.v1 { Mode::V1 } else { Mode::Legacy };
     let session_id = match session_id.filter(|s| !s.is_empty()) {
         Some(session_id) => session_id,
         None => {
@@ -111,12 +204,49 @@ pub(crate) async fn upgrade_charged(
             uuid::Uuid::new_v4().to_string()
         }
     };
-    let failed_kernel = kernel_id.clone();
-    Ok(ws
-        .on_failed_upgrade(move |err| {
-            tracing::warn!(kernel_id = %failed_kernel, error = %err, "WebSocket upgrade failed");
-        })
-        .on_upgrade(move |socket| serve(manager, kernel_id, session_id, mode, account, socket)))
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(ws.key.as_bytes());
+    let on_upgrade = ws.on_upgrade;
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::warn!(%kernel_id, error = %err, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+        let outbox = Arc::new(Outbox::default());
+        let read = WebSocketStream::from_raw_socket(
+            ControlIo::new(read, Arc::clone(&outbox)),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        let socket = Socket {
+            read,
+            write: FrameWriter::new(write, outbox, account.clone()),
+        };
+        serve(manager, kernel_id, session_id, mode, account, socket).await;
+    });
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if mode == Mode::V1 {
+        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, V1_SUBPROTOCOL);
+    }
+    response
+        .body(axum::body::Body::empty())
+        .map_err(|err| Error::Internal(format!("upgrade response: {err}")))
+}
+
+/// A connection's two halves.
+struct Socket {
+    /// tungstenite, reading the client's frames.
+    read: WebSocketStream<ControlIo<ReadHalf<Io>>>,
+    /// Data frames and tungstenite's control frames out.
+    write: FrameWriter<WriteHalf<Io>>,
 }
 
 /// Runs one connection until either side goes away.
@@ -126,7 +256,7 @@ async fn serve(
     session_id: String,
     mode: Mode,
     account: Account,
-    mut socket: WebSocket,
+    mut socket: Socket,
 ) {
     let mut lease = match manager
         .attach(&kernel_id, &session_id, account.clone())
@@ -151,7 +281,6 @@ async fn serve(
         session_id,
         mode,
         channels: lease.attached.channels.take(),
-        kick: lease.attached.kick.clone(),
         pending: std::mem::take(&mut lease.attached.replay),
         held: VecDeque::new(),
         traffic: crate::metrics::Traffic::open(),
@@ -163,6 +292,7 @@ async fn serve(
         // usually ends a send or flush that the client did not take, which stops silently.)
         bridge.pending.clear();
         drop(lease.attached.queue.take());
+        socket.write.abandon();
         stop = Stop::Close(
             close_code::POLICY,
             close_reason(bridge.account.close_reason()),
@@ -173,8 +303,15 @@ async fn serve(
     // frame, which may take a while to leave.
     let handover = bridge.leftovers();
     lease.finish(handover);
-    if let Stop::Close(code, reason) = stop {
-        close(&mut socket, code, reason).await;
+    match stop {
+        Stop::Close(code, reason) => close(&mut socket, code, reason).await,
+        Stop::Silent => {
+            // The client closed (tungstenite queued its close reply) or the socket failed:
+            // whatever was not started stays unsent, and what the outbox holds goes out.
+            let _ = socket.read.flush().await;
+            socket.write.abandon();
+            let _ = timeout(CLOSE_GRACE, socket.write.finish()).await;
+        }
     }
     tracing::debug!(kernel_id = %bridge.kernel_id, session_id = %bridge.session_id, "WebSocket closed");
 }
@@ -186,8 +323,6 @@ struct Bridge {
     session_id: String,
     mode: Mode,
     channels: Option<SessionChannels>,
-    /// This connection's disconnect signal (also ends a send the client does not take).
-    kick: KickSignal,
     /// Messages to deliver before anything else (a predecessor's leftovers, the replay), and
     /// any message whose send failed.
     pending: VecDeque<(Channel, Message)>,
@@ -287,18 +422,14 @@ impl Bridge {
         }
     }
 
-    /// Sends the pending messages in order; false when the socket failed (the rest stay pending).
-    async fn flush_pending(&mut self, socket: &mut WebSocket) -> bool {
+    /// Queues the pending messages in order (the loop writes them).
+    fn push_pending(&mut self, socket: &mut Socket) {
         while let Some((channel, msg)) = self.pending.pop_front() {
-            if !self.send(socket, channel, &msg).await {
-                self.pending.push_front((channel, msg));
-                return false;
-            }
+            self.push(socket, channel, &msg);
         }
-        self.flush(socket).await
     }
 
-    async fn serve(&mut self, socket: &mut WebSocket, lease: &mut ClientLease) -> Stop {
+    async fn serve(&mut self, socket: &mut Socket, lease: &mut ClientLease) -> Stop {
         if let Some(from) = lease.attached.replaced.take() {
             self.take_over(from).await;
         }
@@ -308,9 +439,7 @@ impl Bridge {
                 return stop;
             }
         }
-        if !self.flush_pending(socket).await {
-            return Stop::Silent;
-        }
+        self.push_pending(socket);
         let config = Arc::clone(self.manager.config());
         let ping_every = config.ws_ping_interval;
         let pong_timeout = (ping_every * 3).max(MIN_PONG_TIMEOUT);
@@ -325,8 +454,11 @@ impl Bridge {
         let cancel = self.manager.cancelled().clone();
         let kick = lease.attached.kick.clone();
         loop {
+            // Kernel messages are taken only while the socket keeps up; the rest wait in the
+            // hub's queue, whose bound tells the supervisor about a client that does not read.
+            let room = socket.write.queued() < WRITE_HIGH;
             tokio::select! {
-                incoming = socket.recv() => {
+                incoming = socket.read.next() => {
                     let Some(Ok(frame)) = incoming else {
                         return Stop::Silent;
                     };
@@ -335,19 +467,19 @@ impl Bridge {
                         return stop;
                     }
                 }
-                reply = next_reply(&mut self.channels) => match reply {
-                    Some((channel, msg)) => {
-                        if !self.send(socket, channel, &msg).await || !self.flush(socket).await {
-                            self.pending.push_back((channel, msg));
-                            return Stop::Silent;
-                        }
+                written = socket.write.progress() => {
+                    if written.is_err() {
+                        return Stop::Silent;
                     }
+                }
+                reply = next_reply(&mut self.channels), if room => match reply {
+                    Some((channel, msg)) => self.push(socket, channel, &msg),
                     None => {
                         tracing::debug!(kernel_id = %self.kernel_id, "session sockets closed; waiting for a rebuild");
                         self.channels = None;
                     }
                 },
-                notice = lease.attached.queue.recv() => match notice {
+                notice = lease.attached.queue.recv(), if room => match notice {
                     Some(notice) => {
                         if let Some(stop) = self.on_notice(socket, notice).await {
                             return stop;
@@ -360,9 +492,6 @@ impl Bridge {
                                 return stop;
                             }
                         }
-                        if !self.flush(socket).await {
-                            return Stop::Silent;
-                        }
                     }
                     // The supervisor dropped this client: it was kicked just before.
                     None => return kicked(kick.reason(), kick.detail()),
@@ -372,14 +501,12 @@ impl Bridge {
                 }
                 why = kick.kicked() => {
                     if matches!(why, Kick::KernelGone | Kick::KernelDied | Kick::Culled | Kick::GatewayExit) {
-                        // Deliver what was queued before the kick (e.g. the final `dead` status).
+                        // Deliver what was queued before the kick (e.g. the final `dead` status),
+                        // ahead of the close frame.
                         while let Some(notice) = lease.attached.queue.try_recv() {
                             if let Some(stop) = self.on_notice(socket, notice).await {
                                 return stop;
                             }
-                        }
-                        if !self.flush(socket).await {
-                            return Stop::Silent;
                         }
                     }
                     return kicked(Some(why), kick.detail());
@@ -389,7 +516,8 @@ impl Bridge {
                         tracing::info!(kernel_id = %self.kernel_id, session_id = %self.session_id, "WebSocket client stopped answering pings");
                         return Stop::close(close_code::AWAY, "ping timeout");
                     }
-                    if socket.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
+                    // Into the outbox: it goes out at the next frame boundary.
+                    if socket.read.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
                         return Stop::Silent;
                     }
                 }
@@ -424,14 +552,9 @@ impl Bridge {
         }
     }
 
-    async fn on_notice(&mut self, socket: &mut WebSocket, notice: ClientNotice) -> Option<Stop> {
+    async fn on_notice(&mut self, socket: &mut Socket, notice: ClientNotice) -> Option<Stop> {
         match notice {
-            ClientNotice::Iopub(msg) => {
-                if !self.send(socket, Channel::Iopub, &msg).await {
-                    self.pending.push_back((Channel::Iopub, msg));
-                    return Some(Stop::Silent);
-                }
-            }
+            ClientNotice::Iopub(msg) => self.push(socket, Channel::Iopub, &msg),
             ClientNotice::Suspend => {
                 tracing::debug!(kernel_id = %self.kernel_id, session_id = %self.session_id, "kernel restarting; holding client messages");
                 self.channels = None;
@@ -450,13 +573,15 @@ impl Bridge {
     async fn on_client_frame(&mut self, frame: WsMessage) -> Option<Stop> {
         let decoded = match (&frame, self.mode) {
             // The parts are slices of the frame's bytes, not copies.
-            (WsMessage::Text(text), _) => match legacy::decode_text_bytes(text.clone().into()) {
-                Ok(decoded) => decoded,
-                Err(err) => {
-                    tracing::warn!(kernel_id = %self.kernel_id, error = %err, "ignoring a malformed text frame");
-                    return None;
+            (WsMessage::Text(text), _) => {
+                match legacy::decode_text_bytes(bytes::Bytes::from(text.clone())) {
+                    Ok(decoded) => decoded,
+                    Err(err) => {
+                        tracing::warn!(kernel_id = %self.kernel_id, error = %err, "ignoring a malformed text frame");
+                        return None;
+                    }
                 }
-            },
+            }
             (WsMessage::Binary(data), mode) => {
                 let decoded = match mode {
                     Mode::Legacy => legacy::decode_binary(data),
@@ -474,7 +599,8 @@ impl Bridge {
                 }
             }
             (WsMessage::Close(_), _) => return Some(Stop::Silent),
-            (WsMessage::Ping(_) | WsMessage::Pong(_), _) => return None,
+            // tungstenite answered a ping already (into the outbox); raw frames never surface.
+            (WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_), _) => return None,
         };
         let (channel, msg) = decoded;
         self.traffic.to_kernel(frame_len(&frame));
@@ -500,43 +626,20 @@ impl Bridge {
         None
     }
 
-    /// Writes a kernel message to the socket in the negotiated framing, without flushing (see
-    /// [`Bridge::flush`]); false when the socket is gone.
-    async fn send(&self, socket: &mut WebSocket, channel: Channel, msg: &Message) -> bool {
-        let frame = match self.mode {
-            Mode::V1 => WsMessage::Binary(v1::encode(channel, msg).into()),
-            Mode::Legacy => match legacy::encode(channel, msg) {
-                Ok(WsFrame::Text(text)) => WsMessage::Text(text.into()),
-                Ok(WsFrame::Binary(data)) => WsMessage::Binary(data.into()),
+    /// Queues a kernel message for the socket in the negotiated framing (the loop writes it).
+    fn push(&self, socket: &mut Socket, channel: Channel, msg: &Message) {
+        let payload: WsPayload = match self.mode {
+            Mode::V1 => v1::encode_payload(channel, msg),
+            Mode::Legacy => match legacy::encode_payload(channel, msg) {
+                Ok(payload) => payload,
                 Err(err) => {
                     tracing::warn!(kernel_id = %self.kernel_id, error = %err, "dropping a kernel message that cannot be encoded");
-                    return true;
+                    return;
                 }
             },
         };
-        self.traffic.to_client(frame_len(&frame));
-        // A client that stops reading must not hold this task forever: its queue overflows, the
-        // supervisor kicks it, and the pending send is abandoned.
-        // The send is polled first, so a healthy client still gets what is sent after a kick
-        // (e.g. the final `dead` status).
-        tokio::select! {
-            biased;
-            sent = socket.feed(frame) => sent.is_ok(),
-            _ = self.kick.kicked() => false,
-            () = self.account.evicted() => false,
-            () = self.manager.cancelled().cancelled() => false,
-        }
-    }
-
-    /// Pushes what [`Bridge::send`] wrote out to the client; false when the socket is gone.
-    async fn flush(&self, socket: &mut WebSocket) -> bool {
-        tokio::select! {
-            biased;
-            flushed = socket.flush() => flushed.is_ok(),
-            _ = self.kick.kicked() => false,
-            () = self.account.evicted() => false,
-            () = self.manager.cancelled().cancelled() => false,
-        }
+        self.traffic.to_client(payload.len());
+        socket.write.push(payload);
     }
 }
 
@@ -549,20 +652,33 @@ fn frame_len(frame: &WsMessage) -> usize {
     }
 }
 
-/// Sends a close frame and waits for the client's reply, reading (and dropping) what it still
-/// sends, so that closing does not reset the connection before the client read everything (a
-/// pong in flight would). Gives up after [`CLOSE_GRACE`]: a client that reads nothing never
-/// takes the frame.
-async fn close(socket: &mut WebSocket, code: u16, reason: Cow<'static, str>) {
+/// Sends a close frame behind what is queued and waits for the client's reply, reading (and
+/// dropping) what it still sends, so that closing does not reset the connection before the
+/// client read everything (a pong in flight would). Gives up after [`CLOSE_GRACE`]: a client
+/// that reads nothing never takes the frame.
+async fn close(socket: &mut Socket, code: u16, reason: Cow<'static, str>) {
     let frame = CloseFrame {
-        code,
+        code: CloseCode::from(code),
         reason: reason.as_ref().into(),
     };
     // The peer may already be gone, or not reading; nothing to do about it then.
     let _ = timeout(CLOSE_GRACE, async {
-        if socket.send(WsMessage::Close(Some(frame))).await.is_ok() {
-            while let Some(Ok(_)) = socket.recv().await {}
+        // Every data frame first: nothing may follow the close frame.
+        if socket.write.finish().await.is_err() {
+            return;
         }
+        if socket
+            .read
+            .send(WsMessage::Close(Some(frame)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if socket.write.finish().await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = socket.read.next().await {}
     })
     .await;
 }

@@ -142,36 +142,91 @@ fn push_json_str(out: &mut String, text: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Writes the legacy JSON form into one allocation; `with_buffers` adds the `"buffers":[]` key
-/// of text frames. Only the header's `msg_id` and `msg_type` are parsed; the parts are copied
+/// The legacy JSON form as segments: the message's parts (shared, not copied) between pieces of
+/// JSON written around them; `with_buffers` adds the `"buffers":[]` key of text frames. Only the
+/// header's `msg_id` and `msg_type` are parsed; the parts are checked to be UTF-8 and passed on
 /// verbatim.
-fn encode_json(channel: Channel, msg: &Message, with_buffers: bool) -> Result<String, Error> {
+fn json_segments(channel: Channel, msg: &Message, with_buffers: bool) -> Result<Vec<Bytes>, Error> {
     let fields = msg.header_fields()?;
-    let header_text = part_text(&msg.header, "header")?;
-    let parent = part_text(&msg.parent_header, "parent_header")?;
-    let metadata = part_text(&msg.metadata, "metadata")?;
-    let content = part_text(&msg.content, "content")?;
-    let mut out =
-        String::with_capacity(msg.size() + fields.msg_id.len() + fields.msg_type.len() + 160);
-    out.push_str("{\"header\":");
-    out.push_str(header_text);
-    out.push_str(",\"msg_id\":");
-    push_json_str(&mut out, &fields.msg_id)?;
-    out.push_str(",\"msg_type\":");
-    push_json_str(&mut out, &fields.msg_type)?;
-    out.push_str(",\"parent_header\":");
-    out.push_str(parent);
-    out.push_str(",\"metadata\":");
-    out.push_str(metadata);
-    out.push_str(",\"content\":");
-    out.push_str(content);
+    let part = |bytes: &Bytes, name: &str| -> Result<Bytes, Error> {
+        if bytes.is_empty() {
+            return Ok(Bytes::from_static(b"{}"));
+        }
+        part_text(bytes, name)?;
+        Ok(bytes.clone())
+    };
+    let header = part(&msg.header, "header")?;
+    let parent = part(&msg.parent_header, "parent_header")?;
+    let metadata = part(&msg.metadata, "metadata")?;
+    let content = part(&msg.content, "content")?;
+    // The glue between the parts, in one allocation, sliced.
+    let mut glue = String::with_capacity(fields.msg_id.len() + fields.msg_type.len() + 120);
+    glue.push_str("{\"header\":");
+    let first = glue.len();
+    glue.push_str(",\"msg_id\":");
+    push_json_str(&mut glue, &fields.msg_id)?;
+    glue.push_str(",\"msg_type\":");
+    push_json_str(&mut glue, &fields.msg_type)?;
+    glue.push_str(",\"parent_header\":");
+    let second = glue.len();
+    glue.push_str(",\"metadata\":");
+    let third = glue.len();
+    glue.push_str(",\"content\":");
+    let fourth = glue.len();
     if with_buffers {
-        out.push_str(",\"buffers\":[]");
+        glue.push_str(",\"buffers\":[]");
     }
-    out.push_str(",\"channel\":\"");
-    out.push_str(channel.as_str());
-    out.push_str("\"}");
-    Ok(out)
+    glue.push_str(",\"channel\":\"");
+    glue.push_str(channel.as_str());
+    glue.push_str("\"}");
+    let glue = Bytes::from(glue);
+    Ok(vec![
+        glue.slice(..first),
+        header,
+        glue.slice(first..second),
+        parent,
+        glue.slice(second..third),
+        metadata,
+        glue.slice(third..fourth),
+        content,
+        glue.slice(fourth..),
+    ])
+}
+
+/// A WebSocket payload as a sequence of segments that share the message's memory: writing them
+/// one after the other (a vectored write) sends the frame without building it in one buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsPayload {
+    /// A text frame (legacy JSON) rather than a binary one.
+    pub text: bool,
+    /// The payload, in order. No segment is empty.
+    pub segments: Vec<Bytes>,
+}
+
+impl WsPayload {
+    fn new(text: bool, mut segments: Vec<Bytes>) -> WsPayload {
+        segments.retain(|segment| !segment.is_empty());
+        WsPayload { text, segments }
+    }
+
+    /// The payload's length in bytes.
+    pub fn len(&self) -> usize {
+        self.segments.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// The payload in one buffer (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        for segment in &self.segments {
+            out.extend_from_slice(segment);
+        }
+        out
+    }
 }
 
 /// Legacy (no subprotocol) mode: JSON text frames, or legacy binary frames when buffers are present.
@@ -246,26 +301,40 @@ pub mod legacy {
     /// Encodes a kernel message for a client: text without buffers, binary with.
     /// The text form is `{"header","msg_id","msg_type","parent_header","metadata","content","buffers":[],"channel"}`.
     pub fn encode(channel: Channel, msg: &Message) -> Result<WsFrame, Error> {
-        if msg.buffers.is_empty() {
-            return encode_json(channel, msg, true).map(WsFrame::Text);
+        let payload = encode_payload(channel, msg)?;
+        if payload.text {
+            // Every segment is UTF-8 (see `json_segments`).
+            return String::from_utf8(payload.to_vec())
+                .map(WsFrame::Text)
+                .map_err(|err| malformed(format!("message is not UTF-8: {err}")));
         }
-        let json = encode_json(channel, msg, false)?;
+        Ok(WsFrame::Binary(payload.to_vec()))
+    }
+
+    /// [`encode`] as segments sharing the message's parts (nothing of the parts is copied).
+    pub fn encode_payload(channel: Channel, msg: &Message) -> Result<WsPayload, Error> {
+        if msg.buffers.is_empty() {
+            return json_segments(channel, msg, true)
+                .map(|segments| WsPayload::new(true, segments));
+        }
+        let json = json_segments(channel, msg, false)?;
+        let json_len: usize = json.iter().map(Bytes::len).sum();
         let count = 1 + msg.buffers.len();
         let table = 4 * (count + 1);
-        let total = table + json.len() + msg.buffers.iter().map(Bytes::len).sum::<usize>();
         let too_big = || malformed("message too large for 32-bit offsets");
-        let mut out = Vec::with_capacity(total);
-        out.extend_from_slice(&u32::try_from(count).map_err(|_| too_big())?.to_be_bytes());
+        let mut head = Vec::with_capacity(table);
+        head.extend_from_slice(&u32::try_from(count).map_err(|_| too_big())?.to_be_bytes());
         let mut offset = table;
-        for len in std::iter::once(json.len()).chain(msg.buffers.iter().map(Bytes::len)) {
-            out.extend_from_slice(&u32::try_from(offset).map_err(|_| too_big())?.to_be_bytes());
+        for len in std::iter::once(json_len).chain(msg.buffers.iter().map(Bytes::len)) {
+            head.extend_from_slice(&u32::try_from(offset).map_err(|_| too_big())?.to_be_bytes());
             offset += len;
         }
-        out.extend_from_slice(json.as_bytes());
-        for buffer in &msg.buffers {
-            out.extend_from_slice(buffer);
-        }
-        Ok(WsFrame::Binary(out))
+        u32::try_from(offset).map_err(|_| too_big())?;
+        let mut segments = Vec::with_capacity(1 + json.len() + msg.buffers.len());
+        segments.push(Bytes::from(head));
+        segments.extend(json);
+        segments.extend(msg.buffers.iter().cloned());
+        Ok(WsPayload::new(false, segments))
     }
 }
 
@@ -342,26 +411,32 @@ pub mod v1 {
 
     /// Encodes a message.
     pub fn encode(channel: Channel, msg: &Message) -> Vec<u8> {
+        encode_payload(channel, msg).to_vec()
+    }
+
+    /// [`encode`] as segments: the offsets table and channel name in one, then the parts
+    /// themselves (shared, not copied).
+    pub fn encode_payload(channel: Channel, msg: &Message) -> WsPayload {
         let name = channel.as_str().as_bytes();
         let parts = [&msg.header, &msg.parent_header, &msg.metadata, &msg.content];
         let all = parts.into_iter().chain(msg.buffers.iter());
         let count = 2 + 4 + msg.buffers.len();
         let table = 8 * (count + 1);
-        let mut out = Vec::with_capacity(table + name.len() + msg.size());
-        out.extend_from_slice(&(count as u64).to_le_bytes());
+        let mut head = Vec::with_capacity(table + name.len());
+        head.extend_from_slice(&(count as u64).to_le_bytes());
         let mut offset = table;
-        out.extend_from_slice(&(offset as u64).to_le_bytes());
+        head.extend_from_slice(&(offset as u64).to_le_bytes());
         offset += name.len();
-        out.extend_from_slice(&(offset as u64).to_le_bytes());
+        head.extend_from_slice(&(offset as u64).to_le_bytes());
         for part in all.clone() {
             offset += part.len();
-            out.extend_from_slice(&(offset as u64).to_le_bytes());
+            head.extend_from_slice(&(offset as u64).to_le_bytes());
         }
-        out.extend_from_slice(name);
-        for part in all {
-            out.extend_from_slice(part);
-        }
-        out
+        head.extend_from_slice(name);
+        let mut segments = Vec::with_capacity(1 + 4 + msg.buffers.len());
+        segments.push(Bytes::from(head));
+        segments.extend(all.cloned());
+        WsPayload::new(false, segments)
     }
 }
 
@@ -421,6 +496,54 @@ mod tests {
             let frame = v1::encode(Channel::Control, &msg);
             assert_eq!(v1::decode(&frame).expect("decode"), (Channel::Control, msg));
         }
+    }
+
+    #[test]
+    fn payload_segments_share_the_parts() {
+        let mut msg = sample(0);
+        msg.content = Bytes::from(format!(r#"{{"data": "{}"}}"#, "x".repeat(100_000)));
+        let text = legacy::encode_payload(Channel::Iopub, &msg).expect("encode");
+        assert!(text.text);
+        let content = text
+            .segments
+            .iter()
+            .find(|s| s.len() == msg.content.len())
+            .expect("content segment");
+        assert_eq!(
+            content.as_ptr(),
+            msg.content.as_ptr(),
+            "the content is not copied"
+        );
+        let WsFrame::Text(whole) = legacy::encode(Channel::Iopub, &msg).expect("encode") else {
+            panic!("expected text");
+        };
+        assert_eq!(text.to_vec(), whole.into_bytes());
+        assert_eq!(text.len(), text.to_vec().len());
+        let binary = v1::encode_payload(Channel::Iopub, &msg);
+        assert!(!binary.text);
+        assert!(
+            binary
+                .segments
+                .iter()
+                .any(|s| s.as_ptr() == msg.content.as_ptr())
+        );
+        assert_eq!(
+            v1::decode(&binary.to_vec()).expect("decode"),
+            (Channel::Iopub, msg.clone())
+        );
+        let with_buffers = msg.with_buffers(vec![Bytes::from_static(b"buf")]);
+        let framed = legacy::encode_payload(Channel::Iopub, &with_buffers).expect("encode");
+        assert!(!framed.text);
+        assert!(framed.segments.iter().all(|s| !s.is_empty()));
+        assert_eq!(
+            legacy::decode_binary(&framed.to_vec()).expect("decode"),
+            (Channel::Iopub, with_buffers)
+        );
+        let bad = Message {
+            content: Bytes::from_static(b"{\"a\": \"\xff\"}"),
+            ..sample(0)
+        };
+        assert!(legacy::encode_payload(Channel::Iopub, &bad).is_err());
     }
 
     #[test]

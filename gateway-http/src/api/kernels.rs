@@ -1,7 +1,6 @@
 //! `/api/kernels` and its sub-routes.
 use axum::Json;
 use axum::extract::State;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
@@ -240,7 +239,7 @@ pub(crate) async fn channels(
     query: QueryParams,
     headers: HeaderMap,
     account: Option<axum::Extension<crate::budget::Account>>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<crate::ws::ChannelsUpgrade, crate::ws::NotUpgrade>,
 ) -> Result<Response, Error> {
     let kernel = reachable(&state, &caller, &kernel_id).await?;
     if !super::guard::origin_allowed(state.config.cors.allow_origin.as_deref(), &headers) {

@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::ManagerError;
 use events::{KernelEvent, ShutdownReason};
-pub(crate) use hub::{Attached, ClientNotice, Handover, Kick, KickSignal};
+pub(crate) use hub::{Attached, ClientNotice, Handover, Kick};
 pub(crate) use kernel::socket_options;
 use kernel::{KernelShared, LaunchPlan, Status};
 pub use persist::Persistence;

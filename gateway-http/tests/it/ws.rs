@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -44,7 +43,7 @@ async fn channels(
     State(manager): State<Arc<KernelManager>>,
     Path(kernel_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    ws: gateway_http::ws::ChannelsUpgrade,
 ) -> Response {
     match gateway_http::ws::upgrade(manager, kernel_id, query.get("session_id").cloned(), ws).await
     {
@@ -395,6 +394,94 @@ async fn reconnecting_session_gets_buffered_output_once() -> anyhow::Result<()> 
         }
     }
     assert_eq!(stdout, "1\n2\n3\n4\n");
+    k.manager.shutdown_all().await;
+    Ok(())
+}
+
+/// A 50 MB display_data arrives whole in both framings; a ping sent while it is being written
+/// (the client reads nothing for a while, so the gateway is stuck in the middle of it) is
+/// answered before the message's end, and a close from the client gets its reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_arrives_whole_and_pings_are_answered_meanwhile() -> anyhow::Result<()> {
+    const SIZE: usize = 50_000_000;
+    // The default bound of a client's queue (64 MiB, the test config's is 10 MiB).
+    let k = Kernels::new(|c| c.buffer_max_bytes = 64 << 20)?;
+    let server = serve(Arc::clone(&k.manager)).await?;
+    let id = k.manager.start(request(None, None)).await?.id;
+    for mode in [Mode::Legacy, Mode::V1] {
+        let mut ws = connect(&server, &id, None, mode).await?;
+        execute(&mut ws, mode, "from IPython.display import display").await?;
+        let msg_id = send_execute(
+            &mut ws,
+            mode,
+            &format!("display({{'text/plain': 'x' * {SIZE}}}, raw=True)"),
+        )
+        .await?;
+        // Up to the busy status; then the socket fills while the client reads nothing.
+        loop {
+            let got = expect_msg(&mut ws).await?;
+            if got.parent_id() == msg_id && got.content["execution_state"] == "busy" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        ws.send(Frame::Ping(b"during".to_vec().into())).await?;
+        let mut ponged = false;
+        let display = loop {
+            let frame = timeout(T, ws.next())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("socket closed"))??;
+            let content = match frame {
+                Frame::Pong(data) => {
+                    assert_eq!(&data[..], b"during");
+                    ponged = true;
+                    continue;
+                }
+                Frame::Text(text) => {
+                    let v: Value = serde_json::from_str(text.as_str())?;
+                    if v["msg_type"] != "display_data" {
+                        continue;
+                    }
+                    v["content"].clone()
+                }
+                Frame::Binary(data) => {
+                    let (_, msg) = v1::decode(&data)?;
+                    let header: Value = serde_json::from_slice(&msg.header)?;
+                    if header["msg_type"] != "display_data" {
+                        continue;
+                    }
+                    serde_json::from_slice(&msg.content)?
+                }
+                Frame::Close(frame) => {
+                    anyhow::bail!("{mode:?}: closed during the display: {frame:?}")
+                }
+                _ => continue,
+            };
+            break content;
+        };
+        assert!(
+            ponged,
+            "{mode:?}: the pong came only after the 50 MB message"
+        );
+        let text = display["data"]["text/plain"].as_str().unwrap_or_default();
+        assert_eq!(text.len(), SIZE, "{mode:?}");
+        assert!(text.bytes().all(|b| b == b'x'), "{mode:?}: content intact");
+        // The client closes; the gateway answers with its close frame, then the socket ends.
+        ws.close(None).await?;
+        let replied = timeout(T, async {
+            while let Some(frame) = ws.next().await {
+                match frame {
+                    Ok(Frame::Close(_)) => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+            false
+        })
+        .await?;
+        assert!(replied, "{mode:?}: no close reply");
+    }
+    assert!(eventually(T, || k.manager.get(&id).is_ok_and(|s| s.connections == 0)).await);
     k.manager.shutdown_all().await;
     Ok(())
 }

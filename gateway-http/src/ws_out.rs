@@ -1,0 +1,491 @@
+//! The outgoing half of a channels WebSocket: data frames written straight from a message's
+//! parts, with control frames (pong, close, ping) slotted in between frames.
+//!
+//! tungstenite builds every outgoing message into its own write buffer, so a kernel message was
+//! held three times on its way out (as received, as the encoded payload, in tungstenite's
+//! buffer). Here the payload is a list of segments that share the received message's memory
+//! ([`jupyter_protocol::websocket::WsPayload`]); [`FrameWriter`] puts a frame header in front of
+//! them and hands them to the socket with vectored writes, so the gateway holds one copy of a
+//! message however large it is. Payloads larger than [`FRAGMENT`] go out as a fragmented
+//! message (RFC 6455 §5.4), so a control frame waits for at most one fragment, not for a whole
+//! 50 MB message.
+//!
+//! tungstenite still reads the client's frames (unmasking, reassembly, UTF-8 checks, size limits)
+//! and answers pings and closes; it writes those answers into an [`Outbox`] (through
+//! [`ControlIo`]), which the writer empties between two frames.
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use jupyter_protocol::websocket::WsPayload;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::budget::Account;
+
+/// Largest payload sent as one frame; larger ones are fragmented into frames of this size.
+pub(crate) const FRAGMENT: usize = 1024 * 1024;
+/// Most segments handed to one vectored write (Linux takes up to 1,024).
+const MAX_IOV: usize = 128;
+/// Frames up to this size (header and payload) are copied behind each other into one buffer
+/// instead of being written as segments of their own: a burst of small messages becomes one
+/// segment (one copy of a few hundred bytes costs less than the write's per-segment work).
+const COALESCE: usize = 2048;
+
+/// Control frames tungstenite wrote (whole frames, in order), waiting for a frame boundary.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    state: Mutex<OutboxState>,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    bytes: BytesMut,
+    /// The writer's task, woken when control bytes arrive.
+    waker: Option<Waker>,
+}
+
+impl Outbox {
+    fn push(&self, buf: &[u8]) {
+        let mut state = self.state.lock();
+        state.bytes.extend_from_slice(buf);
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// What is waiting; registers `cx` for more when nothing is.
+    fn take(&self, cx: Option<&mut Context<'_>>) -> Bytes {
+        let mut state = self.state.lock();
+        if state.bytes.is_empty() {
+            if let Some(cx) = cx {
+                state.waker = Some(cx.waker().clone());
+            }
+            return Bytes::new();
+        }
+        state.bytes.split().freeze()
+    }
+}
+
+/// The stream tungstenite runs on: reads come from the socket's read half, writes (only ever
+/// control frames: tungstenite never sends data here) go to the [`Outbox`].
+#[derive(Debug)]
+pub(crate) struct ControlIo<R> {
+    read: R,
+    outbox: Arc<Outbox>,
+}
+
+impl<R> ControlIo<R> {
+    pub(crate) fn new(read: R, outbox: Arc<Outbox>) -> ControlIo<R> {
+        ControlIo { read, outbox }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ControlIo<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ControlIo<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.outbox.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes data frames from payload segments and the [`Outbox`]'s control frames to the socket.
+///
+/// [`FrameWriter::push`] only queues (it never waits); [`FrameWriter::progress`] writes. What is
+/// queued and not yet taken by the socket is charged to the connection's [`Account`].
+#[derive(Debug)]
+pub(crate) struct FrameWriter<W> {
+    inner: W,
+    /// Frame headers are written here and split off (one allocation for many frames).
+    headers: BytesMut,
+    /// Small frames copied behind each other, not yet in `segments`.
+    staging: BytesMut,
+    /// The bytes to write, oldest first; no segment is empty.
+    segments: VecDeque<Bytes>,
+    /// How many segments each queued frame still has, oldest first.
+    frames: VecDeque<usize>,
+    /// Whether the oldest frame is partly written (a control frame must wait for its end).
+    midframe: bool,
+    /// Bytes in `segments`.
+    queued: usize,
+    /// Written but not flushed.
+    unflushed: bool,
+    outbox: Arc<Outbox>,
+    account: Account,
+}
+
+impl<W> Drop for FrameWriter<W> {
+    fn drop(&mut self) {
+        self.account.release(self.queued);
+    }
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub(crate) fn new(inner: W, outbox: Arc<Outbox>, account: Account) -> FrameWriter<W> {
+        FrameWriter {
+            inner,
+            headers: BytesMut::new(),
+            staging: BytesMut::new(),
+            segments: VecDeque::new(),
+            frames: VecDeque::new(),
+            midframe: false,
+            queued: 0,
+            unflushed: false,
+            outbox,
+            account,
+        }
+    }
+
+    /// Bytes queued and not yet taken by the socket.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued + self.staging.len()
+    }
+
+    /// Queues a message: one frame, or fragments of [`FRAGMENT`] bytes when it is larger. Text
+    /// is cut at character boundaries, so each fragment is UTF-8 on its own too.
+    pub(crate) fn push(&mut self, payload: WsPayload) {
+        let total = payload.len();
+        let opcode = if payload.text { 0x1 } else { 0x2 };
+        if total <= FRAGMENT {
+            self.frame(true, opcode, total, payload.segments);
+            return;
+        }
+        let mut rest: VecDeque<Bytes> = payload.segments.into();
+        let mut left = total;
+        let mut first = true;
+        while left > 0 {
+            let mut want = left.min(FRAGMENT);
+            let mut parts = Vec::new();
+            let mut len = 0;
+            while len < want {
+                let Some(mut segment) = rest.pop_front() else {
+                    break;
+                };
+                let room = want - len;
+                if segment.len() > room {
+                    let mut cut = room;
+                    if payload.text {
+                        // Back to the start of a character (at most 3 continuation bytes).
+                        while cut > 0 && segment.get(cut).is_some_and(|b| b & 0xC0 == 0x80) {
+                            cut -= 1;
+                        }
+                        if cut == 0 && len == 0 {
+                            // Cannot happen with valid UTF-8 and a fragment of 1 MiB; keep going.
+                            cut = room;
+                        }
+                    }
+                    let tail = segment.split_off(cut);
+                    rest.push_front(tail);
+                    if cut == 0 {
+                        want = len;
+                        break;
+                    }
+                }
+                len += segment.len();
+                parts.push(segment);
+            }
+            left -= len;
+            let fin = left == 0;
+            self.frame(fin, if first { opcode } else { 0x0 }, len, parts);
+            first = false;
+        }
+    }
+
+    /// Queues one frame with `payload` (whose segments sum to `len`).
+    fn frame(&mut self, fin: bool, opcode: u8, len: usize, payload: Vec<Bytes>) {
+        let small = len + 10 <= COALESCE;
+        let headers = if small {
+            &mut self.staging
+        } else {
+            self.seal();
+            &mut self.headers
+        };
+        headers.reserve(10);
+        headers.put_u8(if fin { 0x80 } else { 0 } | opcode);
+        if len < 126 {
+            headers.put_u8(len as u8);
+        } else if let Ok(short) = u16::try_from(len) {
+            headers.put_u8(126);
+            headers.put_u16(short);
+        } else {
+            headers.put_u8(127);
+            headers.put_u64(len as u64);
+        }
+        if small {
+            for segment in &payload {
+                self.staging.extend_from_slice(segment);
+            }
+            return;
+        }
+        let header = headers.split().freeze();
+        let count = 1 + payload.iter().filter(|s| !s.is_empty()).count();
+        self.queued += header.len() + len;
+        self.account.charge(header.len() + len);
+        self.segments.push_back(header);
+        self.segments
+            .extend(payload.into_iter().filter(|s| !s.is_empty()));
+        self.frames.push_back(count);
+    }
+
+    /// Moves the staged small frames into `segments`, as one segment (a partial write of it
+    /// counts as the middle of a frame, so control frames wait for its end).
+    fn seal(&mut self) {
+        if self.staging.is_empty() {
+            return;
+        }
+        let staged = self.staging.split().freeze();
+        self.queued += staged.len();
+        self.account.charge(staged.len());
+        self.segments.push_back(staged);
+        self.frames.push_back(1);
+    }
+
+    /// Drops every queued frame that has not started (the connection is closing: nothing may
+    /// follow the close frame). A partly written frame stays, so the framing stays valid.
+    pub(crate) fn abandon(&mut self) {
+        self.staging.clear();
+        let keep = if self.midframe {
+            self.frames.front().copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let dropped: usize = self.segments.iter().skip(keep).map(Bytes::len).sum();
+        self.segments.truncate(keep);
+        self.frames.truncate(usize::from(keep > 0));
+        self.queued -= dropped;
+        self.account.release(dropped);
+    }
+
+    /// Writes what is queued and flushes: `Ready(Ok)` once that is done (or at once when there
+    /// was nothing to write), `Pending` while the socket is full.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut wrote = false;
+        self.seal();
+        loop {
+            if !self.midframe {
+                let control = self.outbox.take(None);
+                if !control.is_empty() {
+                    self.queued += control.len();
+                    self.account.charge(control.len());
+                    self.segments.push_front(control);
+                    self.frames.push_front(1);
+                }
+            }
+            if self.segments.is_empty() {
+                break;
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let mut used = 0;
+            for (slot, segment) in slices.iter_mut().zip(self.segments.iter()) {
+                *slot = IoSlice::new(segment);
+                used += 1;
+            }
+            let written = ready!(
+                Pin::new(&mut self.inner)
+                    .poll_write_vectored(cx, slices.get(..used).unwrap_or_default())
+            )?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(written);
+            wrote = true;
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(wrote))
+    }
+
+    /// Marks `written` bytes from the front as sent.
+    fn advance(&mut self, written: usize) {
+        let mut left = written;
+        while left > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                break;
+            };
+            if front.len() > left {
+                front.advance(left);
+                self.midframe = true;
+                break;
+            }
+            left -= front.len();
+            self.segments.pop_front();
+            match self.frames.front_mut() {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    self.midframe = true;
+                }
+                _ => {
+                    self.frames.pop_front();
+                    self.midframe = false;
+                }
+            }
+        }
+        self.queued -= written;
+        self.account.release(written);
+    }
+
+    /// Completes when the writer wrote something and everything queued is out (flushed), or
+    /// fails with the socket. With nothing to write it waits for control frames, so it can sit in
+    /// a `select!` loop beside the reads that make tungstenite queue them.
+    pub(crate) async fn progress(&mut self) -> io::Result<()> {
+        poll_fn(|cx| {
+            if ready!(self.poll_write_out(cx))? {
+                return Poll::Ready(Ok(()));
+            }
+            // Nothing was queued: wait for a control frame (the data side re-enters the loop
+            // through its own branch), checking once more after registering.
+            if self.outbox.take_peek(cx) {
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Writes everything queued, control frames included, and flushes.
+    pub(crate) async fn finish(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_write_out(cx).map_ok(|_| ())).await
+    }
+}
+
+impl Outbox {
+    /// Registers `cx` for control bytes; true when some are already waiting.
+    fn take_peek(&self, cx: &mut Context<'_>) -> bool {
+        let mut state = self.state.lock();
+        state.waker = Some(cx.waker().clone());
+        !state.bytes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    fn text(segments: &[&str]) -> WsPayload {
+        WsPayload {
+            text: true,
+            segments: segments
+                .iter()
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect(),
+        }
+    }
+
+    /// Parses server frames: (fin, opcode, payload).
+    fn frames(mut data: &[u8]) -> Vec<(bool, u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !data.is_empty() {
+            let fin = data[0] & 0x80 != 0;
+            let opcode = data[0] & 0x0F;
+            let (len, head) = match data[1] {
+                126 => (u16::from_be_bytes([data[2], data[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(data[2..10].try_into().expect("8 bytes")) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            out.push((fin, opcode, data[head..head + len].to_vec()));
+            data = &data[head + len..];
+        }
+        out
+    }
+
+    async fn written(pushes: Vec<WsPayload>, control: &[u8], pipe: usize) -> Vec<u8> {
+        let (near, mut far) = tokio::io::duplex(pipe);
+        let outbox = Arc::new(Outbox::default());
+        let budget = crate::budget::MemoryBudget::unbounded();
+        let account = budget.open();
+        let mut writer = FrameWriter::new(near, Arc::clone(&outbox), account.clone());
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        for payload in pushes {
+            writer.push(payload);
+        }
+        if !control.is_empty() {
+            outbox.push(control);
+        }
+        writer.finish().await.expect("finish");
+        assert_eq!((writer.queued(), account.held()), (0, 0));
+        assert!(writer.staging.capacity() < 1 << 20, "no large buffer kept");
+        drop(writer);
+        reader.await.expect("reader")
+    }
+
+    #[tokio::test]
+    async fn small_messages_are_one_frame_each() {
+        let got = written(vec![text(&["{\"a\":", "1}"]), text(&["{}"])], b"", 64).await;
+        assert_eq!(
+            frames(&got),
+            vec![(true, 1, b"{\"a\":1}".to_vec()), (true, 1, b"{}".to_vec())]
+        );
+    }
+
+    #[tokio::test]
+    async fn large_messages_are_fragmented_at_character_boundaries() {
+        // 3 MiB of two-byte characters, in segments that do not line up with fragments.
+        let body = "é".repeat(3 * FRAGMENT / 2 + 7);
+        let (a, b) = body.split_at(1000);
+        let got = written(vec![text(&["[\"", a, b, "\"]"])], b"", 1 << 16).await;
+        let parsed = frames(&got);
+        assert!(parsed.len() >= 3, "{} frames", parsed.len());
+        let mut whole = Vec::new();
+        for (i, (fin, opcode, payload)) in parsed.iter().enumerate() {
+            assert_eq!(*fin, i == parsed.len() - 1);
+            assert_eq!(*opcode, if i == 0 { 1 } else { 0 });
+            assert!(payload.len() <= FRAGMENT);
+            assert!(
+                std::str::from_utf8(payload).is_ok(),
+                "fragment {i} is UTF-8"
+            );
+            whole.extend_from_slice(payload);
+        }
+        assert!(whole == format!("[\"{body}\"]").into_bytes());
+    }
+
+    #[tokio::test]
+    async fn control_frames_go_between_frames() {
+        // A pong queued before the write starts goes first; it never splits a frame.
+        let big = WsPayload {
+            text: false,
+            segments: vec![Bytes::from(vec![7u8; 2 * FRAGMENT + 10])],
+        };
+        let got = written(vec![big], &[0x8A, 0x01, b'p'], 4096).await;
+        let parsed = frames(&got);
+        assert_eq!(parsed[0], (true, 0xA, b"p".to_vec()));
+        assert_eq!(parsed.len(), 4);
+        assert_eq!((parsed[1].1, parsed[3].0), (2, true));
+    }
+}
