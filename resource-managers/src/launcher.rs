@@ -384,6 +384,20 @@ fn check_id(
     Ok(id)
 }
 
+/// A client's working directory for a container (`KERNEL_WORKING_DIR`): an absolute POSIX
+/// path, printable, at most 4096 bytes; otherwise a 400 naming `field`.
+pub fn check_working_dir(field: &str, value: &str) -> Result<(), Error> {
+    let ok = value.starts_with('/') && value.len() <= 4096 && !value.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "{field} '{}' must be an absolute path without control characters",
+            excerpt(value)
+        )))
+    }
+}
+
 /// A printable excerpt of a client value for error messages: control characters escaped, at
 /// most 80 characters (then `…`).
 pub fn excerpt(value: &str) -> String {

@@ -26,27 +26,43 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 
 use crate::support::{
-    Gateway, GatewayConfig, Impl, Proc, fixture, run_bounded, site_packages, venv,
+    Gateway, GatewayConfig, Impl, Proc, fixture, free_port, run_bounded, site_packages, venv,
 };
 
 /// The image the harness builds.
 const IMAGE: &str = "eg-test/kernel-py:1";
 
-/// A Docker engine of the test's own, stopped (and its swarm left) when dropped.
-struct Engine {
+/// The profile the native kernels start under, and the limits the engine then shows.
+const PROFILE: &str = "small";
+const PROFILES: &str = r#"
+[[profiles]]
+name = "small"
+kernelspecs = ["docker_native", "swarm_native"]
+resources = { memory = "1G", cpus = 1 }
+"#;
+const PROFILE_MEMORY: &str = "1073741824";
+const PROFILE_NANO_CPUS: &str = "1000000000";
+
+/// A Docker engine of the test's own, stopped (and its swarm left) when dropped. It listens on
+/// a unix socket and on a plain TCP port on loopback.
+pub(crate) struct Engine {
     dir: PathBuf,
     socket: PathBuf,
+    tcp_port: u16,
     daemon: Option<Proc>,
     swarm: bool,
 }
 
 impl Engine {
     /// Starts `dockerd` under `dir` (a short path: the socket path must stay under 100 bytes).
-    fn start(dir: &Path) -> Result<Engine> {
+    pub(crate) fn start(dir: &Path) -> Result<Engine> {
         let socket = dir.join("d.sock");
+        let tcp_port = free_port()?;
         let mut cmd = Command::new("/usr/sbin/dockerd");
         cmd.arg("--host")
             .arg(format!("unix://{}", socket.display()))
+            .arg("--host")
+            .arg(format!("tcp://127.0.0.1:{tcp_port}"))
             .arg("--data-root")
             .arg(dir.join("root"))
             .arg("--exec-root")
@@ -69,17 +85,24 @@ impl Engine {
         Ok(Engine {
             dir: dir.to_path_buf(),
             socket,
+            tcp_port,
             daemon: Some(daemon),
             swarm: false,
         })
     }
 
-    fn host(&self) -> String {
+    /// Its unix socket as `DOCKER_HOST` names it.
+    pub(crate) fn host(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
 
+    /// Its TCP port as `DOCKER_HOST` names it.
+    pub(crate) fn tcp_host(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.tcp_port)
+    }
+
     /// Runs the docker CLI against this engine; its output, or an error with it.
-    fn docker(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn docker(&self, args: &[&str]) -> Result<String> {
         let mut cmd = Command::new("docker");
         cmd.args(args)
             .env("DOCKER_HOST", self.host())
@@ -94,7 +117,7 @@ impl Engine {
     }
 
     /// Ids of containers (all, running or not) labelled with the kernel id.
-    fn containers_of(&self, kernel_id: &str) -> Result<Vec<String>> {
+    pub(crate) fn containers_of(&self, kernel_id: &str) -> Result<Vec<String>> {
         let out = self.docker(&[
             "ps",
             "-aq",
@@ -130,7 +153,7 @@ impl Engine {
     }
 
     /// Leaves the swarm and stops the daemon (SIGTERM: it stops its containers and containerd).
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if self.swarm {
             self.swarm = false;
             if let Err(err) = self.docker(&["swarm", "leave", "--force"]) {
@@ -275,7 +298,7 @@ fn shared_objects(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// Assembles the image directory and builds [`IMAGE`] on the engine.
-fn build_image(engine: &Engine, dir: &Path) -> Result<()> {
+pub(crate) fn build_image(engine: &Engine, dir: &Path) -> Result<()> {
     let assembling = std::time::Instant::now();
     let ctx = dir.join("image");
     let venv = venv()?;
@@ -431,7 +454,7 @@ fn build_image(engine: &Engine, dir: &Path) -> Result<()> {
 
 /// A kernelspec `name` of EG's `class` (`DockerProcessProxy` or `DockerSwarmProcessProxy`),
 /// EG's path (gateway_provisioners' `launch_docker.py` from the wheel) or the native one.
-fn kernelspec(share: &Path, name: &str, class: &str, native: bool) -> Result<()> {
+pub(crate) fn kernelspec(share: &Path, name: &str, class: &str, native: bool) -> Result<()> {
     let venv = venv()?;
     let script = site_packages(&venv)?
         .join("gateway_provisioners/kernel-launchers/docker/scripts/launch_docker.py");
@@ -474,7 +497,7 @@ fn kernelspec(share: &Path, name: &str, class: &str, native: bool) -> Result<()>
 }
 
 /// Runs the driver; its output (it failed: an error with it).
-fn driver(dir: &Path, gateway: &Gateway, args: &[&str], log: &str) -> Result<String> {
+pub(crate) fn driver(dir: &Path, gateway: &Gateway, args: &[&str], log: &str) -> Result<String> {
     let (command, rest) = args.split_first().context("no driver command")?;
     let mut cmd = Command::new(venv()?.join("bin/python"));
     cmd.arg(fixture("docker_driver.py"))
@@ -495,7 +518,7 @@ fn driver(dir: &Path, gateway: &Gateway, args: &[&str], log: &str) -> Result<Str
 }
 
 /// The id a driver `start` printed.
-fn kernel_id(output: &str) -> Result<String> {
+pub(crate) fn kernel_id(output: &str) -> Result<String> {
     output
         .lines()
         .find_map(|l| l.strip_prefix("KERNEL "))
@@ -525,21 +548,33 @@ async fn lifecycle(
     spec: &str,
     swarm: bool,
 ) -> Result<()> {
-    let env = r#"{"KERNEL_USERNAME": "alice", "KERNEL_UID": "1000", "KERNEL_GID": "100"}"#;
+    // Every kernel gets a working directory (the gateway mirrors them); the native ones also
+    // the profile with limits (the launcher path does not apply a profile's limits).
+    let native = spec.ends_with("_native");
+    let work_dir = format!("/tmp/work-{spec}");
+    let mut env = serde_json::json!({
+        "KERNEL_USERNAME": "alice",
+        "KERNEL_UID": "1000",
+        "KERNEL_GID": "100",
+        "KERNEL_WORKING_DIR": work_dir,
+    });
+    if native {
+        env["KERNEL_PROFILE"] = PROFILE.into();
+    }
     let out = driver(
         dir,
         gateway,
-        &["start", spec, env],
+        &["start", spec, &env.to_string()],
         &format!("{spec}-start.log"),
     )?;
+    assert!(
+        out.contains(&format!("CWD {work_dir}\n")),
+        "the kernel runs in KERNEL_WORKING_DIR: {out}"
+    );
     let id = kernel_id(&out)?;
     // The native path runs as KERNEL_UID:KERNEL_GID; launch_docker.py sets the user id only
     // (the group is then the image's, 0, with KERNEL_GID and 100 added), as EG does.
-    let ids = if spec.ends_with("_native") {
-        "IDS 1000 100"
-    } else {
-        "IDS 1000 "
-    };
+    let ids = if native { "IDS 1000 100" } else { "IDS 1000 " };
     assert!(out.contains(ids), "the kernel runs as KERNEL_UID: {out}");
     if swarm {
         let services = engine.services_of(&id)?;
@@ -556,6 +591,20 @@ async fn lifecycle(
             &services[0],
         ])?;
         assert_eq!(name.trim(), format!("alice-{id}"));
+        let task = engine.docker(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{.Spec.TaskTemplate.ContainerSpec.Dir}} {{with .Spec.TaskTemplate.Resources}}{{with .Limits}}{{.MemoryBytes}} {{.NanoCPUs}}{{end}}{{end}}",
+            &services[0],
+        ])?;
+        let task: Vec<&str> = task.split_whitespace().collect();
+        let expected = if native {
+            vec![work_dir.as_str(), PROFILE_MEMORY, PROFILE_NANO_CPUS]
+        } else {
+            vec![work_dir.as_str()]
+        };
+        assert_eq!(task, expected, "the service's working directory and limits");
     } else {
         let containers = engine.containers_of(&id)?;
         assert_eq!(
@@ -566,7 +615,7 @@ async fn lifecycle(
         let facts = engine.docker(&[
             "inspect",
             "--format",
-            "{{.Name}} {{.Config.User}} {{.State.Status}} {{index .Config.Labels \"component\"}} {{.HostConfig.NetworkMode}}",
+            "{{.Name}} {{.Config.User}} {{.State.Status}} {{index .Config.Labels \"component\"}} {{.HostConfig.NetworkMode}} {{.Config.WorkingDir}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
             &containers[0],
         ])?;
         let facts: Vec<&str> = facts.split_whitespace().collect();
@@ -579,9 +628,14 @@ async fn lifecycle(
             facts.get(1).is_some_and(|u| u.starts_with("1000")),
             "{facts:?}"
         );
+        let (memory, cpus) = if native {
+            (PROFILE_MEMORY, PROFILE_NANO_CPUS)
+        } else {
+            ("0", "0")
+        };
         assert_eq!(
             facts.get(2..).unwrap_or_default(),
-            ["running", "kernel", "host"],
+            ["running", "kernel", "host", work_dir.as_str(), memory, cpus],
             "{facts:?}"
         );
     }
@@ -616,18 +670,21 @@ async fn e2e_docker_and_swarm_kernels_on_a_real_engine() -> Result<()> {
     kernelspec(&share, "docker_native", "DockerProcessProxy", true)?;
     kernelspec(&share, "swarm_native", "DockerSwarmProcessProxy", true)?;
     kernelspec(&share, "swarm_eg", "DockerSwarmProcessProxy", false)?;
+    let profiles = d.join("profiles.toml");
+    std::fs::write(&profiles, PROFILES)?;
     let config = GatewayConfig {
         jupyter_path: vec![share.clone()],
         env: vec![
             ("DOCKER_HOST".into(), engine.host()),
             ("EG_DOCKER_NETWORK".into(), "host".into()),
             ("EG_KERNEL_LAUNCH_TIMEOUT".into(), "40".into()),
+            ("EG_MIRROR_WORKING_DIRS".into(), "True".into()),
             (
                 "EG_KERNEL_LOG_DIR".into(),
                 d.join("kernel-logs").display().to_string(),
             ),
         ],
-        args: Vec::new(),
+        args: vec![format!("--profiles_file={}", profiles.display())],
     };
     let mut gateway = Gateway::start(Impl::Ours, &config)?;
     let result = kernels(&mut engine, d, &gateway).await;

@@ -3,7 +3,8 @@
 //! * [`active_active`] — two gateways on one PostgreSQL store behind HAProxy (round robin), a
 //!   Jupyter Server client through it; one gateway killed, its kernels taken over.
 //! * [`docker`] — the Docker and Swarm backends against a real engine started by the harness
-//!   (its own socket, a kernel image built from a local directory, host networking).
+//!   (its own socket and loopback TCP port, a kernel image built from a local directory, host
+//!   networking); mirrored working directories and a profile's limits as the engine shows them.
 //! * [`smoke`] — the binary alone: `GET /api` over a hand-written HTTP request, SIGTERM exit.
 //! * [`jupyter_server`] — Jupyter Server's own gateway client (`--gateway-url`) in front of the
 //!   gateway, driven through Jupyter Server's REST API and kernel WebSocket.
@@ -29,6 +30,9 @@
 //!   in its environment): allowed, unknown (400), forbidden (403); a SIGHUP reload.
 //! * [`persistence`] — kernels that outlive the gateway: a SQLite kernel store, `kill -9` of the
 //!   gateway, re-attach on restart, a Jupyter Server client reading its state back.
+//! * [`store_docker`] — Docker kernels (EG's `launch_docker.py` path and the native one, the
+//!   engine over a plain TCP `DOCKER_HOST`) re-attached after a `kill -9` of their gateway:
+//!   same containers, state kept, DELETE removes them.
 //! * [`store_postgres`] — the PostgreSQL kernel store (Debian's PostgreSQL, started by
 //!   [`postgres`]): kernels survive a crash; while the database is down starts answer 503 and
 //!   running kernels keep working; the gateway reconnects by itself.
@@ -60,6 +64,7 @@ mod postgres;
 mod profiles;
 mod smoke;
 mod spark_languages;
+mod store_docker;
 mod store_postgres;
 mod store_ssh;
 mod store_yarn;

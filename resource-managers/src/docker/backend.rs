@@ -12,7 +12,7 @@ use kernel_launcher::{CommOutcome, CommPort, ResponseListener};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use super::client::{DockerClient, DockerError, Task};
+use super::client::{DockerClient, DockerError, DockerHost, Task};
 use super::validate;
 use crate::launcher::{
     FinalState, KernelIds, LaunchWatch, LauncherProcess, LauncherSettings, Probe, WaitFailure,
@@ -78,8 +78,9 @@ impl DockerMode {
 /// Settings of the Docker backends.
 #[derive(Debug, Clone)]
 pub struct DockerConfig {
-    /// The engine's unix socket (`DOCKER_HOST=unix://...`, default `/var/run/docker.sock`).
-    pub socket: PathBuf,
+    /// Where the engine listens (`DOCKER_HOST`: `unix:///path`, default
+    /// `/var/run/docker.sock`, or `tcp://host:port`).
+    pub host: DockerHost,
     /// The network kernels join (`EG_DOCKER_NETWORK`, default `bridge`; `host` shares the
     /// engine host's network).
     pub network: String,
@@ -91,8 +92,11 @@ pub struct DockerConfig {
     pub image: Option<String>,
     /// The ids kernels may not run as.
     pub ids: KernelIds,
+    /// `EG_MIRROR_WORKING_DIRS`: a client's `KERNEL_WORKING_DIR` becomes the container's
+    /// working directory (else it is dropped, as EG does).
+    pub mirror_working_dirs: bool,
     /// The address of a kernel on the host network: the engine's host as the gateway reaches
-    /// it (the engine is on a local socket, so this machine: 127.0.0.1).
+    /// it (default this machine, 127.0.0.1, right for a unix socket).
     pub host_ip: IpAddr,
     /// The listener, the launchers' log directory (`EG_KERNEL_LOG_DIR`), the PATH and the
     /// timeouts; `poll_interval` paces the engine polls, `request_timeout` bounds one engine
@@ -101,17 +105,15 @@ pub struct DockerConfig {
 }
 
 impl DockerConfig {
-    /// The default socket.
-    pub const DEFAULT_SOCKET: &'static str = "/var/run/docker.sock";
-
     /// Defaults for everything but the listener and the log directory.
     pub fn new(response: Arc<ResponseListener>, log_dir: PathBuf) -> DockerConfig {
         DockerConfig {
-            socket: PathBuf::from(DockerConfig::DEFAULT_SOCKET),
+            host: DockerHost::default(),
             network: "bridge".into(),
             remove_container: true,
             image: None,
             ids: KernelIds::default(),
+            mirror_working_dirs: false,
             host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             launcher: LauncherSettings::new(response, log_dir),
         }
@@ -139,6 +141,8 @@ struct Plan {
     /// The container's environment (the native path).
     container_env: BTreeMap<String, String>,
     native: bool,
+    /// The container's working directory (`KERNEL_WORKING_DIR`, when mirrored).
+    working_dir: Option<String>,
     /// The profile's memory limit in bytes and CPU count (the native path's container or
     /// service limits).
     memory_bytes: Option<u64>,
@@ -148,7 +152,7 @@ struct Plan {
 impl DockerResourceManager {
     /// A backend of this mode (no engine traffic until a launch).
     pub fn new(mode: DockerMode, config: DockerConfig) -> DockerResourceManager {
-        let client = DockerClient::new(config.socket.clone(), config.launcher.request_timeout);
+        let client = DockerClient::new(config.host.clone(), config.launcher.request_timeout);
         DockerResourceManager {
             mode,
             config,
@@ -225,13 +229,25 @@ impl DockerResourceManager {
             ("app".to_owned(), "enterprise-gateway".to_owned()),
         ]);
 
-        // EG's launch environment: the request's, KERNEL_WORKING_DIR removed (no mirrored
-        // working directories here), normalised ids and the image written back.
+        // The container's working directory: the client's, when the gateway mirrors them (EG's
+        // EG_MIRROR_WORKING_DIRS; launch_docker.py reads it from its environment).
+        let working_dir = match from_env("KERNEL_WORKING_DIR") {
+            Some(dir) if self.config.mirror_working_dirs => {
+                crate::launcher::check_working_dir("KERNEL_WORKING_DIR", &dir)?;
+                Some(dir)
+            }
+            _ => None,
+        };
+        // EG's launch environment: the request's (KERNEL_WORKING_DIR only when mirrored),
+        // normalised ids and the image written back.
         let mut launch_env: BTreeMap<String, String> = env
             .iter()
             .filter(|(k, _)| k.as_str() != "KERNEL_WORKING_DIR")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        if let Some(dir) = &working_dir {
+            launch_env.insert("KERNEL_WORKING_DIR".into(), dir.clone());
+        }
         launch_env.insert("KERNEL_IMAGE".into(), image.clone());
         launch_env.insert("KERNEL_UID".into(), uid.to_string());
         launch_env.insert("KERNEL_GID".into(), gid.to_string());
@@ -244,10 +260,7 @@ impl DockerResourceManager {
             "False"
         };
         let mut launcher_only = BTreeMap::new();
-        launcher_only.insert(
-            "DOCKER_HOST".to_owned(),
-            format!("unix://{}", self.config.socket.display()),
-        );
+        launcher_only.insert("DOCKER_HOST".to_owned(), self.config.host.to_string());
         for prefix in ["", "EG_", "GP_"] {
             launcher_only.insert(format!("{prefix}DOCKER_MODE"), self.mode.as_str().into());
             launcher_only.insert(
@@ -309,6 +322,7 @@ impl DockerResourceManager {
             launch_env,
             container_env,
             native,
+            working_dir,
             memory_bytes: request.placement.limits.memory_bytes,
             cpus: request.placement.limits.cpus,
         })
@@ -340,6 +354,9 @@ impl DockerResourceManager {
                         "GroupAdd": groups,
                     },
                 });
+                if let Some(dir) = &plan.working_dir {
+                    body["WorkingDir"] = serde_json::json!(dir);
+                }
                 if let Some(bytes) = plan.memory_bytes {
                     body["HostConfig"]["Memory"] = serde_json::json!(bytes);
                 }
@@ -365,6 +382,9 @@ impl DockerResourceManager {
                     },
                     "EndpointSpec": {"Mode": "dnsrr"},
                 });
+                if let Some(dir) = &plan.working_dir {
+                    body["TaskTemplate"]["ContainerSpec"]["Dir"] = serde_json::json!(dir);
+                }
                 let mut limits = serde_json::Map::new();
                 if let Some(bytes) = plan.memory_bytes {
                     limits.insert("MemoryBytes".into(), serde_json::json!(bytes));
@@ -710,7 +730,7 @@ impl ResourceManager for DockerResourceManager {
         if self.mode == DockerMode::Swarm && !self.client.is_swarm_manager().await? {
             return Err(Error::Config(format!(
                 "the Docker engine at {} is not a swarm manager; swarm kernelspecs need `docker swarm init` (or EG_DOCKER_MODE=docker kernelspecs)",
-                self.config.socket.display()
+                self.config.host
             )));
         }
         create_private_dir(&self.config.launcher.log_dir)?;
@@ -1356,7 +1376,7 @@ mod tests {
     use crate::docker::client::TaskStatus;
 
     #[tokio::test]
-    async fn a_profiles_limits_become_the_containers() {
+    async fn a_profiles_limits_and_the_working_dir_become_the_containers() {
         let listener = ResponseListener::bind(
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             kernel_launcher::ListenerOptions::default(),
@@ -1373,6 +1393,7 @@ mod tests {
             launch_env: BTreeMap::new(),
             container_env: BTreeMap::new(),
             native: true,
+            working_dir: Some("/home/alice/work".into()),
             memory_bytes: Some(1 << 30),
             cpus: Some(2),
         };
@@ -1380,18 +1401,25 @@ mod tests {
         let body = container.create_body(&plan);
         assert_eq!(body["HostConfig"]["Memory"], 1u64 << 30);
         assert_eq!(body["HostConfig"]["NanoCpus"], 2_000_000_000u64);
+        assert_eq!(body["WorkingDir"], "/home/alice/work");
         let swarm = DockerResourceManager::new(DockerMode::Swarm, config);
         let body = swarm.create_body(&plan);
         let limits = &body["TaskTemplate"]["Resources"]["Limits"];
         assert_eq!(limits["MemoryBytes"], 1u64 << 30);
         assert_eq!(limits["NanoCPUs"], 2_000_000_000u64);
+        assert_eq!(
+            body["TaskTemplate"]["ContainerSpec"]["Dir"],
+            "/home/alice/work"
+        );
         let unlimited = Plan {
+            working_dir: None,
             memory_bytes: None,
             cpus: None,
             ..plan
         };
         let body = container.create_body(&unlimited);
         assert!(body["HostConfig"].get("Memory").is_none(), "{body}");
+        assert!(body.get("WorkingDir").is_none(), "{body}");
     }
 
     fn task(state: &str, desired: &str, created: &str) -> Task {

@@ -1,14 +1,14 @@
-//! A thin, typed client of the Docker Engine API on a unix socket: the calls the `docker` and
-//! `docker-swarm` backends make, and only those.
+//! A thin, typed client of the Docker Engine API on a unix socket or a plain TCP port
+//! ([`DockerHost`]): the calls the `docker` and `docker-swarm` backends make, and only those.
 //!
 //! Every request opens its own HTTP/1.1 connection (hyper's client connection over tokio's
-//! `UnixStream`), carries the API version in its path ([`API_VERSION`], served by Docker 20.10
+//! `UnixStream` or `TcpStream`), carries the API version in its path ([`API_VERSION`], served by Docker 20.10
 //! and later and by Podman's Docker-compatible service) and is bounded by the client's
 //! timeout. An answer of 400 or more becomes [`DockerError::Engine`] with the engine's own
 //! `message`, so callers can quote the engine's reason.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,11 +24,11 @@ pub const API_VERSION: &str = "v1.41";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DockerError {
-    /// The socket could not be reached, or the connection broke.
-    #[error("cannot reach the Docker engine at {socket}: {reason}")]
+    /// The engine could not be reached, or the connection broke.
+    #[error("cannot reach the Docker engine at {engine}: {reason}")]
     Unreachable {
-        /// The socket path.
-        socket: String,
+        /// Where the engine was looked for (`unix:///path`, `tcp://host:port`).
+        engine: String,
         /// What went wrong.
         reason: String,
     },
@@ -75,10 +75,97 @@ impl DockerError {
     }
 }
 
+/// Where the engine listens, as `DOCKER_HOST` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerHost {
+    /// `unix:///path/to/docker.sock`.
+    Unix(PathBuf),
+    /// `tcp://host:port`: plain HTTP (no TLS); the port defaults to 2375, Docker's.
+    Tcp {
+        /// The host name or address.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl DockerHost {
+    /// The engine's default socket, `/var/run/docker.sock`.
+    pub const DEFAULT_SOCKET: &'static str = "/var/run/docker.sock";
+
+    /// Reads a `DOCKER_HOST` value; what cannot be served is an error naming what can.
+    pub fn parse(text: &str) -> Result<DockerHost, String> {
+        let text = text.trim();
+        let supported = "the supported forms are unix:///path/to/docker.sock and tcp://host:port (plain, without TLS)";
+        if let Some(path) = text.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "DOCKER_HOST={text:?}: the socket path must be absolute; {supported}"
+                ));
+            }
+            return Ok(DockerHost::Unix(PathBuf::from(path)));
+        }
+        let Some(rest) = text.strip_prefix("tcp://") else {
+            return Err(format!(
+                "DOCKER_HOST={text:?} is not supported; {supported}"
+            ));
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "DOCKER_HOST={text:?}: tcp:// takes a host and a port only; {supported}"
+            ));
+        }
+        // `[v6]:port`, `host:port`, or a host alone.
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty() && (!host.contains(':') || host.ends_with(']')) =>
+            {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        format!("DOCKER_HOST={text:?}: '{port}' is not a port; {supported}")
+                    })?;
+                (host, port)
+            }
+            _ => (authority, 2375),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("DOCKER_HOST={text:?} names no host; {supported}"));
+        }
+        Ok(DockerHost::Tcp {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl Default for DockerHost {
+    fn default() -> DockerHost {
+        DockerHost::Unix(PathBuf::from(DockerHost::DEFAULT_SOCKET))
+    }
+}
+
+impl std::fmt::Display for DockerHost {
+    /// As `DOCKER_HOST` spells it (what the launcher is given).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DockerHost::Unix(path) => write!(f, "unix://{}", path.display()),
+            DockerHost::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp://[{host}]:{port}")
+            }
+            DockerHost::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+        }
+    }
+}
+
 /// A Docker Engine API client; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DockerClient {
-    socket: PathBuf,
+    host: DockerHost,
     timeout: Duration,
 }
 
@@ -289,18 +376,31 @@ struct ServiceCreated {
     id: String,
 }
 
+/// An HTTP/1.1 client connection on `stream`, driven in the background.
+async fn handshake<S>(
+    stream: S,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
 impl DockerClient {
-    /// A client of the engine on `socket`; every call gives up after `timeout`.
-    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> DockerClient {
-        DockerClient {
-            socket: socket.into(),
-            timeout,
-        }
+    /// A client of the engine at `host`; every call gives up after `timeout`.
+    pub fn new(host: DockerHost, timeout: Duration) -> DockerClient {
+        DockerClient { host, timeout }
     }
 
-    /// The socket path.
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// Where the engine is.
+    pub fn host(&self) -> &DockerHost {
+        &self.host
     }
 
     /// One call; the status and the whole body. Statuses of 400 and more are errors carrying
@@ -345,23 +445,36 @@ impl DockerClient {
         what: &str,
     ) -> Result<(StatusCode, Bytes), DockerError> {
         let unreachable = |reason: String| DockerError::Unreachable {
-            socket: self.socket.display().to_string(),
+            engine: self.host.to_string(),
             reason,
         };
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (mut sender, host_header) = match &self.host {
+            DockerHost::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                (
+                    handshake(stream).await.map_err(unreachable)?,
+                    "docker".to_owned(),
+                )
+            }
+            DockerHost::Tcp { host, port } => {
+                let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                let _ = stream.set_nodelay(true);
+                let header = match host.contains(':') {
+                    true => format!("[{host}]:{port}"),
+                    false => format!("{host}:{port}"),
+                };
+                (handshake(stream).await.map_err(unreachable)?, header)
+            }
+        };
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("/{API_VERSION}{path_and_query}"))
-            .header(hyper::header::HOST, "docker");
+            .header(hyper::header::HOST, host_header);
         if body.is_some() {
             builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
         }
@@ -664,6 +777,44 @@ pub fn demultiplex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_hosts_read_as_docker_spells_them() {
+        let tcp = |host: &str, port| DockerHost::Tcp {
+            host: host.to_owned(),
+            port,
+        };
+        for (text, host) in [
+            ("unix:///tmp/d.sock", DockerHost::Unix("/tmp/d.sock".into())),
+            ("tcp://127.0.0.1:2376", tcp("127.0.0.1", 2376)),
+            ("tcp://engine.example:12375/", tcp("engine.example", 12375)),
+            ("tcp://engine", tcp("engine", 2375)),
+            ("tcp://[::1]:2375", tcp("::1", 2375)),
+        ] {
+            assert_eq!(DockerHost::parse(text).as_ref(), Ok(&host), "{text}");
+            assert_eq!(
+                DockerHost::parse(&host.to_string()).as_ref(),
+                Ok(&host),
+                "{host}"
+            );
+        }
+        for bad in [
+            "unix://relative.sock",
+            "ssh://me@engine",
+            "npipe:////./pipe/docker_engine",
+            "tcp://",
+            "tcp://h:port",
+            "tcp://h:0",
+            "tcp://h:2375/path",
+            "/var/run/docker.sock",
+        ] {
+            let err = DockerHost::parse(bad).expect_err(bad);
+            assert!(
+                err.contains("unix:///path/to/docker.sock and tcp://host:port"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn queries_are_encoded() {

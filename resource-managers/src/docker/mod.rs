@@ -3,9 +3,9 @@
 //! `docker-swarm-provisioner` (reference §7.6, §7.8, §8, §11).
 //!
 //! A kernel runs in a container ([`DockerMode::Container`]) or as a one-task swarm service
-//! ([`DockerMode::Swarm`]) on the Docker engine behind [`DockerConfig::socket`]. The image's
-//! entry point is a kernel *launcher* (EG's images run `bootstrap-kernel.sh`, which starts
-//! `launch_ipykernel.py`) that calls the gateway's [`kernel_launcher::ResponseListener`] back
+//! ([`DockerMode::Swarm`]) on the Docker engine at [`DockerConfig::host`] (a unix socket or a
+//! plain `tcp://` port). The image's entry point is a kernel *launcher* (EG's images run
+//! `bootstrap-kernel.sh`, which starts `launch_ipykernel.py`) that calls the gateway's [`kernel_launcher::ResponseListener`] back
 //! with the kernel's connection info, as for every remote kernel.
 //!
 //! # Two ways to create the container
@@ -32,7 +32,10 @@
 //! (swarm: a service name of at most 63) — a client's bad value is [`Error::InvalidRequest`]
 //! (400) naming the field. `KERNEL_UID` (default 1000) and `KERNEL_GID` (default 100) get EG's
 //! checks and messages, refusals as [`Error::Unauthorized`] (403). `KERNEL_WORKING_DIR` is
-//! dropped (EG's default without `EG_MIRROR_WORKING_DIRS`).
+//! dropped (EG's default), unless [`DockerConfig::mirror_working_dirs`]
+//! (`EG_MIRROR_WORKING_DIRS`): then it must be an absolute path (else a 400) and becomes the
+//! container's `WorkingDir` (a service's `ContainerSpec.Dir`), in the native path as
+//! `launch_docker.py` does from its environment.
 //!
 //! # Launch
 //! Every [`poll_interval`](crate::launcher::LauncherSettings::poll_interval) the workload's
@@ -51,7 +54,8 @@
 //! first network-attachment address. Where EG's answer is empty — host networking — the
 //! container shares its host's network, so the kernel is at the host's address: a task's node
 //! address (`Status.Addr`), and for a plain container the engine's host
-//! ([`DockerConfig::host_ip`], this machine, since the engine is on a local socket).
+//! ([`DockerConfig::host_ip`]: this machine for a unix socket, the engine's address for a
+//! `tcp://` one).
 //!
 //! # The kernel afterwards ([`DockerKernelProcess`])
 //! Liveness is the engine's view (container state; the service's current task), so a kernel
@@ -65,8 +69,8 @@
 //!
 //! # The client
 //! [`client::DockerClient`] is a thin typed client of the Engine API (version
-//! [`client::API_VERSION`]) on hyper's HTTP/1.1 client connection over tokio's `UnixStream`,
-//! already in the build. The `bollard` crate was measured as the alternative: it adds four
+//! [`client::API_VERSION`]) on hyper's HTTP/1.1 client connection over tokio's `UnixStream` or
+//! `TcpStream`, already in the build. The `bollard` crate was measured as the alternative: it adds four
 //! crates (`bollard`, `bollard-stubs`, `hyperlocal`, `serde_repr`) and about 30 s of compile
 //! time on the 2-core CI machines (`bollard-stubs` alone 21 s, 26 MB of debug rlibs), for
 //! generated models of the whole API when these backends use fifteen calls; and its default
@@ -84,4 +88,4 @@ pub mod validate;
 pub use backend::{
     DockerConfig, DockerKernelProcess, DockerMode, DockerResourceManager, NAME_DOCKER, NAME_SWARM,
 };
-pub use client::{DockerClient, DockerError};
+pub use client::{DockerClient, DockerError, DockerHost};

@@ -107,18 +107,7 @@ pub fn image(field: &str, value: &str) -> Result<(), Error> {
     }
 }
 
-/// A POSIX path for `workingDir`: absolute, printable, at most 4096 bytes.
-pub fn working_dir(field: &str, value: &str) -> Result<(), Error> {
-    let ok = value.starts_with('/') && value.len() <= 4096 && !value.chars().any(char::is_control);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidRequest(format!(
-            "{field} '{}' must be an absolute path without control characters",
-            excerpt(value)
-        )))
-    }
-}
+pub use crate::launcher::check_working_dir as working_dir;
 
 /// EG's pod-name rule: lowercase, each run of characters outside `[0-9a-z]` becomes one `-`,
 /// leading and trailing `-` removed.
