@@ -1,4 +1,5 @@
-//! Every injected fault ends the launch with its real reason well before the deadline and
+//! Every injected fault (image pull, unschedulable, a failing container, a crash loop, a pod
+//! that vanishes) ends the launch with its real reason well before the deadline and
 //! leaves nothing behind (pod, namespace, RoleBinding, processes); bad `KERNEL_*` values are
 //! refused before anything reaches the API server.
 
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use resource_managers::kubernetes::LaunchMode;
 use resource_managers::{Error, ResourceManager};
 
-use crate::{Cluster, SECOND, assert_contains};
+use crate::{Cluster, SECOND, assert_contains, gp_template};
 
 /// A fault: what, the client's `KERNEL_*` values, the reason expected.
 type FaultCase = (
@@ -86,6 +87,31 @@ async fn e2e_faults_give_their_reason_before_the_deadline() {
         }
         cluster.assert_nothing_left(Some(&namespace)).await;
     }
+    // A container that keeps failing under `restartPolicy: Always` (a profile's template) is
+    // restarted with back-off: CrashLoopBackOff ends the launch, the pod deleted.
+    let text = std::fs::read_to_string(gp_template()).expect("GP's template");
+    let always = text.replace("restartPolicy: Never", "restartPolicy: Always");
+    assert_ne!(always, text, "GP's template sets restartPolicy");
+    let template = cluster.dir.path().join("always-pod.yaml.j2");
+    std::fs::write(&template, always).expect("write the template");
+    let backend = cluster.backend(LaunchMode::Native);
+    let kernel_id = uuid::Uuid::new_v4().to_string();
+    let mut request = cluster.request(&kernel_id, &[("KERNEL_IMAGE", "kernel-py-fails")], DEADLINE);
+    request.placement.kubernetes.pod_template = Some(template);
+    let started = Instant::now();
+    let err = match backend.launch(request).await {
+        Ok(_) => panic!("a crash-looping pod launched"),
+        Err(err) => err,
+    };
+    let took = started.elapsed();
+    eprintln!("crash loop: {took:?}: {err}");
+    assert_contains(&err.to_string(), "CrashLoopBackOff");
+    assert!(matches!(err, Error::ExitedDuringLaunch { .. }), "{err:?}");
+    assert!(took < 10 * SECOND, "the crash loop took {took:?}");
+    cluster
+        .assert_nothing_left(Some(&format!("alice-{kernel_id}")))
+        .await;
+
     // A slow start is not a fault: the kernel comes up after it.
     let backend = cluster.backend(LaunchMode::Native);
     let kernel_id = uuid::Uuid::new_v4().to_string();
