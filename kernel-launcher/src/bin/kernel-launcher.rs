@@ -12,8 +12,9 @@
 //! gateway_provisioners' names (`--kernel-id`, `--response-address`, `--public-key`,
 //! `--port-range`, `--transport-encryption`) work too; `KERNEL_ID`, `RESPONSE_ADDRESS`,
 //! `PUBLIC_KEY`, `PORT_RANGE` (or with an `EG_` prefix) stand in for missing arguments.
-//! `--spark-context-initialization-mode none|lazy|eager` works for ipykernel and Apache Toree
-//! kernels and is refused (with the reason) for others beyond `none`; see the `spark` module.
+//! `--spark-context-initialization-mode none|lazy|eager` works for ipykernel, Apache Toree and
+//! IRkernel (pyspark through reticulate) kernels and is refused (with the reason) for others
+//! beyond `none`; see the `spark` module.
 //!
 //! It chooses five ports in the range, writes a private connection file (key: a fresh UUID4
 //! string, ip `0.0.0.0`), starts the kernel's argv (with `{connection_file}` filled in) in its
@@ -255,18 +256,26 @@ async fn run(args: Args) -> ExitCode {
         ("kernel_id", args.kernel_id.clone()),
     ]);
     let argv = template::substitute(&args.kernel_argv, &vars);
-    let argv = match spark::apply(args.spark_init, argv, &args.kernel_id, &workdir.0) {
-        Ok(argv) => argv,
+    let r_profile = std::env::var_os("R_PROFILE_USER");
+    let launch = match spark::apply(
+        args.spark_init,
+        argv,
+        &args.kernel_id,
+        &workdir.0,
+        r_profile,
+    ) {
+        Ok(launch) => launch,
         Err(err) => {
             log!("{err}");
             return ExitCode::from(2);
         }
     };
-    let Some((program, rest)) = argv.split_first() else {
+    let Some((program, rest)) = launch.argv.split_first() else {
         return ExitCode::from(2);
     };
     let mut child = match tokio::process::Command::new(program)
         .args(rest)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false)

@@ -11,10 +11,20 @@
 //!   `spark` and `sc` in the user namespace.
 //! * Apache Toree (Scala): Toree has the same three modes itself, so the agent passes
 //!   `--spark-context-initialization-mode <mode>` on to it.
-//! * Anything else (IRkernel included): only `none`. A Spark session for R needs SparkR, which
-//!   gateway_provisioners' `launch_IRkernel.R` sets up; the agent refuses `lazy`/`eager` for such
-//!   a kernel with an error that says so, rather than start a kernel without the session asked for.
+//! * IRkernel (R): for `lazy` and `eager` it writes an R start-up file and points
+//!   `R_PROFILE_USER` at it (the profile the user had, `R_PROFILE_USER` or R's own choice of
+//!   `./.Rprofile` and `~/.Rprofile`, is sourced from it first). The file binds `spark` and `sc`
+//!   in the global environment with `delayedAssign`, as gateway_provisioners' `launch_IRkernel.R`
+//!   does; `eager` creates the session before IRkernel starts. The session is pyspark's, reached
+//!   through the `reticulate` package (with `PYSPARK_PYTHON` when set), not SparkR's: `spark`
+//!   is a pyspark `SparkSession` (`spark$range(10L)$count()`), `sc` its `SparkContext`. Use
+//!   gateway_provisioners' `launch_IRkernel.R` as the launcher for a SparkR session instead.
+//!   `lazy` is R's lazy: the session is made by the first cell that uses it (R runs one thing at
+//!   a time), not in the background as for Python.
+//! * Anything else: only `none`; `lazy`/`eager` are refused with an error that says so, rather
+//!   than start a kernel without the session asked for.
 
+use std::ffi::OsString;
 use std::path::Path;
 
 /// One of the three modes.
@@ -53,6 +63,7 @@ impl SparkInit {
 enum Kind {
     IPyKernel,
     Toree,
+    IRkernel,
     Other,
 }
 
@@ -73,18 +84,39 @@ fn kind(argv: &[String]) -> Kind {
         });
     if ipykernel {
         Kind::IPyKernel
+    } else if argv.iter().any(|a| a.contains("IRkernel::main")) {
+        Kind::IRkernel
     } else {
         Kind::Other
     }
 }
 
-/// The kernel's argv with what `mode` needs; the Python start-up file (if any) goes into `dir`.
+/// The kernel's argv and the variables to add to its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Launch {
+    pub(crate) argv: Vec<String>,
+    pub(crate) env: Vec<(String, OsString)>,
+}
+
+/// The kernel's argv and environment with what `mode` needs; start-up files go into `dir`.
+/// `r_profile` is the `R_PROFILE_USER` the agent was given, if any.
 pub(crate) fn apply(
     mode: SparkInit,
     argv: Vec<String>,
     kernel_id: &str,
     dir: &Path,
-) -> Result<Vec<String>, String> {
+    r_profile: Option<OsString>,
+) -> Result<Launch, String> {
+    let write = |name: &str, text: String| {
+        let file = dir.join(name);
+        std::fs::write(&file, text)
+            .map(|()| file.clone())
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))
+    };
+    let plain = |argv| Launch {
+        argv,
+        env: Vec::new(),
+    };
     match (kind(&argv), mode) {
         (Kind::Toree, mode) => {
             let mut argv = argv;
@@ -92,26 +124,106 @@ pub(crate) fn apply(
                 "--spark-context-initialization-mode".to_owned(),
                 mode.name().to_owned(),
             ]);
-            Ok(argv)
+            Ok(plain(argv))
         }
-        (_, SparkInit::None) => Ok(argv),
+        (_, SparkInit::None) => Ok(plain(argv)),
         (Kind::IPyKernel, mode) => {
-            let file = dir.join("spark_session.py");
-            std::fs::write(&file, python_startup(mode, kernel_id))
-                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            let file = write("spark_session.py", python_startup(mode, kernel_id))?;
             let mut argv = argv;
             argv.push(format!("--IPKernelApp.exec_files={}", file.display()));
-            Ok(argv)
+            Ok(plain(argv))
+        }
+        (Kind::IRkernel, mode) => {
+            let previous = r_profile.map(|p| p.to_string_lossy().into_owned());
+            let file = write(
+                "spark_session.R",
+                r_startup(mode, kernel_id, previous.as_deref()),
+            )?;
+            Ok(Launch {
+                argv,
+                env: vec![("R_PROFILE_USER".to_owned(), file.into_os_string())],
+            })
         }
         (Kind::Other, mode) => Err(format!(
             "--spark-context-initialization-mode {}: this agent creates Spark sessions for \
-             ipykernel (Python) and Apache Toree (Scala) kernels only, and '{}' is neither; an \
-             R kernel's SparkR session is left to gateway_provisioners' launch_IRkernel.R \
-             (use it as the kernelspec's launcher, or mode none here)",
+             ipykernel (Python), Apache Toree (Scala) and IRkernel (R) kernels only, and '{}' is \
+             none of them (use mode none)",
             mode.name(),
             argv.first().map(String::as_str).unwrap_or_default()
         )),
     }
+}
+
+/// `text` as an R string literal.
+fn r_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The R profile run before IRkernel starts (`R_PROFILE_USER`).
+fn r_startup(mode: SparkInit, kernel_id: &str, previous: Option<&str>) -> String {
+    let eager = if mode == SparkInit::Eager {
+        "TRUE"
+    } else {
+        "FALSE"
+    };
+    let previous = previous.map_or_else(|| "NULL".to_owned(), r_string);
+    format!(
+        r#"# Written by kernel-launcher for --spark-context-initialization-mode {mode}.
+local({{
+    # The profile R would have read without this one.
+    own <- {previous}
+    if (is.null(own)) own <- Filter(file.exists, c(".Rprofile", path.expand("~/.Rprofile")))[1]
+    if (length(own) == 1 && !is.na(own) && nzchar(own) && file.exists(own)) {{
+        sys.source(own, envir = globalenv())
+    }}
+}})
+.kernel_launcher_spark <- local({{
+    state <- new.env()
+    create <- function() {{
+        tryCatch({{
+            python <- Sys.getenv("PYSPARK_PYTHON")
+            if (nzchar(python)) reticulate::use_python(python, required = TRUE)
+            pyspark <- reticulate::import("pyspark")
+            builder <- reticulate::import("pyspark.sql")$SparkSession$builder
+            if (!pyspark$SparkConf()$contains("spark.app.name")) {{
+                builder <- builder$appName({app})
+            }}
+            state$spark <- builder$getOrCreate()
+        }}, error = function(e) state$error <- conditionMessage(e))
+        invisible(NULL)
+    }}
+    get <- function(name) {{
+        if (is.null(state$spark) && is.null(state$error)) create()
+        if (!is.null(state$error)) {{
+            stop("the Spark session did not start: ", state$error, call. = FALSE)
+        }}
+        if (identical(name, "sc")) state$spark$sparkContext else state$spark
+    }}
+    list(create = create, get = get, state = state)
+}})
+if ({eager}) {{
+    .kernel_launcher_spark$create()
+    if (!is.null(.kernel_launcher_spark$state$error)) {{
+        message("kernel-launcher: the Spark session did not start: ", .kernel_launcher_spark$state$error)
+    }}
+}}
+delayedAssign("spark", .kernel_launcher_spark$get("spark"), assign.env = globalenv())
+delayedAssign("sc", .kernel_launcher_spark$get("sc"), assign.env = globalenv())
+"#,
+        mode = mode.name(),
+        app = r_string(kernel_id),
+    )
 }
 
 /// The Python run in the kernel's namespace before it answers (`IPKernelApp.exec_files`).
@@ -215,26 +327,27 @@ mod tests {
             "-f",
             "{connection_file}",
         ]);
-        let lazy = apply(SparkInit::Lazy, python.clone(), "k-1", dir.path()).expect("python");
+        let lazy = apply(SparkInit::Lazy, python.clone(), "k-1", dir.path(), None).expect("python");
         let file = dir.path().join("spark_session.py");
         assert_eq!(
-            lazy.last().map(String::as_str),
+            lazy.argv.last().map(String::as_str),
             Some(format!("--IPKernelApp.exec_files={}", file.display()).as_str())
         );
+        assert!(lazy.env.is_empty());
         let text = std::fs::read_to_string(&file).expect("start-up file");
         assert!(
             text.contains("_kernel_launcher_spark(\"k-1\", False)"),
             "{text}"
         );
         assert_eq!(
-            apply(SparkInit::None, python.clone(), "k-1", dir.path()),
+            apply(SparkInit::None, python.clone(), "k-1", dir.path(), None).map(|l| l.argv),
             Ok(python)
         );
 
         let toree = argv(&["spark-submit", "--class", "org.apache.toree.Main", "t.jar"]);
-        let eager = apply(SparkInit::Eager, toree, "k", dir.path()).expect("toree");
+        let eager = apply(SparkInit::Eager, toree, "k", dir.path(), None).expect("toree");
         assert_eq!(
-            eager[eager.len() - 2..],
+            eager.argv[eager.argv.len() - 2..],
             argv(&["--spark-context-initialization-mode", "eager"])
         );
 
@@ -247,13 +360,46 @@ mod tests {
             "{connection_file}",
         ]);
         assert_eq!(
-            apply(SparkInit::None, r.clone(), "k", dir.path()),
-            Ok(r.clone())
+            apply(SparkInit::None, r.clone(), "k", dir.path(), None),
+            Ok(Launch {
+                argv: r.clone(),
+                env: Vec::new()
+            })
         );
-        let refused = apply(SparkInit::Lazy, r, "k", dir.path());
+        let lazy = apply(
+            SparkInit::Lazy,
+            r.clone(),
+            "k\"2",
+            dir.path(),
+            Some("/home/u/my \"profile\".R".into()),
+        )
+        .expect("R");
+        let file = dir.path().join("spark_session.R");
+        assert_eq!(lazy.argv, r, "the R argv is left as it is");
+        assert_eq!(
+            lazy.env,
+            vec![("R_PROFILE_USER".to_owned(), file.clone().into_os_string())]
+        );
+        let text = std::fs::read_to_string(&file).expect("R start-up file");
         assert!(
-            refused.is_err_and(|e| e.contains("launch_IRkernel.R") && e.contains("'R'")),
-            "an R kernel's lazy mode is refused with the reason"
+            text.contains("own <- \"/home/u/my \\\"profile\\\".R\""),
+            "{text}"
+        );
+        assert!(text.contains("$appName(\"k\\\"2\")"), "{text}");
+        assert!(text.contains("if (FALSE) {"), "{text}");
+        let eager = apply(SparkInit::Eager, r, "k", dir.path(), None).expect("R eager");
+        assert_eq!(eager.env.len(), 1);
+        let text = std::fs::read_to_string(&file).expect("R start-up file");
+        assert!(
+            text.contains("own <- NULL") && text.contains("if (TRUE) {"),
+            "{text}"
+        );
+
+        let bash = argv(&["bash", "-c", "sleep 1"]);
+        let refused = apply(SparkInit::Lazy, bash, "k", dir.path(), None);
+        assert!(
+            refused.is_err_and(|e| e.contains("IRkernel") && e.contains("'bash'")),
+            "another kernel's lazy mode is refused with the reason"
         );
     }
 }
