@@ -205,15 +205,43 @@ pub fn spawn_reaper(mut child: tokio::process::Child, pgid: Pid) -> watch::Recei
     rx
 }
 
-/// The interrupt signal: the kernelspec env's `EG_ALTERNATE_SIGINT`, else SIGINT.
+/// The interrupt signal: the kernelspec env's `EG_ALTERNATE_SIGINT`; else the signal Apache
+/// Toree is told to listen for by `--alternate-sigint <name>` in `__TOREE_OPTS__` (the Toree
+/// specs of EG and gateway_provisioners say `USR2` there: a JVM started in the background
+/// ignores SIGINT for good, so Toree's SIGINT handler never comes into force); else SIGINT.
 pub fn interrupt_signal_of(spec: &KernelSpec) -> Signal {
-    match spec.env.get("EG_ALTERNATE_SIGINT") {
-        None => Signal::SIGINT,
-        Some(name) => parse_signal_name(name).unwrap_or_else(|| {
+    if let Some(name) = spec.env.get("EG_ALTERNATE_SIGINT") {
+        return parse_signal_name(name).unwrap_or_else(|| {
             tracing::warn!(kernelspec = %spec.name, "EG_ALTERNATE_SIGINT '{name}' is not a signal name; using SIGINT");
             Signal::SIGINT
-        }),
+        });
     }
+    let Some(name) = spec
+        .env
+        .get("__TOREE_OPTS__")
+        .and_then(|o| toree_alternate_sigint(o))
+    else {
+        return Signal::SIGINT;
+    };
+    parse_signal_name(name).unwrap_or_else(|| {
+        tracing::warn!(kernelspec = %spec.name, "__TOREE_OPTS__ names '{name}' as --alternate-sigint, not a signal name; using SIGINT");
+        Signal::SIGINT
+    })
+}
+
+/// The value of `--alternate-sigint` (`--alternate-sigint USR2` or `--alternate-sigint=USR2`)
+/// in Toree's options.
+fn toree_alternate_sigint(options: &str) -> Option<&str> {
+    let mut words = options.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "--alternate-sigint" {
+            return words.next();
+        }
+        if let Some(value) = word.strip_prefix("--alternate-sigint=") {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// `SIGUSR2`, `USR2` or `sigusr2`.
@@ -365,6 +393,50 @@ pub fn read_tail(path: &Path, max_lines: usize) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_interrupt_signal_is_the_alternate_a_spec_names() {
+        let spec = |env: &[(&str, &str)]| {
+            let mut json = serde_json::json!({"argv": ["x"], "display_name": "x", "env": {}});
+            for (k, v) in env {
+                json["env"][*k] = (*v).into();
+            }
+            KernelSpec::from_json("x", std::path::Path::new("/k/x"), &json).expect("spec")
+        };
+        assert_eq!(interrupt_signal_of(&spec(&[])), Signal::SIGINT);
+        assert_eq!(
+            interrupt_signal_of(&spec(&[("EG_ALTERNATE_SIGINT", "usr1")])),
+            Signal::SIGUSR1
+        );
+        // gateway_provisioners' and EG's Toree specs.
+        assert_eq!(
+            interrupt_signal_of(&spec(&[("__TOREE_OPTS__", "--alternate-sigint USR2")])),
+            Signal::SIGUSR2
+        );
+        assert_eq!(
+            interrupt_signal_of(&spec(&[(
+                "__TOREE_OPTS__",
+                "--nosparkcontext --alternate-sigint=SIGUSR1"
+            )])),
+            Signal::SIGUSR1
+        );
+        // EG_ALTERNATE_SIGINT wins; Toree's own installer leaves __TOREE_OPTS__ empty.
+        assert_eq!(
+            interrupt_signal_of(&spec(&[
+                ("EG_ALTERNATE_SIGINT", "SIGUSR1"),
+                ("__TOREE_OPTS__", "--alternate-sigint USR2")
+            ])),
+            Signal::SIGUSR1
+        );
+        assert_eq!(
+            interrupt_signal_of(&spec(&[("__TOREE_OPTS__", "")])),
+            Signal::SIGINT
+        );
+        assert_eq!(
+            interrupt_signal_of(&spec(&[("__TOREE_OPTS__", "--alternate-sigint NOPE")])),
+            Signal::SIGINT
+        );
+    }
 
     #[test]
     fn an_oversized_log_is_cut_to_its_last_lines_behind_a_marker() {
