@@ -615,14 +615,36 @@ async fn display(env: &Env, sizes: &Sizes, gateway: Option<&Gateway>) -> Result<
             .await?;
         let code = format!("display({{'text/plain': 'x' * {n}}}, raw=True)");
         let mut got: Option<(usize, Instant)> = None;
+        // The gateway's resident memory, sampled every 2 ms while the message passes: its growth
+        // over the value before is what holding the message costs (one copy is 1× the size).
+        let pid = gateway.map(Gateway::pid).filter(|&pid| pid > 0);
+        let before = pid.and_then(proc::rss_kib);
+        let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let sampler = pid.map(|pid| {
+            let sampling = std::sync::Arc::clone(&sampling);
+            tokio::spawn(async move {
+                let mut peak = 0;
+                while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(proc::rss_kib(pid).unwrap_or(0));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                peak
+            })
+        });
         let t0 = Instant::now();
-        session
+        let executed = session
             .execute(&code, Duration::from_secs(300), &mut |msg_type, msg, at| {
                 if msg_type == "display_data" {
                     got = Some((msg.content.len(), at));
                 }
             })
-            .await?;
+            .await;
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let peak = match sampler {
+            Some(task) => Some(task.await?),
+            None => None,
+        };
+        executed?;
         let Some((size, at)) = got else {
             bail!("the display_data never arrived");
         };
@@ -630,7 +652,16 @@ async fn display(env: &Env, sizes: &Sizes, gateway: Option<&Gateway>) -> Result<
             bail!("the display_data arrived with {size} bytes of content, expected ≥ {n}");
         }
         let secs = (at - t0).as_secs_f64().max(1e-9);
-        Ok(vec![metric("throughput", "MB/s", n as f64 / 1e6 / secs)])
+        let mut metrics = vec![metric("throughput", "MB/s", n as f64 / 1e6 / secs)];
+        if let (Some(before), Some(peak)) = (before, peak) {
+            let growth = peak.saturating_sub(before) as f64 * 1024.0;
+            metrics.push(metric(
+                "gateway RSS growth",
+                "× message",
+                growth / n.max(1) as f64,
+            ));
+        }
+        Ok(metrics)
     }
     .await;
     session.close().await?;
@@ -927,9 +958,14 @@ async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<
         let mut sent = 0usize;
         let mut dropped = 0usize;
         let mut first_drop = None;
+        // Each kernel's own p99: how evenly an overload is shared out.
+        let mut kernel_p99s = Vec::with_capacity(n);
         for task in tasks {
             let load = task.await.context("load client task")?;
             sent += load.sent;
+            if !load.latencies_ms.is_empty() {
+                kernel_p99s.push(stats::percentile(&load.latencies_ms, 99.0));
+            }
             latencies.extend(load.latencies_ms);
             if let Some(reason) = load.dropped {
                 dropped += 1;
@@ -952,6 +988,21 @@ async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<
             metric("p50", "ms", summary.median),
             metric("p99", "ms", stats::percentile(&latencies, 99.0)),
             metric("max", "ms", summary.max),
+            metric(
+                "per-kernel p99, lowest",
+                "ms",
+                stats::percentile(&kernel_p99s, 0.0),
+            ),
+            metric(
+                "per-kernel p99, median",
+                "ms",
+                stats::percentile(&kernel_p99s, 50.0),
+            ),
+            metric(
+                "per-kernel p99, highest",
+                "ms",
+                stats::percentile(&kernel_p99s, 100.0),
+            ),
             metric("dropped sockets", "count", dropped as f64),
             metric("lost requests", "count", (sent - completed) as f64),
             metric("completed", "req/s", completed as f64 / run.as_secs_f64()),
