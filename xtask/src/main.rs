@@ -259,6 +259,8 @@ fn ensure_debian_packages() -> Result<()> {
         ("/usr/lib/R/site-library/base64enc", "r-cran-base64enc"),
         ("/usr/lib/R/site-library/digest", "r-cran-digest"),
         ("/usr/lib/R/site-library/stringr", "r-cran-stringr"),
+        // R's Spark cells and the agent's R lazy/eager modes: pyspark through reticulate.
+        ("/usr/lib/R/site-library/reticulate", "r-cran-reticulate"),
     ] {
         if !Path::new(binary).exists() {
             missing.push(package);
