@@ -486,6 +486,30 @@ impl<C: CommChannel> LauncherComm<C> {
         }
     }
 
+    /// For [`crate::KernelProcess::signal`]: sends `signum` through the port as a kernel's
+    /// signal. Without a port it is [`Error::Unsupported`]; a refused connection is
+    /// `not_running()`; another failure an I/O error naming the kernel `at` its place.
+    pub async fn signal_kernel(
+        &self,
+        kernel_id: &str,
+        signum: i32,
+        at: &str,
+        not_running: impl FnOnce() -> Error,
+    ) -> Result<(), Error> {
+        if self.port.is_none() {
+            return Err(Error::Unsupported(format!(
+                "kernel {kernel_id}: its launcher has no communication port to signal through"
+            )));
+        }
+        match self.signal(signum).await {
+            CommOutcome::Delivered => Ok(()),
+            CommOutcome::Refused => Err(not_running()),
+            CommOutcome::Unknown(why) => Err(Error::Io(std::io::Error::other(format!(
+                "cannot signal kernel {kernel_id} {at}: {why}"
+            )))),
+        }
+    }
+
     /// Tells the launcher's listener to stop; `None` without a port.
     pub async fn stop_listener(&self) -> Option<CommOutcome> {
         let port = self.port.as_ref()?;

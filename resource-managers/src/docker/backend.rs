@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jupyter_protocol::ConnectionInfo;
-use kernel_launcher::{CommOutcome, CommPort, ResponseListener};
+use kernel_launcher::ResponseListener;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::client::{DockerClient, DockerError, DockerHost, Task};
 use super::validate;
 use crate::launcher::{
-    FinalState, KernelIds, LaunchWatch, LauncherProcess, LauncherSettings, Probe, WaitFailure,
-    await_callback,
+    FinalState, KernelIds, LaunchWatch, LauncherComm, LauncherProcess, LauncherSettings, Probe,
+    WaitFailure, await_callback,
 };
 use crate::local::{
     create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
@@ -863,7 +863,7 @@ impl ResourceManager for DockerResourceManager {
             name: plan.name,
             ip,
             connection: connection.clone(),
-            comm,
+            comm: LauncherComm::new(comm),
             remote_pid: response.pid,
             remote_pgid: response.pgid,
             submitter,
@@ -874,7 +874,6 @@ impl ResourceManager for DockerResourceManager {
             last_final: FinalState::default(),
             finished: AtomicBool::new(false),
             removed: AtomicBool::new(false),
-            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -934,7 +933,7 @@ impl ResourceManager for DockerResourceManager {
             name: text("name"),
             ip,
             connection: record.connection.clone(),
-            comm,
+            comm: LauncherComm::new(comm),
             remote_pid: int("pid"),
             remote_pgid: int("pgid"),
             submitter: None,
@@ -950,7 +949,6 @@ impl ResourceManager for DockerResourceManager {
             last_final: FinalState::default(),
             finished: AtomicBool::new(false),
             removed: AtomicBool::new(false),
-            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         match process.state().await {
@@ -994,7 +992,7 @@ pub struct DockerKernelProcess {
     name: String,
     ip: IpAddr,
     connection: ConnectionInfo,
-    comm: Option<CommPort>,
+    comm: LauncherComm,
     remote_pid: Option<i32>,
     remote_pgid: Option<i32>,
     /// The local launcher process (EG's path, launches only).
@@ -1007,7 +1005,6 @@ pub struct DockerKernelProcess {
     last_final: FinalState,
     finished: AtomicBool,
     removed: AtomicBool,
-    listener_stopped: AtomicBool,
     detached: AtomicBool,
 }
 
@@ -1092,16 +1089,6 @@ impl DockerKernelProcess {
                 state @ ProcessState::Exited { .. } => return state,
                 _ => tokio::time::sleep(self.poll_interval).await,
             }
-        }
-    }
-
-    /// Whether the listener, told to stop after `shutdown_request`, now refuses connections.
-    async fn listener_gone(&self) -> bool {
-        match &self.comm {
-            Some(comm) if self.listener_stopped.load(Ordering::SeqCst) => {
-                comm.probe().await == CommOutcome::Refused
-            }
-            _ => false,
         }
     }
 
@@ -1198,7 +1185,7 @@ impl KernelProcess for DockerKernelProcess {
                 "assigned_ip": self.ip.to_string(),
                 "pid": self.remote_pid,
                 "pgid": self.remote_pgid,
-                "comm_port": self.comm.map(|c| c.addr().port()),
+                "comm_port": self.comm.port().map(|c| c.addr().port()),
                 "remove": self.remove,
                 "log_path": self.log_path,
                 "interrupt_signal": Signal::try_from(self.interrupt_signal).map(|s| s.as_str()).unwrap_or("SIGINT"),
@@ -1207,14 +1194,7 @@ impl KernelProcess for DockerKernelProcess {
     }
 
     async fn poll(&self) -> ProcessState {
-        let state = self.state().await;
-        if state == ProcessState::Running && self.listener_gone().await {
-            return ProcessState::Exited {
-                code: None,
-                signal: None,
-            };
-        }
-        state
+        self.comm.poll_state(self.state().await).await
     }
 
     async fn wait(&self) -> ProcessState {
@@ -1239,20 +1219,11 @@ impl KernelProcess for DockerKernelProcess {
         if signum == Signal::SIGKILL as i32 {
             return self.force_stop().await.map(|_| ());
         }
-        let Some(comm) = &self.comm else {
-            return Err(Error::Unsupported(format!(
-                "kernel {}: its launcher has no communication port to signal through",
-                self.kernel_id
-            )));
-        };
-        match comm.signal(signum).await {
-            CommOutcome::Delivered => Ok(()),
-            CommOutcome::Refused => Err(self.not_running()),
-            CommOutcome::Unknown(why) => Err(Error::Io(std::io::Error::other(format!(
-                "cannot signal kernel {} at {}: {why}",
-                self.kernel_id, self.ip
-            )))),
-        }
+        self.comm
+            .signal_kernel(&self.kernel_id, signum, &format!("at {}", self.ip), || {
+                self.not_running()
+            })
+            .await
     }
 
     async fn interrupt(&self) -> Result<(), Error> {
@@ -1267,15 +1238,12 @@ impl KernelProcess for DockerKernelProcess {
             self.finished.store(true, Ordering::SeqCst);
             return Ok(state);
         }
-        let mut grace = grace;
-        if let Some(comm) = &self.comm {
-            let term = comm.signal(Signal::SIGTERM as i32).await;
-            let stop = comm.shutdown().await;
-            tracing::debug!(kernel_id = %self.kernel_id, ?term, ?stop, "asked the launcher to stop the kernel");
-            if term == CommOutcome::Refused && self.listener_stopped.load(Ordering::SeqCst) {
-                grace = grace.min(self.poll_interval * 4);
-            }
-        }
+        // A kernel that answered its shutdown_request is gone: its container only has to end.
+        let grace = if self.comm.ask_to_stop(&self.kernel_id).await {
+            grace.min(self.poll_interval * 4)
+        } else {
+            grace
+        };
         let state = match tokio::time::timeout(grace, self.wait_final()).await {
             Ok(state) => {
                 if self.remove {
@@ -1293,12 +1261,8 @@ impl KernelProcess for DockerKernelProcess {
     }
 
     async fn shutdown_requested(&self) {
-        if self.cached().is_none()
-            && let Some(comm) = &self.comm
-        {
-            let outcome = comm.shutdown().await;
-            tracing::debug!(kernel_id = %self.kernel_id, ?outcome, "told the launcher's listener that the kernel is shutting down");
-            self.listener_stopped.store(true, Ordering::SeqCst);
+        if self.cached().is_none() {
+            self.comm.shutdown_requested(&self.kernel_id).await;
         }
     }
 
@@ -1309,10 +1273,8 @@ impl KernelProcess for DockerKernelProcess {
         if self.detached.load(Ordering::SeqCst) {
             return;
         }
-        if self.cached().is_none()
-            && let Some(comm) = &self.comm
-        {
-            let _ = comm.shutdown().await;
+        if self.cached().is_none() {
+            let _ = self.comm.stop_listener().await;
         }
         // A kernel that ended by itself leaves its workload: remove it as shutdown would.
         if matches!(self.state().await, ProcessState::Exited { .. }) {

@@ -68,7 +68,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jupyter_protocol::ConnectionInfo;
-use kernel_launcher::{CommOutcome, CommPort, KernelSpec, ResponseListener, template};
+use kernel_launcher::{CommPort, KernelSpec, ResponseListener, template};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -79,8 +79,8 @@ use super::config::ClusterConfig;
 use super::pod::{self, Rendered};
 use super::validate;
 use crate::launcher::{
-    FinalState, KernelIds, LaunchWatch, LauncherProcess, LauncherSettings, Probe, WaitFailure,
-    await_callback,
+    FinalState, KernelIds, LaunchWatch, LauncherComm, LauncherProcess, LauncherSettings, Probe,
+    WaitFailure, await_callback,
 };
 use crate::local::{
     create_private_dir, interrupt_signal_of, is_safe_id, parse_signal_name, read_tail,
@@ -1041,7 +1041,7 @@ impl ResourceManager for KubernetesResourceManager {
             ip,
             node_ip,
             connection: connection.clone(),
-            comm,
+            comm: LauncherComm::new(comm),
             remote_pid: response.pid,
             remote_pgid: response.pgid,
             launcher,
@@ -1052,7 +1052,6 @@ impl ResourceManager for KubernetesResourceManager {
             last_final: FinalState::default(),
             pod_deleted: AtomicBool::new(false),
             finished: AtomicBool::new(false),
-            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -1144,7 +1143,7 @@ impl ResourceManager for KubernetesResourceManager {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             connection: record.connection.clone(),
-            comm,
+            comm: LauncherComm::new(comm),
             remote_pid: int("pid"),
             remote_pgid: int("pgid"),
             launcher: None,
@@ -1158,7 +1157,6 @@ impl ResourceManager for KubernetesResourceManager {
             last_final: FinalState::default(),
             pod_deleted: AtomicBool::new(false),
             finished: AtomicBool::new(false),
-            listener_stopped: AtomicBool::new(false),
             detached: AtomicBool::new(false),
         };
         Ok(LaunchedKernel {
@@ -1379,7 +1377,7 @@ pub struct KubernetesKernelProcess {
     ip: IpAddr,
     node_ip: Option<String>,
     connection: ConnectionInfo,
-    comm: Option<CommPort>,
+    comm: LauncherComm,
     remote_pid: Option<i32>,
     remote_pgid: Option<i32>,
     launcher: Option<LauncherProcess>,
@@ -1390,7 +1388,6 @@ pub struct KubernetesKernelProcess {
     last_final: FinalState,
     pod_deleted: AtomicBool,
     finished: AtomicBool,
-    listener_stopped: AtomicBool,
     detached: AtomicBool,
 }
 
@@ -1430,7 +1427,7 @@ impl KubernetesKernelProcess {
 
     /// The launcher's communication port, if it has one.
     pub fn comm_port(&self) -> Option<CommPort> {
-        self.comm
+        self.comm.port().copied()
     }
 
     fn cached(&self) -> Option<ProcessState> {
@@ -1488,15 +1485,6 @@ impl KubernetesKernelProcess {
         ProcessState::Unknown
     }
 
-    async fn listener_gone(&self) -> bool {
-        match &self.comm {
-            Some(comm) if self.listener_stopped.load(Ordering::SeqCst) => {
-                comm.probe().await == CommOutcome::Refused
-            }
-            _ => false,
-        }
-    }
-
     async fn delete_pod(&self) -> Result<(), Error> {
         self.client
             .delete(
@@ -1541,7 +1529,7 @@ impl KernelProcess for KubernetesKernelProcess {
                 "ip": self.ip.to_string(),
                 "pid": self.remote_pid,
                 "pgid": self.remote_pgid,
-                "comm_port": self.comm.map(|c| c.addr().port()),
+                "comm_port": self.comm.port().map(|c| c.addr().port()),
                 "created": created,
                 "log_path": self.log_path,
                 "interrupt_signal": Signal::try_from(self.interrupt_signal).map(|s| s.as_str()).unwrap_or("SIGINT"),
@@ -1550,11 +1538,7 @@ impl KernelProcess for KubernetesKernelProcess {
     }
 
     async fn poll(&self) -> ProcessState {
-        let state = self.pod_state().await;
-        if state == ProcessState::Running && self.listener_gone().await {
-            return gone();
-        }
-        state
+        self.comm.poll_state(self.pod_state().await).await
     }
 
     async fn wait(&self) -> ProcessState {
@@ -1588,20 +1572,10 @@ impl KernelProcess for KubernetesKernelProcess {
             });
             return Ok(());
         }
-        let Some(comm) = &self.comm else {
-            return Err(Error::Unsupported(format!(
-                "kernel {}: its launcher has no communication port to signal through",
-                self.kernel_id
-            )));
-        };
-        match comm.signal(signum).await {
-            CommOutcome::Delivered => Ok(()),
-            CommOutcome::Refused => Err(self.not_running()),
-            CommOutcome::Unknown(why) => Err(Error::Io(std::io::Error::other(format!(
-                "cannot signal kernel {} in pod {}: {why}",
-                self.kernel_id, self.pod_name
-            )))),
-        }
+        let at = format!("in pod {}", self.pod_name);
+        self.comm
+            .signal_kernel(&self.kernel_id, signum, &at, || self.not_running())
+            .await
     }
 
     async fn interrupt(&self) -> Result<(), Error> {
@@ -1611,15 +1585,12 @@ impl KernelProcess for KubernetesKernelProcess {
     async fn terminate(&self, grace: Duration) -> Result<ProcessState, Error> {
         let mut state = self.cached();
         if state.is_none() {
-            let mut grace = grace;
-            if let Some(comm) = &self.comm {
-                let term = comm.signal(Signal::SIGTERM as i32).await;
-                let stop = comm.shutdown().await;
-                tracing::debug!(kernel_id = %self.kernel_id, ?term, ?stop, "asked the launcher to stop the kernel");
-                if term == CommOutcome::Refused && self.listener_stopped.load(Ordering::SeqCst) {
-                    grace = Duration::ZERO;
-                }
-            }
+            // A kernel that answered its shutdown_request is gone: the pod is deleted at once.
+            let grace = if self.comm.ask_to_stop(&self.kernel_id).await {
+                Duration::ZERO
+            } else {
+                grace
+            };
             state = tokio::time::timeout(grace, self.wait_final()).await.ok();
         }
         // EG deletes the pod whatever happened to it (a finished pod object stays otherwise).
@@ -1638,12 +1609,8 @@ impl KernelProcess for KubernetesKernelProcess {
     }
 
     async fn shutdown_requested(&self) {
-        if self.cached().is_none()
-            && let Some(comm) = &self.comm
-        {
-            let outcome = comm.shutdown().await;
-            tracing::debug!(kernel_id = %self.kernel_id, ?outcome, "told the launcher's listener that the kernel is shutting down");
-            self.listener_stopped.store(true, Ordering::SeqCst);
+        if self.cached().is_none() {
+            self.comm.shutdown_requested(&self.kernel_id).await;
         }
     }
 
