@@ -1,6 +1,6 @@
 //! The Docker and Docker Swarm backends against a real Docker engine (Debian's `docker.io`):
-//! the harness starts `dockerd` on a private socket (its own data and exec roots, no bridge,
-//! no iptables rules), builds a kernel image from a directory it assembles (no registry can be
+//! the harness starts `dockerd` on a private socket and a loopback TCP port (its own data and
+//! exec roots, no bridge, no iptables rules), builds a kernel image from a directory it assembles (no registry can be
 //! reached), and runs gateways of ours whose kernels join the host network.
 //!
 //! The image holds this machine's Python and the test venv (hard links, at their own paths,
@@ -12,8 +12,11 @@
 //! (`launch_docker.py` from the gateway_provisioners wheel, run by the gateway) and the
 //! native path (the gateway creates the container through the API), each started, executed,
 //! interrupted and shut down, the container found with EG's labels and the kernel's user while
-//! it runs and gone afterwards; a bad image fails within the deadline with the engine's reason
-//! and leaves no container; a client's malformed image or user name is a 400 naming the field;
+//! it runs and gone afterwards, each in the client's `KERNEL_WORKING_DIR` (the gateway mirrors
+//! them: the kernel's `os.getcwd()` and the container's `WorkingDir` / the service's
+//! `ContainerSpec.Dir`), the native ones under a profile whose limits the engine shows
+//! (`HostConfig.Memory`/`NanoCpus`, the service's `Resources.Limits`); a bad image fails
+//! within the deadline with the engine's reason and leaves no container; a client's malformed image or user name is a 400 naming the field;
 //! then `docker swarm init` on this single node and a swarm service kernel started, executed
 //! and shut down, the service removed. The swarm is left and the engine stopped at the end.
 
