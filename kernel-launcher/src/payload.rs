@@ -14,20 +14,21 @@
 //! the key of each pending launch.
 //!
 //! [`KeyPair`] is the gateway's RSA key pair (generated per process); [`encrypt_v1`] is the
-//! launcher side, [`KeyPair::decrypt`] the gateway side. All crypto is aws-lc-rs.
+//! launcher side, [`KeyPair::decrypt`] the gateway side. AES and the gateway's own key pair are
+//! aws-lc-rs. The launcher's RSA step is the `rsa` crate: Enterprise Gateway hands launchers a
+//! 1,024-bit key, which aws-lc-rs refuses to encrypt with (it takes 2,048 bits and up).
 use aws_lc_rs::cipher::{
     AES_128, DecryptingKey, DecryptionContext, PaddedBlockDecryptingKey, PaddedBlockEncryptingKey,
     UnboundCipherKey,
 };
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::rsa::{
-    KeySize, Pkcs1PrivateDecryptingKey, Pkcs1PublicEncryptingKey, PrivateDecryptingKey,
-    PublicEncryptingKey,
-};
+use aws_lc_rs::rsa::{KeySize, Pkcs1PrivateDecryptingKey, PrivateDecryptingKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use jupyter_protocol::ConnectionInfo;
+use rsa::pkcs8::DecodePublicKey as _;
+use rsa::traits::PaddingScheme as _;
 
 use crate::Error;
 
@@ -162,9 +163,8 @@ pub fn encrypt_v1(public_key_b64: &str, connection_json: &[u8]) -> Result<Vec<u8
     let der = STANDARD
         .decode(public_key_b64.trim())
         .map_err(|_| bad("the public key is not base64"))?;
-    let public = PublicEncryptingKey::from_der(&der)
+    let public = rsa::RsaPublicKey::from_public_key_der(&der)
         .map_err(|_| bad("the public key is not an RSA SubjectPublicKeyInfo"))?;
-    let public = Pkcs1PublicEncryptingKey::new(public).map_err(|_| bad("unusable RSA key"))?;
     let mut aes_key = [0u8; AES_KEY_LEN];
     SystemRandom::new()
         .fill(&mut aes_key)
@@ -176,10 +176,9 @@ pub fn encrypt_v1(public_key_b64: &str, connection_json: &[u8]) -> Result<Vec<u8
     cipher
         .encrypt(&mut body)
         .map_err(|_| bad("AES encryption failed"))?;
-    let mut wrapped = vec![0u8; public.ciphertext_size()];
-    let wrapped = public
-        .encrypt(&aes_key, &mut wrapped)
-        .map_err(|_| bad("RSA encryption failed"))?;
+    let wrapped = rsa::Pkcs1v15Encrypt
+        .encrypt(&mut SystemRng, &public, &aes_key)
+        .map_err(|e| Error::Crypto(format!("RSA encryption failed: {e}")))?;
     let envelope = serde_json::json!({
         "version": 1,
         "key": STANDARD.encode(wrapped),
@@ -187,6 +186,36 @@ pub fn encrypt_v1(public_key_b64: &str, connection_json: &[u8]) -> Result<Vec<u8
     });
     Ok(STANDARD.encode(envelope.to_string()).into_bytes())
 }
+
+/// aws-lc-rs's system randomness as the random source the `rsa` crate draws its padding from.
+struct SystemRng;
+
+/// The system's random source failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the system's random source failed")]
+struct NoRandomness;
+
+impl rsa::rand_core::TryRng for SystemRng {
+    type Error = NoRandomness;
+
+    fn try_next_u32(&mut self) -> Result<u32, NoRandomness> {
+        let mut bytes = [0u8; 4];
+        self.try_fill_bytes(&mut bytes)?;
+        Ok(u32::from_le_bytes(bytes))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, NoRandomness> {
+        let mut bytes = [0u8; 8];
+        self.try_fill_bytes(&mut bytes)?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), NoRandomness> {
+        SystemRandom::new().fill(dst).map_err(|_| NoRandomness)
+    }
+}
+
+impl rsa::rand_core::TryCryptoRng for SystemRng {}
 
 /// A decrypted launcher response: the kernel's connection info and where its launcher runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -315,6 +344,46 @@ pub(crate) mod tests {
         // Another gateway's key cannot read it.
         let other = KeyPair::generate()?;
         assert!(other.decrypt_v1(&wire).is_err());
+        Ok(())
+    }
+
+    /// Enterprise Gateway's key pair is 1,024 bits (a test key, PKCS#1 DER from `openssl genpkey`).
+    const EG_SIZED_KEY_PKCS1: [&str; 10] = [
+        "MIICWwIBAAKBgQDAEGUwbSlq92WM4eXE5aRGFR+rdZjRQ4K6gPfoWvmpJ8UR56uBPpnUNKhD/CcunLUDqsN5edNn",
+        "Gl+UbXXIuEBxO1gqq8xOgy4JQE6Oiffj3cux+NFoEiTZub1JM7RWN/f01X7MzkSjVOe5oldYIWLdo4Ajl52Hb9JI",
+        "EgPBdhEHSwIDAQABAoGAMitWM0sgeYd8KEvNuBwASCo2ZpRGQctvt4X+u9wfwPbZfG7WluEiT5MdrPyNw5g9lGKj",
+        "wvR2q0TxWJUrIi427qkgwqjNCKwWwhUcV3CSmHC4T0gSSd7PSqcm/XcMTqaoIGsMbFt8WbmBvVbc/FWsvxndBXbQ",
+        "CbNefb/+WWrBUAECQQDi+hNSzG/WL8V79qjjVMGWa1p2t3/F6m9KUDsWjOaKaTNy+H1RpSqo1foz9cfz8b4bQbrX",
+        "dhxCdjDK/o4fNPgBAkEA2J95UZ3iGTHp7KdD8/rD1rNaLeadldwnIo1U9076wIXXdF4IbRMyx1Lj7NvAI/mF9X83",
+        "LhqzMLTjCQyByYRfSwJAIbHgJn2E6LYEyidO4RiW+H6NWmxZQodP6CdK7kkSfF+rrJio+fLcB15km0wUV+l+QEuc",
+        "shmtjkw/aBMsBAP4AQJAEwJTjBT1vU5C/9BhxywvOUz90d9V3su153NNjHIy0Ogt0vlZdfDkWNduRt+1ybJgzf0+",
+        "413WcaS985JUZVGnZwJABWRgOdEJJ0ISYCBAiM7VwZR7svBfDwEntETo2MvbRR98D1tFQAQzJxJdJ+sR05i8Bj5y",
+        "vEIV6IhrXKeQau4PNg==",
+    ];
+
+    #[test]
+    fn v1_encrypts_for_a_1024_bit_gateway_key() -> Result<(), Box<dyn std::error::Error>> {
+        use rsa::pkcs1::DecodeRsaPrivateKey as _;
+        use rsa::pkcs8::EncodePublicKey as _;
+        let der = STANDARD.decode(EG_SIZED_KEY_PKCS1.concat())?;
+        let private = rsa::RsaPrivateKey::from_pkcs1_der(&der)?;
+        let public = STANDARD.encode(private.to_public_key().to_public_key_der()?.as_bytes());
+        let json = sample().to_string();
+        let wire = encrypt_v1(&public, json.as_bytes())?;
+
+        // Undo it as the gateway does: RSA for the AES key, then AES-128-ECB.
+        let envelope: serde_json::Value = serde_json::from_slice(&STANDARD.decode(&wire)?)?;
+        let wrapped = STANDARD.decode(envelope["key"].as_str().unwrap_or_default())?;
+        let aes_key = rsa::Pkcs1v15Encrypt.decrypt(None::<&mut SystemRng>, &private, &wrapped)?;
+        assert_eq!(aes_key.len(), AES_KEY_LEN);
+        let mut body = STANDARD.decode(envelope["conn_info"].as_str().unwrap_or_default())?;
+        let cipher = UnboundCipherKey::new(&AES_128, &aes_key)
+            .and_then(PaddedBlockDecryptingKey::ecb_pkcs7)
+            .map_err(|_| "AES key")?;
+        let plain = cipher
+            .decrypt(&mut body, DecryptionContext::None)
+            .map_err(|_| "AES decryption")?;
+        assert_eq!(plain, json.as_bytes());
         Ok(())
     }
 

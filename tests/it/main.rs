@@ -49,6 +49,7 @@
 //! `GATEWAY_UNDER_TEST=eg` to run them against Enterprise Gateway 3.3.0 instead of ours.
 
 mod active_active;
+mod agent_eg;
 mod docker;
 mod eg_itests;
 mod exhaustion;

@@ -9,6 +9,9 @@
 //!     -- python -m ipykernel_launcher -f {connection_file}
 //! ```
 //!
+//! Behind Enterprise Gateway, write `{agent_connection_file}` in the kernel's argv instead:
+//! EG replaces `{connection_file}` with a file of its own before the agent starts.
+//!
 //! gateway_provisioners' names (`--kernel-id`, `--response-address`, `--public-key`,
 //! `--port-range`, `--transport-encryption`) work too; `KERNEL_ID`, `RESPONSE_ADDRESS`,
 //! `PUBLIC_KEY`, `PORT_RANGE` (or with an `EG_` prefix) stand in for missing arguments.
@@ -248,11 +251,12 @@ async fn run(args: Args) -> ExitCode {
         return ExitCode::from(1);
     }
 
+    // `{agent_connection_file}` is the same file under a name Enterprise Gateway does not know:
+    // EG (jupyter_client) fills `{connection_file}` with its own file before the agent runs.
+    let connection_path = connection_file.to_string_lossy().into_owned();
     let vars = BTreeMap::from([
-        (
-            "connection_file",
-            connection_file.to_string_lossy().into_owned(),
-        ),
+        ("agent_connection_file", connection_path.clone()),
+        ("connection_file", connection_path),
         ("kernel_id", args.kernel_id.clone()),
     ]);
     let argv = template::substitute(&args.kernel_argv, &vars);

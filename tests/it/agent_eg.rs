@@ -1,0 +1,141 @@
+//! Our `kernel-launcher` agent behind Enterprise Gateway 3.3.0 itself: an EG operator can put the
+//! agent in a kernelspec in place of EG's per-language launcher scripts.
+//!
+//! EG (`.venv-eg`) runs a `DistributedProcessProxy` kernelspec for 127.0.0.1, which EG launches
+//! on this machine without SSH; its argv is the agent in front of ipykernel. EG hands launchers
+//! a 1,024-bit RSA public key, so this also checks that the agent encrypts with a key of that
+//! size. Jupyter Server's real gateway client then drives the kernel's whole life cycle
+//! (`tests/fixtures/jupyter_server_driver.py`: execute, interrupt, restart, shutdown), and no
+//! agent or kernel process of the test is left afterwards.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+use crate::jupyter_server::JupyterServer;
+use crate::support::{Gateway, GatewayConfig, Impl, built_binary, fixture, run_bounded, venv};
+
+#[test]
+fn e2e_agent_behind_enterprise_gateway() -> Result<()> {
+    let started = Instant::now();
+    let dir = tempfile::Builder::new().prefix("agent-eg-").tempdir()?;
+    let share = dir.path().join("share");
+    let spec_dir = share.join("kernels/python3");
+    std::fs::create_dir_all(&spec_dir)?;
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp)?;
+    let agent = built_binary("kernel-launcher")?;
+    let python = venv()?.join("bin/python");
+    // A marker in the kernel's environment, so the processes of this test can be found.
+    let marker = format!("agent-eg-{}", uuid::Uuid::new_v4().simple());
+    let spec = serde_json::json!({
+        "argv": [
+            agent.display().to_string(),
+            "--RemoteProcessProxy.kernel-id", "{kernel_id}",
+            "--RemoteProcessProxy.response-address", "{response_address}",
+            "--RemoteProcessProxy.public-key", "{public_key}",
+            "--RemoteProcessProxy.port-range", "{port_range}",
+            "--",
+            python.display().to_string(), "-m", "ipykernel_launcher", "-f", "{agent_connection_file}",
+        ],
+        "display_name": "Python (kernel-launcher agent)",
+        "language": "python",
+        "metadata": {"process_proxy": {
+            "class_name": "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy",
+            "config": {"remote_hosts": "127.0.0.1"},
+        }},
+        "env": {"TMPDIR": tmp.display().to_string(), "AGENT_EG_MARKER": marker},
+    });
+    std::fs::write(spec_dir.join("kernel.json"), spec.to_string())?;
+
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let config = GatewayConfig {
+        jupyter_path: vec![share.clone()],
+        env: vec![("EG_AUTH_TOKEN".to_owned(), token.clone())],
+        ..GatewayConfig::default()
+    };
+    let mut gateway = Gateway::start(Impl::EnterpriseGateway, &config)?;
+    let mut server = JupyterServer::start(
+        &gateway.url(),
+        &[format!("--GatewayClient.auth_token={token}")],
+        &[("KERNEL_USERNAME", "bob")],
+        dir.path(),
+    )?;
+
+    let mut driver = Command::new(venv()?.join("bin/python"));
+    driver
+        .arg(fixture("jupyter_server_driver.py"))
+        .arg(format!("http://127.0.0.1:{}", server.port))
+        .arg(&server.token)
+        // EG leaves an open WebSocket on the old ports of a restarted remote kernel.
+        .arg("--reconnect-after-restart")
+        .env("PYTHONUNBUFFERED", "1");
+    let (status, output) = run_bounded(
+        "jupyter_server_driver.py",
+        driver,
+        &dir.path().join("driver.log"),
+        Duration::from_secs(150),
+    )?;
+    println!("{output}");
+    println!(
+        "driver finished with {status} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        status.success() && output.contains("OK: all steps passed"),
+        "driver failed ({status}):\n{output}\n--- jupyter-server log tail ---\n{}\n--- EG log tail ---\n{}",
+        server.proc.log_tail(40),
+        gateway.proc.log_tail(60)
+    );
+    // EG's DistributedProcessProxy launched it (on this host, without SSH), not a local kernel.
+    let log = gateway.proc.log_text();
+    assert!(
+        log.contains("Kernel launched on '127.0.0.1'"),
+        "EG did not launch the kernel through its DistributedProcessProxy:\n{}",
+        gateway.proc.log_tail(60)
+    );
+
+    // The agent and its kernel end with the kernel: nothing carries the marker any more.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = processes_with(&marker)?;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of the kernel left 20 s after shutdown: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.proc.mark_passed();
+    gateway.proc.mark_passed();
+    Ok(())
+}
+
+/// Pids whose environment holds `marker`.
+fn processes_with(marker: &str) -> Result<Vec<i32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // A process may end while it is looked at; that is not an error.
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var.ends_with(marker.as_bytes()))
+        {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
