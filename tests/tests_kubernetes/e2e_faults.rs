@@ -99,9 +99,8 @@ async fn e2e_faults_give_their_reason_before_the_deadline() {
     let mut request = cluster.request(&kernel_id, &[("KERNEL_IMAGE", "kernel-py-fails")], DEADLINE);
     request.placement.kubernetes.pod_template = Some(template);
     let started = Instant::now();
-    let err = match backend.launch(request).await {
-        Ok(_) => panic!("a crash-looping pod launched"),
-        Err(err) => err,
+    let Err(err) = backend.launch(request).await else {
+        panic!("a crash-looping pod launched");
     };
     let took = started.elapsed();
     eprintln!("crash loop: {took:?}: {err}");
