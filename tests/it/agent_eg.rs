@@ -16,8 +16,8 @@ use anyhow::{Context as _, Result};
 use crate::jupyter_server::JupyterServer;
 use crate::support::{Gateway, GatewayConfig, Impl, built_binary, fixture, run_bounded, venv};
 
-#[test]
-fn e2e_agent_behind_enterprise_gateway() -> Result<()> {
+#[tokio::test]
+async fn e2e_agent_behind_enterprise_gateway() -> Result<()> {
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("agent-eg-").tempdir()?;
     let share = dir.path().join("share");
@@ -97,18 +97,15 @@ fn e2e_agent_behind_enterprise_gateway() -> Result<()> {
     );
 
     // The agent and its kernel end with the kernel: nothing carries the marker any more.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = processes_with(&marker)?;
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "processes of the kernel left 20 s after shutdown: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let gone = test_support::eventually(Duration::from_secs(20), || {
+        processes_with(&marker).is_ok_and(|left| left.is_empty())
+    })
+    .await;
+    assert!(
+        gone,
+        "processes of the kernel left 20 s after shutdown: {:?}",
+        processes_with(&marker)?
+    );
     server.proc.mark_passed();
     gateway.proc.mark_passed();
     Ok(())
