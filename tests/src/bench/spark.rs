@@ -25,9 +25,8 @@
 //!   --spark-context-initialization-mode <mode> -- python -m ipykernel_launcher`) on the same host,
 //!   the session from `PYSPARK_SUBMIT_ARGS`. GP's launcher starts the session in a background
 //!   thread in both `lazy` and `eager` (0.5.0 has no waiting variant); the agent's `eager` waits.
-//!   These rows run against our gateway only: EG 3.3.0 gives launchers a 1024-bit RSA public key,
-//!   which the agent refuses ("the public key is not an RSA SubjectPublicKeyInfo": aws-lc-rs
-//!   encrypts to 2048-bit keys and larger), so EG's start could only time out.
+//!   The kernel's argv names the agent's connection file `{agent_connection_file}`, because EG
+//!   fills `{connection_file}` with a file of its own before the agent runs.
 //!
 //! The direct floor (on the GP rows) is the same ipykernel started by the benchmark, whose cell
 //! creates the session itself (no gateway, no launcher, no SSH, no `spark-submit` wrapper).
@@ -481,7 +480,7 @@ async fn set_up(env: &Env, agent: &Path) -> Result<Setup> {
                 "-m",
                 "ipykernel_launcher",
                 "-f",
-                "{connection_file}",
+                "{agent_connection_file}",
             ]
             .map(|s| s.to_owned()),
         );
@@ -825,17 +824,6 @@ pub(crate) async fn run(
                 targets.insert(0, TargetKind::Direct);
             }
             for target in super::rotated(&targets, round) {
-                if row.launcher == Launcher::Agent && target == TargetKind::Eg {
-                    // EG 3.3.0 hands launchers a 1024-bit RSA key, which the agent's aws-lc-rs
-                    // refuses (it encrypts to 2048 bits and more): EG's start would only time out.
-                    println!(
-                        "[round {}] {:<22} {:<13} skipped: the agent refuses EG's 1024-bit RSA key",
-                        round + 1,
-                        row.id,
-                        target.label()
-                    );
-                    continue;
-                }
                 let gateway = gateways.iter().find(|g| g.kind == target);
                 let t0 = Instant::now();
                 let outcome = match tokio::time::timeout(
