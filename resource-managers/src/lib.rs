@@ -444,7 +444,8 @@ pub trait KernelProcess: Send + Sync + Debug {
     async fn wait(&self) -> ProcessState;
     /// Sends a signal (to the process group for local kernels).
     async fn signal(&self, signum: i32) -> Result<(), Error>;
-    /// Interrupts by signal: SIGINT, or the kernelspec env's `EG_ALTERNATE_SIGINT`.
+    /// Interrupts by signal: the one [`process::interrupt_signal_of`] gives for the kernelspec
+    /// (`EG_ALTERNATE_SIGINT`, Toree's `--alternate-sigint`, else SIGINT).
     async fn interrupt(&self) -> Result<(), Error>;
     /// SIGTERM, wait up to `grace`, then SIGKILL; reaps the process. Returns the final state.
     async fn terminate(&self, grace: Duration) -> Result<ProcessState, Error>;

@@ -377,7 +377,7 @@ impl ResourceManager for ExternalResourceManager {
             ProcessParts {
                 command,
                 data: launched.record,
-                interrupt_signal: interrupt_signal(&request.spec),
+                interrupt_signal: crate::process::interrupt_signal_of(&request.spec) as i32,
                 session,
             },
         );
@@ -472,21 +472,6 @@ fn launch_request(request: &LaunchRequest, deadline: Instant) -> Request {
             })),
         }),
     )
-}
-
-/// The interrupt signal number: the kernelspec env's `EG_ALTERNATE_SIGINT`, else SIGINT.
-fn interrupt_signal(spec: &KernelSpec) -> i32 {
-    use std::str::FromStr as _;
-    let Some(name) = spec.env.get("EG_ALTERNATE_SIGINT") else {
-        return nix::libc::SIGINT;
-    };
-    let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    nix::sys::signal::Signal::from_str(&full).map_or(nix::libc::SIGINT, |s| s as i32)
 }
 
 /// The `process` part of a plugin kernel's [`KernelRecord`].
@@ -706,9 +691,15 @@ mod tests {
     #[test]
     fn the_interrupt_signal_follows_eg_alternate_sigint() {
         let mut spec = spec(json!({}));
-        assert_eq!(interrupt_signal(&spec), nix::libc::SIGINT);
+        assert_eq!(
+            crate::process::interrupt_signal_of(&spec) as i32,
+            nix::libc::SIGINT
+        );
         spec.env.insert("EG_ALTERNATE_SIGINT".into(), "usr2".into());
-        assert_eq!(interrupt_signal(&spec), nix::libc::SIGUSR2);
+        assert_eq!(
+            crate::process::interrupt_signal_of(&spec) as i32,
+            nix::libc::SIGUSR2
+        );
     }
 
     fn venv_bin() -> PathBuf {
