@@ -299,9 +299,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             if self.segments.is_empty() {
                 break;
             }
+            // A control frame is waiting for the end of the frame being written: write only up
+            // to that end (a write that spans frames almost never ends on a boundary).
+            let limit = if self.midframe && self.outbox.has_bytes() {
+                self.frames.front().copied().unwrap_or(MAX_IOV).min(MAX_IOV)
+            } else {
+                MAX_IOV
+            };
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let mut used = 0;
-            for (slot, segment) in slices.iter_mut().zip(self.segments.iter()) {
+            for (slot, segment) in slices.iter_mut().take(limit).zip(self.segments.iter()) {
                 *slot = IoSlice::new(segment);
                 used += 1;
             }
@@ -377,6 +384,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 }
 
 impl Outbox {
+    /// Whether control bytes are waiting.
+    fn has_bytes(&self) -> bool {
+        !self.state.lock().bytes.is_empty()
+    }
+
     /// Registers `cx` for control bytes; true when some are already waiting.
     fn take_peek(&self, cx: &mut Context<'_>) -> bool {
         let mut state = self.state.lock();
