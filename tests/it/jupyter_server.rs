@@ -25,7 +25,6 @@ fn e2e_jupyter_server_gateway_client() -> Result<()> {
         ..GatewayConfig::default()
     };
     let mut gateway = Gateway::start(Impl::from_env()?, &config)?;
-    let venv = venv()?;
     let dir = tempfile::Builder::new()
         .prefix("jupyter-server-")
         .tempdir()?;
@@ -35,38 +34,47 @@ fn e2e_jupyter_server_gateway_client() -> Result<()> {
         &[("KERNEL_USERNAME", "bob")],
         dir.path(),
     )?;
-    let (port, token) = (server.port, server.token.clone());
 
-    let mut driver = Command::new(venv.join("bin/python"));
+    drive_life_cycle(&server, &gateway, dir.path(), &[])?;
+    println!(
+        "passed after {:?} (gateway: {:?})",
+        started.elapsed(),
+        gateway.implementation
+    );
+    server.proc.mark_passed();
+    gateway.proc.mark_passed();
+    Ok(())
+}
+
+/// Runs `tests/fixtures/jupyter_server_driver.py` (with `extra` arguments) against `server`: one
+/// kernel's whole life cycle through Jupyter Server's gateway client. Fails with the driver's
+/// output and both servers' log tails unless every step passed.
+pub(crate) fn drive_life_cycle(
+    server: &JupyterServer,
+    gateway: &Gateway,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Result<()> {
+    let mut driver = Command::new(venv()?.join("bin/python"));
     driver
         .arg(fixture("jupyter_server_driver.py"))
-        .arg(format!("http://127.0.0.1:{port}"))
-        .arg(&token)
+        .arg(format!("http://127.0.0.1:{}", server.port))
+        .arg(&server.token)
+        .args(extra)
         .env("PYTHONUNBUFFERED", "1");
     let (status, output) = run_bounded(
         "jupyter_server_driver.py",
         driver,
-        &dir.path().join("driver.log"),
+        &dir.join("driver.log"),
         Duration::from_secs(150),
     )?;
     println!("{output}");
-    println!(
-        "driver finished with {status} after {:?} (gateway: {:?})",
-        started.elapsed(),
-        gateway.implementation
-    );
-    assert!(
-        status.success(),
+    anyhow::ensure!(
+        status.success() && output.contains("OK: all steps passed"),
         "driver failed ({status}):\n{output}\n--- jupyter-server log tail ---\n{}\n--- gateway log tail ---\n{}",
         server.proc.log_tail(40),
-        gateway.proc.log_tail(40)
+        gateway.proc.log_tail(60)
     );
-    assert!(
-        output.contains("OK: all steps passed"),
-        "driver output:\n{output}"
-    );
-    server.proc.mark_passed();
-    gateway.proc.mark_passed();
     Ok(())
 }
 
