@@ -1,10 +1,11 @@
 //! What the workspace's tests share, so each crate's tests stop carrying their own copy:
 //! waiting for a condition ([`eventually`]), asking whether processes are still there
 //! ([`group_exists`], [`pid_exists`], [`pid_running`]), where things are ([`workspace_root`],
-//! [`venv`], [`system_path`]), whether a file is private ([`permission_bits`]) and talking raw HTTP/1.1 to a server under test ([`http`]). A dev-dependency of the crates whose tests use it, never a dependency
+//! [`venv`], [`system_path`]), whether a file is private ([`permission_bits`]), the live processes ([`procfs`]) and talking raw HTTP/1.1 to a server under test ([`http`]). A dev-dependency of the crates whose tests use it, never a dependency
 //! of a product crate.
 
 pub mod http;
+pub mod procfs;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::jupyter_server::{JupyterServer, drive_life_cycle};
 use crate::support::{Gateway, GatewayConfig, Impl, built_binary, venv};
@@ -80,41 +80,27 @@ async fn e2e_agent_behind_enterprise_gateway() -> Result<()> {
 
     // The agent and its kernel end with the kernel: nothing carries the marker any more.
     let gone = test_support::eventually(Duration::from_secs(20), || {
-        processes_with(&marker).is_ok_and(|left| left.is_empty())
+        processes_with(&marker).is_empty()
     })
     .await;
     assert!(
         gone,
         "processes of the kernel left 20 s after shutdown: {:?}",
-        processes_with(&marker)?
+        processes_with(&marker)
     );
     server.proc.mark_passed();
     gateway.proc.mark_passed();
     Ok(())
 }
 
-/// Pids whose environment holds `marker`.
-fn processes_with(marker: &str) -> Result<Vec<i32>> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let entry = entry?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // A process may end while it is looked at; that is not an error.
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ
-            .split(|&b| b == 0)
-            .any(|var| var.ends_with(marker.as_bytes()))
-        {
-            pids.push(pid);
-        }
-    }
-    Ok(pids)
+/// Pids whose environment holds `marker` (at the end of one of its variables).
+fn processes_with(marker: &str) -> Vec<i32> {
+    test_support::procfs::processes()
+        .into_iter()
+        .filter(|p| {
+            p.environ()
+                .is_some_and(|vars| vars.iter().any(|var| var.ends_with(marker)))
+        })
+        .map(|p| p.pid())
+        .collect()
 }

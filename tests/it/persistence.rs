@@ -78,37 +78,20 @@ impl Place {
 pub(crate) fn kernel_pids(ids: &[String]) -> BTreeMap<String, Vec<i32>> {
     let mut found: BTreeMap<String, Vec<i32>> =
         ids.iter().map(|id| (id.clone(), Vec::new())).collect();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+    for p in test_support::procfs::processes() {
+        let Some(cmdline) = p.command_line() else {
             continue;
         };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if is_zombie(pid) {
+        if !p.is_running() {
             continue;
         }
-        let cmdline = String::from_utf8_lossy(&cmdline);
         for id in ids {
             if cmdline.contains(&format!("kernel-{id}.json")) {
-                found.entry(id.clone()).or_default().push(pid);
+                found.entry(id.clone()).or_default().push(p.pid());
             }
         }
     }
     found
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
-        })
-        .unwrap_or(true)
 }
 
 /// Kills what is left of the kernels when a test ends early (they are meant to outlive

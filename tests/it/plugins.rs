@@ -111,27 +111,15 @@ impl Setup {
 /// `pid: cmdline` of every process whose command line contains `path`.
 fn processes_mentioning(path: &Path) -> Vec<String> {
     let needle = path.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(&needle) {
-            found.push(format!("{pid}: {cmdline}"));
-        }
-    }
-    found
+    test_support::procfs::processes()
+        .into_iter()
+        .filter_map(|p| {
+            let cmdline = p.command_line()?;
+            cmdline
+                .contains(&needle)
+                .then(|| format!("{}: {cmdline}", p.pid()))
+        })
+        .collect()
 }
 
 #[test]

@@ -26,17 +26,9 @@ struct LauncherReaper(String);
 
 impl Drop for LauncherReaper {
     fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if std::fs::read(entry.path().join("cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&self.0))
-            {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        for p in test_support::procfs::other_processes() {
+            if p.command_line().is_some_and(|c| c.contains(&self.0)) {
+                let _ = kill(Pid::from_raw(p.pid()), Signal::SIGKILL);
             }
         }
     }

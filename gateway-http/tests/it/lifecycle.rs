@@ -254,32 +254,13 @@ impl Lab {
     /// kernel gets its connection file as an argument), with their command lines.
     fn processes(&self) -> Vec<(i32, String)> {
         let needle = self.runtime_dir.to_string_lossy().into_owned();
-        let mut found = Vec::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return found;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-            let zombie = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
-                stat.rsplit(')')
-                    .next()
-                    .is_some_and(|s| s.trim_start().starts_with('Z'))
-            });
-            if cmdline.contains(&needle) && !zombie {
-                found.push((pid, cmdline));
-            }
-        }
-        found
+        test_support::procfs::processes()
+            .into_iter()
+            .filter_map(|p| {
+                let cmdline = p.command_line()?;
+                (cmdline.contains(&needle) && p.is_running()).then(|| (p.pid(), cmdline))
+            })
+            .collect()
     }
 
     /// The pid of the process running kernel `kernel_id`.

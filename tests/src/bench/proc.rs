@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
+use test_support::procfs;
 
 /// How long a stopped child gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -213,19 +214,9 @@ impl Drop for ChildGuard {
 /// Every live process whose parent chain leads to `root` (not `root` itself).
 pub(crate) fn descendants(root: i32) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if let Some(ppid) = read_stat(pid).and_then(|s| s.ppid) {
-            children.entry(ppid).or_default().push(pid);
+    for p in procfs::processes() {
+        if let Some(stat) = p.stat() {
+            children.entry(stat.ppid).or_default().push(p.pid());
         }
     }
     let mut found = Vec::new();
@@ -241,21 +232,10 @@ pub(crate) fn descendants(root: i32) -> Vec<i32> {
 
 /// Every live process (other than this one) with a command-line argument containing `needle`.
 pub(crate) fn with_argument(needle: &str) -> Vec<i32> {
-    let own = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != own)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-                cmdline
-                    .split(|&b| b == 0)
-                    .any(|arg| String::from_utf8_lossy(arg).contains(needle))
-            })
-        })
+    procfs::other_processes()
+        .into_iter()
+        .filter(|p| p.has_argument_containing(needle))
+        .map(|p| p.pid())
         .collect()
 }
 
@@ -289,33 +269,8 @@ pub(crate) fn kill_all(pids: &[i32]) {
     }
 }
 
-/// What the benchmark reads from `/proc/<pid>/stat`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Stat {
-    /// Parent process id.
-    pub(crate) ppid: Option<i32>,
-    /// User plus system CPU time in clock ticks.
-    pub(crate) cpu_ticks: u64,
-}
-
-/// Parses `/proc/<pid>/stat` (the fields after the command name, which may contain spaces).
-pub(crate) fn read_stat(pid: i32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
-}
-
-fn parse_stat(text: &str) -> Option<Stat> {
-    let after = text.get(text.rfind(')')? + 1..)?;
-    // Fields from 3 (state) on: state=0, ppid=1, ..., utime=11, stime=12.
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ppid = fields.get(1).and_then(|f| f.parse().ok());
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Stat {
-        ppid,
-        cpu_ticks: utime + stime,
-    })
-}
+/// `/proc/<pid>/stat` (parent, CPU ticks, ...).
+pub(crate) use test_support::procfs::stat as read_stat;
 
 /// CPU ticks of several processes together (those that are gone count nothing).
 pub(crate) fn cpu_ticks_of(pids: &[i32]) -> u64 {
@@ -434,18 +389,4 @@ pub(crate) fn with_nofile(program: &Path, nofile: u64) -> Command {
 pub(crate) fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_fields_after_a_command_with_spaces() {
-        let line = "42 (a b) c) S 7 42 42 0 -1 4194560 100 0 0 0 15 4 0 0 20 0 1 0 1 1 1";
-        let stat = parse_stat(line).expect("parses");
-        assert_eq!(stat.ppid, Some(7));
-        assert_eq!(stat.cpu_ticks, 19);
-        assert!(parse_stat("garbage").is_none());
-    }
 }

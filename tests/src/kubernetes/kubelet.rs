@@ -8,37 +8,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use super::state::{EventType, Key, Shared, now_rfc3339, parse_quantity};
 use super::{FAULT_ANNOTATION, Fault, NODE_NAME};
 
-/// Sends `signal` to a process group (ESRCH ignored).
-pub(crate) fn signal_group(pgid: i32, signal: Signal) {
-    let _ = killpg(Pid::from_raw(pgid), signal);
-}
-
-/// Whether any non-zombie process of the group exists.
-pub(crate) fn group_alive(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return killpg(Pid::from_raw(pgid), None).is_ok();
-    };
-    entries.flatten().any(|entry| {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            return false;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
-        pgrp == Some(pgid) && state != Some("Z")
-    })
-}
+pub(crate) use test_support::procfs::{group_alive, signal_group};
 
 /// The pod's current object, if it still exists with this uid.
 fn current(shared: &Shared, key: &Key, uid: &str) -> Option<Value> {

@@ -5,38 +5,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
 use super::state::{RmAppState, Shared, Termination, grace, now_ms};
 
-/// Sends a signal to a process group, ignoring "no such group".
-pub(crate) fn signal_group(pgid: i32, signal: Signal) {
-    // ESRCH means the group is already gone; nothing else can usefully be done on error.
-    let _ = killpg(Pid::from_raw(pgid), signal);
-}
-
-/// Whether any process of the group still exists, zombies not counted (Linux `/proc`; elsewhere
-/// any process, zombie or not).
-pub(crate) fn group_alive(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return killpg(Pid::from_raw(pgid), None).is_ok();
-    };
-    entries.flatten().any(|entry| {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            return false;
-        };
-        // Fields after the `(comm)`: state, ppid, pgrp, ...
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
-        pgrp == Some(pgid) && state != Some("Z")
-    })
-}
+pub(crate) use test_support::procfs::{group_alive, signal_group};
 
 /// The last `max` lines of a file, or an empty string.
 fn tail(path: &Path, max: usize) -> String {
