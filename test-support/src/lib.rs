@@ -1,11 +1,15 @@
 //! What the workspace's tests share, so each crate's tests stop carrying their own copy:
 //! waiting for a condition ([`eventually`]), asking whether processes are still there
 //! ([`group_exists`], [`pid_exists`], [`pid_running`]), where things are ([`workspace_root`],
-//! [`venv`], [`system_path`]), whether a file is private ([`permission_bits`]), the live processes ([`procfs`]) and talking raw HTTP/1.1 to a server under test ([`http`]). A dev-dependency of the crates whose tests use it, never a dependency
+//! [`venv`], [`system_path`]), whether a file is private ([`permission_bits`]), the live
+//! processes ([`procfs`]), talking raw HTTP/1.1 to a server under test ([`http`]) and a Spark
+//! standalone master and worker on loopback ([`spark`]). A dependency of test code only (the
+//! crates' dev-dependencies, and the `tests` crate, whose emulators and benchmark use it), never
 //! of a product crate.
 
 pub mod http;
 pub mod procfs;
+pub mod spark;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

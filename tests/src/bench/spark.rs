@@ -51,11 +51,12 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::client::{self, WsClient};
-use super::proc::{self, ChildGuard};
+use super::proc;
 use super::report::Sample;
 use super::ssh;
 use super::target::{self, Env, Gateway, Session, Spec, TargetKind};
 use super::workloads::{Backend, Kind, Metric, Workload};
+use test_support::spark::SparkCluster;
 
 /// Which launcher a row's kernelspec runs on the SSH host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,116 +196,25 @@ fn spark_home(venv: &Path) -> Result<PathBuf> {
 // The standalone master
 // ---------------------------------------------------------------------------------------------
 
-/// A Spark standalone master and one worker (2 cores, 1 GiB) on 127.0.0.1, each a JVM in its own
-/// process group (the executors in the worker's), stopped when dropped.
-struct SparkCluster {
-    /// `spark://127.0.0.1:<port>`.
-    url: String,
-    /// The master's web UI port (its `/json/` lists the applications).
-    ui_port: u16,
-    // Dropped in this order: the worker (with its executors), then the master.
-    _worker: ChildGuard,
-    _master: ChildGuard,
-}
-
-impl SparkCluster {
-    async fn start(spark_home: &Path, dir: &Path) -> Result<SparkCluster> {
-        let (port, ui_port, worker_ui) =
-            (proc::free_port()?, proc::free_port()?, proc::free_port()?);
-        let url = format!("spark://127.0.0.1:{port}");
-        let daemon = |class: &str, args: Vec<String>| {
-            let mut cmd = Command::new(spark_home.join("bin/spark-class"));
-            cmd.arg(class)
-                .args(args)
-                .env_clear()
-                .env("PATH", "/usr/bin:/bin")
-                .env("HOME", dir)
-                .env("SPARK_HOME", spark_home)
-                .env("SPARK_LOCAL_IP", "127.0.0.1")
-                .env("SPARK_LOCAL_HOSTNAME", "127.0.0.1")
-                .env("SPARK_LOCAL_DIRS", dir.join("worker-local"))
-                .env("SPARK_DAEMON_MEMORY", "256m");
-            cmd
-        };
-        let started = Instant::now();
-        let master_cmd = daemon(
-            "org.apache.spark.deploy.master.Master",
-            vec![
-                "--host".into(),
-                "127.0.0.1".into(),
-                "--port".into(),
-                port.to_string(),
-                "--webui-port".into(),
-                ui_port.to_string(),
-            ],
-        );
-        let worker_cmd = daemon(
-            "org.apache.spark.deploy.worker.Worker",
-            vec![
-                "--host".into(),
-                "127.0.0.1".into(),
-                "--webui-port".into(),
-                worker_ui.to_string(),
-                "--cores".into(),
-                "2".into(),
-                "--memory".into(),
-                "1g".into(),
-                "--work-dir".into(),
-                dir.join("work").display().to_string(),
-                url.clone(),
-            ],
-        );
-        let (master_log, worker_log) = (dir.join("spark-master.log"), dir.join("spark-worker.log"));
-        let master = tokio::task::spawn_blocking(move || {
-            ChildGuard::spawn(
-                "spark master",
-                master_cmd,
-                Some(&master_log),
-                Some("I have been elected leader"),
-                Duration::from_secs(120),
-            )
-        })
-        .await??;
-        let worker = tokio::task::spawn_blocking(move || {
-            ChildGuard::spawn(
-                "spark worker",
-                worker_cmd,
-                Some(&worker_log),
-                Some("Successfully registered with master"),
-                Duration::from_secs(120),
-            )
-        })
-        .await??;
-        println!(
-            "gateway-bench: Spark master {url} and worker up in {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        Ok(SparkCluster {
-            url,
-            ui_port,
-            _worker: worker,
-            _master: master,
-        })
+/// The cluster is test-support's [`SparkCluster`] (master and worker on 127.0.0.1), started off
+/// the runtime's threads (it blocks until the worker has registered). The ids of its master's
+/// active applications:
+async fn active_apps(cluster: &SparkCluster) -> Result<BTreeSet<String>> {
+    #[derive(Deserialize)]
+    struct App {
+        id: String,
     }
-
-    /// The ids of the master's active applications.
-    async fn active_apps(&self) -> Result<BTreeSet<String>> {
-        #[derive(Deserialize)]
-        struct App {
-            id: String,
-        }
-        #[derive(Deserialize)]
-        struct State {
-            #[serde(default)]
-            activeapps: Vec<App>,
-        }
-        let (status, body) = client::http(self.ui_port, "GET", "/json/", None).await?;
-        if status != 200 {
-            bail!("the Spark master's /json/ answered {status}");
-        }
-        let state: State = serde_json::from_slice(&body).context("the Spark master's /json/")?;
-        Ok(state.activeapps.into_iter().map(|a| a.id).collect())
+    #[derive(Deserialize)]
+    struct State {
+        #[serde(default)]
+        activeapps: Vec<App>,
     }
+    let (status, body) = client::http(cluster.ui_port, "GET", "/json/", None).await?;
+    if status != 200 {
+        bail!("the Spark master's /json/ answered {status}");
+    }
+    let state: State = serde_json::from_slice(&body).context("the Spark master's /json/")?;
+    Ok(state.activeapps.into_iter().map(|a| a.id).collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -447,7 +357,10 @@ async fn set_up(env: &Env, agent: &Path) -> Result<Setup> {
     for sub in [&dir, &local_dir, &tmp] {
         std::fs::create_dir_all(sub)?;
     }
-    let cluster = SparkCluster::start(&home, &dir).await?;
+    let cluster = {
+        let (home, dir) = (home.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || SparkCluster::start(&home, &dir)).await??
+    };
     let python = venv.join("bin/python");
     let extra = small_settings(&local_dir);
     let settings = GpSettings {
@@ -657,7 +570,7 @@ async fn await_no_process_with(needle: &str, what: &str) -> Result<()> {
 /// Waits until `app` has left the master's active applications.
 async fn await_app_gone(cluster: &SparkCluster, app: &str) -> Result<()> {
     let deadline = Instant::now() + GONE_GRACE;
-    while cluster.active_apps().await?.contains(app) {
+    while active_apps(cluster).await?.contains(app) {
         if Instant::now() >= deadline {
             bail!("Spark application {app} was still active {GONE_GRACE:?} after the shutdown");
         }
@@ -678,7 +591,7 @@ async fn run_row(
     gateway: Option<&Gateway>,
 ) -> Result<Vec<Metric>> {
     // Applications of earlier runs (a failed one may have left its own) are not this kernel's.
-    let before = setup.cluster.active_apps().await?;
+    let before = active_apps(&setup.cluster).await?;
     let t0 = Instant::now();
     let mut session = match gateway {
         Some(gw) => start_on_gateway(env, gw, row.spec).await?,
@@ -686,9 +599,7 @@ async fn run_row(
     };
     let ready = t0.elapsed();
     let measured = async {
-        let at_ready = setup
-            .cluster
-            .active_apps()
+        let at_ready = active_apps(&setup.cluster)
             .await?
             .difference(&before)
             .count();
@@ -702,7 +613,7 @@ async fn run_row(
         if count != 500 {
             bail!("the DataFrame counted {count} rows, not 500");
         }
-        let active = setup.cluster.active_apps().await?;
+        let active = active_apps(&setup.cluster).await?;
         if !active.contains(&app) {
             bail!("the master does not list the cell's application {app}: {active:?}");
         }
