@@ -277,6 +277,8 @@ async fn run(args: Args) -> ExitCode {
     let Some((program, rest)) = launch.argv.split_first() else {
         return ExitCode::from(2);
     };
+    // What runs, with what the Spark mode added (a Toree kernel's mode argument, for one).
+    log!("starting the kernel: {}", launch.argv.join(" "));
     let mut child = match tokio::process::Command::new(program)
         .args(rest)
         .envs(launch.env.iter().map(|(k, v)| (k, v)))

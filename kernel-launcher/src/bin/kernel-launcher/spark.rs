@@ -10,7 +10,10 @@
 //!   directory and adds `--IPKernelApp.exec_files=<file>` to the kernel's argv; the file defines
 //!   `spark` and `sc` in the user namespace.
 //! * Apache Toree (Scala): Toree has the same three modes itself, so the agent passes
-//!   `--spark-context-initialization-mode <mode>` on to it.
+//!   `--spark-context-initialization-mode <mode>` on to it (after the kernel's own arguments).
+//!   A Toree kernel is an argv naming `org.apache.toree.Main` or a `toree-assembly` jar, or a
+//!   script that starts `org.apache.toree.Main`, as the `bin/run.sh` of the kernelspec
+//!   `jupyter toree install` writes.
 //! * IRkernel (R): for `lazy` and `eager` it writes an R start-up file and points
 //!   `R_PROFILE_USER` at it (the profile the user had, `R_PROFILE_USER` or R's own choice of
 //!   `./.Rprofile` and `~/.Rprofile`, is sourced from it first). The file binds `spark` and `sc`
@@ -68,9 +71,9 @@ enum Kind {
 }
 
 fn kind(argv: &[String]) -> Kind {
-    let toree = argv
-        .iter()
-        .any(|a| a == "org.apache.toree.Main" || a.contains("toree-assembly"));
+    let toree = argv.iter().any(|a| {
+        a == "org.apache.toree.Main" || a.contains("toree-assembly") || script_runs_toree(a)
+    });
     if toree {
         return Kind::Toree;
     }
@@ -89,6 +92,20 @@ fn kind(argv: &[String]) -> Kind {
     } else {
         Kind::Other
     }
+}
+
+/// Whether `arg` names a small script that starts Toree, as the `bin/run.sh` of the kernelspecs
+/// `jupyter toree install` writes does (`--class org.apache.toree.Main`): the argv of such a
+/// kernelspec names neither the class nor the assembly itself.
+fn script_runs_toree(arg: &str) -> bool {
+    const SCRIPT_LIMIT: u64 = 64 * 1024;
+    let path = Path::new(arg);
+    path.is_absolute()
+        && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= SCRIPT_LIMIT)
+        && std::fs::read(path).is_ok_and(|text| {
+            text.windows(b"org.apache.toree.Main".len())
+                .any(|w| w == b"org.apache.toree.Main")
+        })
 }
 
 /// The kernel's argv and the variables to add to its environment.
@@ -393,6 +410,43 @@ mod tests {
         assert!(
             text.contains("own <- NULL") && text.contains("if (TRUE) {"),
             "{text}"
+        );
+
+        // The argv of the kernelspec `jupyter toree install` writes: its run.sh.
+        let run_sh = dir.path().join("run.sh");
+        std::fs::write(
+            &run_sh,
+            "#!/usr/bin/env bash\neval exec \"${SPARK_HOME}/bin/spark-submit\" \\\n    \
+             --class org.apache.toree.Main \"${TOREE_ASSEMBLY}\" \"$@\"\n",
+        )
+        .expect("run.sh");
+        let toree = vec![
+            run_sh.display().to_string(),
+            "--profile".to_owned(),
+            "/tmp/k.json".to_owned(),
+        ];
+        let lazy = apply(SparkInit::Lazy, toree, "k", dir.path(), None).expect("run.sh");
+        assert_eq!(
+            lazy.argv[1..],
+            argv(&[
+                "--profile",
+                "/tmp/k.json",
+                "--spark-context-initialization-mode",
+                "lazy"
+            ])
+        );
+        let other_script = dir.path().join("other.sh");
+        std::fs::write(&other_script, "#!/bin/sh\nexec sleep 1\n").expect("other.sh");
+        assert!(
+            apply(
+                SparkInit::Lazy,
+                vec![other_script.display().to_string()],
+                "k",
+                dir.path(),
+                None
+            )
+            .is_err(),
+            "a script that does not start Toree is not taken for one"
         );
 
         let bash = argv(&["bash", "-c", "sleep 1"]);
