@@ -239,6 +239,19 @@ pub(crate) fn describe_exit(state: &ProcessState) -> String {
     }
 }
 
+/// Where a kernel that ended during its launch ran, for the reason: a local kernel's host is the
+/// gateway's (` on the gateway's host <name>`); a remote backend names its host itself.
+fn on_which_host(remote: bool) -> String {
+    if remote {
+        return String::new();
+    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    match name.trim() {
+        "" => " on the gateway's host".to_owned(),
+        name => format!(" on the gateway's host {name}"),
+    }
+}
+
 /// `text`, followed by the process's last log lines when it has any.
 pub(crate) fn with_log(text: String, process: &dyn KernelProcess) -> String {
     let tail = process.log_tail(LOG_TAIL_LINES);
@@ -449,9 +462,10 @@ async fn ready(
     let exited = |state: ProcessState| {
         failed(with_log(
             format!(
-                "kernel {} exited during launch ({})",
+                "kernel {} exited during launch ({}){}",
                 plan.kernel_id,
-                describe_exit(&state)
+                describe_exit(&state),
+                on_which_host(plan.remote)
             ),
             process,
         ))
@@ -650,4 +664,22 @@ pub(crate) enum ReattachError {
         /// The re-attached process.
         process: Arc<dyn KernelProcess>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_which_host;
+
+    #[test]
+    fn a_local_kernel_that_ended_names_the_gateways_host() {
+        let local = on_which_host(false);
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        assert!(local.starts_with(" on the gateway's host"), "{local}");
+        assert!(local.ends_with(name.trim()), "{local}");
+        assert_eq!(
+            on_which_host(true),
+            "",
+            "a remote backend names its own host"
+        );
+    }
 }

@@ -559,12 +559,7 @@ impl YarnResourceManager {
                 log_tail: tail(),
             },
             WaitFailure::Placement(app) => Error::ExitedDuringLaunch {
-                status: format!(
-                    "KernelID: '{kernel_id}', ApplicationID: '{}' unexpectedly found in state '{}' during kernel startup! Diagnostics: {}",
-                    app.id,
-                    app.state,
-                    app.diagnostics.trim()
-                ),
+                status: ended_during_startup(kernel_id, &app),
                 log_tail: tail(),
             },
             WaitFailure::Timeout => {
@@ -1017,6 +1012,25 @@ impl Drop for YarnKernelProcess {
     }
 }
 
+/// EG's reason for an application that ended during the kernel's start-up, with the host its
+/// application master ran on when the RM says (the diagnostics name what failed there, such as
+/// a missing executable in the AM's stderr; the host says where to look).
+fn ended_during_startup(kernel_id: &str, app: &App) -> String {
+    let host = app
+        .am_host_http_address
+        .as_deref()
+        .map(|address| address.rsplit_once(':').map_or(address, |(host, _)| host))
+        .filter(|host| !host.is_empty() && *host != "N/A")
+        .map(|host| format!(" Its application master ran on host {host}."))
+        .unwrap_or_default();
+    format!(
+        "KernelID: '{kernel_id}', ApplicationID: '{}' unexpectedly found in state '{}' during kernel startup!{host} Diagnostics: {}",
+        app.id,
+        app.state,
+        app.diagnostics.trim()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1113,6 +1127,37 @@ mod tests {
         );
         for live in [AppState::Accepted, AppState::Running, AppState::Killing] {
             assert_eq!(exit_of(&live), ProcessState::Running);
+        }
+    }
+
+    #[test]
+    fn an_application_ended_during_startup_names_its_am_host() {
+        let mut app = App {
+            id: "application_1_0002".into(),
+            user: String::new(),
+            name: String::new(),
+            queue: String::new(),
+            state: AppState::Failed,
+            final_status: "FAILED".into(),
+            diagnostics: "AM Container exited with exitCode: 127\n/opt/no-java/bin/java: No such file or directory\n".into(),
+            application_type: String::new(),
+            application_tags: String::new(),
+            started_time: 0,
+            finished_time: 0,
+            am_host_http_address: Some("node-7.example:8042".into()),
+            tracking_url: None,
+        };
+        let text = ended_during_startup("k-1", &app);
+        assert!(text.starts_with("KernelID: 'k-1', ApplicationID: 'application_1_0002' unexpectedly found in state 'FAILED' during kernel startup!"), "{text}");
+        assert!(text.contains("ran on host node-7.example."), "{text}");
+        assert!(
+            text.ends_with("/opt/no-java/bin/java: No such file or directory"),
+            "{text}"
+        );
+        for unknown in [None, Some(String::new()), Some("N/A".to_owned())] {
+            app.am_host_http_address = unknown;
+            let text = ended_during_startup("k-1", &app);
+            assert!(!text.contains("host"), "no host to name: {text}");
         }
     }
 
