@@ -11,8 +11,9 @@
 //!   Scala from `jupyter-ssh-spec install --spark --spark-init-mode lazy`, R assembled from the
 //!   wheel's own template and `launch_IRkernel.R` (GP 0.5.0's installer looks for
 //!   `kernel-launchers/r` while the wheel ships `kernel-launchers/R`, so `--language R` fails),
-//!   and our agent (`kernel-launcher`): Python in lazy and in eager mode, R (IRkernel) in lazy
-//!   mode;
+//!   and our agent (`kernel-launcher`): Python and R (IRkernel) each in lazy and in eager mode,
+//!   Scala as Toree's own kernelspec (its `run.sh` argv and env) behind the agent in lazy mode
+//!   (the agent passes the mode on to Toree; the test reads the argv the agent logged);
 //! * YARN cluster mode (the RM emulator, the launcher as the application master): Python from
 //!   and Scala from `jupyter-yarn-spec install --spark-init-mode lazy`, R from the wheel's
 //!   `yarn_spark_r` template. For Scala the stand-in `spark-submit` runs GP's Toree launcher jar
@@ -30,7 +31,14 @@
 //! and the checks on the master (the application while the kernel lives, a new one after the
 //! restart, none after the shutdown) are the same as for the other languages. What this does
 //! not show is SparkR itself, nor GP's `launch_IRkernel.R` lazy/eager modes (they load SparkR),
-//! so the R specs keep mode `none` at their launchers.
+//! so the R specs with GP's launcher keep mode `none` there. Every language's DataFrame cell
+//! runs on every backend (local, SSH with GP's launchers and with our agent, YARN).
+//!
+//! A missing runtime fails the start at once, with the executable and the host in the reason:
+//! Toree whose `JAVA_HOME` names no Java locally (`local_scala_no_java`: the kernel's log and
+//! "on the gateway's host") and in the YARN application master (`yarn_scala_no_java`: the RM's
+//! diagnostics with the AM's stderr, and the AM's host), and an R the agent cannot find over SSH
+//! (`agent_r_missing`).
 //!
 //! Interrupts wait until the loop cell has printed that it is running: Toree 0.5.0 never
 //! answers a cell interrupted while it is still being compiled (see the driver's
@@ -45,10 +53,12 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use test_support::spark::SparkCluster;
+
 use crate::jupyter_server::JupyterServer;
 use crate::support::{
-    Gateway, GatewayConfig, Impl, Proc, built_binary, fixture, free_port, run_bounded,
-    site_packages, venv, workspace_root,
+    Gateway, GatewayConfig, Impl, Proc, built_binary, fixture, run_bounded, site_packages, venv,
+    workspace_root,
 };
 
 // The sshd harness is compiled once, as `store_ssh::sshd`.
@@ -65,95 +75,6 @@ fn venv_spark3() -> Result<PathBuf> {
         );
     }
     Ok(dir)
-}
-
-/// A Spark standalone master and one worker (2 cores, 1 GiB) on 127.0.0.1, each a JVM in its
-/// own process group (the worker's executors in the worker's), stopped when dropped.
-struct SparkCluster {
-    /// `spark://127.0.0.1:<port>`.
-    url: String,
-    /// The master's web UI, whose `/json/` lists the applications.
-    ui: String,
-    worker: Proc,
-    master: Proc,
-}
-
-impl SparkCluster {
-    fn start(spark_home: &Path, dir: &Path) -> Result<SparkCluster> {
-        let (port, ui, worker_ui) = (free_port()?, free_port()?, free_port()?);
-        let url = format!("spark://127.0.0.1:{port}");
-        let daemon = |class: &str, args: &[String]| {
-            let mut cmd = Command::new(spark_home.join("bin/spark-class"));
-            cmd.arg(class)
-                .args(args)
-                .env_clear()
-                .env("PATH", "/usr/bin:/bin")
-                .env("HOME", dir)
-                .env("SPARK_HOME", spark_home)
-                .env("SPARK_LOCAL_IP", "127.0.0.1")
-                .env("SPARK_LOCAL_HOSTNAME", "127.0.0.1")
-                .env("SPARK_LOCAL_DIRS", dir.join("spark-local"))
-                .env("SPARK_DAEMON_MEMORY", "256m");
-            cmd
-        };
-        let started = Instant::now();
-        let master = Proc::spawn(
-            "spark master",
-            daemon(
-                "org.apache.spark.deploy.master.Master",
-                &[
-                    "--host".into(),
-                    "127.0.0.1".into(),
-                    "--port".into(),
-                    port.to_string(),
-                    "--webui-port".into(),
-                    ui.to_string(),
-                ],
-            ),
-            &dir.join("spark-master.log"),
-            Some("I have been elected leader"),
-            Duration::from_secs(120),
-        )?;
-        let worker = Proc::spawn(
-            "spark worker",
-            daemon(
-                "org.apache.spark.deploy.worker.Worker",
-                &[
-                    "--host".into(),
-                    "127.0.0.1".into(),
-                    "--webui-port".into(),
-                    worker_ui.to_string(),
-                    "--cores".into(),
-                    "2".into(),
-                    "--memory".into(),
-                    "1g".into(),
-                    "--work-dir".into(),
-                    dir.join("spark-work").display().to_string(),
-                    url.clone(),
-                ],
-            ),
-            &dir.join("spark-worker.log"),
-            Some("Successfully registered with master"),
-            Duration::from_secs(120),
-        )?;
-        println!(
-            "spark master and worker up in {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        Ok(SparkCluster {
-            url,
-            ui: format!("http://127.0.0.1:{ui}"),
-            worker,
-            master,
-        })
-    }
-
-    fn stop(mut self) {
-        self.worker.stop(Duration::from_secs(10));
-        self.master.stop(Duration::from_secs(10));
-        self.worker.mark_passed();
-        self.master.mark_passed();
-    }
 }
 
 /// Kills every process whose command line names the test's directory: kernels started over SSH
@@ -396,23 +317,35 @@ fn make_specs(dir: &Path, spark_home: &Path, master: &str) -> Result<Specs> {
         &agent_spec("eager", &ipykernel, env),
     )?;
     // IRkernel under the agent, lazy: `spark` is bound by the agent's R profile (pyspark through
-    // reticulate) and made by the first cell that uses it.
-    let mut env = local_env.clone();
-    env["PYSPARK_SUBMIT_ARGS"] = format!("--master {master} {small} pyspark-shell").into();
-    let mut spec = agent_spec(
-        "lazy",
-        &[
-            "R",
-            "--slave",
-            "-e",
-            "IRkernel::main()",
-            "--args",
-            "{connection_file}",
-        ],
-        env,
-    );
-    spec["language"] = "R".into();
-    write_json(&kernels.join("agent_r/kernel.json"), &spec)?;
+    // reticulate) and made by the first cell that uses it. In eager mode the profile makes the
+    // session before IRkernel starts, so the start answers only once the application exists.
+    let irkernel = [
+        "R",
+        "--slave",
+        "-e",
+        "IRkernel::main()",
+        "--args",
+        "{connection_file}",
+    ];
+    for (name, mode) in [("agent_r", "lazy"), ("agent_r_eager", "eager")] {
+        let mut env = local_env.clone();
+        env["PYSPARK_SUBMIT_ARGS"] = format!("--master {master} {small} pyspark-shell").into();
+        let mut spec = agent_spec(mode, &irkernel, env);
+        spec["language"] = "R".into();
+        write_json(&kernels.join(name).join("kernel.json"), &spec)?;
+    }
+    // Toree under the agent, lazy: the argv and env of Toree's own kernelspec (its run.sh,
+    // `__TOREE_SPARK_OPTS__` with the master), the mode passed on to Toree by the agent.
+    let toree_spec = read_json(&kernels.join("local_scala/kernel.json"))?;
+    let toree_argv: Vec<&str> = toree_spec["argv"]
+        .as_array()
+        .context("Toree's kernelspec has no argv")?
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    let mut spec = agent_spec("lazy", &toree_argv, toree_spec["env"].clone());
+    spec["language"] = "scala".into();
+    write_json(&kernels.join("agent_scala/kernel.json"), &spec)?;
     let mut env = local_env.clone();
     env["PYSPARK_SUBMIT_ARGS"] = "--master nowhere://at-all pyspark-shell".into();
     write_json(
@@ -511,6 +444,16 @@ fn make_yarn_specs(dir: &Path, kernels: &Path, spark_home: &Path, master: &str) 
     let mut spec = read_json(&path)?;
     spec["env"]["HADOOP_CONF_DIR"] = dir.join("hadoop-conf").display().to_string().into();
     write_json(&path, &spec)?;
+    // The same on a cluster whose nodes have no Java where the spec says (the AM's JAVA_HOME,
+    // set as a deployment sets it): the application master fails at once.
+    let opts = spec["env"]["__TOREE_SPARK_OPTS__"]
+        .as_str()
+        .context("GP's Scala spec has no __TOREE_SPARK_OPTS__")?
+        .to_owned();
+    spec["env"]["__TOREE_SPARK_OPTS__"] =
+        format!("--conf spark.yarn.appMasterEnv.JAVA_HOME=/opt/no-java-17 {opts}").into();
+    spec["display_name"] = "Toree on YARN without Java".into();
+    write_json(&kernels.join("yarn_scala_no_java/kernel.json"), &spec)?;
 
     let gp_root = site_packages(&venv()?)?.join("gateway_provisioners");
     let r_dir = kernels.join("yarn_r");
@@ -598,15 +541,48 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The argvs our agent logged it started ("starting the kernel: ...") in the kernel logs under
+/// `dir` that contain `needle`; fails the test when there is none.
+fn agent_started(dir: &Path, needle: &str) -> Vec<String> {
+    let argvs: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.split_once("starting the kernel: ").map(|(_, a)| a.trim()))
+                .filter(|argv| argv.contains(needle))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        !argvs.is_empty(),
+        "no agent log in {} starts {needle:?}",
+        dir.display()
+    );
+    argvs
+}
+
 /// One driver run against Jupyter Server; its output, or an error with it.
 fn drive(server: &JupyterServer, dir: &Path, args: &[&str], log: &str) -> Result<String> {
     let url = format!("http://127.0.0.1:{}", server.port);
-    drive_at(&url, &server.token, dir, args, log)
+    drive_at(&url, &server.token, dir, args, log, &[])
 }
 
 /// [`drive`] against `url` with `token` (the gateway itself for the refused starts: Jupyter
 /// Server 2.21 answers a gateway error with "Error from Gateway: [%s] %s", dropping the reason).
-fn drive_at(url: &str, token: &str, dir: &Path, args: &[&str], log: &str) -> Result<String> {
+/// `kernel_env`: `KERNEL_*` variables the driver sends in the start's env (what Jupyter Server
+/// sends from its own environment).
+fn drive_at(
+    url: &str,
+    token: &str,
+    dir: &Path,
+    args: &[&str],
+    log: &str,
+    kernel_env: &[(&str, &str)],
+) -> Result<String> {
     let (command, rest) = args.split_first().context("no driver command")?;
     let mut cmd = Command::new(venv()?.join("bin/python"));
     cmd.arg(fixture("spark_languages_driver.py"))
@@ -615,7 +591,8 @@ fn drive_at(url: &str, token: &str, dir: &Path, args: &[&str], log: &str) -> Res
         .arg(token)
         .args(rest)
         .env("SPARK_KERNEL_LOG_DIR", dir.join("kernel-logs"))
-        .env("PYTHONUNBUFFERED", "1");
+        .env("PYTHONUNBUFFERED", "1")
+        .envs(kernel_env.iter().copied());
     let (status, output) = run_bounded(log, cmd, &dir.join(log), Duration::from_secs(600))?;
     println!("{output}");
     if !status.success() {
@@ -702,7 +679,7 @@ async fn e2e_spark_languages_local_ssh_yarn() -> Result<()> {
         &server_dir,
     )?;
 
-    let ui = cluster.ui.clone();
+    let ui = cluster.ui();
     let mut times = Vec::new();
     // `SPARK_LANGUAGES_ONLY=ssh_scala,...` runs just those kernelspecs (for debugging one).
     let only = std::env::var("SPARK_LANGUAGES_ONLY").unwrap_or_default();
@@ -715,12 +692,12 @@ async fn e2e_spark_languages_local_ssh_yarn() -> Result<()> {
         ("agent_python", "python", "lazy"),
         ("agent_python_eager", "python", "eager"),
         ("agent_r", "r", "lazy"),
+        ("agent_r_eager", "r", "eager"),
         ("yarn_python", "python", "lazy"),
-        // R's reticulate DataFrame cell costs about a minute a kernel (two sessions, with the
-        // restart); local_r, ssh_r and agent_r run it, YARN's R kernel skips it.
-        ("yarn_r", "r", "none"),
+        ("yarn_r", "r", "spark"),
         ("local_scala", "scala", "spark"),
         ("ssh_scala", "scala", "lazy"),
+        ("agent_scala", "scala", "lazy"),
         ("yarn_scala", "scala", "lazy"),
     ] {
         if !picked(spec) {
@@ -735,6 +712,15 @@ async fn e2e_spark_languages_local_ssh_yarn() -> Result<()> {
         )
         .with_context(|| format!("gateway log tail:\n{}", gateway.proc.log_tail(40)))?;
         assert!(out.contains(&format!("OK: {spec}")), "{out}");
+        if spec == "agent_scala" {
+            // The agent passed the mode on to Toree: its log shows the argv it started.
+            assert!(
+                agent_started(&kernel_logs, "bin/run.sh --profile")
+                    .iter()
+                    .all(|argv| argv.ends_with("--spark-context-initialization-mode lazy")),
+                "agent_scala: Toree was started without the agent's mode"
+            );
+        }
         times.push(format!("{spec} {:.0}s", t.elapsed().as_secs_f64()));
     }
     if picked("ssh_scala_fallback") {
@@ -784,9 +770,33 @@ async fn e2e_spark_languages_local_ssh_yarn() -> Result<()> {
                 "start-fails",
                 "local_scala_no_java",
                 "/opt/no-java-17/bin/java",
+                "on the gateway's host",
             ],
             "local_scala_no_java.log",
+            &[],
         )?;
+    }
+    if picked("yarn_scala_no_java") {
+        // The application master fails; the RM's diagnostics carry its stderr, the backend
+        // names the AM's host.
+        let t = Instant::now();
+        drive_at(
+            &gateway.url(),
+            &token,
+            d,
+            &[
+                "start-fails",
+                "yarn_scala_no_java",
+                "/opt/no-java-17/bin/java",
+                "ran on host",
+            ],
+            "yarn_scala_no_java.log",
+            &[("KERNEL_EXTRA_SPARK_OPTS", extra.as_str())],
+        )?;
+        times.push(format!(
+            "yarn_scala_no_java {:.0}s",
+            t.elapsed().as_secs_f64()
+        ));
     }
     if picked("agent_r_missing") {
         drive_at(
@@ -800,6 +810,7 @@ async fn e2e_spark_languages_local_ssh_yarn() -> Result<()> {
                 "host",
             ],
             "agent_r_missing.log",
+            &[],
         )?;
     }
 
