@@ -18,7 +18,9 @@
 //! (`HostConfig.Memory`/`NanoCpus`, the service's `Resources.Limits`); a bad image fails
 //! within the deadline with the engine's reason and leaves no container; a client's malformed image or user name is a 400 naming the field;
 //! then `docker swarm init` on this single node and a swarm service kernel started, executed
-//! and shut down, the service removed. The swarm is left and the engine stopped at the end.
+//! and shut down, the service removed. Last, a second gateway with `EG_REMOVE_CONTAINER=False`
+//! starts and shuts down a kernel on each container path: the container is still there,
+//! exited, afterwards (the test removes it). The swarm is left and the engine stopped at the end.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::{PermissionsExt as _, symlink};
@@ -705,7 +707,59 @@ async fn e2e_docker_and_swarm_kernels_on_a_real_engine() -> Result<()> {
     }
     gateway.proc.stop(Duration::from_secs(20));
     gateway.proc.mark_passed();
+
+    // EG_REMOVE_CONTAINER=False: a shutdown stops the kernel's container and leaves it for
+    // the operator to look at, on both paths (the launcher is told the same).
+    let mut keep = config.clone();
+    keep.env
+        .push(("EG_REMOVE_CONTAINER".into(), "False".into()));
+    let mut gateway = Gateway::start(Impl::Ours, &keep)?;
+    for spec in ["docker_native", "docker_eg"] {
+        kept_after_shutdown(&engine, d, &gateway, spec).await?;
+    }
+    gateway.proc.stop(Duration::from_secs(20));
+    gateway.proc.mark_passed();
     engine.stop();
+    Ok(())
+}
+
+/// A kernel started and shut down by a gateway with `EG_REMOVE_CONTAINER=False`: its container
+/// must still be there, stopped; the test then removes it.
+async fn kept_after_shutdown(
+    engine: &Engine,
+    d: &Path,
+    gateway: &Gateway,
+    spec: &str,
+) -> Result<()> {
+    let env = r#"{"KERNEL_USERNAME": "alice"}"#;
+    let out = driver(
+        d,
+        gateway,
+        &["start", spec, env],
+        &format!("{spec}-keep-start.log"),
+    )?;
+    let id = kernel_id(&out)?;
+    driver(d, gateway, &["stop", &id], &format!("{spec}-keep-stop.log"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        let containers = engine.containers_of(&id)?;
+        let [container] = containers.as_slice() else {
+            bail!(
+                "{spec}: kernel {id} should keep exactly one container after shutdown: {containers:?}"
+            );
+        };
+        let state = engine.docker(&["inspect", "--format", "{{.State.Status}}", container])?;
+        if state.trim() != "running" || std::time::Instant::now() > deadline {
+            break (container.clone(), state.trim().to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        state.1, "exited",
+        "{spec}: the kept container of kernel {id} is stopped"
+    );
+    engine.docker(&["rm", "-f", &state.0])?;
+    assert!(engine.containers_of(&id)?.is_empty());
     Ok(())
 }
 
