@@ -881,6 +881,84 @@ async fn connect_ready(gateway: &Gateway, env: &Env, id: &str) -> Result<WsClien
     Ok(ws)
 }
 
+/// Kernels whose heartbeat a scale row pings directly while the load runs, spread over the list.
+const HEARTBEAT_PROBES: usize = 20;
+/// Pause between two pings of one probed kernel.
+const HEARTBEAT_PERIOD: Duration = Duration::from_millis(250);
+/// Pings per probed kernel before the load starts (the idle round trip).
+const HEARTBEAT_IDLE_PINGS: usize = 5;
+/// An echo later than this counts as missed (the gateway pings every 3 s and waits as long).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// What the gateway logs when a kernel missed its heartbeats (supervisor.rs).
+const HEARTBEAT_LOST_LINE: &str = "kernel is not answering heartbeats";
+
+/// The connection files of up to `count` of the kernels the gateway launched, spread over them
+/// (a test kernel takes its connection file as its last argument).
+fn probed_kernels(kernel_pids: &[i32], count: usize) -> Vec<jupyter_protocol::ConnectionInfo> {
+    let files: Vec<std::path::PathBuf> = kernel_pids
+        .iter()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .filter_map(|cmdline| {
+            cmdline
+                .split(|&b| b == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .find(|arg| arg.ends_with(".json"))
+                .map(std::path::PathBuf::from)
+        })
+        .collect();
+    let step = (files.len() / count.max(1)).max(1);
+    files
+        .iter()
+        .step_by(step)
+        .take(count)
+        .filter_map(|file| jupyter_protocol::ConnectionInfo::read(file).ok())
+        .collect()
+}
+
+/// Heartbeat round trips of the probed kernels, measured by pinging their hb sockets directly.
+#[derive(Debug, Default)]
+struct HeartbeatProbe {
+    rtts_ms: Vec<f64>,
+    missed: usize,
+}
+
+/// Pings each kernel's heartbeat every [`HEARTBEAT_PERIOD`] until `end` (or `pings` times).
+async fn probe_heartbeats(
+    infos: &[jupyter_protocol::ConnectionInfo],
+    end: Instant,
+    pings: usize,
+) -> HeartbeatProbe {
+    let opts = jupyter_protocol::sockets::SocketOptions::default();
+    let probes = infos.iter().enumerate().map(|(i, info)| {
+        let mut hb = jupyter_protocol::sockets::Heartbeat::new(info, &opts);
+        // Spread the probes' phases over one period.
+        let phase = HEARTBEAT_PERIOD.mul_f64(i as f64 / infos.len().max(1) as f64);
+        async move {
+            let mut out = HeartbeatProbe::default();
+            let mut next = Instant::now() + phase;
+            for _ in 0..pings {
+                if next >= end {
+                    break;
+                }
+                tokio::time::sleep_until(next).await;
+                let sent = Instant::now();
+                match hb.ping(HEARTBEAT_TIMEOUT).await {
+                    Ok(()) => out.rtts_ms.push(ms(sent.elapsed())),
+                    Err(_) => out.missed += 1,
+                }
+                next += HEARTBEAT_PERIOD;
+            }
+            out
+        }
+    });
+    let mut all = HeartbeatProbe::default();
+    for probe in futures_util::future::join_all(probes).await {
+        all.rtts_ms.extend(probe.rtts_ms);
+        all.missed += probe.missed;
+    }
+    all
+}
+
 async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<Vec<Metric>> {
     let pid = gateway.pid();
     let t_setup = Instant::now();
@@ -921,6 +999,10 @@ async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<
             );
         }
         let setup = t_setup.elapsed();
+        // The kernels' own heartbeat round trip, idle, then under the load below.
+        let probed = probed_kernels(&proc::descendants(pid), HEARTBEAT_PROBES);
+        let far = Instant::now() + Duration::from_secs(3600);
+        let hb_idle = probe_heartbeats(&probed, far, HEARTBEAT_IDLE_PINGS).await;
 
         let period = Duration::from_secs_f64(1.0 / sizes.scale_rate);
         let run = Duration::from_secs_f64(sizes.scale_seconds);
@@ -942,6 +1024,13 @@ async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<
                 tokio::spawn(load_client(ws, begin + phase, end, period))
             })
             .collect();
+        let hb_load = {
+            let probed = probed.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(begin).await;
+                probe_heartbeats(&probed, end, usize::MAX).await
+            })
+        };
         tokio::time::sleep_until(end).await;
         let ticks1 = proc::read_stat(pid).map(|s| s.cpu_ticks);
         let kernel_ticks = proc::cpu_ticks_of(&kernels).saturating_sub(kernel_ticks0);
@@ -975,6 +1064,12 @@ async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<
         if let Some(reason) = first_drop {
             eprintln!("  scale {n}: {dropped} sockets dropped; first: {reason}");
         }
+        let hb_load = hb_load.await.context("heartbeat probe task")?;
+        let hb_lost_logged = gateway
+            .log_tail(usize::MAX)
+            .lines()
+            .filter(|line| line.contains(HEARTBEAT_LOST_LINE))
+            .count();
         let share = |ticks: u64| {
             ticks as f64 / proc::clock_ticks_per_second() as f64 / run.as_secs_f64() * 100.0
         };
@@ -1002,6 +1097,37 @@ async fn scale(env: &Env, sizes: &Sizes, gateway: &Gateway, n: usize) -> Result<
                 "per-kernel p99, highest",
                 "ms",
                 stats::percentile(&kernel_p99s, 100.0),
+            ),
+            metric(
+                "heartbeat RTT idle, p50",
+                "ms",
+                stats::percentile(&hb_idle.rtts_ms, 50.0),
+            ),
+            metric(
+                "heartbeat RTT under load, p50",
+                "ms",
+                stats::percentile(&hb_load.rtts_ms, 50.0),
+            ),
+            metric(
+                "heartbeat RTT under load, p99",
+                "ms",
+                stats::percentile(&hb_load.rtts_ms, 99.0),
+            ),
+            metric(
+                "heartbeat RTT under load, max",
+                "ms",
+                stats::percentile(&hb_load.rtts_ms, 100.0),
+            ),
+            metric(
+                "heartbeat pings missed (> 3 s)",
+                "count",
+                (hb_idle.missed + hb_load.missed) as f64,
+            ),
+            metric("heartbeat probed kernels", "count", probed.len() as f64),
+            metric(
+                "gateway 'not answering heartbeats' lines",
+                "count",
+                hb_lost_logged as f64,
             ),
             metric("dropped sockets", "count", dropped as f64),
             metric("lost requests", "count", (sent - completed) as f64),
