@@ -245,11 +245,19 @@ fn on_which_host(remote: bool) -> String {
     if remote {
         return String::new();
     }
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = this_host();
     match name.trim() {
         "" => " on the gateway's host".to_owned(),
         name => format!(" on the gateway's host {name}"),
     }
+}
+
+/// This machine's host name, or an empty string if it cannot be had.
+fn this_host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_default()
 }
 
 /// `text`, followed by the process's last log lines when it has any.
@@ -668,12 +676,13 @@ pub(crate) enum ReattachError {
 
 #[cfg(test)]
 mod tests {
-    use super::on_which_host;
+    use super::{on_which_host, this_host};
 
     #[test]
     fn a_local_kernel_that_ended_names_the_gateways_host() {
         let local = on_which_host(false);
-        let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let name = this_host();
+        assert!(!name.is_empty());
         assert!(local.starts_with(" on the gateway's host"), "{local}");
         assert!(local.ends_with(name.trim()), "{local}");
         assert_eq!(
