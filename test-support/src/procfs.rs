@@ -65,6 +65,54 @@ pub fn signal_group(pgid: i32, signal: nix::sys::signal::Signal) {
     }
 }
 
+/// Sends SIGKILL to every other process with an argument containing `needle`; their pids.
+pub fn kill_with_argument(needle: &str) -> Vec<i32> {
+    let found: Vec<i32> = other_processes()
+        .into_iter()
+        .filter(|p| p.has_argument_containing(needle))
+        .map(|p| p.pid())
+        .collect();
+    for &pid in &found {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    found
+}
+
+/// A guard that, when dropped, kills every process left with an argument containing one of its
+/// needles (a test's temp dir, a launcher script): for kernels that do not descend from
+/// anything the test owns, such as those sshd or a Spark worker started. It says on stderr
+/// what it killed.
+#[derive(Debug)]
+pub struct Reaper {
+    needles: Vec<String>,
+}
+
+impl Reaper {
+    /// A guard for these needles.
+    pub fn new<S: Into<String>>(needles: impl IntoIterator<Item = S>) -> Reaper {
+        Reaper {
+            needles: needles.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for needle in &self.needles {
+            let killed = kill_with_argument(needle);
+            if !killed.is_empty() {
+                eprintln!(
+                    "killed {} process(es) left behind ({needle}): {killed:?}",
+                    killed.len()
+                );
+            }
+        }
+    }
+}
+
 /// `/proc/<pid>/stat`, parsed.
 pub fn stat(pid: i32) -> Option<Stat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
@@ -181,5 +229,19 @@ mod tests {
         let group = me.stat().expect("stat").pgrp;
         assert!(group_alive(group));
         assert!(!group_alive(i32::MAX));
+    }
+
+    #[test]
+    fn the_reaper_kills_what_names_its_needle() {
+        use std::os::unix::process::CommandExt as _;
+        let needle = format!("/reaper-test-{}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .arg0(format!("sleep{needle}"))
+            .spawn()
+            .expect("sleep runs");
+        drop(Reaper::new([needle]));
+        let status = child.wait().expect("reaped");
+        assert!(!status.success(), "killed: {status:?}");
     }
 }

@@ -50,8 +50,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use test_support::spark::SparkCluster;
 
@@ -75,31 +73,6 @@ fn venv_spark3() -> Result<PathBuf> {
         );
     }
     Ok(dir)
-}
-
-/// Kills every process whose command line names the test's directory: kernels started over SSH
-/// descend from sshd, not from the gateway, and their JVMs with them.
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        let me = std::process::id().to_string();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(pid) = name.parse::<i32>() else {
-                continue;
-            };
-            if name != me
-                && std::fs::read(entry.path().join("cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&self.0))
-            {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
@@ -609,7 +582,7 @@ async fn e2e_spark_languages_local_ssh_yarn() -> Result<()> {
         .prefix("spark-languages-")
         .tempdir()?;
     let d = dir.path();
-    let _reaper = Reaper(d.display().to_string());
+    let _reaper = test_support::procfs::Reaper::new([d.display().to_string()]);
     let hosts = sshd::SshHosts::start(1)
         .await
         .context("starting sshd on 127.0.0.2")?;

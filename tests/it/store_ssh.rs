@@ -7,8 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::persistence::{Place, driver, listed};
 use crate::support::{free_port, site_packages, venv};
@@ -19,20 +18,6 @@ use crate::support::{free_port, site_packages, venv};
     reason = "shared with resource-managers' tests; one host and its keys are enough here"
 )]
 pub(crate) mod sshd;
-
-/// Kills every process whose command line names `needle` (the test's launcher script): kernels
-/// started over SSH descend from sshd, not from the gateway.
-struct LauncherReaper(String);
-
-impl Drop for LauncherReaper {
-    fn drop(&mut self) {
-        for p in test_support::procfs::other_processes() {
-            if p.command_line().is_some_and(|c| c.contains(&self.0)) {
-                let _ = kill(Pid::from_raw(p.pid()), Signal::SIGKILL);
-            }
-        }
-    }
-}
 
 /// A distributed kernelspec for 127.0.0.2 running the GP launcher copied into `dir/scripts`;
 /// returns the launcher's path.
@@ -99,7 +84,7 @@ async fn reattached_after_kill_9(over_ssh: bool) -> Result<()> {
     let dir = tempfile::Builder::new().prefix("store-ssh-").tempdir()?;
     let d = dir.path();
     let launcher = ssh_kernelspec(d)?;
-    let _reaper = LauncherReaper(launcher);
+    let _reaper = test_support::procfs::Reaper::new([launcher]);
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())?
         .map(|u| u.name)
         .context("this user has no name")?;

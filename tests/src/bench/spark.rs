@@ -668,25 +668,6 @@ async fn run_row(
     ])
 }
 
-/// Kills whatever is left of the run's Spark kernels (drivers, executors, launchers): a kernel
-/// started over SSH is no descendant of a gateway.
-struct Reaper(Vec<String>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for needle in &self.0 {
-            let left = proc::with_argument(needle);
-            if !left.is_empty() {
-                eprintln!(
-                    "gateway-bench: killing {} Spark process(es) left ({needle}): {left:?}",
-                    left.len()
-                );
-                proc::kill_all(&left);
-            }
-        }
-    }
-}
-
 /// Runs the selected Spark rows for `repeats` rounds against the floor (GP rows) and every
 /// gateway in `gateway_kinds` (started with the SSH host's settings); starts the SSH host when
 /// the run has none yet.
@@ -715,7 +696,7 @@ pub(crate) async fn run(
         .display()
         .to_string();
     // Declared first, so it is dropped last: after the master and the SSH host are gone.
-    let _reaper = Reaper(vec![kernels_marker.clone(), spark_dir]);
+    let _reaper = test_support::procfs::Reaper::new([kernels_marker.clone(), spark_dir]);
     let own_ssh = if env.ssh.is_none() {
         let host = ssh::SshHost::start(env.dir.path(), &kernels_marker)
             .await
