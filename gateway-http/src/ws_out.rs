@@ -49,10 +49,21 @@ struct OutboxState {
     waker: Option<Waker>,
 }
 
+/// Above this many waiting control bytes the outbox keeps only the newest pong and ping.
+const OUTBOX_COMPACT: usize = 1024;
+
 impl Outbox {
     fn push(&self, buf: &[u8]) {
         let mut state = self.state.lock();
         state.bytes.extend_from_slice(buf);
+        if state.bytes.len() > OUTBOX_COMPACT {
+            // The writer is stuck in the middle of a frame (the client does not read) while the
+            // client keeps pinging: answering only the latest ping is what RFC 6455 §5.5.3
+            // allows, and it bounds what a client can make the gateway hold this way.
+            if let Some(kept) = keep_latest_pong_and_ping(&state.bytes) {
+                state.bytes = kept;
+            }
+        }
         if let Some(waker) = state.waker.take() {
             waker.wake();
         }
@@ -69,6 +80,36 @@ impl Outbox {
         }
         state.bytes.split().freeze()
     }
+}
+
+/// `frames` (whole unmasked control frames, as tungstenite writes them) with every pong and ping
+/// but the last of each dropped, the rest in order; `None` if they do not parse as such.
+fn keep_latest_pong_and_ping(frames: &[u8]) -> Option<BytesMut> {
+    const PING: u8 = 0x9;
+    const PONG: u8 = 0xA;
+    let mut spans = Vec::new();
+    let mut at = 0;
+    while at < frames.len() {
+        let opcode = frames.get(at)? & 0x0F;
+        let len = usize::from(*frames.get(at + 1)?);
+        // Control frames carry at most 125 bytes, so the length is always the 7-bit form.
+        if opcode < 0x8 || len > 125 || at + 2 + len > frames.len() {
+            return None;
+        }
+        spans.push((opcode, at..at + 2 + len));
+        at += 2 + len;
+    }
+    let last = |code: u8| spans.iter().rposition(|(op, _)| *op == code);
+    let (last_ping, last_pong) = (last(PING), last(PONG));
+    let mut kept = BytesMut::with_capacity(frames.len().min(4 * 127));
+    for (i, (opcode, span)) in spans.iter().enumerate() {
+        let drop =
+            (*opcode == PING && Some(i) != last_ping) || (*opcode == PONG && Some(i) != last_pong);
+        if !drop {
+            kept.extend_from_slice(frames.get(span.clone())?);
+        }
+    }
+    Some(kept)
 }
 
 /// The stream tungstenite runs on: reads come from the socket's read half, writes (only ever
@@ -454,6 +495,54 @@ mod tests {
         assert!(writer.staging.capacity() < 1 << 20, "no large buffer kept");
         drop(writer);
         reader.await.expect("reader")
+    }
+
+    #[test]
+    fn a_client_that_pings_without_reading_gets_only_its_latest_pong() {
+        let outbox = Outbox::default();
+        let control = |opcode: u8, payload: &[u8]| {
+            let mut frame = vec![0x80 | opcode, u8::try_from(payload.len()).expect("short")];
+            frame.extend_from_slice(payload);
+            frame
+        };
+        outbox.push(&control(0x9, b""));
+        for i in 0..10_000u32 {
+            let mut payload = [0u8; 125];
+            payload[..4].copy_from_slice(&i.to_be_bytes());
+            outbox.push(&control(0xA, &payload));
+        }
+        let mut last = [0u8; 125];
+        last[..4].copy_from_slice(&9_999u32.to_be_bytes());
+        let held = outbox.take(None);
+        assert!(
+            held.len() <= OUTBOX_COMPACT + 127,
+            "{} bytes held",
+            held.len()
+        );
+        // Once compacted: the gateway's ping, then the pong to the latest ping only.
+        outbox.push(&control(0xA, &last));
+        outbox.push(&control(0x8, &[0x03, 0xE8]));
+        let mut expected = control(0xA, &last);
+        expected.extend(control(0x8, &[0x03, 0xE8]));
+        assert_eq!(outbox.take(None), Bytes::from(expected));
+        assert_eq!(
+            keep_latest_pong_and_ping(&[0x81, 0x01, b'x']),
+            None,
+            "data frames are never compacted"
+        );
+        let mut many = Vec::new();
+        for _ in 0..20 {
+            many.extend(control(0x9, b""));
+            many.extend(control(0xA, b"p"));
+        }
+        many.extend(control(0x8, &[0x03, 0xE8]));
+        let mut kept = control(0x9, b"");
+        kept.extend(control(0xA, b"p"));
+        kept.extend(control(0x8, &[0x03, 0xE8]));
+        assert_eq!(
+            keep_latest_pong_and_ping(&many).map(BytesMut::freeze),
+            Some(Bytes::from(kept))
+        );
     }
 
     #[tokio::test]
