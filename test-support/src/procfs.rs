@@ -231,8 +231,8 @@ mod tests {
         assert!(!group_alive(i32::MAX));
     }
 
-    #[test]
-    fn the_reaper_kills_what_names_its_needle() {
+    #[tokio::test]
+    async fn the_reaper_kills_what_names_its_needle() {
         use std::os::unix::process::CommandExt as _;
         let needle = format!("/reaper-test-{}", std::process::id());
         let mut child = std::process::Command::new("sleep")
@@ -240,8 +240,28 @@ mod tests {
             .arg0(format!("sleep{needle}"))
             .spawn()
             .expect("sleep runs");
+        // Until it has exec'd, the child's arguments are this test binary's.
+        let pid = i32::try_from(child.id()).expect("pid");
+        let named = crate::eventually(std::time::Duration::from_secs(10), || {
+            Process { pid }.has_argument_containing(&needle)
+        })
+        .await;
         drop(Reaper::new([needle]));
+        let ended = crate::eventually(std::time::Duration::from_secs(10), || {
+            !Process { pid }.is_running()
+        })
+        .await;
+        // Only a clean-up: the assertions below hold for what the reaper did.
+        if !ended {
+            let _ = child.kill();
+        }
         let status = child.wait().expect("reaped");
-        assert!(!status.success(), "killed: {status:?}");
+        assert!(named, "the child never showed its arguments");
+        assert!(ended, "the reaper left the child running");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "killed by the reaper: {status:?}"
+        );
     }
 }
