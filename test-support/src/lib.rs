@@ -8,6 +8,7 @@
 //! of a product crate.
 
 pub mod http;
+pub mod proc;
 pub mod procfs;
 pub mod spark;
 

@@ -3,24 +3,17 @@
 //! process group, the worker's executors in the worker's) and returns once the worker has
 //! registered; dropping it stops the worker, then the master.
 
-use std::fs::File;
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use anyhow::Result;
+
+use crate::proc::Proc;
 
 /// How long each daemon gets to print its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// How long a stopped daemon gets between SIGTERM and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// A master and a worker (2 cores, 1 GiB), both on 127.0.0.1.
 #[derive(Debug)]
@@ -30,8 +23,8 @@ pub struct SparkCluster {
     /// The master's web UI port; its `/json/` lists the applications.
     pub ui_port: u16,
     // Stopped in this order: the worker (with its executors), then the master.
-    _worker: Daemon,
-    _master: Daemon,
+    _worker: Proc,
+    _master: Proc,
 }
 
 impl SparkCluster {
@@ -56,7 +49,7 @@ impl SparkCluster {
             cmd
         };
         let started = Instant::now();
-        let master = Daemon::spawn(
+        let master = daemon_up(
             "spark master",
             daemon(
                 "org.apache.spark.deploy.master.Master",
@@ -72,7 +65,7 @@ impl SparkCluster {
             &dir.join("spark-master.log"),
             "I have been elected leader",
         )?;
-        let worker = Daemon::spawn(
+        let worker = daemon_up(
             "spark worker",
             daemon(
                 "org.apache.spark.deploy.worker.Worker",
@@ -116,96 +109,12 @@ impl SparkCluster {
     }
 }
 
-/// One daemon JVM in its own process group, output to a log file, killed with its group on drop.
-#[derive(Debug)]
-struct Daemon {
-    pid: Pid,
-    /// The exit status, from the thread that waits for the process.
-    exited: Receiver<ExitStatus>,
-}
-
-impl Daemon {
-    /// Starts `cmd` and waits until it prints a line with `ready` (its output goes to `log`);
-    /// fails with the output's tail when it exits first or [`START_TIMEOUT`] passes.
-    fn spawn(name: &str, mut cmd: Command, log: &Path, ready: &str) -> Result<Daemon> {
-        let mut out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let (reader, writer) = std::io::pipe().context("creating an output pipe")?;
-        cmd.stdin(Stdio::null())
-            .stdout(writer.try_clone()?)
-            .stderr(writer)
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        // The parent's copies of the pipe's write end go, so the reader sees the end.
-        drop(cmd);
-        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
-        let (exit_tx, exited) = mpsc::channel();
-        std::thread::spawn(move || {
-            if let Ok(status) = child.wait() {
-                let _ = exit_tx.send(status);
-            }
-        });
-        let daemon = Daemon { pid, exited };
-        // Every line goes to the log; until the ready line, each is sent here too.
-        let (line_tx, lines) = mpsc::channel();
-        let ready = ready.to_owned();
-        std::thread::spawn(move || {
-            let mut up = false;
-            for line in BufReader::new(reader).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(out, "{line}");
-                if !up {
-                    up = line.contains(&ready);
-                    let _ = line_tx.send(Output::Line { up, line });
-                }
-            }
-            let _ = line_tx.send(Output::End);
-        });
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut tail: Vec<String> = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(Output::Line { up: true, .. }) => return Ok(daemon),
-                Ok(Output::Line { line, .. }) => {
-                    tail.push(line);
-                    if tail.len() > 40 {
-                        tail.remove(0);
-                    }
-                }
-                Ok(Output::End) | Err(RecvTimeoutError::Disconnected) => {
-                    bail!("{name} ended before it was up:\n{}", tail.join("\n"));
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    bail!(
-                        "{name} printed no ready line within {START_TIMEOUT:?}:\n{}",
-                        tail.join("\n")
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// What a daemon's output reader passes on while it starts.
-enum Output {
-    /// A line, and whether it is the ready line.
-    Line { up: bool, line: String },
-    /// The output ended (the process exited).
-    End,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = killpg(self.pid, Signal::SIGTERM);
-        if self.exited.recv_timeout(STOP_GRACE).is_err() {
-            let _ = killpg(self.pid, Signal::SIGKILL);
-            let _ = self.exited.recv_timeout(STOP_GRACE);
-        }
-        // Whatever is left of the group (the worker's executors).
-        let _ = killpg(self.pid, Signal::SIGKILL);
-    }
+/// Starts a daemon and waits for its ready line; its log is not printed when it is stopped (the
+/// cluster outlives the kernels whose tests may fail, and says nothing about them).
+fn daemon_up(name: &str, cmd: Command, log: &Path, ready: &str) -> Result<Proc> {
+    let mut daemon = Proc::spawn(name, cmd, log, Some(ready), START_TIMEOUT)?;
+    daemon.mark_passed();
+    Ok(daemon)
 }
 
 /// A port nobody listens on now (the OS's pick for an ephemeral listener, released at once).
@@ -223,7 +132,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap_or_default();
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "echo no master here; exit 3"]);
-        let err = Daemon::spawn("sh", cmd, &dir.join("sh.log"), "elected")
+        let err = daemon_up("sh", cmd, &dir.join("sh.log"), "elected")
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
