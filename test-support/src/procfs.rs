@@ -158,13 +158,7 @@ impl Process {
 
     /// The arguments (`argv`), lossily decoded; empty for a kernel thread.
     pub fn args(&self) -> Option<Vec<String>> {
-        let raw = std::fs::read(self.file("cmdline")).ok()?;
-        Some(
-            raw.split(|&b| b == 0)
-                .filter(|arg| !arg.is_empty())
-                .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                .collect(),
-        )
+        self.nul_separated("cmdline")
     }
 
     /// The arguments joined by spaces, as `ps` shows them.
@@ -181,7 +175,12 @@ impl Process {
     /// The environment's `NAME=value` entries, lossily decoded (only readable for processes of
     /// the same user, or as root).
     pub fn environ(&self) -> Option<Vec<String>> {
-        let raw = std::fs::read(self.file("environ")).ok()?;
+        self.nul_separated("environ")
+    }
+
+    /// A `/proc/<pid>` file of NUL-terminated strings, lossily decoded, empty ones left out.
+    fn nul_separated(&self, name: &str) -> Option<Vec<String>> {
+        let raw = std::fs::read(self.file(name)).ok()?;
         Some(
             raw.split(|&b| b == 0)
                 .filter(|entry| !entry.is_empty())
