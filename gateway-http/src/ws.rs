@@ -282,6 +282,8 @@ async fn serve(
         mode,
         channels: lease.attached.channels.take(),
         pending: std::mem::take(&mut lease.attached.replay),
+        unsent: VecDeque::new(),
+        unsent_from: 0,
         held: VecDeque::new(),
         traffic: crate::metrics::Traffic::open(),
         account,
@@ -291,12 +293,21 @@ async fn serve(
         // Dropped first, before the close frame waits behind the write queue. (An eviction
         // usually ends a send or flush that the client did not take, which stops silently.)
         bridge.pending.clear();
+        bridge.unsent.clear();
         drop(lease.attached.queue.take());
         socket.write.abandon();
         stop = Stop::Close(
             close_code::POLICY,
             close_reason(bridge.account.close_reason()),
         );
+    }
+    // The client closed (nothing may follow tungstenite's close reply), the socket failed, or a
+    // newer connection took over: messages queued for the socket and not started go with the
+    // rest of what was not delivered (a whole message or nothing: one that is partly out when
+    // the connection ends goes again).
+    if matches!(stop, Stop::Silent | Stop::Replaced) {
+        let delivered = socket.write.abandon();
+        bridge.take_back_unsent(delivered);
     }
     // What this connection did not deliver goes to its successor (when replaced) or back to the
     // supervisor, which keeps it for a reconnect when this was the last client; before the close
@@ -305,11 +316,18 @@ async fn serve(
     lease.finish(handover);
     match stop {
         Stop::Close(code, reason) => close(&mut socket, code, reason).await,
+        Stop::Replaced => {
+            close(
+                &mut socket,
+                close_code::NORMAL,
+                Cow::Borrowed("replaced by a newer connection"),
+            )
+            .await;
+        }
         Stop::Silent => {
-            // The client closed (tungstenite queued its close reply) or the socket failed:
-            // whatever was not started stays unsent, and what the outbox holds goes out.
+            // tungstenite queued its close reply (when the client closed): the frame in the
+            // middle of being written, then the outbox, go out.
             let _ = socket.read.flush().await;
-            socket.write.abandon();
             let _ = timeout(CLOSE_GRACE, socket.write.finish()).await;
         }
     }
@@ -326,6 +344,11 @@ struct Bridge {
     /// Messages to deliver before anything else (a predecessor's leftovers, the replay), and
     /// any message whose send failed.
     pending: VecDeque<(Channel, Message)>,
+    /// The messages queued for the socket that it has not taken whole yet, oldest first (they
+    /// share their bytes with what the writer queued). The first is the writer's message number
+    /// `unsent_from`.
+    unsent: VecDeque<(Channel, Message)>,
+    unsent_from: u64,
     /// Client messages held while the kernel restarts, sent once the sockets are rebuilt.
     held: VecDeque<(Channel, Message)>,
     /// This connection's message and byte counters.
@@ -340,6 +363,8 @@ enum Stop {
     Silent,
     /// Close with this code and reason.
     Close(u16, Cow<'static, str>),
+    /// A newer connection with the same session id took over: it gets what is unsent.
+    Replaced,
 }
 
 impl Stop {
@@ -366,7 +391,7 @@ fn close_reason(mut text: String) -> Cow<'static, str> {
 /// What to tell a client the gateway disconnected for `why`.
 fn kicked(why: Option<Kick>, detail: Option<Arc<str>>) -> Stop {
     match why {
-        Some(Kick::Replaced) => Stop::close(close_code::NORMAL, "replaced by a newer connection"),
+        Some(Kick::Replaced) => Stop::Replaced,
         Some(Kick::TooSlow) => Stop::close(close_code::POLICY, "client too slow"),
         Some(Kick::KernelDied) => match detail {
             Some(detail) => Stop::Close(
@@ -391,6 +416,22 @@ async fn next_reply(channels: &mut Option<SessionChannels>) -> Option<(Channel, 
 
 impl Bridge {
     /// This connection's undelivered messages and sockets (its queue is added by the lease).
+    /// Forgets the messages the socket has taken whole.
+    fn forget_delivered(&mut self, delivered: u64) {
+        while self.unsent_from < delivered && self.unsent.pop_front().is_some() {
+            self.unsent_from += 1;
+        }
+    }
+
+    /// Puts the messages the socket will not take (from message number `delivered` on: see
+    /// [`FrameWriter::abandon`]) back in front of what is pending.
+    fn take_back_unsent(&mut self, delivered: u64) {
+        self.forget_delivered(delivered);
+        let mut unsent = std::mem::take(&mut self.unsent);
+        unsent.append(&mut self.pending);
+        self.pending = unsent;
+    }
+
     fn leftovers(&mut self) -> Handover {
         Handover {
             messages: std::mem::take(&mut self.pending),
@@ -471,6 +512,7 @@ impl Bridge {
                     if written.is_err() {
                         return Stop::Silent;
                     }
+                    self.forget_delivered(socket.write.delivered());
                 }
                 reply = next_reply(&mut self.channels), if room => match reply {
                     Some((channel, msg)) => self.push(socket, channel, &msg),
@@ -627,7 +669,7 @@ impl Bridge {
     }
 
     /// Queues a kernel message for the socket in the negotiated framing (the loop writes it).
-    fn push(&self, socket: &mut Socket, channel: Channel, msg: &Message) {
+    fn push(&mut self, socket: &mut Socket, channel: Channel, msg: &Message) {
         let payload: WsPayload = match self.mode {
             Mode::V1 => v1::encode_payload(channel, msg),
             Mode::Legacy => match legacy::encode_payload(channel, msg) {
@@ -640,6 +682,7 @@ impl Bridge {
         };
         self.traffic.to_client(payload.len());
         socket.write.push(payload);
+        self.unsent.push_back((channel, msg.clone()));
     }
 }
 

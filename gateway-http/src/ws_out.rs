@@ -168,8 +168,12 @@ pub(crate) struct FrameWriter<W> {
     staging: BytesMut,
     /// The bytes to write, oldest first; no segment is empty.
     segments: VecDeque<Bytes>,
-    /// How many segments each queued frame still has, oldest first.
-    frames: VecDeque<usize>,
+    /// The queued frames (a staged batch of small frames counts as one), oldest first.
+    frames: VecDeque<Unit>,
+    /// Messages whose last frame has been queued (`push` calls, less what `abandon` dropped).
+    finished: u64,
+    /// Messages whose last frame the socket has taken.
+    delivered: u64,
     /// Whether the oldest frame is partly written (a control frame must wait for its end).
     midframe: bool,
     /// Bytes in `segments`.
@@ -178,6 +182,15 @@ pub(crate) struct FrameWriter<W> {
     unflushed: bool,
     outbox: Arc<Outbox>,
     account: Account,
+}
+
+/// One queued frame, or one segment of staged small frames.
+#[derive(Debug, Clone, Copy)]
+struct Unit {
+    /// Segments still to write.
+    segments: usize,
+    /// [`FrameWriter::delivered`] once this unit is written.
+    done: u64,
 }
 
 impl<W> Drop for FrameWriter<W> {
@@ -194,6 +207,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             staging: BytesMut::new(),
             segments: VecDeque::new(),
             frames: VecDeque::new(),
+            finished: 0,
+            delivered: 0,
             midframe: false,
             queued: 0,
             unflushed: false,
@@ -205,6 +220,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Bytes queued and not yet taken by the socket.
     pub(crate) fn queued(&self) -> usize {
         self.queued + self.staging.len()
+    }
+
+    /// How many of the pushed messages the socket has taken whole (counting from the first
+    /// `push`; a message dropped by [`FrameWriter::abandon`] is not counted).
+    pub(crate) fn delivered(&self) -> u64 {
+        self.delivered
     }
 
     /// Queues a message: one frame, or fragments of [`FRAGMENT`] bytes when it is larger. Text
@@ -281,6 +302,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             for segment in &payload {
                 self.staging.extend_from_slice(segment);
             }
+            self.finished += u64::from(fin);
             return;
         }
         let header = headers.split().freeze();
@@ -290,7 +312,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.segments.push_back(header);
         self.segments
             .extend(payload.into_iter().filter(|s| !s.is_empty()));
-        self.frames.push_back(count);
+        self.finished += u64::from(fin);
+        self.frames.push_back(Unit {
+            segments: count,
+            done: self.finished,
+        });
     }
 
     /// Moves the staged small frames into `segments`, as one segment (a partial write of it
@@ -303,23 +329,33 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.queued += staged.len();
         self.account.charge(staged.len());
         self.segments.push_back(staged);
-        self.frames.push_back(1);
+        self.frames.push_back(Unit {
+            segments: 1,
+            done: self.finished,
+        });
     }
 
     /// Drops every queued frame that has not started (the connection is closing: nothing may
     /// follow the close frame). A partly written frame stays, so the framing stays valid.
-    pub(crate) fn abandon(&mut self) {
+    ///
+    /// Returns how many messages [`FrameWriter::delivered`] will count once what stays is
+    /// written: the pushed messages from there on were dropped (a message whose first fragments
+    /// went out but not its last is among them), and the caller may send them elsewhere.
+    pub(crate) fn abandon(&mut self) -> u64 {
         self.staging.clear();
-        let keep = if self.midframe {
-            self.frames.front().copied().unwrap_or(0)
+        let kept = if self.midframe {
+            self.frames.front().copied()
         } else {
-            0
+            None
         };
+        let keep = kept.map_or(0, |unit| unit.segments);
         let dropped: usize = self.segments.iter().skip(keep).map(Bytes::len).sum();
         self.segments.truncate(keep);
-        self.frames.truncate(usize::from(keep > 0));
+        self.frames.truncate(usize::from(kept.is_some()));
         self.queued -= dropped;
         self.account.release(dropped);
+        self.finished = kept.map_or(self.delivered, |unit| unit.done);
+        self.finished
     }
 
     /// Writes what is queued and flushes: `Ready(Ok)` once that is done (or at once when there
@@ -334,7 +370,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     self.queued += control.len();
                     self.account.charge(control.len());
                     self.segments.push_front(control);
-                    self.frames.push_front(1);
+                    self.frames.push_front(Unit {
+                        segments: 1,
+                        done: self.delivered,
+                    });
                 }
             }
             if self.segments.is_empty() {
@@ -343,7 +382,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             // A control frame is waiting for the end of the frame being written: write only up
             // to that end (a write that spans frames almost never ends on a boundary).
             let limit = if self.midframe && self.outbox.has_bytes() {
-                self.frames.front().copied().unwrap_or(MAX_IOV).min(MAX_IOV)
+                self.frames
+                    .front()
+                    .map_or(MAX_IOV, |unit| unit.segments)
+                    .min(MAX_IOV)
             } else {
                 MAX_IOV
             };
@@ -386,12 +428,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             left -= front.len();
             self.segments.pop_front();
             match self.frames.front_mut() {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
+                Some(unit) if unit.segments > 1 => {
+                    unit.segments -= 1;
                     self.midframe = true;
                 }
                 _ => {
-                    self.frames.pop_front();
+                    if let Some(unit) = self.frames.pop_front() {
+                        self.delivered = self.delivered.max(unit.done);
+                    }
                     self.midframe = false;
                 }
             }
@@ -574,6 +618,55 @@ mod tests {
             whole.extend_from_slice(payload);
         }
         assert!(whole == format!("[\"{body}\"]").into_bytes());
+    }
+
+    #[tokio::test]
+    async fn abandon_counts_the_messages_that_still_go_out_whole() {
+        let (near, mut far) = tokio::io::duplex(4096);
+        let budget = crate::budget::MemoryBudget::unbounded();
+        let account = budget.open();
+        let mut writer = FrameWriter::new(near, Arc::new(Outbox::default()), account.clone());
+        for small in ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"] {
+            writer.push(text(&[small]));
+        }
+        writer.push(WsPayload {
+            text: false,
+            segments: vec![Bytes::from(vec![7u8; 2 * FRAGMENT + 10])],
+        });
+        writer.push(text(&["{\"d\":4}"]));
+        writer.push(text(&["{\"e\":5}"]));
+        // The pipe takes 4 KiB: the three small messages and the start of the large one's first
+        // fragment.
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(writer.poll_write_out(&mut cx).is_pending());
+        assert_eq!(writer.delivered(), 3);
+        // The first fragment is finished; the large message and the two after it are dropped.
+        assert_eq!(writer.abandon(), 3);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        writer.finish().await.expect("finish");
+        assert_eq!(
+            (writer.delivered(), writer.queued(), account.held()),
+            (3, 0, 0)
+        );
+        drop(writer);
+        let parsed = frames(&reader.await.expect("reader"));
+        assert_eq!(parsed.len(), 4, "three small frames and one fragment");
+        assert_eq!(
+            (parsed[3].0, parsed[3].1, parsed[3].2.len()),
+            (false, 2, FRAGMENT)
+        );
+
+        // With nothing in the middle of being written, every message pushed is counted.
+        let (near, _far) = tokio::io::duplex(1 << 16);
+        let mut writer = FrameWriter::new(near, Arc::new(Outbox::default()), budget.open());
+        writer.push(text(&["{}"]));
+        writer.finish().await.expect("finish");
+        writer.push(text(&["{}"]));
+        assert_eq!((writer.delivered(), writer.abandon()), (1, 1));
     }
 
     #[tokio::test]
