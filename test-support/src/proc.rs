@@ -1,7 +1,9 @@
-//! Guards for child processes a test starts: [`Proc`] runs one in its own process group with its
-//! stdout and stderr teed into a log file, waits for its "ready" line, and stops the whole group
-//! when dropped; [`run_bounded`] runs a command to completion under a deadline.
+//! Guards for child processes a test or the benchmark starts: [`Proc`] runs one in its own
+//! process group with its stdout and stderr teed into a log file (or discarded), waits for its
+//! "ready" line, and stops the whole group, and every descendant it saw, when dropped;
+//! [`run_bounded`] runs a command to completion under a deadline.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::process::CommandExt as _;
@@ -18,18 +20,21 @@ use nix::unistd::Pid;
 const DROP_GRACE: Duration = Duration::from_secs(10);
 
 /// A running child process in its own process group, its stdout and stderr teed into one log
-/// file. Dropping it sends SIGTERM, waits up to [`DROP_GRACE`], then SIGKILLs the whole group,
-/// and prints the tail of the log unless [`Proc::mark_passed`] was called (so a test that fails,
-/// by panic or by returning an error, shows what the process said).
+/// file (or discarded). Dropping it sends SIGTERM, waits up to [`DROP_GRACE`], then SIGKILLs the
+/// whole group and every descendant seen (a kernel a gateway launched often runs in a session of
+/// its own, out of the group), and prints the tail of the log unless [`Proc::mark_passed`] was
+/// called (so a test that fails, by panic or by returning an error, shows what the process said).
 #[derive(Debug)]
 pub struct Proc {
     name: String,
     pid: i32,
     exited: Receiver<ExitStatus>,
     status: Option<ExitStatus>,
-    log: PathBuf,
+    log: Option<PathBuf>,
     ready: Receiver<()>,
     show_log_on_drop: bool,
+    /// Descendants seen so far (by [`Proc::refresh_descendants`], and when stopping).
+    descendants: HashSet<i32>,
 }
 
 impl Proc {
@@ -39,17 +44,44 @@ impl Proc {
     /// process exits first or `timeout` passes.
     pub fn spawn(
         name: &str,
-        mut cmd: Command,
+        cmd: Command,
         log: &Path,
         ready_marker: Option<&str>,
         timeout: Duration,
     ) -> Result<Proc> {
-        let (reader, writer) = std::io::pipe().context("creating an output pipe")?;
-        let writer_err = writer.try_clone().context("cloning the output pipe")?;
-        cmd.stdin(Stdio::null())
-            .stdout(writer)
-            .stderr(writer_err)
-            .process_group(0);
+        Proc::start(name, cmd, Some(log), ready_marker, timeout)
+    }
+
+    /// Starts `cmd` (stdin closed) in a new process group, its output discarded; nothing is
+    /// printed when it is dropped.
+    pub fn spawn_discarding(name: &str, cmd: Command) -> Result<Proc> {
+        let mut proc = Proc::start(name, cmd, None, None, Duration::ZERO)?;
+        proc.mark_passed();
+        Ok(proc)
+    }
+
+    fn start(
+        name: &str,
+        mut cmd: Command,
+        log: Option<&Path>,
+        ready_marker: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Proc> {
+        cmd.stdin(Stdio::null()).process_group(0);
+        let pipe = match log {
+            Some(log) => {
+                let (reader, writer) = std::io::pipe().context("creating an output pipe")?;
+                let writer_err = writer.try_clone().context("cloning the output pipe")?;
+                cmd.stdout(writer).stderr(writer_err);
+                let file =
+                    File::create(log).with_context(|| format!("creating {}", log.display()))?;
+                Some((reader, file))
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                None
+            }
+        };
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
@@ -64,41 +96,20 @@ impl Proc {
             }
         });
 
-        let mut log_file =
-            File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let marker = ready_marker.map(str::to_owned);
         let (ready_tx, ready) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(reader);
-            let mut line = Vec::new();
-            let mut signalled = false;
-            loop {
-                line.clear();
-                match lines.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let _ = log_file.write_all(&line);
-                        let _ = log_file.flush();
-                        if !signalled
-                            && let Some(m) = &marker
-                            && String::from_utf8_lossy(&line).contains(m.as_str())
-                        {
-                            signalled = true;
-                            let _ = ready_tx.send(());
-                        }
-                    }
-                }
-            }
-        });
+        if let Some((reader, log_file)) = pipe {
+            tee(reader, log_file, ready_marker.map(str::to_owned), ready_tx);
+        }
 
         let mut proc = Proc {
             name: name.to_owned(),
             pid,
             exited,
             status: None,
-            log: log.to_path_buf(),
+            log: log.map(Path::to_path_buf),
             ready,
             show_log_on_drop: true,
+            descendants: HashSet::new(),
         };
         if ready_marker.is_some()
             && let Err(err) = proc.wait_ready(timeout)
@@ -108,6 +119,18 @@ impl Proc {
             return Err(err);
         }
         Ok(proc)
+    }
+
+    /// Remembers the process's current descendants, so that stopping it kills them even when
+    /// they outlived it or left its process group.
+    pub fn refresh_descendants(&mut self) {
+        self.descendants
+            .extend(crate::procfs::descendants(self.pid));
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.wait_exit(Duration::ZERO).is_some()
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
@@ -169,8 +192,9 @@ impl Proc {
     }
 
     /// SIGTERM, wait up to `grace`, then SIGKILL; afterwards SIGKILL whatever is left of the
-    /// process group. Returns the exit status if the process exited.
+    /// process group and every descendant seen. Returns the exit status if the process exited.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.refresh_descendants();
         if self.status.is_none() {
             let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
             if self.wait_exit(grace).is_none() {
@@ -179,6 +203,9 @@ impl Proc {
             }
         }
         let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        for &pid in &self.descendants {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         self.status
     }
 
@@ -187,10 +214,12 @@ impl Proc {
         self.show_log_on_drop = false;
     }
 
-    /// Everything the process printed so far.
+    /// Everything the process printed so far (empty when its output is discarded).
     pub fn log_text(&self) -> String {
         let mut text = String::new();
-        if let Ok(mut f) = File::open(&self.log) {
+        if let Some(log) = &self.log
+            && let Ok(mut f) = File::open(log)
+        {
             let mut bytes = Vec::new();
             let _ = f.read_to_end(&mut bytes);
             text = String::from_utf8_lossy(&bytes).into_owned();
@@ -210,15 +239,49 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop(DROP_GRACE);
-        if self.show_log_on_drop {
+        if self.show_log_on_drop
+            && let Some(log) = &self.log
+        {
             eprintln!(
                 "----- last lines of {} output ({}) -----\n{}\n-----",
                 self.name,
-                self.log.display(),
+                log.display(),
                 self.log_tail(60)
             );
         }
     }
+}
+
+/// Copies `reader`'s lines into `log` on a thread of its own, signalling `ready` at the first line
+/// containing `marker`.
+fn tee(
+    reader: std::io::PipeReader,
+    mut log: File,
+    marker: Option<String>,
+    ready: mpsc::Sender<()>,
+) {
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(reader);
+        let mut line = Vec::new();
+        let mut signalled = false;
+        loop {
+            line.clear();
+            match lines.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let _ = log.write_all(&line);
+                    let _ = log.flush();
+                    if !signalled
+                        && let Some(m) = &marker
+                        && String::from_utf8_lossy(&line).contains(m.as_str())
+                    {
+                        signalled = true;
+                        let _ = ready.send(());
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Runs a command to completion (own process group, output captured), killing it after
@@ -244,5 +307,48 @@ pub fn run_bounded(
                 proc.log_text()
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopping_kills_descendants_that_left_the_group() {
+        // The child starts a grandchild in a session (and so a process group) of its own.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "setsid sleep 1000 & echo started; wait"]);
+        let dir = std::env::temp_dir().join(format!("proc-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let log = dir.join("sh.log");
+        let mut proc =
+            Proc::spawn("sh", cmd, &log, Some("started"), Duration::from_secs(10)).expect("spawn");
+        proc.mark_passed();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let grandchild = loop {
+            let found = crate::procfs::descendants(proc.pid())
+                .into_iter()
+                .find(|&pid| crate::procfs::stat(pid).is_some_and(|s| s.pgrp != proc.pid()));
+            if let Some(pid) = found {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no grandchild in a group of its own"
+            );
+            std::thread::yield_now();
+        };
+        drop(proc);
+        let gone = |pid: i32| crate::procfs::stat(pid).is_none_or(|s| s.is_gone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gone(grandchild) {
+            assert!(
+                Instant::now() < deadline,
+                "the grandchild outlived the guard"
+            );
+            std::thread::yield_now();
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -50,6 +50,25 @@ pub fn other_processes() -> Vec<Process> {
     processes().into_iter().filter(|p| p.pid != own).collect()
 }
 
+/// Every live process whose chain of parents leads to `root` (not `root` itself).
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut children: std::collections::HashMap<i32, Vec<i32>> = std::collections::HashMap::new();
+    for p in processes() {
+        if let Some(stat) = p.stat() {
+            children.entry(stat.ppid).or_default().push(p.pid);
+        }
+    }
+    let mut found = Vec::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        for &child in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
+            found.push(child);
+            queue.push(child);
+        }
+    }
+    found
+}
+
 /// Whether a process of group `pgid` is running (zombies do not count: a group whose members
 /// all ended but are not reaped yet is gone for a test).
 pub fn group_alive(pgid: i32) -> bool {

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::proc::{self, ChildGuard};
+use super::proc;
+use test_support::proc::Proc;
 
 /// Debian's PostgreSQL binaries.
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -31,7 +32,7 @@ fn as_pg(program: &str) -> Command {
 
 /// A PostgreSQL server for the run: its guard and URL.
 pub(crate) struct Postgres {
-    pub(crate) guard: ChildGuard,
+    pub(crate) guard: Proc,
     pub(crate) url: String,
 }
 
@@ -88,7 +89,7 @@ impl Postgres {
             .arg("-k")
             .arg(&data)
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]);
-        let guard = ChildGuard::spawn(
+        let guard = proc::spawn(
             "postgres",
             cmd,
             Some(&dir.join("postgres.log")),
@@ -103,7 +104,7 @@ impl Postgres {
 }
 
 /// HAProxy on a free loopback port in front of `backends`, once it accepts connections.
-pub(crate) async fn haproxy(dir: &Path, backends: &[u16]) -> Result<(ChildGuard, u16)> {
+pub(crate) async fn haproxy(dir: &Path, backends: &[u16]) -> Result<(Proc, u16)> {
     let port = proc::free_port()?;
     let servers: String = backends
         .iter()
@@ -123,7 +124,7 @@ pub(crate) async fn haproxy(dir: &Path, backends: &[u16]) -> Result<(ChildGuard,
     cmd.arg("-db").arg("-f").arg(&path);
     let log = dir.join("haproxy.log");
     let guard = tokio::task::spawn_blocking(move || {
-        ChildGuard::spawn("haproxy", cmd, Some(&log), None, Duration::from_secs(10))
+        proc::spawn("haproxy", cmd, Some(&log), None, Duration::from_secs(10))
     })
     .await??;
     for _ in 0..200 {

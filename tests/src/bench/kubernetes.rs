@@ -22,8 +22,9 @@ use anyhow::{Context as _, Result, bail};
 use resource_managers::kubernetes::client::{Kind, PODS};
 use resource_managers::kubernetes::{ClusterConfig, KubeClient};
 
-use super::proc::{self, ChildGuard};
+use super::proc;
 use super::target::Spec;
+use test_support::proc::Proc;
 
 /// The kernelspec's name.
 pub(crate) const SPEC_NAME: &str = "bench_python_k8s";
@@ -166,7 +167,7 @@ impl K8sAccess {
 /// group; then SIGKILL for anything left).
 #[derive(Debug)]
 pub(crate) struct K8sCluster {
-    _guard: ChildGuard,
+    _guard: Proc,
     access: K8sAccess,
 }
 
@@ -238,7 +239,7 @@ impl K8sCluster {
         let guard = tokio::task::spawn_blocking({
             let log = log.clone();
             move || {
-                ChildGuard::spawn(
+                proc::spawn(
                     "k8s-emulator",
                     cmd,
                     Some(&log),

@@ -1,234 +1,42 @@
 //! Processes the benchmark starts (gateways, directly launched kernels), and what it reads about
 //! them from `/proc`.
 //!
-//! Every child runs in its own process group and is stopped when its guard is dropped: SIGTERM,
-//! a grace period, then SIGKILL for the group and for every descendant seen while it ran (kernels
-//! launched by a gateway often live in sessions of their own, out of the gateway's group).
+//! Every child is a [`test_support::proc::Proc`]: it runs in its own process group and is stopped
+//! when dropped (SIGTERM, a grace period, then SIGKILL for the group and for every descendant seen
+//! while it ran: kernels launched by a gateway often live in sessions of their own).
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use test_support::proc::Proc;
 use test_support::procfs;
 
-/// How long a stopped child gets between SIGTERM and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// A child process in its own process group, killed (with its descendants) on drop.
-#[derive(Debug)]
-pub(crate) struct ChildGuard {
-    name: String,
-    pid: i32,
-    exited: Receiver<ExitStatus>,
-    status: Option<ExitStatus>,
-    ready: Receiver<()>,
-    log: Option<PathBuf>,
-    /// Descendants seen so far (refreshed by [`ChildGuard::refresh_descendants`] and on stop).
-    descendants: HashSet<i32>,
-}
-
-impl ChildGuard {
-    /// Starts `cmd` (stdin closed) in a new process group. With a `log`, stdout and stderr go
-    /// there, and when `ready_marker` is given this returns once a line contains it (or fails when
-    /// the process exits first or `timeout` passes). Without a log the output is discarded.
-    pub(crate) fn spawn(
-        name: &str,
-        mut cmd: Command,
-        log: Option<&Path>,
-        ready_marker: Option<&str>,
-        timeout: Duration,
-    ) -> Result<ChildGuard> {
-        cmd.stdin(Stdio::null()).process_group(0);
-        let (ready_tx, ready) = mpsc::channel();
-        let mut reader_pipe = None;
-        match log {
-            Some(_) => {
-                let (reader, writer) = std::io::pipe().context("creating an output pipe")?;
-                let writer_err = writer.try_clone().context("cloning the output pipe")?;
-                cmd.stdout(writer).stderr(writer_err);
-                reader_pipe = Some(reader);
-            }
-            None => {
-                cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        // The parent's copies of the pipe's write end live in `cmd`: drop them so EOF is seen.
-        drop(cmd);
-        let pid = i32::try_from(child.id()).context("child pid out of range")?;
-        let (exit_tx, exited) = mpsc::channel();
-        std::thread::spawn(move || {
-            if let Ok(status) = child.wait() {
-                let _ = exit_tx.send(status);
-            }
-        });
-        if let (Some(reader), Some(log)) = (reader_pipe, log) {
-            let mut file =
-                File::create(log).with_context(|| format!("creating {}", log.display()))?;
-            let marker = ready_marker.map(str::to_owned);
-            std::thread::spawn(move || {
-                let mut lines = BufReader::new(reader);
-                let mut line = Vec::new();
-                let mut signalled = false;
-                loop {
-                    line.clear();
-                    match lines.read_until(b'\n', &mut line) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let _ = file.write_all(&line);
-                            if !signalled
-                                && let Some(m) = &marker
-                                && String::from_utf8_lossy(&line).contains(m.as_str())
-                            {
-                                signalled = true;
-                                let _ = file.flush();
-                                let _ = ready_tx.send(());
-                            }
-                        }
-                    }
-                }
-                let _ = file.flush();
-            });
-        }
-        let mut guard = ChildGuard {
-            name: name.to_owned(),
-            pid,
-            exited,
-            status: None,
-            ready,
-            log: log.map(Path::to_path_buf),
-            descendants: HashSet::new(),
-        };
-        if ready_marker.is_some() {
-            guard.wait_ready(timeout)?;
-        }
-        Ok(guard)
-    }
-
-    /// The process id (also the process group id).
-    pub(crate) fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.ready.recv_timeout(Duration::from_millis(50)) {
-                Ok(()) => return Ok(()),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    bail!(
-                        "{} stopped before it was ready; output:\n{}",
-                        self.name,
-                        self.log_tail(30)
-                    )
-                }
-            }
-            if let Ok(status) = self.exited.try_recv() {
-                self.status = Some(status);
-                if self.ready.recv_timeout(Duration::from_millis(300)).is_ok() {
-                    return Ok(());
-                }
-                bail!(
-                    "{} exited ({status}) before it was ready; output:\n{}",
-                    self.name,
-                    self.log_tail(30)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} printed no ready line within {timeout:?}; output:\n{}",
-                    self.name,
-                    self.log_tail(30)
-                );
-            }
-        }
-    }
-
-    /// Whether the process has exited.
-    pub(crate) fn has_exited(&mut self) -> bool {
-        if self.status.is_none()
-            && let Ok(status) = self.exited.try_recv()
-        {
-            self.status = Some(status);
-        }
-        self.status.is_some()
-    }
-
-    /// The last `lines` lines of the log (empty without a log).
-    pub(crate) fn log_tail(&self, lines: usize) -> String {
-        let Some(log) = &self.log else {
-            return String::new();
-        };
-        let text = std::fs::read(log).unwrap_or_default();
-        let text = String::from_utf8_lossy(&text);
-        let all: Vec<&str> = text.lines().collect();
-        all.get(all.len().saturating_sub(lines)..)
-            .unwrap_or_default()
-            .join("\n")
-    }
-
-    /// Remembers the current descendants, so they can be killed even after the child is gone.
-    pub(crate) fn refresh_descendants(&mut self) {
-        self.descendants.extend(descendants(self.pid));
-    }
-
-    /// SIGTERM, wait up to `grace`, then SIGKILL the group and every descendant ever seen.
-    pub(crate) fn stop(&mut self, grace: Duration) {
-        self.refresh_descendants();
-        if !self.has_exited() {
-            let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
-            if let Ok(status) = self.exited.recv_timeout(grace) {
-                self.status = Some(status);
-            }
-        }
-        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
-        for &pid in &self.descendants {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        if self.status.is_none()
-            && let Ok(status) = self.exited.recv_timeout(Duration::from_secs(5))
-        {
-            self.status = Some(status);
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.stop(STOP_GRACE);
-    }
+/// Starts `cmd` in a process group of its own, as [`Proc`]: with a `log`, its output goes there
+/// and, when `ready_marker` is given, this returns once a line contains it (or fails when the
+/// process exits first or `timeout` passes); without one its output is discarded. The benchmark
+/// reports failures itself, so nothing is printed when the guard is dropped.
+pub(crate) fn spawn(
+    name: &str,
+    cmd: Command,
+    log: Option<&Path>,
+    ready_marker: Option<&str>,
+    timeout: Duration,
+) -> Result<Proc> {
+    let mut proc = match log {
+        Some(log) => Proc::spawn(name, cmd, log, ready_marker, timeout)?,
+        None => Proc::spawn_discarding(name, cmd)?,
+    };
+    proc.mark_passed();
+    Ok(proc)
 }
 
 /// Every live process whose parent chain leads to `root` (not `root` itself).
-pub(crate) fn descendants(root: i32) -> Vec<i32> {
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for p in procfs::processes() {
-        if let Some(stat) = p.stat() {
-            children.entry(stat.ppid).or_default().push(p.pid());
-        }
-    }
-    let mut found = Vec::new();
-    let mut queue = vec![root];
-    while let Some(pid) = queue.pop() {
-        for &child in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
-            found.push(child);
-            queue.push(child);
-        }
-    }
-    found
-}
+pub(crate) use test_support::procfs::descendants;
 
 /// Every live process (other than this one) with a command-line argument containing `needle`.
 pub(crate) fn with_argument(needle: &str) -> Vec<i32> {

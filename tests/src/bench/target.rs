@@ -15,9 +15,10 @@ use tokio::time::Instant;
 
 use super::client::{self, WsClient, WsProtocol};
 use super::kubernetes::{self, K8sAccess};
-use super::proc::{self, ChildGuard};
+use super::proc;
 use super::ssh::{self, SshAccess};
 use super::yarn::YarnAccess;
+use test_support::proc::Proc;
 
 /// The line both gateways print once they listen.
 const READY_LINE: &str = "is available at http";
@@ -343,10 +344,10 @@ pub(crate) struct Gateway {
     pub(crate) idle_rss_kib: u64,
     /// Whether it was started with the SSH host's settings.
     pub(crate) ssh: bool,
-    guard: Option<ChildGuard>,
+    guard: Option<Proc>,
     /// For the balanced target: the second gateway, HAProxy and PostgreSQL, stopped with it.
     peers: Vec<Gateway>,
-    helpers: Vec<ChildGuard>,
+    helpers: Vec<Proc>,
     /// For the balanced target: the store's URL.
     store: Option<String>,
     _dir: tempfile::TempDir,
@@ -519,7 +520,7 @@ impl Gateway {
         let log = env.log_path(&format!("{}-{port}.log", kind.key()));
         let name = kind.label().to_owned();
         let guard = tokio::task::spawn_blocking(move || {
-            ChildGuard::spawn(
+            proc::spawn(
                 &name,
                 cmd,
                 Some(&log),
@@ -557,7 +558,7 @@ impl Gateway {
 
     /// The gateway's process id (for EG, the Python interpreter's).
     pub(crate) fn pid(&self) -> i32 {
-        self.guard.as_ref().map_or(0, ChildGuard::pid)
+        self.guard.as_ref().map_or(0, Proc::pid)
     }
 
     /// Whether the gateway process is still running.
@@ -598,7 +599,7 @@ impl Gateway {
 /// A kernel the benchmark launched itself, with our own client on its sockets.
 #[derive(Debug)]
 pub(crate) struct DirectKernel {
-    guard: ChildGuard,
+    guard: Proc,
     client: KernelClient,
     connection_file: PathBuf,
     /// The kernel's ports, reserved while it runs (as the gateway's local backend does), so
@@ -661,7 +662,7 @@ async fn start_direct_once(env: &Env, spec: &Spec) -> Result<Result<DirectKernel
         path.push(std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin")));
         path
     });
-    let mut guard = ChildGuard::spawn(spec.name, cmd, None, None, Duration::ZERO)?;
+    let mut guard = proc::spawn(spec.name, cmd, None, None, Duration::ZERO)?;
     let opts = SocketOptions {
         connect_timeout: KERNEL_READY_TIMEOUT,
         ..SocketOptions::default()

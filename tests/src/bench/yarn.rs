@@ -16,7 +16,8 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 use super::client;
-use super::proc::{self, ChildGuard};
+use super::proc;
+use test_support::proc::Proc;
 
 /// The line the emulator prints once its RMs serve.
 const READY_LINE: &str = "READY";
@@ -48,7 +49,7 @@ impl YarnAccess {
 /// SIGKILL for anything left).
 #[derive(Debug)]
 pub(crate) struct YarnCluster {
-    _guard: ChildGuard,
+    _guard: Proc,
     access: YarnAccess,
 }
 
@@ -82,7 +83,7 @@ impl YarnCluster {
         let guard = tokio::task::spawn_blocking({
             let log = log.clone();
             move || {
-                ChildGuard::spawn(
+                proc::spawn(
                     "yarn-emulator",
                     cmd,
                     Some(&log),
