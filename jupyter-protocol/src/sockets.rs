@@ -259,11 +259,36 @@ async fn read_replies(
 /// consumer is more than [`SocketOptions::iopub_capacity`] messages behind), the newest message is
 /// dropped and counted, with a warning in the log, and reading goes on: losing messages here is
 /// visible and bounded, while stopping would make the kernel's publisher drop silently.
-#[derive(Debug)]
+///
+/// [`IopubSubscription::divert`] hands messages to an [`IopubSink`] inside the drain task
+/// instead, so a consumer that only fans them out costs no task wake-up of its own per message.
 pub struct IopubSubscription {
-    /// Verified iopub messages in arrival order.
+    /// Verified iopub messages in arrival order (until diverted).
     pub messages: mpsc::Receiver<Message>,
     dropped: Arc<AtomicU64>,
+    outlet: Arc<Mutex<Option<Box<dyn IopubSink>>>>,
+}
+
+impl std::fmt::Debug for IopubSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IopubSubscription")
+            .field("dropped", &self.dropped())
+            .field("diverted", &self.outlet.lock().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Takes a diverted subscription's messages, one at a time in arrival order, inside its drain task.
+pub trait IopubSink: Send + 'static {
+    /// One verified message. Called with the subscription's outlet locked: it must not block or
+    /// wait, and must not touch the same subscription.
+    fn deliver(&mut self, msg: Message);
+}
+
+impl<F: FnMut(Message) + Send + 'static> IopubSink for F {
+    fn deliver(&mut self, msg: Message) {
+        self(msg);
+    }
 }
 
 impl IopubSubscription {
@@ -292,8 +317,32 @@ impl IopubSubscription {
         let verifier = UnitVerifier::new(signer, opts.max_message_size);
         let (tx, messages) = mpsc::channel(opts.iopub_capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(drain_iopub(stream, verifier, tx, dropped.clone()));
-        Ok(IopubSubscription { messages, dropped })
+        let outlet = Arc::new(Mutex::new(None));
+        tokio::spawn(drain_iopub(
+            stream,
+            verifier,
+            tx,
+            dropped.clone(),
+            Arc::clone(&outlet),
+        ));
+        Ok(IopubSubscription {
+            messages,
+            dropped,
+            outlet,
+        })
+    }
+
+    /// From now on the drain task hands every message to `sink` instead of `messages`: first
+    /// those still waiting in `messages`, then the rest as they arrive, in order. The subscription
+    /// still ends when it is dropped; a second divert replaces the sink.
+    pub fn divert(&mut self, mut sink: Box<dyn IopubSink>) {
+        let mut outlet = self.outlet.lock();
+        // The drain task fills `messages` only with the outlet locked, so nothing can come in
+        // between the ones flushed here and the ones the sink gets next.
+        while let Ok(msg) = self.messages.try_recv() {
+            sink.deliver(msg);
+        }
+        *outlet = Some(sink);
     }
 
     /// How many messages the drain task dropped because `messages` was full.
@@ -312,6 +361,7 @@ async fn drain_iopub(
     verifier: UnitVerifier,
     tx: mpsc::Sender<Message>,
     dropped: Arc<AtomicU64>,
+    outlet: Arc<Mutex<Option<Box<dyn IopubSink>>>>,
 ) {
     loop {
         let received = tokio::select! {
@@ -334,6 +384,12 @@ async fn drain_iopub(
                 continue;
             }
         };
+        // Held while the message is handed on, so a divert sees every message once, in order.
+        let mut slot = outlet.lock();
+        if let Some(sink) = slot.as_mut() {
+            sink.deliver(msg);
+            continue;
+        }
         match tx.try_send(msg) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {

@@ -289,7 +289,7 @@ impl Supervisor {
 
     /// Supervises a re-attached incarnation.
     pub(super) async fn run_reattached(mut self, inc: Incarnation) {
-        self.inc = Some(inc);
+        self.set_incarnation(inc);
         self.shared.started.store(true, Ordering::SeqCst);
         self.persist().await;
         self.supervise().await;

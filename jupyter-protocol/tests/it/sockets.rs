@@ -209,3 +209,58 @@ async fn connects_are_bounded_by_the_timeout() -> anyhow::Result<()> {
     assert!(matches!(err, Error::UnsupportedScheme(_)), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_diverted_subscription_hands_everything_to_its_sink_in_order() -> anyhow::Result<()> {
+    let info = connection_info()?;
+    let mut publisher = zeromq::PubSocket::new();
+    bind(&mut publisher, &info, Channel::Iopub).await?;
+    let mut sub = IopubSubscription::connect(&info, &SocketOptions::default()).await?;
+    let sign = signer(&info);
+    // Publish probes until the subscription is live.
+    loop {
+        publisher
+            .send(zmq(sign.encode(&[], &msg("probe", 0))))
+            .await?;
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(50), sub.messages.recv()).await
+        {
+            break;
+        }
+    }
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(100), sub.messages.recv()).await
+    {}
+    // 1..=5 wait in the channel when the sink comes; 6..=10 arrive after.
+    for n in 1..=5 {
+        publisher
+            .send(zmq(sign.encode(&[], &msg("stream", n))))
+            .await?;
+    }
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while sub.messages.len() < 5 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    sub.divert(Box::new(move |msg: Message| {
+        let _ = tx.send(n_of(&msg));
+    }));
+    for n in 6..=10 {
+        publisher
+            .send(zmq(sign.encode(&[], &msg("stream", n))))
+            .await?;
+    }
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        match tokio::time::timeout(TIMEOUT, rx.recv()).await {
+            Ok(Some(n)) => got.push(n),
+            _ => break,
+        }
+    }
+    assert_eq!(got, (1..=10).collect::<Vec<_>>());
+    assert!(
+        sub.messages.try_recv().is_err(),
+        "nothing is left for the channel"
+    );
+    Ok(())
+}
