@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jupyter_protocol::sockets::SessionChannels;
-use jupyter_protocol::{Channel, ConnectionInfo, Header, Message};
+use jupyter_protocol::{Channel, ConnectionInfo, Forwarded, Header, Message};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -40,8 +40,9 @@ const MIN_QUEUE_BYTES: usize = 1 << 20;
 /// What the supervisor tells an attached client.
 #[derive(Debug)]
 pub(crate) enum ClientNotice {
-    /// An iopub message (from the kernel, or a synthetic status).
-    Iopub(Message),
+    /// An iopub message (from the kernel, or a synthetic status), with the verdict that gates
+    /// its end when its signature is still being checked.
+    Iopub(Forwarded),
     /// The kernel is being restarted: its sockets lead nowhere until `Rebuild`; hold client
     /// messages until then.
     Suspend,
@@ -180,7 +181,7 @@ impl ClientQueue {
 #[derive(Debug, Default)]
 pub(crate) struct Handover {
     /// Undelivered messages, oldest first.
-    pub(crate) messages: VecDeque<(Channel, Message)>,
+    pub(crate) messages: VecDeque<(Channel, Forwarded)>,
     /// The connection's kernel sockets (identity = its session id), if it had live ones.
     pub(crate) channels: Option<SessionChannels>,
     /// Its queue: drained after the supervisor stopped filling it, so nothing is missed.
@@ -190,7 +191,9 @@ pub(crate) struct Handover {
 impl Handover {
     /// Everything undelivered in order, and the sockets if they are still current (a restart
     /// notice in the queue means they point at a process that is gone).
-    pub(crate) fn into_parts(mut self) -> (VecDeque<(Channel, Message)>, Option<SessionChannels>) {
+    pub(crate) fn into_parts(
+        mut self,
+    ) -> (VecDeque<(Channel, Forwarded)>, Option<SessionChannels>) {
         if let Some(mut queue) = self.queue.take() {
             while let Some(notice) = queue.try_recv() {
                 match notice {
@@ -216,7 +219,7 @@ pub(crate) struct Attached {
     pub(crate) replaced: Option<oneshot::Receiver<Handover>>,
     /// Kept messages of this session, sent after the replaced connection's leftovers and before
     /// anything from the queue.
-    pub(crate) replay: VecDeque<(Channel, Message)>,
+    pub(crate) replay: VecDeque<(Channel, Forwarded)>,
     /// Kernel sockets kept for this session, if any.
     pub(crate) channels: Option<SessionChannels>,
     /// The kernel's current connection info.
@@ -244,7 +247,7 @@ impl BufferLimits {
 /// charged to its account.
 #[derive(Debug, Default)]
 pub(crate) struct Spill {
-    messages: VecDeque<(Channel, Message)>,
+    messages: VecDeque<(Channel, Forwarded)>,
     bytes: usize,
     dropped: usize,
     account: Option<Account>,
@@ -270,7 +273,12 @@ impl Spill {
     }
 
     /// Appends, dropping the oldest beyond the limits.
-    pub(crate) fn push(&mut self, item: (Channel, Message), max_messages: usize, max_bytes: usize) {
+    pub(crate) fn push(
+        &mut self,
+        item: (Channel, Forwarded),
+        max_messages: usize,
+        max_bytes: usize,
+    ) {
         let before = self.bytes;
         self.bytes += item.1.size();
         self.messages.push_back(item);
@@ -289,8 +297,17 @@ impl Spill {
             }
         }
     }
+    /// Drops the messages whose verdict failed (not counted as dropped for lack of room).
+    fn drop_failed(&mut self) {
+        let before = self.bytes;
+        self.messages.retain(|(_, msg)| !msg.failed());
+        self.bytes = self.messages.iter().map(|(_, msg)| msg.size()).sum();
+        if let Some(account) = &self.account {
+            account.release(before.saturating_sub(self.bytes));
+        }
+    }
     /// The messages, oldest first; no longer charged.
-    fn into_messages(mut self) -> VecDeque<(Channel, Message)> {
+    fn into_messages(mut self) -> VecDeque<(Channel, Forwarded)> {
         std::mem::take(&mut self.messages)
     }
     /// Messages held.
@@ -475,7 +492,7 @@ impl Hub {
     }
 
     /// Sends an iopub message to every client (or into the offline buffer when none is attached).
-    pub(crate) fn publish(&mut self, msg: &Message) {
+    pub(crate) fn publish(&mut self, msg: &Forwarded) {
         if self.clients.is_empty() {
             self.buffer_message((Channel::Iopub, msg.clone()));
             return;
@@ -499,7 +516,7 @@ impl Hub {
         if self.clients.is_empty() {
             if let Some(session) = self.buffer.as_ref().map(|b| b.session_id.clone()) {
                 let msg = self.synthetic_status(&session, &content);
-                self.buffer_message((Channel::Iopub, msg));
+                self.buffer_message((Channel::Iopub, msg.into()));
             }
             return;
         }
@@ -511,7 +528,7 @@ impl Hub {
         for (id, session) in sessions {
             let msg = self.synthetic_status(&session, &content);
             if let Some(slot) = self.clients.get_mut(&id) {
-                deliver(&self.kernel_id, slot, msg, max_messages, max_bytes);
+                deliver(&self.kernel_id, slot, msg.into(), max_messages, max_bytes);
             }
         }
     }
@@ -549,7 +566,7 @@ impl Hub {
         }
     }
 
-    fn buffer_message(&mut self, item: (Channel, Message)) {
+    fn buffer_message(&mut self, item: (Channel, Forwarded)) {
         let Some(buffer) = self.buffer.as_mut() else {
             return;
         };
@@ -591,7 +608,7 @@ impl Hub {
     /// evicted buffer.
     pub(crate) fn keep_reply(&mut self, reply: KeptReply) {
         match reply {
-            KeptReply::Reply(Some(item)) => self.buffer_message(item),
+            KeptReply::Reply(Some((channel, msg))) => self.buffer_message((channel, msg.into())),
             KeptReply::Reply(None) => {
                 if let Some(buffer) = &mut self.buffer {
                     buffer.channels = None;
@@ -621,6 +638,19 @@ impl Hub {
                 count = buffer.spill.len(), dropped = buffer.spill.dropped(),
                 "discarding an offline buffer nobody came back for");
             self.buffer = None;
+        }
+    }
+
+    /// Drops the held messages whose verdict failed: from the offline buffer and from what slow
+    /// clients missed (a bridge drops the ones in its queue when it takes them).
+    pub(crate) fn drop_failed(&mut self) {
+        if let Some(buffer) = &mut self.buffer {
+            buffer.spill.drop_failed();
+        }
+        for slot in self.clients.values_mut() {
+            if let Some(overflow) = &mut slot.overflow {
+                overflow.drop_failed();
+            }
         }
     }
 
@@ -660,7 +690,13 @@ fn buffer_bytes(limits: &BufferLimits, account: &Account) -> usize {
 }
 
 /// Queues `msg` for one client, or keeps it aside once the client fell too far behind.
-fn deliver(kernel_id: &str, slot: &mut Slot, msg: Message, max_messages: usize, max_bytes: usize) {
+fn deliver(
+    kernel_id: &str,
+    slot: &mut Slot,
+    msg: Forwarded,
+    max_messages: usize,
+    max_bytes: usize,
+) {
     if slot.account.is_evicted() {
         // Its bridge is leaving and drops its queue: nothing more is held for it.
         slot.overflow = None;
@@ -738,8 +774,8 @@ mod tests {
         )
     }
 
-    fn iopub(items: &VecDeque<(Channel, Message)>) -> Vec<Message> {
-        items.iter().map(|(_, m)| m.clone()).collect()
+    fn iopub(items: &VecDeque<(Channel, Forwarded)>) -> Vec<Message> {
+        items.iter().map(|(_, m)| m.message().clone()).collect()
     }
 
     fn leave(hub: &mut Hub, attached: Attached) {
@@ -756,7 +792,7 @@ mod tests {
         let first = hub.attach("s", info(), account());
         leave(&mut hub, first);
         for n in 0..3 {
-            hub.publish(&msg(n));
+            hub.publish(&Forwarded::from(msg(n)));
         }
         let again = hub.attach("s", info(), account());
         assert_eq!(iopub(&again.replay), vec![msg(1), msg(2)]);
@@ -770,13 +806,15 @@ mod tests {
         let mut hub = hub(100);
         let mut first = hub.attach("s", info(), account());
         for n in 0..4 {
-            hub.publish(&msg(n));
+            hub.publish(&Forwarded::from(msg(n)));
         }
         // The client took one message, then went away while two more were published.
-        assert!(matches!(first.queue.recv().await, Some(ClientNotice::Iopub(m)) if m == msg(0)));
-        hub.publish(&msg(4));
+        assert!(
+            matches!(first.queue.recv().await, Some(ClientNotice::Iopub(m)) if m.message() == &msg(0))
+        );
+        hub.publish(&Forwarded::from(msg(4)));
         leave(&mut hub, first);
-        hub.publish(&msg(5));
+        hub.publish(&Forwarded::from(msg(5)));
         let again = hub.attach("s", info(), account());
         assert_eq!(iopub(&again.replay), (1..6).map(msg).collect::<Vec<_>>());
     }
@@ -786,10 +824,10 @@ mod tests {
         let mut hub = hub(10);
         let a = hub.attach("a", info(), account());
         leave(&mut hub, a);
-        hub.publish(&msg(1));
+        hub.publish(&Forwarded::from(msg(1)));
         let b = hub.attach("b", info(), account());
         assert!(b.replay.is_empty());
-        hub.publish(&msg(2));
+        hub.publish(&Forwarded::from(msg(2)));
         let mut b2 = hub.attach("b", info(), account());
         assert_eq!(b.kick.kicked().await, Kick::Replaced);
         let successor = b.kick.successor();
@@ -821,7 +859,7 @@ mod tests {
             let Some(ClientNotice::Iopub(m)) = queue.recv().await else {
                 panic!("no status");
             };
-            let header = m.parse_header().ok();
+            let header = m.message().parse_header().ok();
             assert_eq!(header.as_ref().map(|h| h.session.as_str()), Some(session));
             assert!(header.is_some_and(|h| h.msg_id.starts_with(&format!("{session}_"))));
         }
@@ -832,7 +870,7 @@ mod tests {
         let mut hub = hub(10);
         let first = hub.attach("s", info(), account());
         leave(&mut hub, first);
-        hub.publish(&msg(1));
+        hub.publish(&Forwarded::from(msg(1)));
         let expiry = hub.buffer_expiry();
         assert_eq!(expiry, Some(Instant::now() + Duration::from_secs(60)));
         tokio::time::advance(Duration::from_secs(59)).await;
@@ -850,7 +888,7 @@ mod tests {
         let slow = hub.attach("slow", info(), account());
         let total = MIN_QUEUE_MESSAGES + 5;
         for n in 0..total {
-            hub.publish(&msg(n));
+            hub.publish(&Forwarded::from(msg(n)));
         }
         assert_eq!(slow.kick.kicked().await, Kick::TooSlow);
         assert_eq!(hub.connections(), 1);
@@ -870,23 +908,43 @@ mod tests {
         let budget = crate::budget::MemoryBudget::new(0, size * 3);
         let mut hub = hub(100);
         let mut client = hub.attach("s", info(), budget.open());
-        hub.publish(&msg(0));
-        hub.publish(&msg(1));
+        hub.publish(&Forwarded::from(msg(0)));
+        hub.publish(&Forwarded::from(msg(1)));
         assert_eq!(budget.used(), 2 * size, "two queued messages");
         assert!(client.queue.recv().await.is_some());
         assert_eq!(budget.used(), size, "a taken message is released");
         for n in 2..5 {
-            hub.publish(&msg(n));
+            hub.publish(&Forwarded::from(msg(n)));
         }
         // Past its share: evicted; nothing more is queued, and no buffer is kept for it.
         assert!(hub.clients.values().all(|slot| slot.account.is_evicted()));
-        hub.publish(&msg(9));
+        hub.publish(&Forwarded::from(msg(9)));
         leave(&mut hub, client);
         assert!(
             hub.buffer_expiry().is_none(),
             "no reconnect buffer for an evicted client"
         );
         assert_eq!(budget.used(), 0, "everything was returned");
+    }
+
+    #[tokio::test]
+    async fn a_message_whose_verdict_failed_is_dropped_from_what_is_kept() {
+        let budget = crate::budget::MemoryBudget::unbounded();
+        let mut hub = hub(100);
+        let first = hub.attach("s", info(), budget.open());
+        leave(&mut hub, first);
+        let (sender, verdict) = jupyter_protocol::Verdict::pending();
+        hub.publish(&Forwarded::from(msg(1)));
+        hub.publish(&Forwarded::unverified(msg(2), verdict));
+        hub.publish(&Forwarded::from(msg(3)));
+        // Still pending: kept, and nothing is dropped yet.
+        hub.drop_failed();
+        assert_eq!(budget.used(), 3 * msg(1).size());
+        sender.send(false);
+        hub.drop_failed();
+        assert_eq!(budget.used(), 2 * msg(1).size(), "its bytes are returned");
+        let again = hub.attach("s", info(), budget.open());
+        assert_eq!(iopub(&again.replay), vec![msg(1), msg(3)]);
     }
 
     #[tokio::test]
@@ -897,7 +955,7 @@ mod tests {
         let first = hub.attach("s", info(), budget.open());
         leave(&mut hub, first);
         for n in 0..5 {
-            hub.publish(&msg(n));
+            hub.publish(&Forwarded::from(msg(n)));
         }
         assert_eq!(
             budget.used(),

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use jupyter_protocol::sockets::Heartbeat;
-use jupyter_protocol::{Channel, Header, Message};
+use jupyter_protocol::{Channel, Forwarded, Header, IopubItem, Message};
 use kernel_launcher::InterruptMode;
 use parking_lot::Mutex;
 use resource_managers::ProcessState;
@@ -77,7 +77,7 @@ impl std::fmt::Debug for Supervisor {
 /// The next iopub message of the current incarnation, draining replies to the gateway's own
 /// session (interrupt/shutdown replies, late kernel_info replies) meanwhile. Pending forever
 /// when there is no incarnation or its sockets closed.
-async fn next_iopub(inc: &mut Option<Incarnation>) -> Message {
+async fn next_iopub(inc: &mut Option<Incarnation>) -> IopubItem {
     let Some(inc) = inc.as_mut() else {
         return std::future::pending().await;
     };
@@ -113,7 +113,11 @@ impl Supervisor {
     ) {
         tracing::info!(kernel_id = %self.plan.kernel_id, kernelspec = %self.plan.spec.name, user = %self.plan.username, "starting kernel");
         let shared = Arc::clone(&self.shared);
-        let mut observe = move |msg: Message| shared.observe_iopub(&msg);
+        let mut observe = move |item: IopubItem| {
+            if let Some(msg) = item.checked() {
+                shared.observe_iopub(msg);
+            }
+        };
         let abort = self.shared.abort_start.clone();
         // A kernel from a warm pool comes launched and ready.
         let launched = match self.inc.take() {
@@ -267,7 +271,7 @@ impl Supervisor {
         self.watchers = vec![exit.abort_handle(), beat.abort_handle()];
     }
 
-    fn on_iopub(&mut self, msg: Message) {
+    fn on_iopub(&mut self, msg: IopubItem) {
         fan_out(&self.shared, &mut self.hub, msg);
     }
 
@@ -577,7 +581,7 @@ impl Supervisor {
         drop(old);
         let shared = Arc::clone(&self.shared);
         let hub = &mut self.hub;
-        let mut forward = |msg: Message| fan_out(&shared, hub, msg);
+        let mut forward = |msg: IopubItem| fan_out(&shared, hub, msg);
         match launch(&self.plan, Some(previous), &mut forward, &self.cancel).await {
             Ok(inc) => {
                 self.install(inc);
@@ -663,7 +667,7 @@ impl Supervisor {
             crate::metrics::restart(&self.shared.name, "automatic");
             let shared = Arc::clone(&self.shared);
             let hub = &mut self.hub;
-            let mut forward = |msg: Message| fan_out(&shared, hub, msg);
+            let mut forward = |msg: IopubItem| fan_out(&shared, hub, msg);
             match launch(
                 &self.plan,
                 Some(previous.clone()),
@@ -776,14 +780,31 @@ impl Supervisor {
 
 /// Updates state and activity from an iopub message and forwards it to clients (the gateway's own
 /// `iopub_welcome` is not forwarded: it concerns only the gateway's subscription).
-fn fan_out(shared: &KernelShared, hub: &mut Hub, msg: Message) {
+///
+/// A large message whose signature is still being checked is forwarded at once and acted on
+/// only when its verdict passed; when it failed, it is dropped from what is kept for clients.
+fn fan_out(shared: &KernelShared, hub: &mut Hub, item: IopubItem) {
+    let msg = match item {
+        IopubItem::Verified(msg) => msg,
+        IopubItem::Unverified(pending) => return hub.publish(&pending),
+        IopubItem::Settled(settled) => {
+            if settled.passed() {
+                shared.observe_iopub(settled.message());
+            } else {
+                tracing::warn!(kernel_id = %shared.id, size = settled.size(),
+                    "a large iopub message failed its signature check after it was forwarded; clients receiving it are disconnected before its end");
+                hub.drop_failed();
+            }
+            return;
+        }
+    };
     // The header is read once here (two fields, nothing allocated) for both uses.
     let kind = msg.msg_type();
     shared.observe_iopub_of(&msg, &kind);
     if kind == "iopub_welcome" {
         return;
     }
-    hub.publish(&msg);
+    hub.publish(&Forwarded::from(msg));
 }
 
 /// Interrupts as the kernelspec says: a signal through the backend, or `interrupt_request` on control.
