@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jupyter_protocol::sockets::SessionChannels;
-use jupyter_protocol::{Channel, ConnectionInfo, Header, Message};
+use jupyter_protocol::{Channel, ConnectionInfo, Forwarded, Header, IopubItem, Message};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -45,8 +45,9 @@ const MIN_QUEUE_BYTES: usize = 1 << 20;
 /// What the supervisor tells an attached client.
 #[derive(Debug)]
 pub(crate) enum ClientNotice {
-    /// An iopub message (from the kernel, or a synthetic status).
-    Iopub(Message),
+    /// An iopub message (from the kernel, or a synthetic status), with the verdict that gates
+    /// its end when its signature is still being checked.
+    Iopub(Forwarded),
     /// The kernel is being restarted: its sockets lead nowhere until `Rebuild`; hold client
     /// messages until then.
     Suspend,
@@ -185,7 +186,7 @@ impl ClientQueue {
 #[derive(Debug, Default)]
 pub(crate) struct Handover {
     /// Undelivered messages, oldest first.
-    pub(crate) messages: VecDeque<(Channel, Message)>,
+    pub(crate) messages: VecDeque<(Channel, Forwarded)>,
     /// The connection's kernel sockets (identity = its session id), if it had live ones.
     pub(crate) channels: Option<SessionChannels>,
     /// Its queue: drained after the supervisor stopped filling it, so nothing is missed.
@@ -195,7 +196,9 @@ pub(crate) struct Handover {
 impl Handover {
     /// Everything undelivered in order, and the sockets if they are still current (a restart
     /// notice in the queue means they point at a process that is gone).
-    pub(crate) fn into_parts(mut self) -> (VecDeque<(Channel, Message)>, Option<SessionChannels>) {
+    pub(crate) fn into_parts(
+        mut self,
+    ) -> (VecDeque<(Channel, Forwarded)>, Option<SessionChannels>) {
         if let Some(mut queue) = self.queue.take() {
             while let Some(notice) = queue.try_recv() {
                 match notice {
@@ -221,7 +224,7 @@ pub(crate) struct Attached {
     pub(crate) replaced: Option<oneshot::Receiver<Handover>>,
     /// Kept messages of this session, sent after the replaced connection's leftovers and before
     /// anything from the queue.
-    pub(crate) replay: VecDeque<(Channel, Message)>,
+    pub(crate) replay: VecDeque<(Channel, Forwarded)>,
     /// Kernel sockets kept for this session, if any.
     pub(crate) channels: Option<SessionChannels>,
     /// The kernel's current connection info.
@@ -249,7 +252,7 @@ impl BufferLimits {
 /// charged to its account.
 #[derive(Debug, Default)]
 pub(crate) struct Spill {
-    messages: VecDeque<(Channel, Message)>,
+    messages: VecDeque<(Channel, Forwarded)>,
     bytes: usize,
     dropped: usize,
     account: Option<Account>,
@@ -275,7 +278,12 @@ impl Spill {
     }
 
     /// Appends, dropping the oldest beyond the limits.
-    pub(crate) fn push(&mut self, item: (Channel, Message), max_messages: usize, max_bytes: usize) {
+    pub(crate) fn push(
+        &mut self,
+        item: (Channel, Forwarded),
+        max_messages: usize,
+        max_bytes: usize,
+    ) {
         let before = self.bytes;
         self.bytes += item.1.size();
         self.messages.push_back(item);
@@ -294,8 +302,17 @@ impl Spill {
             }
         }
     }
+    /// Drops the messages whose verdict failed (not counted as dropped for lack of room).
+    fn drop_failed(&mut self) {
+        let before = self.bytes;
+        self.messages.retain(|(_, msg)| !msg.failed());
+        self.bytes = self.messages.iter().map(|(_, msg)| msg.size()).sum();
+        if let Some(account) = &self.account {
+            account.release(before.saturating_sub(self.bytes));
+        }
+    }
     /// The messages, oldest first; no longer charged.
-    fn into_messages(mut self) -> VecDeque<(Channel, Message)> {
+    fn into_messages(mut self) -> VecDeque<(Channel, Forwarded)> {
         std::mem::take(&mut self.messages)
     }
     /// Messages held.
@@ -366,16 +383,14 @@ pub(crate) struct Feed {
 }
 
 impl Feed {
-    /// Publishes `msg` if this feed is still the hub's current one and `take` (run first, with
-    /// the hub locked, so it sees messages in publishing order) says it is for clients.
-    pub(crate) fn publish(&self, msg: Message, take: impl FnOnce(&Message) -> bool) {
+    /// Takes `item` as [`Hub::publish_item`] does if this feed is still the hub's current one
+    /// (`take` runs with the hub locked, so it sees messages in publishing order).
+    pub(crate) fn publish(&self, item: IopubItem, take: impl FnOnce(&Message) -> bool) {
         let mut fanout = self.fanout.lock();
         if fanout.feed != Some(self.id) {
             return;
         }
-        if take(&msg) {
-            fanout.publish(msg);
-        }
+        fanout.take_item(item, take);
     }
 }
 
@@ -450,9 +465,19 @@ impl Hub {
     }
 
     /// Sends an iopub message to every client (or into the offline buffer when none is
-    /// attached), whatever the feed: the supervisor's own path, during a launch.
+    /// attached), whatever the feed.
+    #[cfg(test)]
     pub(crate) fn publish(&mut self, msg: Message) {
-        self.fanout.lock().publish(msg);
+        self.fanout.lock().publish(Forwarded::from(msg));
+    }
+
+    /// Takes one item of the kernel's iopub stream, whatever the feed (the supervisor's own path,
+    /// during a launch): a checked message is observed by `take`, which says whether clients get
+    /// it, and published; a large one whose signature is still being checked is published at
+    /// once, observed only once its verdict passed, and dropped from what is held here when it
+    /// failed.
+    pub(crate) fn publish_item(&mut self, item: IopubItem, take: impl FnOnce(&Message) -> bool) {
+        self.fanout.lock().take_item(item, take);
     }
 
     /// A synthetic iopub `status` for each client, carrying that client's session (EG §4.6);
@@ -513,7 +538,9 @@ impl Hub {
     /// evicted buffer.
     pub(crate) fn keep_reply(&mut self, reply: KeptReply) {
         match reply {
-            KeptReply::Reply(Some(item)) => self.fanout.lock().buffer_message(item),
+            KeptReply::Reply(Some((channel, msg))) => {
+                self.fanout.lock().buffer_message((channel, msg.into()));
+            }
             KeptReply::Reply(None) => self.kept = None,
             KeptReply::Evicted => {
                 self.kept = None;
@@ -696,7 +723,7 @@ impl Fanout {
     }
 
     /// Sends an iopub message to every client (or into the offline buffer when none is attached).
-    fn publish(&mut self, msg: Message) {
+    fn publish(&mut self, msg: Forwarded) {
         if self.clients.is_empty() {
             self.buffer_message((Channel::Iopub, msg));
             return;
@@ -720,7 +747,7 @@ impl Fanout {
         if self.clients.is_empty() {
             if let Some(session) = self.buffer.as_ref().map(|b| b.session_id.clone()) {
                 let msg = self.synthetic_status(&session, &content);
-                self.buffer_message((Channel::Iopub, msg));
+                self.buffer_message((Channel::Iopub, msg.into()));
             }
             return;
         }
@@ -732,7 +759,7 @@ impl Fanout {
         for (id, session) in sessions {
             let msg = self.synthetic_status(&session, &content);
             if let Some(slot) = self.clients.get_mut(&id) {
-                deliver(&self.kernel_id, slot, msg, max_messages, max_bytes);
+                deliver(&self.kernel_id, slot, msg.into(), max_messages, max_bytes);
             }
         }
     }
@@ -756,7 +783,7 @@ impl Fanout {
         }
     }
 
-    fn buffer_message(&mut self, item: (Channel, Message)) {
+    fn buffer_message(&mut self, item: (Channel, Forwarded)) {
         let Some(buffer) = self.buffer.as_mut() else {
             return;
         };
@@ -767,6 +794,44 @@ impl Fanout {
         if before == 0 && buffer.spill.dropped() > 0 {
             tracing::warn!(kernel_id = %self.kernel_id, session_id = %buffer.session_id,
                 "offline buffer full; dropping the oldest messages");
+        }
+    }
+
+    /// Takes one item of the kernel's iopub stream: a checked message is observed (`take`, which
+    /// says whether clients get it) and published; a large one whose signature is still being
+    /// checked is published at once and observed only when its verdict passed; when that failed
+    /// it is dropped from what is held here (a bridge drops it from its queue when it takes it).
+    fn take_item(&mut self, item: IopubItem, take: impl FnOnce(&Message) -> bool) {
+        match item {
+            IopubItem::Verified(msg) => {
+                if take(&msg) {
+                    self.publish(Forwarded::from(msg));
+                }
+            }
+            IopubItem::Unverified(pending) => self.publish(pending),
+            IopubItem::Settled(settled) => {
+                if settled.passed() {
+                    // Published already, when it came unverified.
+                    take(settled.message());
+                } else {
+                    tracing::warn!(kernel_id = %self.kernel_id, size = settled.size(),
+                        "a large iopub message failed its signature check after it was forwarded; clients receiving it are disconnected before its end");
+                    self.drop_failed();
+                }
+            }
+        }
+    }
+
+    /// Drops the held messages whose verdict failed: from the offline buffer and from what slow
+    /// clients missed.
+    fn drop_failed(&mut self) {
+        if let Some(buffer) = &mut self.buffer {
+            buffer.spill.drop_failed();
+        }
+        for slot in self.clients.values_mut() {
+            if let Some(overflow) = &mut slot.overflow {
+                overflow.drop_failed();
+            }
         }
     }
 }
@@ -789,7 +854,13 @@ fn buffer_bytes(limits: &BufferLimits, account: &Account) -> usize {
 }
 
 /// Queues `msg` for one client, or keeps it aside once the client fell too far behind.
-fn deliver(kernel_id: &str, slot: &mut Slot, msg: Message, max_messages: usize, max_bytes: usize) {
+fn deliver(
+    kernel_id: &str,
+    slot: &mut Slot,
+    msg: Forwarded,
+    max_messages: usize,
+    max_bytes: usize,
+) {
     if slot.account.is_evicted() {
         // Its bridge is leaving and drops its queue: nothing more is held for it.
         slot.overflow = None;
@@ -867,8 +938,8 @@ mod tests {
         )
     }
 
-    fn iopub(items: &VecDeque<(Channel, Message)>) -> Vec<Message> {
-        items.iter().map(|(_, m)| m.clone()).collect()
+    fn iopub(items: &VecDeque<(Channel, Forwarded)>) -> Vec<Message> {
+        items.iter().map(|(_, m)| m.message().clone()).collect()
     }
 
     fn leave(hub: &mut Hub, attached: Attached) {
@@ -902,7 +973,9 @@ mod tests {
             hub.publish(msg(n));
         }
         // The client took one message, then went away while two more were published.
-        assert!(matches!(first.queue.recv().await, Some(ClientNotice::Iopub(m)) if m == msg(0)));
+        assert!(
+            matches!(first.queue.recv().await, Some(ClientNotice::Iopub(m)) if m.message() == &msg(0))
+        );
         hub.publish(msg(4));
         leave(&mut hub, first);
         hub.publish(msg(5));
@@ -945,6 +1018,7 @@ mod tests {
         let mut types = Vec::new();
         while let Some(notice) = queue.try_recv() {
             if let ClientNotice::Iopub(m) = notice {
+                let m = m.message();
                 types.push(
                     m.parse_header()
                         .map(|h| h.msg_type)
@@ -960,21 +1034,21 @@ mod tests {
         let mut hub = hub(10);
         let mut client = hub.attach("s", info(), account());
         let old = hub.start_feed();
-        old.publish(msg(1), |_| true);
+        old.publish(IopubItem::Verified(msg(1)), |_| true);
         // The incarnation ends: its feed first, then the supervisor's status.
         hub.end_feed();
         hub.publish_status("restarting", &serde_json::Map::new());
         // Its reader was still handing over a message: it is dropped, not put after the status.
         let mut asked = false;
-        old.publish(msg(2), |_| {
+        old.publish(IopubItem::Verified(msg(2)), |_| {
             asked = true;
             true
         });
         assert!(!asked, "an ended feed does not even observe its messages");
         // The next incarnation's messages come after.
         let new = hub.start_feed();
-        new.publish(msg(3), |_| true);
-        old.publish(msg(4), |_| true);
+        new.publish(IopubItem::Verified(msg(3)), |_| true);
+        old.publish(IopubItem::Verified(msg(4)), |_| true);
         assert_eq!(
             received(&mut client.queue),
             vec![r#"{"n":1}"#, "status", r#"{"n":3}"#]
@@ -986,8 +1060,8 @@ mod tests {
         let mut hub = hub(10);
         let mut client = hub.attach("s", info(), account());
         let feed = hub.start_feed();
-        feed.publish(msg(1), |_| false);
-        feed.publish(msg(2), |_| true);
+        feed.publish(IopubItem::Verified(msg(1)), |_| false);
+        feed.publish(IopubItem::Verified(msg(2)), |_| true);
         assert_eq!(received(&mut client.queue), vec![r#"{"n":2}"#]);
     }
 
@@ -998,7 +1072,7 @@ mod tests {
         leave(&mut hub, first);
         let feed = hub.start_feed();
         for n in 0..3 {
-            feed.publish(msg(n), |_| true);
+            feed.publish(IopubItem::Verified(msg(n)), |_| true);
         }
         let again = hub.attach("s", info(), account());
         assert_eq!(iopub(&again.replay), (0..3).map(msg).collect::<Vec<_>>());
@@ -1014,7 +1088,7 @@ mod tests {
             let Some(ClientNotice::Iopub(m)) = queue.recv().await else {
                 panic!("no status");
             };
-            let header = m.parse_header().ok();
+            let header = m.message().parse_header().ok();
             assert_eq!(header.as_ref().map(|h| h.session.as_str()), Some(session));
             assert!(header.is_some_and(|h| h.msg_id.starts_with(&format!("{session}_"))));
         }
@@ -1086,6 +1160,33 @@ mod tests {
             "no reconnect buffer for an evicted client"
         );
         assert_eq!(budget.used(), 0, "everything was returned");
+    }
+
+    #[tokio::test]
+    async fn a_message_whose_verdict_failed_is_dropped_from_what_is_kept() {
+        let budget = crate::budget::MemoryBudget::unbounded();
+        let mut hub = hub(100);
+        let first = hub.attach("s", info(), budget.open());
+        leave(&mut hub, first);
+        let (sender, verdict) = jupyter_protocol::Verdict::pending();
+        let pending = Forwarded::unverified(msg(2), verdict);
+        let observed = std::cell::Cell::new(0);
+        let take = |_: &Message| {
+            observed.set(observed.get() + 1);
+            true
+        };
+        hub.publish_item(IopubItem::Verified(msg(1)), take);
+        hub.publish_item(IopubItem::Unverified(pending.clone()), take);
+        hub.publish_item(IopubItem::Verified(msg(3)), take);
+        // Still pending: kept, and not observed.
+        assert_eq!(observed.get(), 2);
+        assert_eq!(budget.used(), 3 * msg(1).size());
+        sender.send(false);
+        hub.publish_item(IopubItem::Settled(pending), take);
+        assert_eq!(observed.get(), 2, "a failed message is never observed");
+        assert_eq!(budget.used(), 2 * msg(1).size(), "its bytes are returned");
+        let again = hub.attach("s", info(), budget.open());
+        assert_eq!(iopub(&again.replay), vec![msg(1), msg(3)]);
     }
 
     #[tokio::test]

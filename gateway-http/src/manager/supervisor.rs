@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use jupyter_protocol::sockets::Heartbeat;
-use jupyter_protocol::{Channel, Header, Message};
+use jupyter_protocol::{Channel, Header, IopubItem, Message};
 use kernel_launcher::InterruptMode;
 use parking_lot::Mutex;
 use resource_managers::ProcessState;
@@ -106,7 +106,11 @@ impl Supervisor {
     ) {
         tracing::info!(kernel_id = %self.plan.kernel_id, kernelspec = %self.plan.spec.name, user = %self.plan.username, "starting kernel");
         let shared = Arc::clone(&self.shared);
-        let mut observe = move |msg: Message| shared.observe_iopub(&msg);
+        let mut observe = move |item: IopubItem| {
+            if let Some(msg) = item.checked() {
+                shared.observe_iopub(msg);
+            }
+        };
         let abort = self.shared.abort_start.clone();
         // A kernel from a warm pool comes launched and ready.
         let launched = match self.inc.take() {
@@ -262,8 +266,8 @@ impl Supervisor {
     pub(super) fn set_incarnation(&mut self, mut inc: Incarnation) {
         let feed = self.hub.start_feed();
         let shared = Arc::clone(&self.shared);
-        inc.iopub.divert(Box::new(move |msg: Message| {
-            feed_one(&feed, &shared, msg);
+        inc.iopub.divert(Box::new(move |item: IopubItem| {
+            feed_one(&feed, &shared, item);
         }));
         self.inc = Some(inc);
     }
@@ -585,7 +589,7 @@ impl Supervisor {
         drop(old);
         let shared = Arc::clone(&self.shared);
         let hub = &mut self.hub;
-        let mut forward = |msg: Message| fan_out(&shared, hub, msg);
+        let mut forward = |msg: IopubItem| fan_out(&shared, hub, msg);
         match launch(&self.plan, Some(previous), &mut forward, &self.cancel).await {
             Ok(inc) => {
                 self.install(inc);
@@ -671,7 +675,7 @@ impl Supervisor {
             crate::metrics::restart(&self.shared.name, "automatic");
             let shared = Arc::clone(&self.shared);
             let hub = &mut self.hub;
-            let mut forward = |msg: Message| fan_out(&shared, hub, msg);
+            let mut forward = |msg: IopubItem| fan_out(&shared, hub, msg);
             match launch(
                 &self.plan,
                 Some(previous.clone()),
@@ -784,8 +788,8 @@ impl Supervisor {
     }
 }
 
-/// Updates state and activity from an iopub message; whether it goes to clients (the gateway's
-/// own `iopub_welcome` does not: it concerns only the gateway's subscription).
+/// Updates state and activity from a checked iopub message; whether it goes to clients (the
+/// gateway's own `iopub_welcome` does not: it concerns only the gateway's subscription).
 fn observe(shared: &KernelShared, msg: &Message) -> bool {
     // The header is read once here (two fields, nothing allocated) for both uses.
     let kind = msg.msg_type();
@@ -794,17 +798,17 @@ fn observe(shared: &KernelShared, msg: &Message) -> bool {
 }
 
 /// The supervisor's own forwarding, while it launches an incarnation (before its feed starts).
-fn fan_out(shared: &KernelShared, hub: &mut Hub, msg: Message) {
-    if observe(shared, &msg) {
-        hub.publish(msg);
-    }
+/// A large message whose signature is still being checked is forwarded at once and observed
+/// only when its verdict passed (see [`Hub::publish_item`]).
+fn fan_out(shared: &KernelShared, hub: &mut Hub, item: IopubItem) {
+    hub.publish_item(item, |msg| observe(shared, msg));
 }
 
-/// What a diverted subscription's drain task does with each message: observed and published
-/// under the hub's lock, so it is ordered with the supervisor's own statuses, and dropped once
-/// the feed ended.
-fn feed_one(feed: &Feed, shared: &KernelShared, msg: Message) {
-    feed.publish(msg, |msg| observe(shared, msg));
+/// What a diverted subscription's drain task does with each item: observed and published under
+/// the hub's lock, so it is ordered with the supervisor's own statuses, and dropped once the feed
+/// ended.
+fn feed_one(feed: &Feed, shared: &KernelShared, item: IopubItem) {
+    feed.publish(item, |msg| observe(shared, msg));
 }
 
 /// Interrupts as the kernelspec says: a signal through the backend, or `interrupt_request` on control.
