@@ -202,6 +202,8 @@ impl Handover {
         if let Some(mut queue) = self.queue.take() {
             while let Some(notice) = queue.try_recv() {
                 match notice {
+                    // One whose verdict failed is delivered nowhere.
+                    ClientNotice::Iopub(msg) if msg.failed() => {}
                     ClientNotice::Iopub(msg) => self.messages.push_back((Channel::Iopub, msg)),
                     ClientNotice::Suspend | ClientNotice::Rebuild(_) => self.channels = None,
                 }
