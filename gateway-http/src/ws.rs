@@ -37,7 +37,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use jupyter_protocol::sockets::SessionChannels;
 use jupyter_protocol::websocket::{V1_SUBPROTOCOL, WsPayload, legacy, v1};
-use jupyter_protocol::{Channel, ConnectionInfo, Message};
+use jupyter_protocol::{Channel, ConnectionInfo, Forwarded, Message};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
@@ -343,11 +343,11 @@ struct Bridge {
     channels: Option<SessionChannels>,
     /// Messages to deliver before anything else (a predecessor's leftovers, the replay), and
     /// any message whose send failed.
-    pending: VecDeque<(Channel, Message)>,
+    pending: VecDeque<(Channel, Forwarded)>,
     /// The messages queued for the socket that it has not taken whole yet, oldest first (they
     /// share their bytes with what the writer queued). The first is the writer's message number
     /// `unsent_from`.
-    unsent: VecDeque<(Channel, Message)>,
+    unsent: VecDeque<(Channel, Forwarded)>,
     unsent_from: u64,
     /// Client messages held while the kernel restarts, sent once the sockets are rebuilt.
     held: VecDeque<(Channel, Message)>,
@@ -430,6 +430,8 @@ impl Bridge {
         let mut unsent = std::mem::take(&mut self.unsent);
         unsent.append(&mut self.pending);
         self.pending = unsent;
+        // A message whose verdict failed is delivered nowhere.
+        self.pending.retain(|(_, msg)| !msg.failed());
     }
 
     fn leftovers(&mut self) -> Handover {
@@ -466,7 +468,7 @@ impl Bridge {
     /// Queues the pending messages in order (the loop writes them).
     fn push_pending(&mut self, socket: &mut Socket) {
         while let Some((channel, msg)) = self.pending.pop_front() {
-            self.push(socket, channel, &msg);
+            self.push(socket, channel, msg);
         }
     }
 
@@ -509,13 +511,21 @@ impl Bridge {
                     }
                 }
                 written = socket.write.progress() => {
+                    if let Some(kept) = socket.write.failed() {
+                        // What was queued behind the failed message goes back with the rest of
+                        // what was not delivered (for this session's next connection).
+                        self.take_back_unsent(kept);
+                        tracing::warn!(kernel_id = %self.kernel_id, session_id = %self.session_id,
+                            "a kernel message failed its signature check while it was being sent; closing the connection before its end");
+                        return Stop::close(close_code::ERROR, "a kernel message failed its signature check");
+                    }
                     if written.is_err() {
                         return Stop::Silent;
                     }
                     self.forget_delivered(socket.write.delivered());
                 }
                 reply = next_reply(&mut self.channels), if room => match reply {
-                    Some((channel, msg)) => self.push(socket, channel, &msg),
+                    Some((channel, msg)) => self.push(socket, channel, msg.into()),
                     None => {
                         tracing::debug!(kernel_id = %self.kernel_id, "session sockets closed; waiting for a rebuild");
                         self.channels = None;
@@ -596,7 +606,7 @@ impl Bridge {
 
     async fn on_notice(&mut self, socket: &mut Socket, notice: ClientNotice) -> Option<Stop> {
         match notice {
-            ClientNotice::Iopub(msg) => self.push(socket, Channel::Iopub, &msg),
+            ClientNotice::Iopub(msg) => self.push(socket, Channel::Iopub, msg),
             ClientNotice::Suspend => {
                 tracing::debug!(kernel_id = %self.kernel_id, session_id = %self.session_id, "kernel restarting; holding client messages");
                 self.channels = None;
@@ -668,8 +678,14 @@ impl Bridge {
         None
     }
 
-    /// Queues a kernel message for the socket in the negotiated framing (the loop writes it).
-    fn push(&mut self, socket: &mut Socket, channel: Channel, msg: &Message) {
+    /// Queues a kernel message for the socket in the negotiated framing (the loop writes it). A
+    /// message whose signature is still being checked goes out up to its last frame, which waits
+    /// for the verdict; one whose verdict failed already is dropped here.
+    fn push(&mut self, socket: &mut Socket, channel: Channel, forwarded: Forwarded) {
+        if forwarded.failed() {
+            return;
+        }
+        let msg = forwarded.message();
         let payload: WsPayload = match self.mode {
             Mode::V1 => v1::encode_payload(channel, msg),
             Mode::Legacy => match legacy::encode_payload(channel, msg) {
@@ -681,8 +697,10 @@ impl Bridge {
             },
         };
         self.traffic.to_client(payload.len());
-        socket.write.push(payload);
-        self.unsent.push_back((channel, msg.clone()));
+        socket
+            .write
+            .push_gated(payload, forwarded.verdict().cloned());
+        self.unsent.push_back((channel, forwarded));
     }
 }
 

@@ -13,6 +13,12 @@
 //! tungstenite still reads the client's frames (unmasking, reassembly, UTF-8 checks, size limits)
 //! and answers pings and closes; it writes those answers into an [`Outbox`] (through
 //! [`ControlIo`]), which the writer empties between two frames.
+//!
+//! A message whose signature is still being checked ([`FrameWriter::push_gated`]) is written up
+//! to its last frame, which waits for the [`Verdict`]: when it passes the frame goes out, when it
+//! fails the message stops there and nothing queued after it is written
+//! ([`FrameWriter::failed`]); the connection is then closed, so no client ever receives the
+//! whole of a message that failed its check.
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -21,6 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use jupyter_protocol::Verdict;
 use jupyter_protocol::websocket::WsPayload;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -157,7 +164,7 @@ impl<R: Unpin> AsyncWrite for ControlIo<R> {
 
 /// Writes data frames from payload segments and the [`Outbox`]'s control frames to the socket.
 ///
-/// [`FrameWriter::push`] only queues (it never waits); [`FrameWriter::progress`] writes. What is
+/// [`FrameWriter::push_gated`] only queues (it never waits); [`FrameWriter::progress`] writes. What is
 /// queued and not yet taken by the socket is charged to the connection's [`Account`].
 #[derive(Debug)]
 pub(crate) struct FrameWriter<W> {
@@ -180,17 +187,29 @@ pub(crate) struct FrameWriter<W> {
     queued: usize,
     /// Written but not flushed.
     unflushed: bool,
+    /// Written since [`FrameWriter::poll_write_out`] last said so (a write can end in a pending
+    /// flush, and the call that completes the flush has written nothing itself).
+    unreported: bool,
+    /// Queued frames that wait for a verdict.
+    gates: usize,
+    /// Once a message's verdict failed: how many messages go out whole (see
+    /// [`FrameWriter::failed`]).
+    failed: Option<u64>,
+    /// Whether [`FrameWriter::progress`] has yet to report `failed`.
+    failure_unseen: bool,
     outbox: Arc<Outbox>,
     account: Account,
 }
 
 /// One queued frame, or one segment of staged small frames.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Unit {
     /// Segments still to write.
     segments: usize,
     /// [`FrameWriter::delivered`] once this unit is written.
     done: u64,
+    /// The verdict this frame (the last of its message) waits for; `None` once it passed.
+    gate: Option<Verdict>,
 }
 
 impl<W> Drop for FrameWriter<W> {
@@ -212,6 +231,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             midframe: false,
             queued: 0,
             unflushed: false,
+            unreported: false,
+            gates: 0,
+            failed: None,
+            failure_unseen: false,
             outbox,
             account,
         }
@@ -228,13 +251,33 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.delivered
     }
 
+    /// Once a message's verdict failed, how many of the pushed messages will have gone out whole
+    /// when what is still queued is written: that message and everything queued after it were
+    /// dropped, and nothing more is written but what came before.
+    pub(crate) fn failed(&self) -> Option<u64> {
+        self.failed
+    }
+
+    /// [`FrameWriter::push_gated`] without a verdict.
+    #[cfg(test)]
+    fn push(&mut self, payload: WsPayload) {
+        self.push_gated(payload, None);
+    }
+
     /// Queues a message: one frame, or fragments of [`FRAGMENT`] bytes when it is larger. Text
-    /// is cut at character boundaries, so each fragment is UTF-8 on its own too.
-    pub(crate) fn push(&mut self, payload: WsPayload) {
+    /// is cut at character boundaries, so each fragment is UTF-8 on its own too. When `gate` is
+    /// given and still pending, the message's last frame waits for it; the frames before it are
+    /// written meanwhile.
+    pub(crate) fn push_gated(&mut self, payload: WsPayload, gate: Option<Verdict>) {
+        if self.failed.is_some() {
+            // Nothing more goes out; the caller takes it back as not delivered.
+            return;
+        }
+        let gate = gate.filter(|verdict| verdict.outcome() != Some(true));
         let total = payload.len();
         let opcode = if payload.text { 0x1 } else { 0x2 };
         if total <= FRAGMENT {
-            self.frame(true, opcode, total, payload.segments);
+            self.frame(true, opcode, total, payload.segments, gate);
             return;
         }
         let mut rest: VecDeque<Bytes> = payload.segments.into();
@@ -273,14 +316,23 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             }
             left -= len;
             let fin = left == 0;
-            self.frame(fin, if first { opcode } else { 0x0 }, len, parts);
+            let gate = if fin { gate.clone() } else { None };
+            self.frame(fin, if first { opcode } else { 0x0 }, len, parts, gate);
             first = false;
         }
     }
 
-    /// Queues one frame with `payload` (whose segments sum to `len`).
-    fn frame(&mut self, fin: bool, opcode: u8, len: usize, payload: Vec<Bytes>) {
-        let small = len + 10 <= COALESCE;
+    /// Queues one frame with `payload` (whose segments sum to `len`), waiting for `gate`.
+    fn frame(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        len: usize,
+        payload: Vec<Bytes>,
+        gate: Option<Verdict>,
+    ) {
+        // A gated frame is a unit of its own, never staged with others.
+        let small = len + 10 <= COALESCE && gate.is_none();
         let headers = if small {
             &mut self.staging
         } else {
@@ -313,9 +365,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.segments
             .extend(payload.into_iter().filter(|s| !s.is_empty()));
         self.finished += u64::from(fin);
+        self.gates += usize::from(gate.is_some());
         self.frames.push_back(Unit {
             segments: count,
             done: self.finished,
+            gate,
         });
     }
 
@@ -332,6 +386,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.frames.push_back(Unit {
             segments: 1,
             done: self.finished,
+            gate: None,
         });
     }
 
@@ -343,25 +398,77 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// went out but not its last is among them), and the caller may send them elsewhere.
     pub(crate) fn abandon(&mut self) -> u64 {
         self.staging.clear();
-        let kept = if self.midframe {
-            self.frames.front().copied()
-        } else {
-            None
-        };
-        let keep = kept.map_or(0, |unit| unit.segments);
-        let dropped: usize = self.segments.iter().skip(keep).map(Bytes::len).sum();
-        self.segments.truncate(keep);
-        self.frames.truncate(usize::from(kept.is_some()));
-        self.queued -= dropped;
-        self.account.release(dropped);
-        self.finished = kept.map_or(self.delivered, |unit| unit.done);
+        self.truncate_frames(usize::from(self.midframe));
         self.finished
     }
 
+    /// Keeps the first `units` queued frames and drops the rest (none of them started).
+    fn truncate_frames(&mut self, units: usize) {
+        let units = units.min(self.frames.len());
+        let keep: usize = self
+            .frames
+            .iter()
+            .take(units)
+            .map(|unit| unit.segments)
+            .sum();
+        let dropped: usize = self.segments.iter().skip(keep).map(Bytes::len).sum();
+        self.segments.truncate(keep);
+        self.frames.truncate(units);
+        self.gates = self
+            .frames
+            .iter()
+            .filter(|unit| unit.gate.is_some())
+            .count();
+        self.queued -= dropped;
+        self.account.release(dropped);
+        self.finished = self.frames.back().map_or(self.delivered, |unit| unit.done);
+    }
+
+    /// How many queued segments may be written now: those before the first frame whose verdict
+    /// is pending (with `cx` registered for it). A failed verdict drops its frame and everything
+    /// after it.
+    fn writable(&mut self, cx: &mut Context<'_>) -> usize {
+        if self.gates == 0 {
+            return self.segments.len();
+        }
+        let mut segments = 0;
+        let mut index = 0;
+        while index < self.frames.len() {
+            let Some(unit) = self.frames.get_mut(index) else {
+                break;
+            };
+            if let Some(gate) = &unit.gate {
+                match gate.poll_outcome(cx) {
+                    Poll::Ready(true) => {
+                        unit.gate = None;
+                        self.gates -= 1;
+                    }
+                    Poll::Ready(false) => {
+                        self.truncate_frames(index);
+                        self.failed = Some(self.finished);
+                        self.failure_unseen = true;
+                        return segments;
+                    }
+                    Poll::Pending => return segments,
+                }
+            }
+            segments += unit.segments;
+            if self.gates == 0 || segments >= MAX_IOV {
+                return if self.gates == 0 {
+                    self.segments.len()
+                } else {
+                    segments
+                };
+            }
+            index += 1;
+        }
+        segments
+    }
+
     /// Writes what is queued and flushes: `Ready(Ok)` once that is done (or at once when there
-    /// was nothing to write), `Pending` while the socket is full.
+    /// was nothing to write), with whether anything was written since the last `Ready`;
+    /// `Pending` while the socket is full.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        let mut wrote = false;
         self.seal();
         loop {
             if !self.midframe {
@@ -373,10 +480,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     self.frames.push_front(Unit {
                         segments: 1,
                         done: self.delivered,
+                        gate: None,
                     });
                 }
             }
-            if self.segments.is_empty() {
+            let writable = self.writable(cx);
+            if writable == 0 {
                 break;
             }
             // A control frame is waiting for the end of the frame being written: write only up
@@ -388,7 +497,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     .min(MAX_IOV)
             } else {
                 MAX_IOV
-            };
+            }
+            .min(writable);
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let mut used = 0;
             for (slot, segment) in slices.iter_mut().take(limit).zip(self.segments.iter()) {
@@ -403,14 +513,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.advance(written);
-            wrote = true;
+            self.unreported = true;
             self.unflushed = true;
         }
         if self.unflushed {
             ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
             self.unflushed = false;
         }
-        Poll::Ready(Ok(wrote))
+        Poll::Ready(Ok(std::mem::take(&mut self.unreported)))
     }
 
     /// Marks `written` bytes from the front as sent.
@@ -447,9 +557,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Completes when the writer wrote something and everything queued is out (flushed), or
     /// fails with the socket. With nothing to write it waits for control frames, so it can sit in
     /// a `select!` loop beside the reads that make tungstenite queue them.
+    /// It also completes once when a verdict failed ([`FrameWriter::failed`]).
     pub(crate) async fn progress(&mut self) -> io::Result<()> {
         poll_fn(|cx| {
-            if ready!(self.poll_write_out(cx))? {
+            if ready!(self.poll_write_out(cx))? || std::mem::take(&mut self.failure_unseen) {
                 return Poll::Ready(Ok(()));
             }
             // Nothing was queued: wait for a control frame (the data side re-enters the loop
@@ -462,9 +573,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         .await
     }
 
-    /// Writes everything queued, control frames included, and flushes.
+    /// Writes everything queued, control frames included, and flushes (waiting for the verdicts
+    /// of gated frames; a failed one ends the writing there).
     pub(crate) async fn finish(&mut self) -> io::Result<()> {
-        poll_fn(|cx| self.poll_write_out(cx).map_ok(|_| ())).await
+        poll_fn(|cx| {
+            ready!(self.poll_write_out(cx))?;
+            if self.segments.is_empty() {
+                Poll::Ready(Ok(()))
+            } else {
+                // Only a pending verdict stops the writer with segments left; it wakes us.
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 
@@ -485,7 +606,9 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::AsyncReadExt as _;
+    use tokio::time::timeout;
 
     fn text(segments: &[&str]) -> WsPayload {
         WsPayload {
@@ -667,6 +790,195 @@ mod tests {
         writer.finish().await.expect("finish");
         writer.push(text(&["{}"]));
         assert_eq!((writer.delivered(), writer.abandon()), (1, 1));
+    }
+
+    /// A socket whose flush is pending once after every write (as the output queue's is while
+    /// it still holds bytes).
+    struct SlowFlush {
+        inner: tokio::io::DuplexStream,
+        flush_pending: bool,
+    }
+
+    impl AsyncWrite for SlowFlush {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.flush_pending = true;
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if std::mem::take(&mut self.flush_pending) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_ends_in_a_pending_flush_still_counts_as_progress() {
+        let (near, _far) = tokio::io::duplex(1 << 16);
+        let account = crate::budget::MemoryBudget::unbounded().open();
+        let socket = SlowFlush {
+            inner: near,
+            flush_pending: false,
+        };
+        let mut writer = FrameWriter::new(socket, Arc::new(Outbox::default()), account);
+        writer.push(text(&["{}"]));
+        // Before, the call that completed the flush had written nothing itself and waited for
+        // control frames: the bridge then took no further message until something else woke it.
+        timeout(Duration::from_secs(5), writer.progress())
+            .await
+            .expect("progress completes")
+            .expect("progress");
+        assert_eq!(writer.delivered(), 1);
+    }
+
+    /// A binary message of `len` bytes of `byte`.
+    fn binary(len: usize, byte: u8) -> WsPayload {
+        WsPayload {
+            text: false,
+            segments: vec![Bytes::from(vec![byte; len])],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gated_message_waits_before_its_last_fragment_until_its_verdict_passes() {
+        let (near, mut far) = tokio::io::duplex(8 * FRAGMENT);
+        let outbox = Arc::new(Outbox::default());
+        let account = crate::budget::MemoryBudget::unbounded().open();
+        let mut writer = FrameWriter::new(near, Arc::clone(&outbox), account.clone());
+        let (sender, verdict) = Verdict::pending();
+        writer.push(text(&["{\"before\":1}"]));
+        // Two full fragments and a last one of 10 bytes (small, yet never staged with others).
+        writer.push_gated(binary(2 * FRAGMENT + 10, 7), Some(verdict));
+        writer.push(text(&["{\"after\":2}"]));
+        timeout(Duration::from_secs(5), writer.progress())
+            .await
+            .expect("writes up to the gate")
+            .expect("progress");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(writer.poll_write_out(&mut cx).is_ready());
+        assert_eq!(
+            writer.delivered(),
+            1,
+            "only the message before it is out whole"
+        );
+        // A pong still goes out while the last fragment waits.
+        outbox.push(&[0x8A, 0x01, b'p']);
+        timeout(Duration::from_secs(5), writer.progress())
+            .await
+            .expect("the pong")
+            .expect("progress");
+        let mut got = vec![0u8; 1 << 16];
+        let mut seen = Vec::new();
+        while let Ok(Ok(n)) = timeout(Duration::from_millis(200), far.read(&mut got)).await {
+            seen.extend_from_slice(&got[..n]);
+        }
+        let parsed = frames(&seen);
+        let shape: Vec<(bool, u8, usize)> =
+            parsed.iter().map(|(f, o, p)| (*f, *o, p.len())).collect();
+        assert_eq!(
+            shape,
+            vec![
+                (true, 1, 12),
+                (false, 2, FRAGMENT),
+                (false, 0, FRAGMENT),
+                (true, 0xA, 1)
+            ]
+        );
+        sender.send(true);
+        timeout(Duration::from_secs(5), writer.finish())
+            .await
+            .expect("the rest once the verdict passed")
+            .expect("finish");
+        assert_eq!(
+            (writer.delivered(), writer.queued(), account.held()),
+            (3, 0, 0)
+        );
+        assert_eq!(writer.failed(), None);
+        drop(writer);
+        let mut rest = Vec::new();
+        far.read_to_end(&mut rest).await.expect("read");
+        let shape: Vec<(bool, u8, usize)> = frames(&rest)
+            .iter()
+            .map(|(f, o, p)| (*f, *o, p.len()))
+            .collect();
+        assert_eq!(shape, vec![(true, 0, 10), (true, 1, 11)]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_verdict_stops_its_message_and_everything_after_it() {
+        let (near, mut far) = tokio::io::duplex(8 * FRAGMENT);
+        let account = crate::budget::MemoryBudget::unbounded().open();
+        let mut writer = FrameWriter::new(near, Arc::new(Outbox::default()), account.clone());
+        let (sender, verdict) = Verdict::pending();
+        writer.push(text(&["{\"before\":1}"]));
+        writer.push_gated(binary(FRAGMENT + 100, 9), Some(verdict));
+        writer.push(text(&["{\"after\":2}"]));
+        timeout(Duration::from_secs(5), writer.progress())
+            .await
+            .expect("writes up to the gate")
+            .expect("progress");
+        sender.send(false);
+        // The failure is reported once, by a progress that wrote nothing.
+        timeout(Duration::from_secs(5), writer.progress())
+            .await
+            .expect("reports the failure")
+            .expect("progress");
+        assert_eq!(
+            writer.failed(),
+            Some(1),
+            "only the message before it goes out whole"
+        );
+        assert_eq!(account.held(), 0, "what was dropped is released");
+        // Nothing pushed later is written.
+        writer.push(text(&["{\"later\":3}"]));
+        timeout(Duration::from_secs(5), writer.finish())
+            .await
+            .expect("finish")
+            .expect("finish");
+        assert_eq!((writer.delivered(), writer.queued()), (1, 0));
+        drop(writer);
+        let mut got = Vec::new();
+        far.read_to_end(&mut got).await.expect("read");
+        let shape: Vec<(bool, u8, usize)> = frames(&got)
+            .iter()
+            .map(|(f, o, p)| (*f, *o, p.len()))
+            .collect();
+        assert_eq!(shape, vec![(true, 1, 12), (false, 2, FRAGMENT)]);
+    }
+
+    #[tokio::test]
+    async fn a_verdict_that_passed_before_the_push_gates_nothing_and_abandon_drops_a_waiting_end() {
+        let (near, _far) = tokio::io::duplex(8 * FRAGMENT);
+        let account = crate::budget::MemoryBudget::unbounded().open();
+        let mut writer = FrameWriter::new(near, Arc::new(Outbox::default()), account.clone());
+        let (sender, verdict) = Verdict::pending();
+        sender.send(true);
+        writer.push_gated(binary(FRAGMENT + 1, 1), Some(verdict));
+        assert_eq!(writer.gates, 0);
+        timeout(Duration::from_secs(5), writer.finish())
+            .await
+            .expect("finish")
+            .expect("finish");
+        assert_eq!(writer.delivered(), 1);
+        // A message waiting for its verdict when the connection goes is not delivered.
+        let (_sender, verdict) = Verdict::pending();
+        writer.push_gated(binary(FRAGMENT + 1, 2), Some(verdict));
+        timeout(Duration::from_secs(5), writer.progress())
+            .await
+            .expect("the first fragment")
+            .expect("progress");
+        assert_eq!(writer.abandon(), 1, "the waiting message is dropped");
+        assert_eq!((writer.gates, writer.queued(), account.held()), (0, 0, 0));
     }
 
     #[tokio::test]

@@ -194,7 +194,9 @@ impl KernelClient {
                     replied = true;
                 }
                 published = self.sockets.iopub.messages.recv() => {
-                    let Some(published) = published else { return Err(Error::Closed) };
+                    let Some(item) = published else { return Err(Error::Closed) };
+                    // A large message counts once its verdict passed.
+                    let Some(published) = item.into_checked() else { continue };
                     if published.parent_msg_id().as_deref() == Some(msg_id.as_str()) {
                         observe(&published);
                         idle |= collect(&mut outcome, &published)?;

@@ -15,8 +15,10 @@
 //! * [`KernelSockets`] is one kernel incarnation's socket unit:
 //!   [`sockets::SessionChannels`] (shell, control and stdin DEALERs sharing a session identity),
 //!   [`sockets::IopubSubscription`] (a SUB drained by its own task into a bounded buffer) and
-//!   [`sockets::Heartbeat`]. Every incoming message is verified. After a kernel restart the whole
-//!   unit is dropped and connected anew.
+//!   [`sockets::Heartbeat`]. Every incoming message is verified; a subscription can hand large
+//!   iopub messages on while their MAC is still being checked, with the [`Verdict`] to wait for
+//!   before their end goes out ([`verdict`]). After a kernel restart the whole unit is dropped and
+//!   connected anew.
 //! * [`KernelClient`] builds on a socket unit to run `kernel_info`, `execute`, `interrupt`,
 //!   `shutdown` and heartbeat checks.
 //! * [`websocket`] converts between messages and Jupyter Server's WebSocket frames (legacy JSON,
@@ -77,6 +79,7 @@ pub mod header;
 pub mod message;
 pub mod sockets;
 pub mod transport;
+pub mod verdict;
 pub mod websocket;
 pub mod wire;
 
@@ -87,4 +90,5 @@ pub use error::Error;
 pub use header::Header;
 pub use message::{HeaderFields, Message};
 pub use sockets::{KernelSockets, SocketOptions};
+pub use verdict::{Forwarded, IopubItem, Verdict};
 pub use wire::{SignatureScheme, Signer, Verifier};

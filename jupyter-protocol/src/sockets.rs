@@ -22,7 +22,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use uuid::Uuid;
 
 use crate::transport::{FrameSink, FrameStream, KernelTransport, ZmqTransport};
-use crate::wire::{DIGEST_HISTORY_SIZE, DigestHistory, check_and_split, decode_signature};
+use crate::verdict::{Forwarded, IopubItem, Verdict};
+use crate::wire::{DIGEST_HISTORY_SIZE, DigestHistory, TAG_LEN, check_and_split, decode_signature};
 use crate::{Channel, ConnectionInfo, Error, Message, Signer};
 
 /// Socket settings.
@@ -36,17 +37,23 @@ pub struct SocketOptions {
     pub iopub_capacity: usize,
     /// Capacity, in messages, of the reply buffer of shell/control/stdin.
     pub reply_capacity: usize,
+    /// Signed iopub messages larger than this (all frames together) are handed on before their
+    /// signature is checked, as [`IopubItem::Unverified`], while the MAC runs on a blocking
+    /// thread; [`IopubItem::Settled`] follows with the verdict (see [`crate::verdict`]).
+    /// `None` (the default): every message is verified before it is handed on.
+    pub verify_aside_above: Option<usize>,
 }
 
 impl Default for SocketOptions {
     /// Connect timeout 10 s, messages up to 1 GiB, 100 000 buffered iopub messages, 1 024 buffered
-    /// replies.
+    /// replies, every message verified before it is handed on.
     fn default() -> SocketOptions {
         SocketOptions {
             connect_timeout: Duration::from_secs(10),
             max_message_size: 1 << 30,
             iopub_capacity: 100_000,
             reply_capacity: 1024,
+            verify_aside_above: None,
         }
     }
 }
@@ -78,20 +85,37 @@ impl UnitVerifier {
     }
 
     fn decode(&self, frames: Vec<Bytes>) -> Result<Message, Error> {
+        match self.prepare(frames)? {
+            Prepared::Unsigned(msg) => Ok(msg),
+            Prepared::Signed(tag, msg) => {
+                // The MAC runs outside the lock, so sockets of one unit verify in parallel.
+                self.signer.verify_decoded(&tag, &msg)?;
+                self.history().insert_tag(tag)?;
+                Ok(msg)
+            }
+        }
+    }
+
+    /// Size, framing and the replay check: everything but the MAC. The hex is decoded once.
+    fn prepare(&self, frames: Vec<Bytes>) -> Result<Prepared, Error> {
         let (_identities, signature, msg) = check_and_split(frames, self.max_size)?;
         if !self.signer.is_signed() {
-            return Ok(msg);
+            return Ok(Prepared::Unsigned(msg));
         }
-        // The hex is decoded once; the MAC runs outside the lock, so sockets of one unit verify
-        // in parallel.
         let tag = decode_signature(&signature)?;
         if self.history().contains_tag(&tag) {
             return Err(Error::DuplicateSignature);
         }
-        self.signer.verify_decoded(&tag, &msg)?;
-        self.history().insert_tag(tag)?;
-        Ok(msg)
+        Ok(Prepared::Signed(tag, msg))
     }
+}
+
+/// A message that passed [`UnitVerifier::prepare`].
+enum Prepared {
+    /// Nothing to check (the key is empty).
+    Unsigned(Message),
+    /// Its MAC is still to be checked against this tag.
+    Signed([u8; TAG_LEN], Message),
 }
 
 async fn connect_bounded<T>(
@@ -259,11 +283,38 @@ async fn read_replies(
 /// consumer is more than [`SocketOptions::iopub_capacity`] messages behind), the newest message is
 /// dropped and counted, with a warning in the log, and reading goes on: losing messages here is
 /// visible and bounded, while stopping would make the kernel's publisher drop silently.
-#[derive(Debug)]
+///
+/// [`IopubSubscription::divert`] hands messages to an [`IopubSink`] inside the drain task
+/// instead, so a consumer that only fans them out costs no task wake-up of its own per message.
 pub struct IopubSubscription {
-    /// Verified iopub messages in arrival order.
-    pub messages: mpsc::Receiver<Message>,
+    /// iopub messages in arrival order (until diverted): verified ones, and with
+    /// [`SocketOptions::verify_aside_above`] large ones whose verdict follows.
+    pub messages: mpsc::Receiver<IopubItem>,
     dropped: Arc<AtomicU64>,
+    outlet: Arc<Outlet>,
+}
+
+impl std::fmt::Debug for IopubSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IopubSubscription")
+            .field("dropped", &self.dropped())
+            .field("diverted", &self.outlet.lock().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Takes a diverted subscription's items, one at a time in arrival order, inside its drain task.
+pub trait IopubSink: Send + 'static {
+    /// One item (a verified message, or a large one and later its verdict). Called with the
+    /// subscription's outlet locked: it must not block or wait, and must not touch the same
+    /// subscription.
+    fn deliver(&mut self, item: IopubItem);
+}
+
+impl<F: FnMut(IopubItem) + Send + 'static> IopubSink for F {
+    fn deliver(&mut self, item: IopubItem) {
+        self(item);
+    }
 }
 
 impl IopubSubscription {
@@ -292,8 +343,33 @@ impl IopubSubscription {
         let verifier = UnitVerifier::new(signer, opts.max_message_size);
         let (tx, messages) = mpsc::channel(opts.iopub_capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(drain_iopub(stream, verifier, tx, dropped.clone()));
-        Ok(IopubSubscription { messages, dropped })
+        let outlet = Arc::new(Mutex::new(None));
+        tokio::spawn(drain_iopub(
+            stream,
+            verifier,
+            opts.verify_aside_above,
+            tx,
+            dropped.clone(),
+            Arc::clone(&outlet),
+        ));
+        Ok(IopubSubscription {
+            messages,
+            dropped,
+            outlet,
+        })
+    }
+
+    /// From now on the drain task hands every message to `sink` instead of `messages`: first
+    /// those still waiting in `messages`, then the rest as they arrive, in order. The subscription
+    /// still ends when it is dropped; a second divert replaces the sink.
+    pub fn divert(&mut self, mut sink: Box<dyn IopubSink>) {
+        let mut outlet = self.outlet.lock();
+        // The drain task fills `messages` only with the outlet locked, so nothing can come in
+        // between the ones flushed here and the ones the sink gets next.
+        while let Ok(msg) = self.messages.try_recv() {
+            sink.deliver(msg);
+        }
+        *outlet = Some(sink);
     }
 
     /// How many messages the drain task dropped because `messages` was full.
@@ -310,9 +386,12 @@ impl IopubSubscription {
 async fn drain_iopub(
     mut stream: Box<dyn FrameStream>,
     verifier: UnitVerifier,
-    tx: mpsc::Sender<Message>,
+    aside_above: Option<usize>,
+    tx: mpsc::Sender<IopubItem>,
     dropped: Arc<AtomicU64>,
+    outlet: Arc<Outlet>,
 ) {
+    let verifier = Arc::new(verifier);
     loop {
         let received = tokio::select! {
             biased;
@@ -327,6 +406,22 @@ async fn drain_iopub(
                 continue;
             }
         };
+        let aside = aside_above.is_some_and(|above| {
+            frames
+                .iter()
+                .map(Bytes::len)
+                .fold(0usize, usize::saturating_add)
+                > above
+        });
+        if aside {
+            if verify_aside(&verifier, frames, &tx, &dropped, &outlet)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         let msg = match verifier.decode(frames) {
             Ok(msg) => msg,
             Err(err) => {
@@ -334,21 +429,128 @@ async fn drain_iopub(
                 continue;
             }
         };
-        match tx.try_send(msg) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                // One line for the first drop and then one per thousand.
-                if total == 1 || total.is_multiple_of(1000) {
-                    tracing::warn!(
-                        dropped = total,
-                        "iopub buffer full; dropping newest messages"
-                    );
-                }
-            }
-            Err(TrySendError::Closed(_)) => return,
+        if hand_on(&outlet, &tx, &dropped, IopubItem::Verified(msg)).is_err() {
+            return;
         }
     }
+}
+
+/// The diverted sink, or the channel until the subscription is diverted.
+type Outlet = Mutex<Option<Box<dyn IopubSink>>>;
+
+/// Hands `item` to the sink when diverted, else into the channel (dropped and counted when it is
+/// full). `Err` when the channel's receiver is gone.
+fn hand_on(
+    outlet: &Outlet,
+    tx: &mpsc::Sender<IopubItem>,
+    dropped: &AtomicU64,
+    item: IopubItem,
+) -> Result<(), ()> {
+    // Held while the item is handed on, so a divert sees every item once, in order.
+    let mut slot = outlet.lock();
+    if let Some(sink) = slot.as_mut() {
+        sink.deliver(item);
+        return Ok(());
+    }
+    match tx.try_send(item) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => {
+            count_drop(dropped);
+            Ok(())
+        }
+        Err(TrySendError::Closed(_)) => Err(()),
+    }
+}
+
+/// One line for the first drop and then one per thousand.
+fn count_drop(dropped: &AtomicU64) {
+    let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+    if total == 1 || total.is_multiple_of(1000) {
+        tracing::warn!(
+            dropped = total,
+            "iopub buffer full; dropping newest messages"
+        );
+    }
+}
+
+/// Hands a large message on before its MAC is checked, checks it on a blocking thread, and then
+/// hands on its verdict; the next message is read after that, so the verdict comes right behind
+/// its message (reading paused for the MAC before too, when it ran here). `Err` when the
+/// receiving end is gone.
+async fn verify_aside(
+    verifier: &Arc<UnitVerifier>,
+    frames: Vec<Bytes>,
+    tx: &mpsc::Sender<IopubItem>,
+    dropped: &AtomicU64,
+    outlet: &Outlet,
+) -> Result<(), ()> {
+    let (tag, msg) = match verifier.prepare(frames) {
+        Ok(Prepared::Signed(tag, msg)) => (tag, msg),
+        Ok(Prepared::Unsigned(msg)) => {
+            return hand_on(outlet, tx, dropped, IopubItem::Verified(msg));
+        }
+        Err(err) => {
+            tracing::warn!(%err, "dropping iopub message");
+            return Ok(());
+        }
+    };
+    let (sender, verdict) = Verdict::pending();
+    let item = Forwarded::unverified(msg, verdict);
+    // The verdict's place is taken before the message is handed on, so it always follows: a
+    // second permit in the channel (a sink takes everything, and a diverted subscription stays
+    // diverted).
+    let reserved = {
+        let mut slot = outlet.lock();
+        if let Some(sink) = slot.as_mut() {
+            sink.deliver(IopubItem::Unverified(item.clone()));
+            None
+        } else {
+            let mut permits = match tx.try_reserve_many(2) {
+                Ok(permits) => permits,
+                Err(TrySendError::Full(())) => {
+                    count_drop(dropped);
+                    return Ok(());
+                }
+                Err(TrySendError::Closed(())) => return Err(()),
+            };
+            if let Some(permit) = permits.next() {
+                permit.send(IopubItem::Unverified(item.clone()));
+            }
+            permits.next()
+        }
+    };
+    let check = {
+        let verifier = Arc::clone(verifier);
+        let msg = item.message().clone();
+        tokio::task::spawn_blocking(move || {
+            verifier.signer.verify_decoded(&tag, &msg)?;
+            verifier.history().insert_tag(tag)
+        })
+    };
+    // Awaited even when the receiving end goes away meanwhile (a restart), so the verdict
+    // says what the check found rather than failing for nothing.
+    let outcome = check.await;
+    let passed = match outcome {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::warn!(%err, size = item.size(), "a large iopub message failed its check; it is withdrawn");
+            false
+        }
+        Err(err) => {
+            tracing::warn!(%err, "the check of a large iopub message did not finish; it is withdrawn");
+            false
+        }
+    };
+    sender.send(passed);
+    // Diverted meanwhile: the message went to the sink with what was in the channel, and so does
+    // its verdict (the reserved place is given back).
+    let mut slot = outlet.lock();
+    if let Some(sink) = slot.as_mut() {
+        sink.deliver(IopubItem::Settled(item));
+    } else if let Some(permit) = reserved {
+        permit.send(IopubItem::Settled(item));
+    }
+    Ok(())
 }
 
 /// Heartbeat pings; the socket is rebuilt after every failure as jupyter_client does.

@@ -20,7 +20,7 @@ pub const DELIMITER: &[u8] = b"<IDS|MSG>";
 pub const DIGEST_HISTORY_SIZE: usize = 65536;
 
 /// Length in bytes of an HMAC-SHA256 tag.
-const TAG_LEN: usize = 32;
+pub(crate) const TAG_LEN: usize = 32;
 
 type HmacSha256 = Hmac<Sha256>;
 

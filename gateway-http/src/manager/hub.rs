@@ -11,6 +11,11 @@
 //!   order, once; any other client, or the time running out, discards it.
 //! * A connection replaced by a newer one with the same session id hands its queued messages and
 //!   its sockets over to the newer one ([`Handover`]).
+//! * The fan-out is shared: the current incarnation's iopub reader publishes kernel messages
+//!   through a [`Feed`] from its own task (no hop through the supervisor), the supervisor its
+//!   synthetic statuses and everything else through the [`Hub`], both under one short lock, so
+//!   every client sees them in one order. The supervisor ends a feed before it announces the end
+//!   of its incarnation; nothing of that incarnation comes after.
 //! * Every message held here is charged to an [`Account`] of the gateway's client memory budget:
 //!   the client's own (its queue, what it missed after falling behind) or the reconnect buffer's.
 //!   A client whose account is evicted leaves no reconnect buffer behind, and an evicted buffer
@@ -21,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jupyter_protocol::sockets::SessionChannels;
-use jupyter_protocol::{Channel, ConnectionInfo, Header, Message};
+use jupyter_protocol::{Channel, ConnectionInfo, Forwarded, Header, IopubItem, Message};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -40,8 +45,9 @@ const MIN_QUEUE_BYTES: usize = 1 << 20;
 /// What the supervisor tells an attached client.
 #[derive(Debug)]
 pub(crate) enum ClientNotice {
-    /// An iopub message (from the kernel, or a synthetic status).
-    Iopub(Message),
+    /// An iopub message (from the kernel, or a synthetic status), with the verdict that gates
+    /// its end when its signature is still being checked.
+    Iopub(Forwarded),
     /// The kernel is being restarted: its sockets lead nowhere until `Rebuild`; hold client
     /// messages until then.
     Suspend,
@@ -180,7 +186,7 @@ impl ClientQueue {
 #[derive(Debug, Default)]
 pub(crate) struct Handover {
     /// Undelivered messages, oldest first.
-    pub(crate) messages: VecDeque<(Channel, Message)>,
+    pub(crate) messages: VecDeque<(Channel, Forwarded)>,
     /// The connection's kernel sockets (identity = its session id), if it had live ones.
     pub(crate) channels: Option<SessionChannels>,
     /// Its queue: drained after the supervisor stopped filling it, so nothing is missed.
@@ -190,10 +196,14 @@ pub(crate) struct Handover {
 impl Handover {
     /// Everything undelivered in order, and the sockets if they are still current (a restart
     /// notice in the queue means they point at a process that is gone).
-    pub(crate) fn into_parts(mut self) -> (VecDeque<(Channel, Message)>, Option<SessionChannels>) {
+    pub(crate) fn into_parts(
+        mut self,
+    ) -> (VecDeque<(Channel, Forwarded)>, Option<SessionChannels>) {
         if let Some(mut queue) = self.queue.take() {
             while let Some(notice) = queue.try_recv() {
                 match notice {
+                    // One whose verdict failed is delivered nowhere.
+                    ClientNotice::Iopub(msg) if msg.failed() => {}
                     ClientNotice::Iopub(msg) => self.messages.push_back((Channel::Iopub, msg)),
                     ClientNotice::Suspend | ClientNotice::Rebuild(_) => self.channels = None,
                 }
@@ -216,7 +226,7 @@ pub(crate) struct Attached {
     pub(crate) replaced: Option<oneshot::Receiver<Handover>>,
     /// Kept messages of this session, sent after the replaced connection's leftovers and before
     /// anything from the queue.
-    pub(crate) replay: VecDeque<(Channel, Message)>,
+    pub(crate) replay: VecDeque<(Channel, Forwarded)>,
     /// Kernel sockets kept for this session, if any.
     pub(crate) channels: Option<SessionChannels>,
     /// The kernel's current connection info.
@@ -244,7 +254,7 @@ impl BufferLimits {
 /// charged to its account.
 #[derive(Debug, Default)]
 pub(crate) struct Spill {
-    messages: VecDeque<(Channel, Message)>,
+    messages: VecDeque<(Channel, Forwarded)>,
     bytes: usize,
     dropped: usize,
     account: Option<Account>,
@@ -270,7 +280,12 @@ impl Spill {
     }
 
     /// Appends, dropping the oldest beyond the limits.
-    pub(crate) fn push(&mut self, item: (Channel, Message), max_messages: usize, max_bytes: usize) {
+    pub(crate) fn push(
+        &mut self,
+        item: (Channel, Forwarded),
+        max_messages: usize,
+        max_bytes: usize,
+    ) {
         let before = self.bytes;
         self.bytes += item.1.size();
         self.messages.push_back(item);
@@ -289,8 +304,17 @@ impl Spill {
             }
         }
     }
+    /// Drops the messages whose verdict failed (not counted as dropped for lack of room).
+    fn drop_failed(&mut self) {
+        let before = self.bytes;
+        self.messages.retain(|(_, msg)| !msg.failed());
+        self.bytes = self.messages.iter().map(|(_, msg)| msg.size()).sum();
+        if let Some(account) = &self.account {
+            account.release(before.saturating_sub(self.bytes));
+        }
+    }
     /// The messages, oldest first; no longer charged.
-    fn into_messages(mut self) -> VecDeque<(Channel, Message)> {
+    fn into_messages(mut self) -> VecDeque<(Channel, Forwarded)> {
         std::mem::take(&mut self.messages)
     }
     /// Messages held.
@@ -321,45 +345,95 @@ struct OfflineBuffer {
     /// The buffer's byte bound: `buffer_max_bytes`, or the client share when that is smaller.
     max_bytes: usize,
     spill: Spill,
-    channels: Option<SessionChannels>,
     expires: Instant,
 }
 
-/// Clients of one kernel.
+/// What the iopub reader of the current incarnation (through its [`Feed`]) and the supervisor
+/// (through the [`Hub`]) share: the clients' queues and the offline buffer's messages. Locked
+/// only for a publish or one change of the set of clients, never across an await.
 #[derive(Debug)]
-pub(crate) struct Hub {
+struct Fanout {
     kernel_id: String,
     clients: BTreeMap<u64, Slot>,
-    next_id: u64,
     limits: BufferLimits,
     buffer: Option<OfflineBuffer>,
     /// Counter for the ids of synthetic messages (`<session>_<n>`, as EG).
     synthetic: u64,
+    /// The feed whose messages are taken; `None` between incarnations.
+    feed: Option<u64>,
+}
+
+/// Clients of one kernel, as the supervisor sees them. The fan-out itself is shared with the
+/// current incarnation's iopub reader ([`Hub::start_feed`]).
+#[derive(Debug)]
+pub(crate) struct Hub {
+    fanout: Arc<Mutex<Fanout>>,
+    next_id: u64,
+    /// Feeds started so far (the id of the next one).
+    feeds: u64,
+    /// The kernel sockets kept with the offline buffer for its session; only the supervisor
+    /// reads them, so they live outside the lock.
+    kept: Option<SessionChannels>,
+}
+
+/// The current incarnation's way into the fan-out: its iopub reader publishes through it from
+/// its own task, without waking the supervisor. A feed the supervisor ended publishes nothing.
+#[derive(Debug, Clone)]
+pub(crate) struct Feed {
+    fanout: Arc<Mutex<Fanout>>,
+    id: u64,
+}
+
+impl Feed {
+    /// Takes `item` as [`Hub::publish_item`] does if this feed is still the hub's current one
+    /// (`take` runs with the hub locked, so it sees messages in publishing order).
+    pub(crate) fn publish(&self, item: IopubItem, take: impl FnOnce(&Message) -> bool) {
+        let mut fanout = self.fanout.lock();
+        if fanout.feed != Some(self.id) {
+            return;
+        }
+        fanout.take_item(item, take);
+    }
 }
 
 impl Hub {
     /// An empty hub.
     pub(crate) fn new(kernel_id: String, limits: BufferLimits) -> Hub {
         Hub {
-            kernel_id,
-            clients: BTreeMap::new(),
+            fanout: Arc::new(Mutex::new(Fanout {
+                kernel_id,
+                clients: BTreeMap::new(),
+                limits,
+                buffer: None,
+                synthetic: 0,
+                feed: None,
+            })),
             next_id: 0,
-            limits,
-            buffer: None,
-            synthetic: 0,
+            feeds: 0,
+            kept: None,
         }
     }
 
     /// Attached clients.
     pub(crate) fn connections(&self) -> usize {
-        self.clients.len()
+        self.fanout.lock().clients.len()
     }
 
-    fn queue_limits(&self) -> (usize, usize) {
-        (
-            self.limits.max_messages.max(MIN_QUEUE_MESSAGES),
-            self.limits.max_bytes.max(MIN_QUEUE_BYTES),
-        )
+    /// A feed for a new incarnation; the one before it (if any) publishes nothing from now on.
+    pub(crate) fn start_feed(&mut self) -> Feed {
+        self.feeds += 1;
+        self.fanout.lock().feed = Some(self.feeds);
+        Feed {
+            fanout: Arc::clone(&self.fanout),
+            id: self.feeds,
+        }
+    }
+
+    /// Ends the current feed: once this returns, nothing of the incarnation it served reaches
+    /// a client (a message its reader is handing over right now goes before anything the
+    /// supervisor publishes after this).
+    pub(crate) fn end_feed(&mut self) {
+        self.fanout.lock().feed = None;
     }
 
     /// Registers a client, whose messages are charged to `account`. A client with the same
@@ -371,6 +445,181 @@ impl Hub {
         connection: ConnectionInfo,
         account: Account,
     ) -> Attached {
+        self.next_id += 1;
+        let kept = self.kept.take();
+        let (mut attached, resumed) =
+            self.fanout
+                .lock()
+                .attach(self.next_id, session_id, connection, account);
+        if resumed {
+            attached.channels = kept;
+        }
+        attached
+    }
+
+    /// Unregisters a client with what it left behind (nothing to do if it was replaced). When it
+    /// was the last one, its leftovers start the offline buffer of its session.
+    pub(crate) fn detach(&mut self, client_id: u64, handover: Option<Handover>) {
+        let started = self.fanout.lock().detach(client_id, handover);
+        if let Some(channels) = started {
+            self.kept = channels;
+        }
+    }
+
+    /// Sends an iopub message to every client (or into the offline buffer when none is
+    /// attached), whatever the feed.
+    #[cfg(test)]
+    pub(crate) fn publish(&mut self, msg: Message) {
+        self.fanout.lock().publish(Forwarded::from(msg));
+    }
+
+    /// Takes one item of the kernel's iopub stream, whatever the feed (the supervisor's own path,
+    /// during a launch): a checked message is observed by `take`, which says whether clients get
+    /// it, and published; a large one whose signature is still being checked is published at
+    /// once, observed only once its verdict passed, and dropped from what is held here when it
+    /// failed.
+    pub(crate) fn publish_item(&mut self, item: IopubItem, take: impl FnOnce(&Message) -> bool) {
+        self.fanout.lock().take_item(item, take);
+    }
+
+    /// A synthetic iopub `status` for each client, carrying that client's session (EG §4.6);
+    /// `extra` fields are added to the content.
+    pub(crate) fn publish_status(
+        &mut self,
+        state: &str,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) {
+        self.fanout.lock().publish_status(state, extra);
+    }
+
+    /// Tells every client that the kernel's sockets are about to go away (a restart).
+    pub(crate) fn suspend(&mut self) {
+        self.fanout.lock().notify(|| ClientNotice::Suspend);
+        self.kept = None;
+    }
+
+    /// Tells every client to rebuild its kernel sockets; kept sockets point at the old process.
+    pub(crate) fn rebuild(&mut self, connection: &ConnectionInfo) {
+        self.fanout
+            .lock()
+            .notify(|| ClientNotice::Rebuild(connection.clone()));
+        self.kept = None;
+    }
+
+    /// The next reply on the sockets kept for the offline buffer, or the buffer's eviction from
+    /// the memory budget; pending when there is no buffer.
+    pub(crate) async fn next_kept_reply(&mut self) -> KeptReply {
+        let account = {
+            let fanout = self.fanout.lock();
+            match fanout.buffer.as_ref() {
+                Some(buffer) => buffer.spill.account.clone(),
+                None => None,
+            }
+        };
+        if account.is_none() && self.kept.is_none() {
+            return std::future::pending().await;
+        }
+        let evicted = async {
+            match &account {
+                Some(account) => account.evicted().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = evicted => KeptReply::Evicted,
+            reply = async {
+                match self.kept.as_mut() {
+                    Some(channels) => channels.replies.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => KeptReply::Reply(reply),
+        }
+    }
+
+    /// Stores a reply that arrived on the kept sockets (`None`: they closed), or drops an
+    /// evicted buffer.
+    pub(crate) fn keep_reply(&mut self, reply: KeptReply) {
+        match reply {
+            KeptReply::Reply(Some((channel, msg))) => {
+                self.fanout.lock().buffer_message((channel, msg.into()));
+            }
+            KeptReply::Reply(None) => self.kept = None,
+            KeptReply::Evicted => {
+                self.kept = None;
+                let fanout = &mut *self.fanout.lock();
+                if let Some(buffer) = fanout.buffer.take() {
+                    tracing::warn!(kernel_id = %fanout.kernel_id, session_id = %buffer.session_id,
+                        count = buffer.spill.len(),
+                        "the client memory budget is used up: dropping a reconnect buffer");
+                }
+            }
+        }
+    }
+
+    /// When the offline buffer expires, if there is one.
+    pub(crate) fn buffer_expiry(&self) -> Option<Instant> {
+        self.fanout.lock().buffer.as_ref().map(|b| b.expires)
+    }
+
+    /// Drops an expired offline buffer (and its sockets).
+    pub(crate) fn expire_buffer(&mut self, now: Instant) {
+        let fanout = &mut *self.fanout.lock();
+        if let Some(buffer) = &fanout.buffer
+            && buffer.expires <= now
+        {
+            tracing::info!(kernel_id = %fanout.kernel_id, session_id = %buffer.session_id,
+                count = buffer.spill.len(), dropped = buffer.spill.dropped(),
+                "discarding an offline buffer nobody came back for");
+            fanout.buffer = None;
+            self.kept = None;
+        }
+    }
+
+    /// Disconnects every client and drops the buffer.
+    pub(crate) fn close_all(&mut self, why: Kick) {
+        let clients = {
+            let mut fanout = self.fanout.lock();
+            fanout.buffer = None;
+            std::mem::take(&mut fanout.clients)
+        };
+        self.kept = None;
+        for slot in clients.into_values() {
+            slot.kick.kick(why);
+        }
+    }
+
+    /// Disconnects every client saying why in a few words, and drops the buffer.
+    pub(crate) fn close_all_with(&mut self, why: Kick, detail: &str) {
+        let clients = {
+            let mut fanout = self.fanout.lock();
+            fanout.buffer = None;
+            std::mem::take(&mut fanout.clients)
+        };
+        self.kept = None;
+        let detail: Arc<str> = Arc::from(detail);
+        for slot in clients.into_values() {
+            slot.kick.kick_with(why, &detail);
+        }
+    }
+}
+
+impl Fanout {
+    fn queue_limits(&self) -> (usize, usize) {
+        (
+            self.limits.max_messages.max(MIN_QUEUE_MESSAGES),
+            self.limits.max_bytes.max(MIN_QUEUE_BYTES),
+        )
+    }
+
+    /// [`Hub::attach`] with the client's id; also says whether the offline buffer was this
+    /// session's (and so its kept sockets go to the client).
+    fn attach(
+        &mut self,
+        client_id: u64,
+        session_id: &str,
+        connection: ConnectionInfo,
+        account: Account,
+    ) -> (Attached, bool) {
         let mut replaced = None;
         let mut replay = VecDeque::new();
         let stale: Vec<u64> = self
@@ -390,7 +639,7 @@ impl Hub {
                 }
             }
         }
-        let mut channels = None;
+        let mut resumed = false;
         match self.buffer.take() {
             Some(buffer) if buffer.session_id == session_id => {
                 if buffer.spill.dropped() > 0 {
@@ -399,7 +648,7 @@ impl Hub {
                 }
                 tracing::info!(kernel_id = %self.kernel_id, session_id, count = buffer.spill.len(), "replaying buffered messages");
                 replay.extend(buffer.spill.into_messages());
-                channels = buffer.channels;
+                resumed = true;
             }
             Some(buffer) => {
                 tracing::info!(kernel_id = %self.kernel_id, session_id = %buffer.session_id,
@@ -410,8 +659,6 @@ impl Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         let gauge = Arc::new(Gauge::default());
         let kick = KickSignal::default();
-        self.next_id += 1;
-        let client_id = self.next_id;
         self.clients.insert(
             client_id,
             Slot {
@@ -423,7 +670,7 @@ impl Hub {
                 account: account.clone(),
             },
         );
-        Attached {
+        let attached = Attached {
             client_id,
             queue: ClientQueue {
                 rx,
@@ -433,26 +680,29 @@ impl Hub {
             kick,
             replaced,
             replay,
-            channels,
+            channels: None,
             connection,
-        }
+        };
+        (attached, resumed)
     }
 
-    /// Unregisters a client with what it left behind (nothing to do if it was replaced). When it
-    /// was the last one, its leftovers start the offline buffer of its session.
-    pub(crate) fn detach(&mut self, client_id: u64, handover: Option<Handover>) {
-        let Some(slot) = self.clients.remove(&client_id) else {
-            return;
-        };
+    /// [`Hub::detach`]; `Some` when the client was the last one and an offline buffer started,
+    /// with the sockets to keep for it.
+    fn detach(
+        &mut self,
+        client_id: u64,
+        handover: Option<Handover>,
+    ) -> Option<Option<SessionChannels>> {
+        let slot = self.clients.remove(&client_id)?;
         // The slot (and its sender) is gone, so the queue can be drained completely now.
         let (messages, channels) = handover.map(Handover::into_parts).unwrap_or_default();
         if !self.clients.is_empty() || !self.limits.buffering() {
-            return;
+            return None;
         }
         if slot.account.is_evicted() {
             tracing::info!(kernel_id = %self.kernel_id, session_id = %slot.session_id,
                 "the client was disconnected for holding too much memory; nothing is kept for its return");
-            return;
+            return None;
         }
         if let Some(old) = self.buffer.take() {
             tracing::info!(kernel_id = %self.kernel_id, session_id = %old.session_id,
@@ -469,37 +719,37 @@ impl Hub {
             session_id: slot.session_id,
             max_bytes,
             spill,
-            channels,
             expires: Instant::now() + self.limits.ttl,
         });
+        Some(channels)
     }
 
     /// Sends an iopub message to every client (or into the offline buffer when none is attached).
-    pub(crate) fn publish(&mut self, msg: &Message) {
+    fn publish(&mut self, msg: Forwarded) {
         if self.clients.is_empty() {
-            self.buffer_message((Channel::Iopub, msg.clone()));
+            self.buffer_message((Channel::Iopub, msg));
             return;
         }
         let (max_messages, max_bytes) = self.queue_limits();
-        for slot in self.clients.values_mut() {
-            deliver(&self.kernel_id, slot, msg.clone(), max_messages, max_bytes);
+        let last = self.clients.len() - 1;
+        let mut msg = Some(msg);
+        for (n, slot) in self.clients.values_mut().enumerate() {
+            // The last client gets the message itself, the others a copy (of its handles).
+            let item = if n == last { msg.take() } else { msg.clone() };
+            if let Some(item) = item {
+                deliver(&self.kernel_id, slot, item, max_messages, max_bytes);
+            }
         }
     }
 
-    /// A synthetic iopub `status` for each client, carrying that client's session (EG §4.6);
-    /// `extra` fields are added to the content.
-    pub(crate) fn publish_status(
-        &mut self,
-        state: &str,
-        extra: &serde_json::Map<String, serde_json::Value>,
-    ) {
+    fn publish_status(&mut self, state: &str, extra: &serde_json::Map<String, serde_json::Value>) {
         let (max_messages, max_bytes) = self.queue_limits();
         let mut content = extra.clone();
         content.insert("execution_state".to_owned(), state.into());
         if self.clients.is_empty() {
             if let Some(session) = self.buffer.as_ref().map(|b| b.session_id.clone()) {
                 let msg = self.synthetic_status(&session, &content);
-                self.buffer_message((Channel::Iopub, msg));
+                self.buffer_message((Channel::Iopub, msg.into()));
             }
             return;
         }
@@ -511,7 +761,7 @@ impl Hub {
         for (id, session) in sessions {
             let msg = self.synthetic_status(&session, &content);
             if let Some(slot) = self.clients.get_mut(&id) {
-                deliver(&self.kernel_id, slot, msg, max_messages, max_bytes);
+                deliver(&self.kernel_id, slot, msg.into(), max_messages, max_bytes);
             }
         }
     }
@@ -527,29 +777,15 @@ impl Hub {
         Message::new(&header, content)
     }
 
-    /// Tells every client that the kernel's sockets are about to go away (a restart).
-    pub(crate) fn suspend(&mut self) {
+    /// Puts a notice in every client's queue.
+    fn notify(&self, notice: impl Fn() -> ClientNotice) {
         for slot in self.clients.values() {
             // A client that is gone is detached by its lease; nothing to do here.
-            let _ = slot.tx.send(ClientNotice::Suspend);
-        }
-        if let Some(buffer) = &mut self.buffer {
-            buffer.channels = None;
+            let _ = slot.tx.send(notice());
         }
     }
 
-    /// Tells every client to rebuild its kernel sockets; kept sockets point at the old process.
-    pub(crate) fn rebuild(&mut self, connection: &ConnectionInfo) {
-        for slot in self.clients.values() {
-            // A client that is gone is detached by its lease; nothing to do here.
-            let _ = slot.tx.send(ClientNotice::Rebuild(connection.clone()));
-        }
-        if let Some(buffer) = &mut self.buffer {
-            buffer.channels = None;
-        }
-    }
-
-    fn buffer_message(&mut self, item: (Channel, Message)) {
+    fn buffer_message(&mut self, item: (Channel, Forwarded)) {
         let Some(buffer) = self.buffer.as_mut() else {
             return;
         };
@@ -563,82 +799,42 @@ impl Hub {
         }
     }
 
-    /// The next reply on the sockets kept for the offline buffer, or the buffer's eviction from
-    /// the memory budget; pending when there is no buffer.
-    pub(crate) async fn next_kept_reply(&mut self) -> KeptReply {
-        let Some(buffer) = self.buffer.as_mut() else {
-            return std::future::pending().await;
-        };
-        let account = buffer.spill.account.clone();
-        let evicted = async {
-            match &account {
-                Some(account) => account.evicted().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = evicted => KeptReply::Evicted,
-            reply = async {
-                match buffer.channels.as_mut() {
-                    Some(channels) => channels.replies.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => KeptReply::Reply(reply),
-        }
-    }
-
-    /// Stores a reply that arrived on the kept sockets (`None`: they closed), or drops an
-    /// evicted buffer.
-    pub(crate) fn keep_reply(&mut self, reply: KeptReply) {
-        match reply {
-            KeptReply::Reply(Some(item)) => self.buffer_message(item),
-            KeptReply::Reply(None) => {
-                if let Some(buffer) = &mut self.buffer {
-                    buffer.channels = None;
+    /// Takes one item of the kernel's iopub stream: a checked message is observed (`take`, which
+    /// says whether clients get it) and published; a large one whose signature is still being
+    /// checked is published at once and observed only when its verdict passed; when that failed
+    /// it is dropped from what is held here (a bridge drops it from its queue when it takes it).
+    fn take_item(&mut self, item: IopubItem, take: impl FnOnce(&Message) -> bool) {
+        match item {
+            IopubItem::Verified(msg) => {
+                if take(&msg) {
+                    self.publish(Forwarded::from(msg));
                 }
             }
-            KeptReply::Evicted => {
-                if let Some(buffer) = self.buffer.take() {
-                    tracing::warn!(kernel_id = %self.kernel_id, session_id = %buffer.session_id,
-                        count = buffer.spill.len(),
-                        "the client memory budget is used up: dropping a reconnect buffer");
+            IopubItem::Unverified(pending) => self.publish(pending),
+            IopubItem::Settled(settled) => {
+                if settled.passed() {
+                    // Published already, when it came unverified.
+                    take(settled.message());
+                } else {
+                    tracing::warn!(kernel_id = %self.kernel_id, size = settled.size(),
+                        "a large iopub message failed its signature check after it was forwarded; clients receiving it are disconnected before its end");
+                    self.drop_failed();
                 }
             }
         }
     }
 
-    /// When the offline buffer expires, if there is one.
-    pub(crate) fn buffer_expiry(&self) -> Option<Instant> {
-        self.buffer.as_ref().map(|b| b.expires)
-    }
-
-    /// Drops an expired offline buffer (and its sockets).
-    pub(crate) fn expire_buffer(&mut self, now: Instant) {
-        if let Some(buffer) = &self.buffer
-            && buffer.expires <= now
-        {
-            tracing::info!(kernel_id = %self.kernel_id, session_id = %buffer.session_id,
-                count = buffer.spill.len(), dropped = buffer.spill.dropped(),
-                "discarding an offline buffer nobody came back for");
-            self.buffer = None;
+    /// Drops the held messages whose verdict failed: from the offline buffer and from what slow
+    /// clients missed.
+    fn drop_failed(&mut self) {
+        if let Some(buffer) = &mut self.buffer {
+            buffer.spill.drop_failed();
         }
-    }
-
-    /// Disconnects every client and drops the buffer.
-    pub(crate) fn close_all(&mut self, why: Kick) {
-        for slot in std::mem::take(&mut self.clients).into_values() {
-            slot.kick.kick(why);
+        for slot in self.clients.values_mut() {
+            if let Some(overflow) = &mut slot.overflow {
+                overflow.drop_failed();
+            }
         }
-        self.buffer = None;
-    }
-
-    /// Disconnects every client saying why in a few words, and drops the buffer.
-    pub(crate) fn close_all_with(&mut self, why: Kick, detail: &str) {
-        let detail: Arc<str> = Arc::from(detail);
-        for slot in std::mem::take(&mut self.clients).into_values() {
-            slot.kick.kick_with(why, &detail);
-        }
-        self.buffer = None;
     }
 }
 
@@ -660,7 +856,13 @@ fn buffer_bytes(limits: &BufferLimits, account: &Account) -> usize {
 }
 
 /// Queues `msg` for one client, or keeps it aside once the client fell too far behind.
-fn deliver(kernel_id: &str, slot: &mut Slot, msg: Message, max_messages: usize, max_bytes: usize) {
+fn deliver(
+    kernel_id: &str,
+    slot: &mut Slot,
+    msg: Forwarded,
+    max_messages: usize,
+    max_bytes: usize,
+) {
     if slot.account.is_evicted() {
         // Its bridge is leaving and drops its queue: nothing more is held for it.
         slot.overflow = None;
@@ -738,8 +940,8 @@ mod tests {
         )
     }
 
-    fn iopub(items: &VecDeque<(Channel, Message)>) -> Vec<Message> {
-        items.iter().map(|(_, m)| m.clone()).collect()
+    fn iopub(items: &VecDeque<(Channel, Forwarded)>) -> Vec<Message> {
+        items.iter().map(|(_, m)| m.message().clone()).collect()
     }
 
     fn leave(hub: &mut Hub, attached: Attached) {
@@ -756,7 +958,7 @@ mod tests {
         let first = hub.attach("s", info(), account());
         leave(&mut hub, first);
         for n in 0..3 {
-            hub.publish(&msg(n));
+            hub.publish(msg(n));
         }
         let again = hub.attach("s", info(), account());
         assert_eq!(iopub(&again.replay), vec![msg(1), msg(2)]);
@@ -770,13 +972,15 @@ mod tests {
         let mut hub = hub(100);
         let mut first = hub.attach("s", info(), account());
         for n in 0..4 {
-            hub.publish(&msg(n));
+            hub.publish(msg(n));
         }
         // The client took one message, then went away while two more were published.
-        assert!(matches!(first.queue.recv().await, Some(ClientNotice::Iopub(m)) if m == msg(0)));
-        hub.publish(&msg(4));
+        assert!(
+            matches!(first.queue.recv().await, Some(ClientNotice::Iopub(m)) if m.message() == &msg(0))
+        );
+        hub.publish(msg(4));
         leave(&mut hub, first);
-        hub.publish(&msg(5));
+        hub.publish(msg(5));
         let again = hub.attach("s", info(), account());
         assert_eq!(iopub(&again.replay), (1..6).map(msg).collect::<Vec<_>>());
     }
@@ -786,10 +990,10 @@ mod tests {
         let mut hub = hub(10);
         let a = hub.attach("a", info(), account());
         leave(&mut hub, a);
-        hub.publish(&msg(1));
+        hub.publish(msg(1));
         let b = hub.attach("b", info(), account());
         assert!(b.replay.is_empty());
-        hub.publish(&msg(2));
+        hub.publish(msg(2));
         let mut b2 = hub.attach("b", info(), account());
         assert_eq!(b.kick.kicked().await, Kick::Replaced);
         let successor = b.kick.successor();
@@ -811,6 +1015,71 @@ mod tests {
         assert_eq!(hub.connections(), 1);
     }
 
+    /// The message types a client got, in order, and whether the queue is now empty.
+    fn received(queue: &mut ClientQueue) -> Vec<String> {
+        let mut types = Vec::new();
+        while let Some(notice) = queue.try_recv() {
+            if let ClientNotice::Iopub(m) = notice {
+                let m = m.message();
+                types.push(
+                    m.parse_header()
+                        .map(|h| h.msg_type)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&m.header).into_owned()),
+                );
+            }
+        }
+        types
+    }
+
+    #[tokio::test]
+    async fn an_ended_feed_publishes_nothing_after_the_supervisors_status() {
+        let mut hub = hub(10);
+        let mut client = hub.attach("s", info(), account());
+        let old = hub.start_feed();
+        old.publish(IopubItem::Verified(msg(1)), |_| true);
+        // The incarnation ends: its feed first, then the supervisor's status.
+        hub.end_feed();
+        hub.publish_status("restarting", &serde_json::Map::new());
+        // Its reader was still handing over a message: it is dropped, not put after the status.
+        let mut asked = false;
+        old.publish(IopubItem::Verified(msg(2)), |_| {
+            asked = true;
+            true
+        });
+        assert!(!asked, "an ended feed does not even observe its messages");
+        // The next incarnation's messages come after.
+        let new = hub.start_feed();
+        new.publish(IopubItem::Verified(msg(3)), |_| true);
+        old.publish(IopubItem::Verified(msg(4)), |_| true);
+        assert_eq!(
+            received(&mut client.queue),
+            vec![r#"{"n":1}"#, "status", r#"{"n":3}"#]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_feed_publishes_only_what_it_is_told_to_take() {
+        let mut hub = hub(10);
+        let mut client = hub.attach("s", info(), account());
+        let feed = hub.start_feed();
+        feed.publish(IopubItem::Verified(msg(1)), |_| false);
+        feed.publish(IopubItem::Verified(msg(2)), |_| true);
+        assert_eq!(received(&mut client.queue), vec![r#"{"n":2}"#]);
+    }
+
+    #[tokio::test]
+    async fn a_feed_fills_the_offline_buffer_when_nobody_is_attached() {
+        let mut hub = hub(10);
+        let first = hub.attach("s", info(), account());
+        leave(&mut hub, first);
+        let feed = hub.start_feed();
+        for n in 0..3 {
+            feed.publish(IopubItem::Verified(msg(n)), |_| true);
+        }
+        let again = hub.attach("s", info(), account());
+        assert_eq!(iopub(&again.replay), (0..3).map(msg).collect::<Vec<_>>());
+    }
+
     #[tokio::test]
     async fn synthetic_status_carries_each_session() {
         let mut hub = hub(10);
@@ -821,7 +1090,7 @@ mod tests {
             let Some(ClientNotice::Iopub(m)) = queue.recv().await else {
                 panic!("no status");
             };
-            let header = m.parse_header().ok();
+            let header = m.message().parse_header().ok();
             assert_eq!(header.as_ref().map(|h| h.session.as_str()), Some(session));
             assert!(header.is_some_and(|h| h.msg_id.starts_with(&format!("{session}_"))));
         }
@@ -832,7 +1101,7 @@ mod tests {
         let mut hub = hub(10);
         let first = hub.attach("s", info(), account());
         leave(&mut hub, first);
-        hub.publish(&msg(1));
+        hub.publish(msg(1));
         let expiry = hub.buffer_expiry();
         assert_eq!(expiry, Some(Instant::now() + Duration::from_secs(60)));
         tokio::time::advance(Duration::from_secs(59)).await;
@@ -850,7 +1119,7 @@ mod tests {
         let slow = hub.attach("slow", info(), account());
         let total = MIN_QUEUE_MESSAGES + 5;
         for n in 0..total {
-            hub.publish(&msg(n));
+            hub.publish(msg(n));
         }
         assert_eq!(slow.kick.kicked().await, Kick::TooSlow);
         assert_eq!(hub.connections(), 1);
@@ -870,23 +1139,56 @@ mod tests {
         let budget = crate::budget::MemoryBudget::new(0, size * 3);
         let mut hub = hub(100);
         let mut client = hub.attach("s", info(), budget.open());
-        hub.publish(&msg(0));
-        hub.publish(&msg(1));
+        hub.publish(msg(0));
+        hub.publish(msg(1));
         assert_eq!(budget.used(), 2 * size, "two queued messages");
         assert!(client.queue.recv().await.is_some());
         assert_eq!(budget.used(), size, "a taken message is released");
         for n in 2..5 {
-            hub.publish(&msg(n));
+            hub.publish(msg(n));
         }
         // Past its share: evicted; nothing more is queued, and no buffer is kept for it.
-        assert!(hub.clients.values().all(|slot| slot.account.is_evicted()));
-        hub.publish(&msg(9));
+        assert!(
+            hub.fanout
+                .lock()
+                .clients
+                .values()
+                .all(|slot| slot.account.is_evicted())
+        );
+        hub.publish(msg(9));
         leave(&mut hub, client);
         assert!(
             hub.buffer_expiry().is_none(),
             "no reconnect buffer for an evicted client"
         );
         assert_eq!(budget.used(), 0, "everything was returned");
+    }
+
+    #[tokio::test]
+    async fn a_message_whose_verdict_failed_is_dropped_from_what_is_kept() {
+        let budget = crate::budget::MemoryBudget::unbounded();
+        let mut hub = hub(100);
+        let first = hub.attach("s", info(), budget.open());
+        leave(&mut hub, first);
+        let (sender, verdict) = jupyter_protocol::Verdict::pending();
+        let pending = Forwarded::unverified(msg(2), verdict);
+        let observed = std::cell::Cell::new(0);
+        let take = |_: &Message| {
+            observed.set(observed.get() + 1);
+            true
+        };
+        hub.publish_item(IopubItem::Verified(msg(1)), take);
+        hub.publish_item(IopubItem::Unverified(pending.clone()), take);
+        hub.publish_item(IopubItem::Verified(msg(3)), take);
+        // Still pending: kept, and not observed.
+        assert_eq!(observed.get(), 2);
+        assert_eq!(budget.used(), 3 * msg(1).size());
+        sender.send(false);
+        hub.publish_item(IopubItem::Settled(pending), take);
+        assert_eq!(observed.get(), 2, "a failed message is never observed");
+        assert_eq!(budget.used(), 2 * msg(1).size(), "its bytes are returned");
+        let again = hub.attach("s", info(), budget.open());
+        assert_eq!(iopub(&again.replay), vec![msg(1), msg(3)]);
     }
 
     #[tokio::test]
@@ -897,7 +1199,7 @@ mod tests {
         let first = hub.attach("s", info(), budget.open());
         leave(&mut hub, first);
         for n in 0..5 {
-            hub.publish(&msg(n));
+            hub.publish(msg(n));
         }
         assert_eq!(
             budget.used(),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jupyter_protocol::sockets::{IopubSubscription, SessionChannels};
-use jupyter_protocol::{Channel, ConnectionInfo, Header, Message, SocketOptions};
+use jupyter_protocol::{Channel, ConnectionInfo, Header, IopubItem, Message, SocketOptions};
 use kernel_launcher::{KernelSpec, PortRange};
 use parking_lot::{Mutex, MutexGuard};
 use resource_managers::{KernelProcess, LaunchRequest, ProcessState, ResourceManager};
@@ -219,6 +219,7 @@ pub(crate) struct Incarnation {
 pub(crate) fn socket_options(connect_timeout: Duration) -> SocketOptions {
     SocketOptions {
         connect_timeout,
+        verify_aside_above: Some(jupyter_protocol::verdict::VERIFY_ASIDE_ABOVE),
         ..SocketOptions::default()
     }
 }
@@ -322,7 +323,7 @@ fn failed(reason: String) -> ManagerError {
 pub(crate) async fn launch(
     plan: &LaunchPlan,
     previous: Option<ConnectionInfo>,
-    on_iopub: &mut (dyn FnMut(Message) + Send),
+    on_iopub: &mut (dyn FnMut(IopubItem) + Send),
     abort: &CancellationToken,
 ) -> Result<Incarnation, ManagerError> {
     const PORT_RETRIES: usize = 2;
@@ -362,7 +363,7 @@ async fn launch_once(
     plan: &LaunchPlan,
     previous: Option<ConnectionInfo>,
     deadline: Instant,
-    on_iopub: &mut (dyn FnMut(Message) + Send),
+    on_iopub: &mut (dyn FnMut(IopubItem) + Send),
     abort: &CancellationToken,
 ) -> Result<Incarnation, Attempt> {
     if abort.is_cancelled() {
@@ -447,7 +448,7 @@ async fn ready(
     info: &ConnectionInfo,
     process: &dyn KernelProcess,
     deadline: Instant,
-    on_iopub: &mut (dyn FnMut(Message) + Send),
+    on_iopub: &mut (dyn FnMut(IopubItem) + Send),
     abort: &CancellationToken,
 ) -> Result<(SessionChannels, String, IopubSubscription), ManagerError> {
     let abandoned = || {
@@ -553,8 +554,9 @@ async fn ready(
             msg = iopub.messages.recv() => match msg {
                 Some(msg) => {
                     heard_iopub = true;
-                    if execution_state_of(&msg).as_deref() == Some("idle")
-                        && msg.parent_msg_id().is_some_and(|id| sent.contains(&id))
+                    if let Some(checked) = msg.checked()
+                        && execution_state_of(checked).as_deref() == Some("idle")
+                        && checked.parent_msg_id().is_some_and(|id| sent.contains(&id))
                     {
                         settled = true;
                     }
@@ -580,7 +582,7 @@ pub(crate) async fn reattach(
     plan: &LaunchPlan,
     record: &resource_managers::KernelRecord,
     deadline: Instant,
-    on_iopub: &mut (dyn FnMut(Message) + Send),
+    on_iopub: &mut (dyn FnMut(IopubItem) + Send),
 ) -> Result<Incarnation, ReattachError> {
     let launched = plan
         .backend

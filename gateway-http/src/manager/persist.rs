@@ -289,7 +289,7 @@ impl Supervisor {
 
     /// Supervises a re-attached incarnation.
     pub(super) async fn run_reattached(mut self, inc: Incarnation) {
-        self.inc = Some(inc);
+        self.set_incarnation(inc);
         self.shared.started.store(true, Ordering::SeqCst);
         self.persist().await;
         self.supervise().await;
@@ -414,8 +414,8 @@ impl KernelManager {
         let deadline = Instant::now() + self.config.launch_timeout;
         let observed = Arc::clone(&shared);
         // Only the state: re-attaching is not activity, so culling measures from the stored time.
-        let mut observe = move |msg: jupyter_protocol::Message| {
-            if let Some(state) = kernel::execution_state_of(&msg) {
+        let mut observe = move |item: jupyter_protocol::IopubItem| {
+            if let Some(state) = item.checked().and_then(kernel::execution_state_of) {
                 observed.set_state(&state);
             }
         };
@@ -522,8 +522,8 @@ impl KernelManager {
             return self.lookup(kernel_id);
         };
         let observed = Arc::clone(&shared);
-        let mut observe = move |msg: jupyter_protocol::Message| {
-            if let Some(state) = kernel::execution_state_of(&msg) {
+        let mut observe = move |item: jupyter_protocol::IopubItem| {
+            if let Some(state) = item.checked().and_then(kernel::execution_state_of) {
                 observed.set_state(&state);
             }
         };

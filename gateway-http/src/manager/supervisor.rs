@@ -1,14 +1,17 @@
 //! The per-kernel supervisor: one task owning a kernel's state machine
 //! (starting → idle/busy → restarting → dead), driven by a closed [`KernelEvent`] enum.
 //!
-//! It owns the kernel's only iopub subscription and fans it out to attached WebSocket clients,
-//! relaunches the kernel on API restarts and unexpected exits, and tears it down on shutdown.
+//! It owns the kernel's only iopub subscription. Once an incarnation is ready, the subscription is
+//! diverted into the hub's [`Feed`]: its drain task observes each message (state, activity) and
+//! fans it out to attached WebSocket clients itself, without waking the supervisor. The supervisor
+//! relaunches the kernel on API restarts and unexpected exits, and tears it down on shutdown,
+//! ending the feed of an incarnation before it says (or does) anything about that incarnation's end.
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use jupyter_protocol::sockets::Heartbeat;
-use jupyter_protocol::{Channel, Header, Message};
+use jupyter_protocol::{Channel, Header, IopubItem, Message};
 use kernel_launcher::InterruptMode;
 use parking_lot::Mutex;
 use resource_managers::ProcessState;
@@ -19,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ManagerError;
 use super::events::{KernelEvent, ShutdownReason};
-use super::hub::{Attached, GATEWAY_USERNAME, Handover, Hub, Kick};
+use super::hub::{Attached, Feed, GATEWAY_USERNAME, Handover, Hub, Kick};
 use super::kernel::{
     Incarnation, KernelShared, LaunchPlan, describe_exit, launch, socket_options, teardown,
     with_log,
@@ -74,26 +77,16 @@ impl std::fmt::Debug for Supervisor {
     }
 }
 
-/// The next iopub message of the current incarnation, draining replies to the gateway's own
-/// session (interrupt/shutdown replies, late kernel_info replies) meanwhile. Pending forever
-/// when there is no incarnation or its sockets closed.
-async fn next_iopub(inc: &mut Option<Incarnation>) -> Message {
+/// The next reply to the gateway's own session of the current incarnation (interrupt and shutdown
+/// replies, late kernel_info replies), to be dropped. Pending forever when there is no
+/// incarnation or its sockets closed. (Its iopub messages never come here: they go to the hub
+/// from the subscription's own drain task.)
+async fn next_own_reply(inc: &mut Option<Incarnation>) {
     let Some(inc) = inc.as_mut() else {
         return std::future::pending().await;
     };
-    let mut replies_open = true;
-    loop {
-        tokio::select! {
-            msg = inc.iopub.messages.recv() => match msg {
-                Some(msg) => return msg,
-                None => return std::future::pending().await,
-            },
-            reply = inc.session.replies.recv(), if replies_open => {
-                if reply.is_none() {
-                    replies_open = false;
-                }
-            }
-        }
+    if inc.session.replies.recv().await.is_none() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -113,7 +106,11 @@ impl Supervisor {
     ) {
         tracing::info!(kernel_id = %self.plan.kernel_id, kernelspec = %self.plan.spec.name, user = %self.plan.username, "starting kernel");
         let shared = Arc::clone(&self.shared);
-        let mut observe = move |msg: Message| shared.observe_iopub(&msg);
+        let mut observe = move |item: IopubItem| {
+            if let Some(msg) = item.checked() {
+                shared.observe_iopub(msg);
+            }
+        };
         let abort = self.shared.abort_start.clone();
         // A kernel from a warm pool comes launched and ready.
         let launched = match self.inc.take() {
@@ -138,7 +135,7 @@ impl Supervisor {
             }
         };
         self.shared.status().host.clone_from(&inc.connection.ip);
-        self.inc = Some(inc);
+        self.set_incarnation(inc);
         self.shared
             .started
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -160,10 +157,7 @@ impl Supervisor {
                     Some(event) => self.handle(event).await,
                     None => Exit::Stop,
                 },
-                msg = next_iopub(&mut self.inc) => {
-                    self.on_iopub(msg);
-                    Exit::Continue
-                }
+                () = next_own_reply(&mut self.inc) => Exit::Continue,
                 reply = self.hub.next_kept_reply() => {
                     self.hub.keep_reply(reply);
                     Exit::Continue
@@ -267,8 +261,22 @@ impl Supervisor {
         self.watchers = vec![exit.abort_handle(), beat.abort_handle()];
     }
 
-    fn on_iopub(&mut self, msg: Message) {
-        fan_out(&self.shared, &mut self.hub, msg);
+    /// Makes `inc` current: its iopub messages (those already received first) go to the hub
+    /// through a new feed, from its subscription's drain task.
+    pub(super) fn set_incarnation(&mut self, mut inc: Incarnation) {
+        let feed = self.hub.start_feed();
+        let shared = Arc::clone(&self.shared);
+        inc.iopub.divert(Box::new(move |item: IopubItem| {
+            feed_one(&feed, &shared, item);
+        }));
+        self.inc = Some(inc);
+    }
+
+    /// Takes the current incarnation away, ending its feed first: from here on nothing it
+    /// publishes reaches clients or changes the kernel's state.
+    fn take_incarnation(&mut self) -> Option<Incarnation> {
+        self.hub.end_feed();
+        self.inc.take()
     }
 
     /// Sets the state and tells every client with a synthetic status carrying its session.
@@ -282,7 +290,8 @@ impl Supervisor {
     }
 
     fn set_connections(&self) {
-        self.shared.status().connections = self.hub.connections();
+        let connections = self.hub.connections();
+        self.shared.status().connections = connections;
     }
 
     async fn handle(&mut self, event: KernelEvent) -> Exit {
@@ -566,10 +575,13 @@ impl Supervisor {
     async fn restart(&mut self) -> Result<(), ManagerError> {
         tracing::info!(kernel_id = %self.shared.id, "restarting kernel");
         crate::metrics::restart(&self.shared.name, "requested");
+        // What the old process publishes from here on (its answer to shutdown_request) goes
+        // nowhere, and cannot overwrite the state.
+        self.hub.end_feed();
         self.shared.set_state("restarting");
         self.hub.suspend();
         self.stop_watching();
-        let Some(old) = self.inc.take() else {
+        let Some(old) = self.take_incarnation() else {
             return Err(ManagerError::NoSuchKernel(self.shared.id.clone()));
         };
         self.stop_incarnation(&old, true, true).await;
@@ -577,7 +589,7 @@ impl Supervisor {
         drop(old);
         let shared = Arc::clone(&self.shared);
         let hub = &mut self.hub;
-        let mut forward = |msg: Message| fan_out(&shared, hub, msg);
+        let mut forward = |msg: IopubItem| fan_out(&shared, hub, msg);
         match launch(&self.plan, Some(previous), &mut forward, &self.cancel).await {
             Ok(inc) => {
                 self.install(inc);
@@ -607,7 +619,7 @@ impl Supervisor {
         let how = describe_exit(&state);
         let ran_for = self.inc.as_ref().map(|inc| inc.ready_at.elapsed());
         self.stop_watching();
-        let Some(old) = self.inc.take() else {
+        let Some(old) = self.take_incarnation() else {
             return Exit::Stop;
         };
         self.hub.suspend();
@@ -663,7 +675,7 @@ impl Supervisor {
             crate::metrics::restart(&self.shared.name, "automatic");
             let shared = Arc::clone(&self.shared);
             let hub = &mut self.hub;
-            let mut forward = |msg: Message| fan_out(&shared, hub, msg);
+            let mut forward = |msg: IopubItem| fan_out(&shared, hub, msg);
             match launch(
                 &self.plan,
                 Some(previous.clone()),
@@ -700,17 +712,19 @@ impl Supervisor {
             status.host.clone_from(&inc.connection.ip);
             status.restarts += 1;
         }
-        self.inc = Some(inc);
+        self.set_incarnation(inc);
         self.shared.status().reason = None;
         self.watch_process();
     }
 
     /// The kernel cannot be kept: status `dead` to clients, process and files cleaned up.
     async fn die(&mut self, why: &str) {
+        // Nothing of the incarnation comes after its `dead`.
+        self.hub.end_feed();
         self.publish_status("dead", Some(why));
         self.shared.status().reason = Some(why.to_owned());
         self.stop_watching();
-        if let Some(inc) = self.inc.take() {
+        if let Some(inc) = self.take_incarnation() {
             teardown(inc.process.as_ref(), Duration::ZERO, false).await;
         }
         // Gone from the table before clients are disconnected: whoever sees the socket close
@@ -735,7 +749,7 @@ impl Supervisor {
             }
         };
         self.stop_watching();
-        if let Some(inc) = self.inc.take() {
+        if let Some(inc) = self.take_incarnation() {
             // EG (jupyter_client >= 6.1.12) interrupts first so a busy kernel can act on the
             // shutdown_request instead of finishing its current cell.
             if let Err(err) = send_interrupt(&self.plan, &inc).await {
@@ -766,7 +780,7 @@ impl Supervisor {
     /// supervises it next); clients are disconnected and reconnect through any gateway.
     fn let_go(&mut self) {
         self.stop_watching();
-        if let Some(inc) = self.inc.take() {
+        if let Some(inc) = self.take_incarnation() {
             inc.process.detach();
         }
         self.keep_record();
@@ -774,16 +788,27 @@ impl Supervisor {
     }
 }
 
-/// Updates state and activity from an iopub message and forwards it to clients (the gateway's own
-/// `iopub_welcome` is not forwarded: it concerns only the gateway's subscription).
-fn fan_out(shared: &KernelShared, hub: &mut Hub, msg: Message) {
+/// Updates state and activity from a checked iopub message; whether it goes to clients (the
+/// gateway's own `iopub_welcome` does not: it concerns only the gateway's subscription).
+fn observe(shared: &KernelShared, msg: &Message) -> bool {
     // The header is read once here (two fields, nothing allocated) for both uses.
     let kind = msg.msg_type();
-    shared.observe_iopub_of(&msg, &kind);
-    if kind == "iopub_welcome" {
-        return;
-    }
-    hub.publish(&msg);
+    shared.observe_iopub_of(msg, &kind);
+    kind != "iopub_welcome"
+}
+
+/// The supervisor's own forwarding, while it launches an incarnation (before its feed starts).
+/// A large message whose signature is still being checked is forwarded at once and observed
+/// only when its verdict passed (see [`Hub::publish_item`]).
+fn fan_out(shared: &KernelShared, hub: &mut Hub, item: IopubItem) {
+    hub.publish_item(item, |msg| observe(shared, msg));
+}
+
+/// What a diverted subscription's drain task does with each item: observed and published under
+/// the hub's lock, so it is ordered with the supervisor's own statuses, and dropped once the feed
+/// ended.
+fn feed_one(feed: &Feed, shared: &KernelShared, item: IopubItem) {
+    feed.publish(item, |msg| observe(shared, msg));
 }
 
 /// Interrupts as the kernelspec says: a signal through the backend, or `interrupt_request` on control.

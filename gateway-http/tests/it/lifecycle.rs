@@ -519,6 +519,63 @@ async fn kill_9_mid_execution_restarts_until_the_limit() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_a_dead_incarnation_comes_after_its_restarting() -> anyhow::Result<()> {
+    let lab = Lab::new(|_| {})?;
+    let server = serve(Arc::clone(&lab.manager)).await?;
+    let (status, model) = lab.start(json!({"name": "tk"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{model}");
+    let id = model["id"].as_str().unwrap_or_default().to_owned();
+    let mut ws = connect(&server, &id, Some("order"), Mode::Legacy).await?;
+    // The kernel publishes a run of lines and exits at once, with lines still on their way to
+    // the gateway: those that arrive go out in order, then `restarting`, then nothing of them.
+    let cell = send_execute(&mut ws, Mode::Legacy, "emit 500\nexit 3").await?;
+    let mut lines = 0usize;
+    loop {
+        let got = expect_msg(&mut ws).await?;
+        if got.channel != "iopub" {
+            continue;
+        }
+        if got.msg_type() == "status" && got.content["execution_state"] == "restarting" {
+            break;
+        }
+        if got.msg_type() == "stream" {
+            assert_eq!(got.parent_id(), cell);
+            assert_eq!(got.content["text"], format!("line {lines}\n"));
+            lines += 1;
+        }
+    }
+    // The new incarnation answers; nothing the old one published comes in between.
+    let next_cell = send_execute(&mut ws, Mode::Legacy, "echo back").await?;
+    // Its stream (iopub) and its reply (shell) may come in either order.
+    let (mut echoed, mut replied) = (false, false);
+    while !(echoed && replied) {
+        let got = expect_msg(&mut ws).await?;
+        assert_ne!(
+            got.parent_id(),
+            cell,
+            "{} of the dead incarnation after `restarting` ({lines} lines before it)",
+            got.msg_type()
+        );
+        if got.parent_id() == next_cell && got.msg_type() == "stream" {
+            assert_eq!(got.content["text"], "back\n");
+            echoed = true;
+        }
+        if got.parent_id() == next_cell && got.msg_type() == "execute_reply" {
+            replied = true;
+        }
+    }
+    ws.close(None).await?;
+    drop(ws);
+    let (status, _) = lab
+        .http(Method::DELETE, &format!("/api/kernels/{id}"), Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(eventually(T, || lab.processes().is_empty()).await);
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_kernel_is_restarted_only_for_its_clients() -> anyhow::Result<()> {
     let lab = Lab::new(|_| {})?;
     let server = serve(Arc::clone(&lab.manager)).await?;

@@ -398,9 +398,10 @@ async fn reconnecting_session_gets_buffered_output_once() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A 50 MB display_data arrives whole in both framings; a ping sent while it is being written
-/// (the client reads nothing for a while, so the gateway is stuck in the middle of it) is
-/// answered before the message's end, and a close from the client gets its reply.
+/// A 50 MB display_data arrives whole in both framings, and then the request's idle status; a
+/// ping sent while it is being written (the client reads nothing for a while, so the gateway is
+/// stuck in the middle of it) is answered before the message's end, and a close from the client
+/// gets its reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_message_arrives_whole_and_pings_are_answered_meanwhile() -> anyhow::Result<()> {
     const SIZE: usize = 50_000_000;
@@ -466,6 +467,12 @@ async fn a_large_message_arrives_whole_and_pings_are_answered_meanwhile() -> any
         let text = display["data"]["text/plain"].as_str().unwrap_or_default();
         assert_eq!(text.len(), SIZE, "{mode:?}");
         assert!(text.bytes().all(|b| b == b'x'), "{mode:?}: content intact");
+        // What the kernel publishes after it follows (its verdict came in before).
+        let mut after = Vec::new();
+        displays_until_idle(&mut ws, &msg_id, &mut after)
+            .await?
+            .map_err(|code| anyhow::anyhow!("{mode:?}: closed after the display ({code:?})"))?;
+        assert!(after.is_empty(), "{mode:?}: one display only");
         // The client closes; the gateway answers with its close frame, then the socket ends.
         ws.close(None).await?;
         let replied = timeout(T, async {
@@ -482,6 +489,95 @@ async fn a_large_message_arrives_whole_and_pings_are_answered_meanwhile() -> any
         assert!(replied, "{mode:?}: no close reply");
     }
     assert!(eventually(T, || k.manager.get(&id).is_ok_and(|s| s.connections == 0)).await);
+    k.manager.shutdown_all().await;
+    Ok(())
+}
+
+/// The `text/plain` of a display_data of request `msg_id`, collected until its idle status
+/// (`Err` with the close code when the socket closes first).
+async fn displays_until_idle(
+    ws: &mut Ws,
+    msg_id: &str,
+    texts: &mut Vec<String>,
+) -> anyhow::Result<Result<(), Option<CloseCode>>> {
+    loop {
+        let got = match next(ws).await? {
+            Ok(got) => got,
+            Err(code) => return Ok(Err(code)),
+        };
+        if got.parent_id() != msg_id {
+            continue;
+        }
+        match got.msg_type() {
+            "display_data" => texts.push(
+                got.content["data"]["text/plain"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            "status" if got.content["execution_state"] == "idle" => return Ok(Ok(())),
+            _ => {}
+        }
+    }
+}
+
+/// A 50 MB display_data that the kernel signs with another key reaches the gateway's iopub
+/// socket between two good ones. The gateway starts writing it before its MAC is checked, so a
+/// client may get its first fragments, but never its end: the connection is closed (1011) before
+/// the last fragment, and the good message after it reaches the session's next connection
+/// (when the verdict was in before the bridge took the message, it is dropped there and the
+/// connection stays). In both framings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_with_a_bad_signature_never_arrives_whole() -> anyhow::Result<()> {
+    const SIZE: usize = 50_000_000;
+    let k = Kernels::new(|c| c.buffer_max_bytes = 64 << 20)?;
+    let server = serve(Arc::clone(&k.manager)).await?;
+    let id = k.manager.start(request(None, None)).await?.id;
+    let mut closes = 0;
+    for mode in [Mode::Legacy, Mode::V1] {
+        let session = format!("forged-{mode:?}");
+        let mut ws = connect(&server, &id, Some(&session), mode).await?;
+        execute(
+            &mut ws,
+            mode,
+            "from IPython.display import display\nfrom jupyter_client.session import Session",
+        )
+        .await?;
+        // Sent on the kernel's own iopub socket, so it reaches the gateway like any other.
+        let code = format!(
+            "k = get_ipython().kernel\n\
+             forger = Session(key=b'not-the-kernel-key', session=k.session.session, username=k.session.username)\n\
+             display({{'text/plain': 'before'}}, raw=True)\n\
+             forger.send(k.iopub_socket, 'display_data', {{'data': {{'text/plain': 'y' * {SIZE}}}, 'metadata': {{}}, 'transient': {{}}}}, parent=k.get_parent(), ident=b'display_data')\n\
+             display({{'text/plain': 'after'}}, raw=True)\n"
+        );
+        let msg_id = send_execute(&mut ws, mode, &code).await?;
+        let mut texts = Vec::new();
+        if let Err(code) = displays_until_idle(&mut ws, &msg_id, &mut texts).await? {
+            closes += 1;
+            assert_eq!(
+                code,
+                Some(CloseCode::Error),
+                "{mode:?}: closed for the forgery"
+            );
+            drop(ws);
+            assert!(eventually(T, || k.manager.get(&id).is_ok_and(|s| s.connections == 0)).await);
+            // What was queued behind the forged message is kept for the session's return.
+            ws = connect(&server, &id, Some(&session), mode).await?;
+            displays_until_idle(&mut ws, &msg_id, &mut texts)
+                .await?
+                .map_err(|code| anyhow::anyhow!("{mode:?}: closed again ({code:?})"))?;
+        }
+        assert_eq!(
+            texts,
+            ["before", "after"],
+            "{mode:?}: the forged message never arrived, the good ones around it did, once each"
+        );
+        // The kernel goes on as before.
+        assert_eq!(execute(&mut ws, mode, "print(6 * 7)").await?, "42\n");
+        ws.close(None).await?;
+    }
+    eprintln!("connections closed for the forgery: {closes} of 2");
     k.manager.shutdown_all().await;
     Ok(())
 }

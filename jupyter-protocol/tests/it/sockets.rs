@@ -5,7 +5,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use jupyter_protocol::sockets::{Heartbeat, IopubSubscription, SessionChannels};
 use jupyter_protocol::{
-    Channel, ConnectionInfo, Error, Header, Message, SignatureScheme, Signer, SocketOptions,
+    Channel, ConnectionInfo, Error, Header, IopubItem, Message, SignatureScheme, Signer,
+    SocketOptions,
 };
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -144,14 +145,104 @@ async fn iopub_drain_counts_drops_when_consumer_is_slow() -> anyhow::Result<()> 
     }
     assert_eq!(sub.dropped() - before, 40, "the 40 newest were dropped");
     let mut kept = Vec::new();
-    while let Ok(msg) = sub.messages.try_recv() {
-        kept.push(n_of(&msg));
+    while let Ok(item) = sub.messages.try_recv() {
+        kept.push(n_of(item.checked().expect("small messages are verified")));
     }
     assert_eq!(
         kept,
         (1..=10).collect::<Vec<_>>(),
         "the oldest ten were kept in order"
     );
+    Ok(())
+}
+
+/// What an item is, for comparing: its kind, the message's `n`, and for a settled one whether
+/// its verdict passed.
+fn shape(item: &IopubItem) -> (&'static str, u64, Option<bool>) {
+    match item {
+        IopubItem::Verified(msg) => ("verified", n_of(msg), None),
+        IopubItem::Unverified(pending) => (
+            "unverified",
+            n_of(pending.message()),
+            pending.verdict().and_then(|v| v.outcome()),
+        ),
+        IopubItem::Settled(settled) => (
+            "settled",
+            n_of(settled.message()),
+            settled.verdict().and_then(|v| v.outcome()),
+        ),
+    }
+}
+
+fn large(msg_type: &str, n: u64, len: usize) -> Message {
+    Message::new(
+        &Header::new(msg_type, "kernel", "k"),
+        &serde_json::json!({ "n": n, "data": "z".repeat(len) }),
+    )
+}
+
+#[tokio::test]
+async fn large_iopub_messages_are_handed_on_before_their_verdict_which_follows()
+-> anyhow::Result<()> {
+    let info = connection_info()?;
+    let mut publisher = zeromq::PubSocket::new();
+    bind(&mut publisher, &info, Channel::Iopub).await?;
+    let opts = SocketOptions {
+        verify_aside_above: Some(1 << 20),
+        ..SocketOptions::default()
+    };
+    let mut sub = IopubSubscription::connect(&info, &opts).await?;
+    let sign = signer(&info);
+    loop {
+        publisher
+            .send(zmq(sign.encode(&[], &msg("probe", 0))))
+            .await?;
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(50), sub.messages.recv()).await
+        {
+            break;
+        }
+    }
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(100), sub.messages.recv()).await
+    {}
+    let good = sign.encode(&[], &large("display_data", 1, 3 << 20));
+    let forged = Signer::new(SignatureScheme::HmacSha256, b"wrong")
+        .encode(&[], &large("display_data", 2, 3 << 20));
+    publisher.send(zmq(good.clone())).await?;
+    publisher.send(zmq(forged)).await?;
+    publisher.send(zmq(good)).await?; // a replay of the good one
+    publisher
+        .send(zmq(sign.encode(&[], &msg("stream", 3))))
+        .await?;
+    let mut got = Vec::new();
+    while got.last().map(|(kind, n, _)| (*kind, *n)) != Some(("verified", 3)) {
+        let item = tokio::time::timeout(TIMEOUT, sub.messages.recv())
+            .await?
+            .expect("open");
+        if let IopubItem::Unverified(pending) = &item {
+            // Handed on first: the check is not done yet, or it is the verdict still to come.
+            assert!(item.checked().is_none());
+            assert!(pending.verdict().is_some());
+        }
+        // The verdict is in whenever its Settled item arrives.
+        got.push(shape(&item));
+    }
+    // Unverified items carry the verdict, which may be in by the time the item is looked at.
+    let kinds: Vec<(&str, u64)> = got.iter().map(|(kind, n, _)| (*kind, *n)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("unverified", 1),
+            ("settled", 1),
+            ("unverified", 2),
+            ("settled", 2),
+            ("verified", 3)
+        ],
+        "the replay was dropped before it was handed on"
+    );
+    assert_eq!(got[1].2, Some(true), "the good one passed");
+    assert_eq!(got[3].2, Some(false), "the forged one failed");
     Ok(())
 }
 
@@ -207,5 +298,62 @@ async fn connects_are_bounded_by_the_timeout() -> anyhow::Result<()> {
         .await
         .expect_err("scheme");
     assert!(matches!(err, Error::UnsupportedScheme(_)), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_diverted_subscription_hands_everything_to_its_sink_in_order() -> anyhow::Result<()> {
+    let info = connection_info()?;
+    let mut publisher = zeromq::PubSocket::new();
+    bind(&mut publisher, &info, Channel::Iopub).await?;
+    let mut sub = IopubSubscription::connect(&info, &SocketOptions::default()).await?;
+    let sign = signer(&info);
+    // Publish probes until the subscription is live.
+    loop {
+        publisher
+            .send(zmq(sign.encode(&[], &msg("probe", 0))))
+            .await?;
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(50), sub.messages.recv()).await
+        {
+            break;
+        }
+    }
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(100), sub.messages.recv()).await
+    {}
+    // 1..=5 wait in the channel when the sink comes; 6..=10 arrive after.
+    for n in 1..=5 {
+        publisher
+            .send(zmq(sign.encode(&[], &msg("stream", n))))
+            .await?;
+    }
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while sub.messages.len() < 5 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    sub.divert(Box::new(move |item: IopubItem| {
+        if let Some(msg) = item.checked() {
+            let _ = tx.send(n_of(msg));
+        }
+    }));
+    for n in 6..=10 {
+        publisher
+            .send(zmq(sign.encode(&[], &msg("stream", n))))
+            .await?;
+    }
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        match tokio::time::timeout(TIMEOUT, rx.recv()).await {
+            Ok(Some(n)) => got.push(n),
+            _ => break,
+        }
+    }
+    assert_eq!(got, (1..=10).collect::<Vec<_>>());
+    assert!(
+        sub.messages.try_recv().is_err(),
+        "nothing is left for the channel"
+    );
     Ok(())
 }
