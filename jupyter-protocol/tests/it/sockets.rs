@@ -35,6 +35,28 @@ fn n_of(msg: &Message) -> u64 {
         .expect("n")
 }
 
+/// Publishes probes until `sub` receives one, then drains whatever probes are still coming.
+async fn until_live(
+    publisher: &mut zeromq::PubSocket,
+    sub: &mut IopubSubscription,
+    sign: &Signer,
+) -> anyhow::Result<()> {
+    loop {
+        publisher
+            .send(zmq(sign.encode(&[], &msg("probe", 0))))
+            .await?;
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(50), sub.messages.recv()).await
+        {
+            break;
+        }
+    }
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(100), sub.messages.recv()).await
+    {}
+    Ok(())
+}
+
 async fn bind<S: Socket>(
     socket: &mut S,
     info: &ConnectionInfo,
@@ -117,20 +139,7 @@ async fn iopub_drain_counts_drops_when_consumer_is_slow() -> anyhow::Result<()> 
     };
     let mut sub = IopubSubscription::connect(&info, &opts).await?;
     let sign = signer(&info);
-    // Publish probes until the subscription is live.
-    loop {
-        publisher
-            .send(zmq(sign.encode(&[], &msg("probe", 0))))
-            .await?;
-        if let Ok(Some(_)) =
-            tokio::time::timeout(Duration::from_millis(50), sub.messages.recv()).await
-        {
-            break;
-        }
-    }
-    while let Ok(Some(_)) =
-        tokio::time::timeout(Duration::from_millis(100), sub.messages.recv()).await
-    {}
+    until_live(&mut publisher, &mut sub, &sign).await?;
     let before = sub.dropped();
     for n in 1..=50 {
         publisher
@@ -193,19 +202,7 @@ async fn large_iopub_messages_are_handed_on_before_their_verdict_which_follows()
     };
     let mut sub = IopubSubscription::connect(&info, &opts).await?;
     let sign = signer(&info);
-    loop {
-        publisher
-            .send(zmq(sign.encode(&[], &msg("probe", 0))))
-            .await?;
-        if let Ok(Some(_)) =
-            tokio::time::timeout(Duration::from_millis(50), sub.messages.recv()).await
-        {
-            break;
-        }
-    }
-    while let Ok(Some(_)) =
-        tokio::time::timeout(Duration::from_millis(100), sub.messages.recv()).await
-    {}
+    until_live(&mut publisher, &mut sub, &sign).await?;
     let good = sign.encode(&[], &large("display_data", 1, 3 << 20));
     let forged = Signer::new(SignatureScheme::HmacSha256, b"wrong")
         .encode(&[], &large("display_data", 2, 3 << 20));
@@ -308,20 +305,7 @@ async fn a_diverted_subscription_hands_everything_to_its_sink_in_order() -> anyh
     bind(&mut publisher, &info, Channel::Iopub).await?;
     let mut sub = IopubSubscription::connect(&info, &SocketOptions::default()).await?;
     let sign = signer(&info);
-    // Publish probes until the subscription is live.
-    loop {
-        publisher
-            .send(zmq(sign.encode(&[], &msg("probe", 0))))
-            .await?;
-        if let Ok(Some(_)) =
-            tokio::time::timeout(Duration::from_millis(50), sub.messages.recv()).await
-        {
-            break;
-        }
-    }
-    while let Ok(Some(_)) =
-        tokio::time::timeout(Duration::from_millis(100), sub.messages.recv()).await
-    {}
+    until_live(&mut publisher, &mut sub, &sign).await?;
     // 1..=5 wait in the channel when the sink comes; 6..=10 arrive after.
     for n in 1..=5 {
         publisher
