@@ -5,7 +5,7 @@ use std::time::Duration;
 use tests::yarn::{EmulatorConfig, RmAppState, YarnEmulator};
 
 use crate::{
-    Workdir, any_port, fast_config, finish, raw, spark_submit, start_one, submit_kernel,
+    Workdir, any_port, fast_config, finish, raw, read_pid, spark_submit, start_one, submit_kernel,
     submit_kernel_with,
 };
 
@@ -101,6 +101,9 @@ async fn put_state_needs_a_user_answers_202_then_final_and_rejects_other_states(
     let id = submit_kernel_with(&work, "put-state", None, 0, &conf).await;
     emu.wait_for_state(&id, RmAppState::Running, Duration::from_secs(5))
         .await;
+    // RUNNING means the AM was spawned, not that its shell has set its TERM trap yet (a SIGTERM
+    // before that ends it at once); it writes its child's pid right after the trap.
+    read_pid(&work.release_file("put-state").with_extension("child")).await;
     let state_url = format!("{url}/ws/v1/cluster/apps/{id}/state");
 
     let anon = raw("PUT", &state_url, &[], Some(r#"{"state":"KILLED"}"#))
